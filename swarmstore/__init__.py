@@ -1,0 +1,51 @@
+"""swarmstore: resource management for Dask + Zarr workloads.
+
+Four capabilities, each usable alone and all composing on one Dask cluster:
+
+- storage: :class:`ReplicatedStore`, a Zarr v3 store over several nodes with replicas,
+  xxh3 checksums, read repair, scrub/repair/rebalance
+- cache: :class:`TieredStore`, RAM -> local disk -> backing store, shared per worker
+- compute: :class:`SwarmPlugin`, GPU/CPU-aware placement, chunk affinity, replication
+- network: :class:`TransferRouter` and QoS lanes for the I/O swarmstore owns
+- checkpoint: :class:`CheckpointManager`, atomic, versioned, incremental checkpoints
+
+Public names are imported lazily so ``import swarmstore`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from swarmstore import config as config
+from swarmstore.errors import *  # noqa: F403
+from swarmstore.errors import __all__ as _errors_all
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "ReplicatedStore": "swarmstore.storage",
+    "TieredStore": "swarmstore.cache",
+    "DiskTier": "swarmstore.cache",
+    "SwarmPlugin": "swarmstore.compute",
+    "TransferRouter": "swarmstore.network",
+    "qos": "swarmstore.network",
+    "CheckpointManager": "swarmstore.checkpoint",
+    "open_array": "swarmstore.dataset",
+    "open_group": "swarmstore.dataset",
+}
+
+__all__ = ["__version__", "config", *_errors_all, *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'swarmstore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,105 @@
+"""Weighted rendezvous (highest-random-weight) hashing with failure domains.
+
+One piece of code serves two jobs: storage placement (which nodes hold a key) and
+compute affinity (which worker reads a chunk, so its cache stays warm). Rendezvous
+hashing moves only the keys of a node that leaves (about 1/n of them) and, when a
+node joins, only the keys the newcomer wins; ``hash(key) % n`` moves almost all.
+
+Weights use the logarithmic method (Schindelhauer & Schomaker): score =
+``-weight / ln(u)`` with ``u`` uniform in (0, 1) drawn from xxh3 of (node, key), so a
+node of weight 2 wins twice as many keys as a node of weight 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import xxhash
+
+__all__ = ["Member", "Rendezvous", "rank"]
+
+_SCALE = float(2**64)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A participant of the hash ring: a storage node or a worker."""
+
+    name: str
+    weight: float = 1.0
+    zone: Hashable | None = None
+    _seed: int = field(default=0, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("member name must be non-empty")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ValueError(f"member {self.name!r}: weight must be a positive number")
+        object.__setattr__(self, "_seed", xxhash.xxh3_64_intdigest(self.name.encode()))
+
+
+def _score(member: Member, key: bytes) -> float:
+    h = xxhash.xxh3_64_intdigest(key, seed=member._seed)
+    u = (h + 0.5) / _SCALE  # strictly inside (0, 1)
+    return -member.weight / math.log(u)
+
+
+def rank(key: str, members: Sequence[Member]) -> list[Member]:
+    """All members ordered from most to least preferred for ``key``."""
+    kb = key.encode()
+    return sorted(members, key=lambda m: _score(m, kb), reverse=True)
+
+
+class Rendezvous:
+    """Choose ``n`` members for a key, in distinct failure domains when there are enough.
+
+    >>> ring = Rendezvous([Member("a", zone="z1"), Member("b", zone="z1"), Member("c", zone="z2")])
+    >>> sorted({m.zone for m in ring.choose("some/key", 2)})
+    ['z1', 'z2']
+    """
+
+    def __init__(self, members: Iterable[Member]) -> None:
+        self.members: tuple[Member, ...] = tuple(members)
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique: {names}")
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"Rendezvous({[m.name for m in self.members]})"
+
+    def rank(self, key: str) -> list[Member]:
+        """Every member, most preferred first (the first ``n`` are :meth:`choose`'s picks)."""
+        ordered = rank(key, self.members)
+        return self._spread(ordered, len(ordered))
+
+    def choose(self, key: str, n: int) -> list[Member]:
+        """The ``n`` preferred members, one per failure domain while domains last."""
+        if n > len(self.members):
+            raise ValueError(f"cannot choose {n} of {len(self.members)} members")
+        return self._spread(rank(key, self.members), n)
+
+    def owner(self, key: str) -> Member:
+        """The single preferred member (chunk affinity)."""
+        if not self.members:
+            raise ValueError("no members to choose from")
+        kb = key.encode()
+        return max(self.members, key=lambda m: _score(m, kb))
+
+    @staticmethod
+    def _spread(ordered: list[Member], n: int) -> list[Member]:
+        picked: list[Member] = []
+        zones: set[Hashable] = set()
+        rest: list[Member] = []
+        for m in ordered:
+            zone = m.zone if m.zone is not None else ("__member__", m.name)
+            if zone in zones:
+                rest.append(m)
+                continue
+            zones.add(zone)
+            picked.append(m)
+        return (picked + rest)[:n] if n < len(ordered) else picked + rest

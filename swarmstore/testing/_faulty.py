@@ -1,0 +1,201 @@
+"""FaultyStore: a zarr store wrapper that injects latency, errors, outages and corruption.
+
+Faults are described by a :class:`Faults` object that can be flipped while a test
+runs (``faults.down = True``). The same ``Faults`` drives the storage node built from
+a FaultyStore (see ``as_node``), so a ReplicatedStore over FaultyStores sees exactly
+the faults a test sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Self
+
+from zarr.abc.store import ByteRequest, Store
+from zarr.storage import WrapperStore
+
+from swarmstore.errors import NodeUnavailable
+
+if TYPE_CHECKING:
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+__all__ = ["Faults", "FaultyStore", "flip_byte"]
+
+
+def flip_byte(data: bytes, index: int | None = None) -> bytes:
+    """``data`` with one byte inverted (the middle one by default); empty stays empty."""
+    if not data:
+        return data
+    i = len(data) // 2 if index is None else index % len(data)
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and counters of what happened.
+
+    - ``latency``: seconds added to every request; ``jitter``: extra uniform random seconds
+    - ``error_rate``: probability that a request fails with :class:`NodeUnavailable`
+    - ``down``: every request fails (an outage)
+    - ``corrupt_reads``: keys whose bytes come back with one byte flipped (``"*"`` for all)
+    - ``fail_writes``: writes fail while reads still work (a full disk, a read-only mount)
+    """
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    error_rate: float = 0.0
+    down: bool = False
+    corrupt_reads: set[str] = field(default_factory=set)
+    fail_writes: bool = False
+    seed: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def count(self, op: str) -> None:
+        with self._lock:
+            self.counts[op] = self.counts.get(op, 0) + 1
+
+    def delay(self) -> float:
+        extra = self._rng.uniform(0, self.jitter) if self.jitter else 0.0
+        return self.latency + extra
+
+    async def before(self, op: str, name: str, *, write: bool = False) -> None:
+        """Apply latency, then raise if this request is to fail."""
+        self.count(op)
+        d = self.delay()
+        if d > 0:
+            await asyncio.sleep(d)
+        if self.down:
+            raise NodeUnavailable(f"{name} is down (injected outage)")
+        if write and self.fail_writes:
+            raise NodeUnavailable(f"{name} refuses writes (injected)")
+        if self.error_rate and self._rng.random() < self.error_rate:
+            raise NodeUnavailable(f"{name}: injected error on {op}")
+
+    def before_sync(self, op: str, name: str, *, write: bool = False) -> None:
+        """:meth:`before` for synchronous callers."""
+        self.count(op)
+        d = self.delay()
+        if d > 0:
+            time.sleep(d)
+        if self.down or (write and self.fail_writes):
+            raise NodeUnavailable(f"{name} is down (injected outage)")
+        if self.error_rate and self._rng.random() < self.error_rate:
+            raise NodeUnavailable(f"{name}: injected error on {op}")
+
+    def corrupts(self, key: str) -> bool:
+        return "*" in self.corrupt_reads or key in self.corrupt_reads
+
+
+class FaultyStore(WrapperStore[Store]):
+    """Wrap any zarr store and inject the faults described by ``faults``."""
+
+    def __init__(self, store: Store, faults: Faults | None = None, name: str | None = None):
+        super().__init__(store)
+        self.faults = faults if faults is not None else Faults()
+        self.name = name or str(store)
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.faults, self.name)
+
+    def __repr__(self) -> str:
+        return f"FaultyStore({self._store!r}, {self.faults!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FaultyStore) and self._store == other._store
+
+    def as_node(self, **kwargs: Any) -> Any:
+        """The storage node for this store: the wrapped store's node, with these faults."""
+        from swarmstore.storage import node_from
+        from swarmstore.testing._faulty_node import FaultyNode
+
+        return FaultyNode(node_from(self._store, **kwargs), self.faults)
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        await self.faults.before("get", self.name)
+        value = await self._store.get(key, prototype, byte_range)
+        if value is not None and self.faults.corrupts(key):
+            value = prototype.buffer.from_bytes(flip_byte(value.to_bytes()))
+        return value
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+    get_ranges = Store.get_ranges  # coalesce over self.get, so faults apply to partial reads
+    delete_dir = Store.delete_dir
+    getsize = Store.getsize
+
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        self.faults.before_sync("get", self.name)
+        value = self._store.get_sync(key, prototype=prototype, byte_range=byte_range)  # type: ignore[attr-defined]
+        if value is not None and self.faults.corrupts(key):
+            value = type(value).from_bytes(flip_byte(value.to_bytes()))
+        return value  # type: ignore[no-any-return]
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self.faults.before_sync("set", self.name, write=True)
+        self._store.set_sync(key, value)  # type: ignore[attr-defined]
+
+    def delete_sync(self, key: str) -> None:
+        self.faults.before_sync("delete", self.name, write=True)
+        self._store.delete_sync(key)  # type: ignore[attr-defined]
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self.faults.before("set", self.name, write=True)
+        await self._store.set(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        await self.faults.before("set", self.name, write=True)
+        await self._store.set_if_not_exists(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.faults.before("delete", self.name, write=True)
+        await self._store.delete(key)
+
+    async def exists(self, key: str) -> bool:
+        await self.faults.before("exists", self.name)
+        return await self._store.exists(key)
+
+    async def list(self) -> AsyncIterator[str]:
+        await self.faults.before("list", self.name)
+        async for k in self._store.list():
+            yield k
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        await self.faults.before("list", self.name)
+        async for k in self._store.list_prefix(prefix):
+            yield k
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        await self.faults.before("list", self.name)
+        async for k in self._store.list_dir(prefix):
+            yield k

@@ -1,0 +1,54 @@
+"""pytest fixtures: a moto S3 server on 127.0.0.1 and s3fs-backed zarr stores.
+
+Use from a conftest: ``pytest_plugins = ["swarmstore.testing.fixtures"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from swarmstore.testing._moto import S3Endpoint, moto_server
+
+__all__ = ["s3_bucket", "s3_endpoint", "s3_store", "s3_store_factory"]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    """One moto S3 server (threaded, 127.0.0.1, free port) for the test session."""
+    with moto_server(process=False) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: S3Endpoint) -> str:
+    """A fresh, empty bucket; s3fs's instance cache is cleared so no test sees another's."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return s3_endpoint.make_bucket()
+
+
+def _fsspec_store(endpoint: S3Endpoint, path: str, **kwargs: Any) -> Any:
+    from zarr.storage import FsspecStore
+
+    fs = endpoint.filesystem(asynchronous=True)
+    return FsspecStore(fs, path=path, **kwargs)
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: S3Endpoint, s3_bucket: str) -> Any:
+    """A zarr ``FsspecStore`` on an s3fs filesystem at ``s3://<fresh bucket>/root``."""
+    return _fsspec_store(s3_endpoint, f"{s3_bucket}/root")
+
+
+@pytest.fixture
+def s3_store_factory(s3_endpoint: S3Endpoint, s3_bucket: str) -> Any:
+    """``factory(name)``: an FsspecStore at ``s3://<bucket>/<name>`` (several nodes, one bucket)."""
+
+    def factory(name: str, **kwargs: Any) -> Any:
+        return _fsspec_store(s3_endpoint, f"{s3_bucket}/{name}", **kwargs)
+
+    return factory
