@@ -92,3 +92,21 @@ class TransferRouter:
             self.observe(name(src), time.perf_counter() - t0, n)
             return src, result, failures
         return None, None, failures
+
+    async def send[S, T](
+        self,
+        source: S,
+        attempt: Callable[[S], Awaitable[T]],
+        *,
+        name: Callable[[S], str],
+        nbytes: int = 0,
+    ) -> T:
+        """Run one transfer to a fixed target (a write), recording its figures; errors propagate."""
+        t0 = time.perf_counter()
+        try:
+            result = await attempt(source)
+        except Exception:
+            self.observe(name(source), time.perf_counter() - t0, ok=False)
+            raise
+        self.observe(name(source), time.perf_counter() - t0, nbytes)
+        return result
