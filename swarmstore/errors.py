@@ -8,6 +8,7 @@ around code that did not know about swarmstore.
 from __future__ import annotations
 
 __all__ = [
+    "CacheWarning",
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
@@ -83,3 +84,10 @@ class ManifestError(SwarmError, ValueError):
 
 class CorruptResultError(SwarmError, OSError):
     """A durable result in storage is truncated or fails its checksum."""
+
+
+class CacheWarning(RuntimeWarning):
+    """A cache tier failed (disk full, cache directory deleted, corrupt index) and was bypassed.
+
+    Reads still succeed from the backing store; only the speed-up is lost.
+    """
