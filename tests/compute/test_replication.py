@@ -1,0 +1,264 @@
+"""Critical-key replication: decisions alone, the controller on in-process clusters, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import dask
+import pytest
+from distributed.active_memory_manager import ReduceReplicas
+from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc
+
+from swarmstore.compute.replication import (
+    Candidate,
+    HonourReplicaCounts,
+    ReplicationController,
+    ReplicationPlugin,
+    desired_replicas,
+    narrow_downscaling,
+    pick_recipients,
+)
+from swarmstore.errors import PlacementError
+
+FAST = {
+    "swarmstore.replication.interval": "50ms",
+    "distributed.scheduler.active-memory-manager.interval": "50ms",
+}
+# Only the fast path may act: both managers wait a minute between runs.
+SLOW_AMM = {
+    "swarmstore.replication.interval": "60s",
+    "distributed.scheduler.active-memory-manager.interval": "60s",
+}
+
+
+# ------------------------------------------------------------------ decisions
+def test_desired_replicas_reads_counts_and_critical():
+    assert desired_replicas({"critical": True}, 2) == 2
+    assert desired_replicas({"critical": True, "replicas": 3}, 2) == 3
+    assert desired_replicas({"replicas": 1}, 2) == 1
+    assert desired_replicas({"critical": False}, 2) is None
+    assert desired_replicas({"persist": True}, 2) is None
+    assert desired_replicas(None, 2) is None
+
+    class Parsed:  # SwarmPlugin may hand over parsed requirement objects
+        critical = True
+        replicas = None
+
+    assert desired_replicas(Parsed(), 4) == 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5, True])
+def test_desired_replicas_refuses_bad_counts(bad):
+    with pytest.raises(PlacementError, match="replicas="):
+        desired_replicas({"replicas": bad}, 2)
+
+
+def test_pick_recipients_prefers_fresh_hosts_then_least_loaded():
+    cands = [
+        Candidate("a1", "hA", 0),
+        Candidate("b1", "hB", 100),
+        Candidate("b2", "hB", 10),
+        Candidate("c1", "hC", 50),
+    ]
+    assert pick_recipients({"hA"}, cands, 1) == ["b2"]
+    assert pick_recipients({"hA"}, cands, 2) == ["b2", "c1"]
+    # hosts run out: fall back to distinct workers, least loaded first
+    assert pick_recipients({"hA"}, cands, 4) == ["b2", "c1", "a1", "b1"]
+    assert pick_recipients({"hA"}, cands, 9) == ["b2", "c1", "a1", "b1"]
+    assert pick_recipients(set(), [], 2) == []
+
+
+def test_narrow_downscaling_keeps_last_holder_and_last_gpu():
+    holders = {"k1": {"a", "b"}, "k2": {"c"}}
+    assert narrow_downscaling(["a", "b"], holders, set()) == ["a"]
+    assert narrow_downscaling(["c", "d"], holders, set()) == ["d"]
+    assert narrow_downscaling(["g1", "g2"], {}, {"g1", "g2"}) == ["g1"]
+    assert narrow_downscaling(["g1", "g2"], {}, {"g1", "g2"}, keep_last_gpu=False) == ["g1", "g2"]
+    assert narrow_downscaling(["g1"], {}, {"g1", "g2"}) == ["g1"]
+
+
+# ------------------------------------------------------------------ controller on a cluster
+async def _start_controller(s, **kwargs) -> ReplicationController:
+    """A controller built on the scheduler directly, its hooks fed by the thin plugin."""
+    plugin = ReplicationPlugin(**kwargs)
+    s.add_plugin(plugin)
+    await plugin.start(s)
+    assert isinstance(plugin.controller, ReplicationController)
+    return plugin.controller
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SLOW_AMM)
+async def test_critical_key_replicated_on_reaching_memory(c, s, *workers):
+    ctl = await _start_controller(s)
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x")
+    y = c.submit(inc, 2, key="y")
+    await c.gather([x, y])
+    # the AMM waits 60 s: only the fast path can have made the copy
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    assert len(s.tasks["y"].who_has) == 1
+    assert ctl.desired == {"x": 2}
+    assert ctl.fast_requests == 1
+    await ctl.close()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=SLOW_AMM)
+async def test_replicas_count_from_annotation(c, s, *workers):
+    ctl = await _start_controller(s)
+    with dask.annotate(swarm={"replicas": 3}):
+        x = c.submit(inc, 1, key="x")
+    await x
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 3, timeout=5)
+    await ctl.close()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=FAST)
+async def test_stock_reduce_replicas_undoes_extra_copies(c, s, *workers):
+    """The fact the policy exists for: stock AMM drops a second copy within moments."""
+    x = c.submit(inc, 1, key="x")
+    await x
+    await c.replicate([x], n=2)
+    assert len(s.tasks["x"].who_has) == 2
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 1, timeout=5)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=FAST)
+async def test_policy_keeps_counts_and_still_trims_other_keys(c, s, *workers):
+    ctl = await _start_controller(s)
+    main = s.extensions["amm"]
+    assert not any(isinstance(p, ReduceReplicas) for p in main.policies)
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x")
+    y = c.submit(inc, 2, key="y")
+    await c.gather([x, y])
+    await c.replicate([y], n=3)
+    await async_poll_for(lambda: len(s.tasks["y"].who_has) == 1, timeout=5)
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    # many policy runs later the count has not flipped
+    for _ in range(10):
+        await asyncio.sleep(0.05)
+        assert len(s.tasks["x"].who_has) == 2
+    # a third copy of a critical key is trimmed back to the desired two
+    await c.replicate([x], n=3)
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    await ctl.close()
+    assert any(isinstance(p, ReduceReplicas) for p in main.policies)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SLOW_AMM)
+async def test_lost_copy_is_replaced_at_once(c, s, a, b, w3):
+    ctl = await _start_controller(s)
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x", workers=[a.address])
+    await x
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    other = next(ws for ws in s.tasks["x"].who_has if ws.address != a.address)
+    victim = b if other.address == b.address else w3
+    await victim.close()
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    assert victim.address not in {ws.address for ws in s.tasks["x"].who_has}
+    await ctl.close()
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1), ("127.0.0.2", 1), ("127.0.0.2", 1)],
+    config=SLOW_AMM,
+)
+async def test_copies_go_to_distinct_hosts(c, s, a, b1, b2):
+    ctl = await _start_controller(s)
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x", workers=[b1.address])
+    await x
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    assert {ws.host for ws in s.tasks["x"].who_has} == {"127.0.0.1", "127.0.0.2"}
+    await ctl.close()
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("127.0.0.1", 1), ("127.0.0.2", 1), ("127.0.0.2", 1)],
+    config=FAST,
+)
+async def test_amm_policy_alone_replicates_to_fresh_host(c, s, a, b1, b2):
+    ctl = await _start_controller(s)
+    x = c.submit(inc, 1, key="x", workers=[b2.address])
+    await x
+    ctl.desired["x"] = 2  # tracked after the fact: only the periodic policy will see it
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    assert {ws.host for ws in s.tasks["x"].who_has} == {"127.0.0.1", "127.0.0.2"}
+    assert ctl.fast_requests == 0
+    assert "HonourReplicaCounts" in repr(ctl.policy)
+    assert isinstance(ctl.policy, HonourReplicaCounts)
+    await ctl.close()
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1)] * 4,
+    worker_kwargs={"resources": {}},
+    config=SLOW_AMM,
+)
+async def test_downscaling_never_retires_last_holder(c, s, *workers):
+    ctl = await _start_controller(s)
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x")
+    await x
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    holders = {ws.address for ws in s.tasks["x"].who_has}
+    valid = ctl.valid_workers_downscaling(s, list(s.workers.values()))
+    assert holders - {ws.address for ws in valid}, "one holder must stay"
+    assert len(valid) == 3
+    await ctl.close()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SLOW_AMM)
+async def test_workers_to_close_respects_the_plugin(c, s, *workers):
+    await c.register_plugin(ReplicationPlugin())
+    with dask.annotate(swarm={"replicas": 3}):
+        x = c.submit(inc, 1, key="x")
+    await x
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 3, timeout=5)
+    to_close = s.workers_to_close(n=3)
+    assert len(to_close) == 2
+    await c.retire_workers(to_close)
+    assert await x == 2
+    assert len(s.workers) == 1
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1), ("", 1)],
+    worker_kwargs={"resources": {"GPU": 1}},
+    config=SLOW_AMM,
+)
+async def test_downscaling_keeps_last_gpu_worker(c, s, g1, g2):
+    ctl = await _start_controller(s)
+    assert len(ctl.valid_workers_downscaling(s, list(s.workers.values()))) == 1
+    ctl.keep_last_gpu = False
+    assert len(ctl.valid_workers_downscaling(s, list(s.workers.values()))) == 2
+    await ctl.close()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SLOW_AMM)
+async def test_bad_annotation_is_logged_not_raised(c, s, a, b):
+    ctl = await _start_controller(s)
+    with captured_logger("swarmstore.compute.replication", level=logging.WARNING) as log:
+        ctl.update_graph(s, keys={"k"}, annotations={"swarm": {"k": {"replicas": "two"}}})
+    assert "bad replication annotation" in log.getvalue()
+    assert ctl.desired == {}
+    await ctl.close()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SLOW_AMM)
+async def test_forgotten_keys_leave_the_table(c, s, a, b):
+    ctl = await _start_controller(s)
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x")
+    await x
+    assert "x" in ctl.desired
+    del x
+    await async_poll_for(lambda: "x" not in s.tasks, timeout=5)
+    assert ctl.desired == {} and ctl.inflight == {}
+    await ctl.close()
