@@ -12,7 +12,6 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
@@ -22,6 +21,8 @@ from zarr.storage import WrapperStore
 from swarmstore.errors import NodeUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
     from zarr.core.buffer import Buffer, BufferPrototype
 
 __all__ = ["Faults", "FaultyStore", "flip_byte"]

@@ -5,12 +5,14 @@ Use from a conftest: ``pytest_plugins = ["swarmstore.testing.fixtures"]``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from swarmstore.testing._moto import S3Endpoint, moto_server
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["s3_bucket", "s3_endpoint", "s3_store", "s3_store_factory"]
 

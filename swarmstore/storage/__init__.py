@@ -1,0 +1,30 @@
+"""Storage: ReplicatedStore, a Zarr v3 store over several nodes with verified replicas."""
+
+from swarmstore.storage._integrity import Record
+from swarmstore.storage._maintenance import (
+    RebalanceReport,
+    RepairReport,
+    ScrubReport,
+    inventory,
+    rebalance,
+    repair,
+    scrub,
+)
+from swarmstore.storage._node import Node, NodeSpec, check_key, node_from
+from swarmstore.storage._replicated import ReplicatedStore
+
+__all__ = [
+    "Node",
+    "NodeSpec",
+    "RebalanceReport",
+    "Record",
+    "RepairReport",
+    "ReplicatedStore",
+    "ScrubReport",
+    "check_key",
+    "inventory",
+    "node_from",
+    "rebalance",
+    "repair",
+    "scrub",
+]
