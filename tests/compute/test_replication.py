@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import time
+from collections import Counter
 
 import dask
 import pytest
+from distributed import Client, LocalCluster, SchedulerPlugin, wait
 from distributed.active_memory_manager import ReduceReplicas
-from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc
+from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc, poll_for
 
 from swarmstore.compute.replication import (
     Candidate,
@@ -262,3 +267,78 @@ async def test_forgotten_keys_leave_the_table(c, s, a, b):
     await async_poll_for(lambda: "x" not in s.tasks, timeout=5)
     assert ctl.desired == {} and ctl.inflight == {}
     await ctl.close()
+
+
+# ------------------------------------------------------------------ kill -9 with nannies
+def slow_inc(x: int, delay: float) -> int:
+    time.sleep(delay)
+    return x + 1
+
+
+def total(*values: int) -> int:
+    return sum(values[:-1])  # the last argument is the gate's result
+
+
+class ProcessingCounter(SchedulerPlugin):
+    """Counts how often each key starts processing: more than once means recomputed."""
+
+    name = "processing-counter"
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "processing":
+            self.counts[key] += 1
+
+
+def run_kill9_workload(client: Client, scheduler, nparts: int = 12) -> tuple[int, int]:
+    """Critical parts, a slow gate, a reduction; kill -9 a part holder while the gate runs.
+
+    Returns (result, recomputations of critical parts).
+    """
+    counter = ProcessingCounter()
+    scheduler.add_plugin(counter)
+    with dask.annotate(swarm={"critical": True}):
+        parts = [client.submit(slow_inc, i, 0.05, key=f"part-{i}") for i in range(nparts)]
+    gate = client.submit(slow_inc, 0, 2.0, key="gate")
+    final = client.submit(total, *parts, gate, key="final")
+    wait(parts, timeout=30)
+    tracked = scheduler.plugins.get("swarmstore-replication") is not None
+    want = 2 if tracked else 1
+    poll_for(
+        lambda: all(len(scheduler.tasks[p.key].who_has) >= want for p in parts), timeout=10
+    )
+    gate_ws = scheduler.tasks["gate"].processing_on
+    held = Counter(
+        ws.address
+        for p in parts
+        for ws in scheduler.tasks[p.key].who_has
+        if ws is not gate_ws
+    )
+    victim = held.most_common(1)[0][0]
+    pids = client.run(os.getpid)
+    os.kill(pids[victim], signal.SIGKILL)
+    result = final.result(timeout=60)
+    recomputed = sum(counter.counts[f"part-{i}"] - 1 for i in range(nparts))
+    return result, recomputed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replicate", [True, False], ids=["swarm", "stock"])
+def test_kill9_costs_no_recomputation_of_critical_keys(replicate):
+    with (
+        dask.config.set({"distributed.scheduler.active-memory-manager.interval": "100ms"}),
+        LocalCluster(
+            n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        if replicate:
+            client.register_plugin(ReplicationPlugin())
+        result, recomputed = run_kill9_workload(client, cluster.scheduler)
+    assert result == sum(range(1, 13))
+    if replicate:
+        assert recomputed == 0
+    else:
+        assert recomputed > 0  # stock Dask recomputes what the dead worker held
