@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "CacheWarning",
+    "CheckpointExistsError",
+    "CheckpointNotFoundError",
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
@@ -91,3 +93,11 @@ class CacheWarning(RuntimeWarning):
 
     Reads still succeed from the backing store; only the speed-up is lost.
     """
+
+
+class CheckpointNotFoundError(SwarmError, FileNotFoundError):
+    """No committed checkpoint has that step, or an object its manifest names is missing."""
+
+
+class CheckpointExistsError(SwarmError, FileExistsError):
+    """A checkpoint of that step is already committed (another writer won the commit)."""
