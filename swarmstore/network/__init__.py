@@ -1,5 +1,21 @@
-"""Network: a transfer router that picks the fastest source, and QoS lanes."""
+"""Network: a transfer router that picks the fastest source, hedges, breaks circuits; QoS lanes.
 
-from swarmstore.network._router import SourceStats, TransferRouter
+``TransferRouter`` decides where each read goes and when to hedge; ``qos`` sets the class
+of the transfers issued inside a block (``with swarmstore.qos("bulk"): ...``); ``Lanes``
+is the shared concurrency budget those classes draw from.
+"""
 
-__all__ = ["SourceStats", "TransferRouter"]
+from swarmstore.network._circuit import Circuit
+from swarmstore.network._qos import Lanes, current_qos, qos, qos_classes
+from swarmstore.network._router import TransferRouter
+from swarmstore.network._stats import SourceStats
+
+__all__ = [
+    "Circuit",
+    "Lanes",
+    "SourceStats",
+    "TransferRouter",
+    "current_qos",
+    "qos",
+    "qos_classes",
+]

@@ -1,0 +1,244 @@
+"""QoS classes and lanes: one concurrency budget shared by classes of different priority.
+
+A request's class comes from a context variable set with :func:`qos`
+(``with swarmstore.qos("bulk"): ...``), so it follows the code path that issues the I/O
+-- through ``await``, ``asyncio.create_task`` and zarr's sync-to-async bridge -- without any
+argument threading. :class:`Lanes` admits requests of those classes into a fixed number of
+slots: each class has a *reserve* (its share of the slots), and a class may take a free slot
+only if the slots left free afterwards still cover the unused reserves of every class of
+higher priority. So bulk traffic can never occupy the slots held for interactive reads,
+while any class may use the whole budget when nothing above it wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from swarmstore import config
+from swarmstore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+
+__all__ = ["Lanes", "current_qos", "qos", "qos_classes"]
+
+_QOS: contextvars.ContextVar[str | None] = contextvars.ContextVar("swarmstore_qos", default=None)
+
+
+def qos_classes() -> list[str]:
+    """The configured QoS classes, highest priority first (``swarmstore.network.qos-classes``)."""
+    classes = config.get("network.qos-classes")
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"swarmstore.network.qos-classes must list class names, got {classes!r}")
+    return list(classes)
+
+
+@contextlib.contextmanager
+def qos(cls: str) -> Iterator[str]:
+    """Run the block's transfers in QoS class ``cls`` (``interactive``, ``normal``, ``bulk``).
+
+    Examples
+    --------
+    >>> import swarmstore
+    >>> with swarmstore.qos("bulk"):
+    ...     swarmstore.network.current_qos()
+    'bulk'
+    >>> swarmstore.network.current_qos()
+    'normal'
+    """
+    classes = qos_classes()
+    if cls not in classes:
+        raise ConfigError(f"unknown QoS class {cls!r}; configured classes: {', '.join(classes)}")
+    token = _QOS.set(cls)
+    try:
+        yield cls
+    finally:
+        _QOS.reset(token)
+
+
+def current_qos() -> str:
+    """The ambient QoS class: the innermost :func:`qos` block, else ``network.qos-default``."""
+    cls = _QOS.get()
+    return cls if cls is not None else str(config.get("network.qos-default"))
+
+
+class _Waiter:
+    __slots__ = ("cls", "future", "granted", "loop")
+
+    def __init__(self, cls: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.cls = cls
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.granted = False
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Lanes:
+    """Admit requests of several priority classes into ``capacity`` shared slots.
+
+    Parameters
+    ----------
+    capacity : int or None
+        Slots in all; None means unlimited (requests are only counted).
+    classes : sequence of str
+        Class names, highest priority first.
+    shares : mapping of str to float
+        Fraction of ``capacity`` reserved for each class; they must sum to less than 1 so
+        the lowest class always has at least one slot it may use.
+
+    Notes
+    -----
+    Thread-safe and loop-agnostic: state sits behind a lock and a waiter is woken on its
+    own event loop, so one ``Lanes`` can serve zarr's I/O loop and a Dask worker's loop at
+    once. A freed slot goes first to waiting classes still under their reserve, then by
+    priority; within a class requests are served in arrival order.
+    """
+
+    def __init__(
+        self,
+        capacity: int | None,
+        classes: Sequence[str],
+        shares: Mapping[str, float] | None = None,
+    ) -> None:
+        if capacity is not None and capacity < 1:
+            raise ConfigError(f"QoS lane capacity must be at least 1, got {capacity}")
+        shares = dict(shares or {})
+        unknown = set(shares) - set(classes)
+        if unknown:
+            raise ConfigError(f"QoS shares name unknown classes: {sorted(unknown)}")
+        if any(s < 0 for s in shares.values()) or sum(shares.values()) >= 1:
+            raise ConfigError(f"QoS shares must be >= 0 and sum to less than 1, got {shares}")
+        self.capacity = capacity
+        self.classes = list(classes)
+        self.reserved = self._reserves(capacity, self.classes, shares)
+        self.in_use = dict.fromkeys(self.classes, 0)
+        self.granted = dict.fromkeys(self.classes, 0)
+        self._waiting: dict[str, deque[_Waiter]] = {c: deque() for c in self.classes}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _reserves(
+        capacity: int | None, classes: list[str], shares: dict[str, float]
+    ) -> dict[str, int]:
+        if capacity is None:
+            return dict.fromkeys(classes, 0)
+        floor = {c: int(capacity * shares.get(c, 0.0)) for c in classes}
+        # Give every class with a share at least one slot, when that still leaves room.
+        at_least_one = {c: max(floor[c], 1 if shares.get(c, 0.0) > 0 else 0) for c in classes}
+        return at_least_one if sum(at_least_one.values()) < capacity else floor
+
+    def __repr__(self) -> str:
+        return f"Lanes(capacity={self.capacity}, reserved={self.reserved})"
+
+    # --- decisions (call with the lock held) ---------------------------------------------
+    def _unused(self, cls: str) -> int:
+        return max(0, self.reserved[cls] - self.in_use[cls])
+
+    def _admits(self, cls: str) -> bool:
+        if self.capacity is None:
+            return True
+        free = self.capacity - sum(self.in_use.values())
+        higher = self.classes[: self.classes.index(cls)]
+        return free - 1 >= sum(self._unused(c) for c in higher)
+
+    def _dispatch(self) -> None:
+        """Grant slots to waiters while any may take one: under-reserve classes first."""
+        progress = True
+        while progress:
+            progress = False
+            ranked = sorted(
+                (c for c in self.classes if self._waiting[c]),
+                key=lambda c: (self.in_use[c] >= self.reserved[c], self.classes.index(c)),
+            )
+            for cls in ranked:
+                if self._admits(cls):
+                    waiter = self._waiting[cls].popleft()
+                    self._take(cls)
+                    waiter.granted = True
+                    waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+                    progress = True
+                    break
+
+    def _take(self, cls: str) -> None:
+        self.in_use[cls] += 1
+        self.granted[cls] += 1
+
+    # --- public API ------------------------------------------------------------------------
+    def check(self, cls: str) -> str:
+        if cls not in self.in_use:
+            raise ConfigError(f"unknown QoS class {cls!r}; known: {', '.join(self.classes)}")
+        return cls
+
+    async def acquire(self, cls: str) -> None:
+        """Wait for a slot of class ``cls``."""
+        self.check(cls)
+        with self._lock:
+            if not any(self._waiting.values()) and self._admits(cls):
+                self._take(cls)
+                return
+            waiter = _Waiter(cls, asyncio.get_running_loop())
+            self._waiting[cls].append(waiter)
+            self._dispatch()
+        try:
+            await waiter.future
+        except BaseException:
+            with self._lock:
+                if waiter.granted:
+                    self._release_locked(cls)
+                else:
+                    self._waiting[cls].remove(waiter)
+            raise
+
+    def release(self, cls: str) -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        with self._lock:
+            self._release_locked(cls)
+
+    def _release_locked(self, cls: str) -> None:
+        if self.in_use[cls] <= 0:
+            raise RuntimeError(f"release of a {cls!r} slot that was never acquired")
+        self.in_use[cls] -= 1
+        self._dispatch()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, cls: str) -> AsyncIterator[None]:
+        """``async with lanes.slot("bulk"):`` hold one slot for the block."""
+        await self.acquire(cls)
+        try:
+            yield
+        finally:
+            self.release(cls)
+
+    def queued(self, cls: str | None = None) -> int:
+        """Requests waiting for a slot (of ``cls``, or of every class)."""
+        with self._lock:
+            if cls is not None:
+                return len(self._waiting[cls])
+            return sum(len(q) for q in self._waiting.values())
+
+    def busy(self) -> int:
+        """Slots in use, all classes together."""
+        with self._lock:
+            return sum(self.in_use.values())
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """Per class: slots in use, requests queued, reserve and slots granted so far."""
+        with self._lock:
+            return {
+                c: {
+                    "in_flight": self.in_use[c],
+                    "queued": len(self._waiting[c]),
+                    "reserved": self.reserved[c],
+                    "granted": self.granted[c],
+                }
+                for c in self.classes
+            }

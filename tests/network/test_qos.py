@@ -1,0 +1,174 @@
+import asyncio
+import threading
+
+import dask.config
+import pytest
+from zarr.core.sync import sync
+
+import swarmstore
+from swarmstore.errors import ConfigError
+from swarmstore.network import Lanes, current_qos, qos
+
+CLASSES = ["interactive", "normal", "bulk"]
+
+
+def lanes(capacity=8, shares=None):
+    return Lanes(capacity, CLASSES, shares or {"interactive": 0.25, "normal": 0.15, "bulk": 0.1})
+
+
+def test_reserves_leave_the_lowest_class_room():
+    assert lanes(8).reserved == {"interactive": 2, "normal": 1, "bulk": 1}
+    assert lanes(64).reserved == {"interactive": 16, "normal": 9, "bulk": 6}
+    # too small to give each class a slot and leave one free: plain floor
+    assert lanes(2).reserved == {"interactive": 0, "normal": 0, "bulk": 0}
+    assert lanes(None).reserved == dict.fromkeys(CLASSES, 0)
+
+
+@pytest.mark.parametrize(
+    "shares", [{"interactive": 0.6, "normal": 0.4}, {"bulk": -0.1}, {"urgent": 0.1}]
+)
+def test_bad_shares_are_refused(shares):
+    with pytest.raises(ConfigError):
+        Lanes(8, CLASSES, shares)
+
+
+async def test_bulk_never_takes_the_interactive_reserve():
+    ln = lanes(8)
+    taken = 0
+    while True:
+        try:
+            await asyncio.wait_for(ln.acquire("bulk"), 0.05)
+        except TimeoutError:
+            break
+        taken += 1
+    # 8 slots minus the unused reserves of interactive (2) and normal (1)
+    assert taken == 5
+    assert ln.figures()["bulk"]["queued"] == 0  # the timed-out waiter left the queue
+    for _ in range(3):  # interactive gets every slot left, at once
+        await asyncio.wait_for(ln.acquire("interactive"), 0.05)
+    assert ln.busy() == 8
+
+
+async def test_interactive_may_use_everything_when_alone():
+    ln = lanes(8)
+    for _ in range(8):
+        await asyncio.wait_for(ln.acquire("interactive"), 0.05)
+    assert ln.figures()["interactive"]["in_flight"] == 8
+
+
+async def test_freed_slot_goes_to_classes_under_reserve_then_by_priority():
+    ln = lanes(8)
+    for _ in range(8):
+        await ln.acquire("interactive")  # interactive over its reserve holds everything
+    order = []
+
+    async def want(cls):
+        await ln.acquire(cls)
+        order.append(cls)
+
+    tasks = [asyncio.create_task(want(c)) for c in ["interactive", "bulk", "normal"]]
+    await asyncio.sleep(0.01)
+    assert ln.queued() == 3 and not order
+    for _ in range(3):
+        ln.release("interactive")
+        await asyncio.sleep(0.01)
+    # normal and bulk are below their reserves, interactive is not
+    assert order == ["normal", "bulk", "interactive"]
+    await asyncio.gather(*tasks)
+
+
+async def test_fifo_within_a_class_and_cancelled_waiters_leave():
+    ln = Lanes(1, ["all"])
+    await ln.acquire("all")
+    got = []
+
+    async def want(i):
+        async with ln.slot("all"):
+            got.append(i)
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(want(i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    tasks[1].cancel()
+    ln.release("all")
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert got == [0, 2, 3]
+    assert ln.busy() == 0 and ln.queued() == 0
+
+
+async def test_release_without_acquire_is_an_error():
+    with pytest.raises(RuntimeError, match="never acquired"):
+        lanes().release("bulk")
+    with pytest.raises(ConfigError, match="unknown QoS class"):
+        await lanes().acquire("urgent")
+
+
+def test_lanes_serve_waiters_on_other_event_loops():
+    """One Lanes shared by two threads' loops (a worker's loop and zarr's I/O loop)."""
+    ln = Lanes(1, ["all"])
+    held = threading.Event()
+    release = threading.Event()
+
+    async def holder():
+        await ln.acquire("all")
+        held.set()
+        await asyncio.to_thread(release.wait, 5)
+        ln.release("all")
+
+    t = threading.Thread(target=asyncio.run, args=(holder(),))
+    t.start()
+    assert held.wait(5)
+
+    async def waiter():
+        task = asyncio.ensure_future(ln.acquire("all"))
+        await asyncio.sleep(0.02)
+        assert not task.done()
+        release.set()
+        await asyncio.wait_for(task, 5)
+        ln.release("all")
+
+    asyncio.run(waiter())
+    t.join(5)
+    assert ln.busy() == 0
+
+
+def test_qos_context_manager_nests_and_restores():
+    assert current_qos() == "normal"
+    with swarmstore.qos("bulk"):
+        assert current_qos() == "bulk"
+        with qos("interactive"):
+            assert current_qos() == "interactive"
+        assert current_qos() == "bulk"
+    assert current_qos() == "normal"
+    with pytest.raises(ConfigError, match="unknown QoS class 'urgent'"):
+        with qos("urgent"):
+            pass
+
+
+def test_qos_default_and_classes_come_from_config():
+    with dask.config.set(
+        {"swarmstore.network.qos-default": "bulk", "swarmstore.network.qos-classes": ["hi", "bulk"]}
+    ):
+        assert current_qos() == "bulk"
+        with qos("hi"):
+            assert current_qos() == "hi"
+
+
+async def test_qos_follows_tasks():
+    async def inner():
+        return current_qos()
+
+    with qos("bulk"):
+        task = asyncio.create_task(inner())
+    assert await task == "bulk"
+
+
+def test_qos_follows_zarr_sync_into_its_io_loop():
+    """zarr's sync API runs coroutines on its own loop thread; the class must travel along."""
+
+    async def inner():
+        return current_qos(), threading.current_thread()
+
+    with qos("bulk"):
+        cls, thread = sync(inner())
+    assert cls == "bulk" and thread is not threading.current_thread()
