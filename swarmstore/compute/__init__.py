@@ -1,0 +1,31 @@
+"""Compute: GPU/CPU-aware placement, GPU load balance and chunk affinity for Dask.
+
+- :class:`SwarmPlugin` (scheduler plugin): ``client.register_plugin(SwarmPlugin())`` or
+  ``dask scheduler --preload plugins/scheduler.py``.
+- :class:`InventoryPlugin` (worker plugin): detects GPUs (NVML), CPUs and memory and declares
+  them as Dask resources ``GPU``, ``GPU_MEMORY``, ``CPU``.
+- :func:`annotate`: ``dask.annotate(swarm={...})`` validated on the client.
+
+See ``docs/compute.md``.
+"""
+
+from swarmstore.compute.inventory import GPUInfo, Inventory, InventoryPlugin, detect
+from swarmstore.compute.placement import Decision, GpuBalancer, Placer, WorkerInfo
+from swarmstore.compute.plugin import DEFAULT_EXTENSIONS, SwarmPlugin
+from swarmstore.compute.requirements import Requirements, annotate, parse
+
+__all__ = [
+    "DEFAULT_EXTENSIONS",
+    "Decision",
+    "GPUInfo",
+    "GpuBalancer",
+    "Inventory",
+    "InventoryPlugin",
+    "Placer",
+    "Requirements",
+    "SwarmPlugin",
+    "WorkerInfo",
+    "annotate",
+    "detect",
+    "parse",
+]

@@ -1,0 +1,497 @@
+"""SwarmPlugin: the scheduler plugin that applies swarmstore's placement, and hosts extensions.
+
+The hooks stay thin: they turn scheduler events into calls on
+:class:`~swarmstore.compute.placement.Placer` (pure decisions) and apply the answers to
+``TaskState`` objects in ``update_graph``, the only hook that runs before new tasks first
+transition (``transition`` fires after a state change and cannot redirect a task).
+
+Extension protocol
+------------------
+Other capabilities (replication of critical results, durable results, adaptive scaling) run
+inside the same plugin instead of as separate scheduler plugins, so they see the parsed
+requirements and one registration installs everything.
+
+- ``SwarmPlugin(extensions=None)`` loads :data:`DEFAULT_EXTENSIONS`; pass a sequence of
+  ``"module:Class"`` names or classes to choose others (``()`` for none). A name whose module
+  is not importable is skipped with a logged warning.
+- In :meth:`SwarmPlugin.start` each extension is built as ``Ext(scheduler, plugin)``.
+- SwarmPlugin forwards these hooks to each extension that defines them, after its own work,
+  in load order; an exception in one extension is logged and does not stop the others:
+
+  ``async start()``, ``async close()``,
+  ``update_graph(scheduler, *, keys, annotations, **kwargs)`` (also ``client``, ``tasks``,
+  ``priority``, ``stimulus_id``), ``transition(key, start, finish, *args, **kwargs)``,
+  ``add_worker(scheduler, worker)``, ``remove_worker(scheduler, worker, **kwargs)``,
+  ``valid_workers_downscaling(scheduler, workers) -> list`` (each extension may only narrow
+  the list it is given; anything it adds is ignored).
+- ``plugin.requirements[key]`` holds the parsed
+  :class:`~swarmstore.compute.requirements.Requirements` of every live task with a ``swarm``
+  (or GPU ``resources``) annotation, filled before extensions see ``update_graph`` and
+  dropped when the task is forgotten; read ``critical``, ``replicas``, ``persist`` from it.
+- ``plugin.placer`` is the :class:`~swarmstore.compute.placement.Placer` (workers, GPU load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+from time import monotonic, time
+from typing import TYPE_CHECKING, Any
+
+from dask._task_spec import Task
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol import pickle
+from tornado.ioloop import PeriodicCallback
+
+from swarmstore import config
+from swarmstore.compute.placement import (
+    FEEDER_BOOST,
+    Decision,
+    Placer,
+    WorkerInfo,
+    gpu_ancestors,
+)
+from swarmstore.compute.requirements import GPU, GPU_MEMORY, Requirements, from_annotations
+from swarmstore.errors import PlacementError, UnsatisfiableRequirements
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+
+    from distributed.scheduler import Scheduler, TaskState, WorkerState
+
+__all__ = ["DEFAULT_EXTENSIONS", "SwarmPlugin"]
+
+logger = logging.getLogger(__name__)
+# Per-task detail; very verbose at DEBUG
+task_logger = logging.getLogger(__name__ + ".tasks")
+
+#: Extensions SwarmPlugin loads unless told otherwise (``"module:Class"``)
+DEFAULT_EXTENSIONS: tuple[str, ...] = ("swarmstore.compute.replication:ReplicationController",)
+
+_HOOKS = (
+    "update_graph",
+    "transition",
+    "add_worker",
+    "remove_worker",
+    "valid_workers_downscaling",
+)
+_DONE = frozenset({"memory", "erred", "released", "forgotten"})
+_NOT_STARTED = frozenset({"released", "waiting", "queued", "no-worker"})
+
+
+def _raise(exc_type: type[Exception], message: str) -> None:
+    """The body of a task that must fail with ``message`` (its annotation was invalid)."""
+    raise exc_type(message)
+
+
+def _load(spec: str | type) -> type | None:
+    if not isinstance(spec, str):
+        return spec
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr or "Extension")
+    except (ImportError, AttributeError) as e:
+        logger.warning("swarmstore extension %s not loaded: %s", spec, e)
+        return None
+
+
+def _info(ws: WorkerState) -> WorkerInfo:
+    return WorkerInfo(ws.address, ws.nthreads, dict(ws.resources))
+
+
+class SwarmPlugin(SchedulerPlugin):
+    """GPU/CPU-aware placement, GPU load balance and chunk affinity in the Dask scheduler.
+
+    Parameters
+    ----------
+    extensions : sequence of str or type, optional
+        Extensions to host (see the module docstring); default :data:`DEFAULT_EXTENSIONS`.
+    keep_cpu_off_gpu, affinity : bool, optional
+        Default ``swarmstore.compute.keep-cpu-off-gpu`` / ``.affinity``.
+    unsatisfiable_timeout : str or float, optional
+        How long a task no worker can ever satisfy waits before it fails with
+        :class:`~swarmstore.errors.UnsatisfiableRequirements`; default
+        ``swarmstore.compute.unsatisfiable-timeout``.
+
+    Notes
+    -----
+    All hooks run on the scheduler's event loop; nothing here is shared across threads. Work
+    per task in ``update_graph`` is constant in the number of workers (placement caches
+    per-worker scans, GPU picks use heaps); graphs with no ``swarm`` annotation on a cluster
+    without GPU workers skip the per-task loop entirely.
+
+    Examples
+    --------
+    >>> plugin = SwarmPlugin(extensions=())
+    >>> plugin.name, plugin.idempotent
+    ('swarmstore', True)
+
+    ``await client.register_plugin(SwarmPlugin())`` installs it on a running cluster;
+    ``dask scheduler --preload plugins/scheduler.py`` at start.
+    """
+
+    name = "swarmstore"
+    idempotent = True
+
+    def __init__(
+        self,
+        extensions: Sequence[str | type] | None = None,
+        *,
+        keep_cpu_off_gpu: bool | None = None,
+        affinity: bool | None = None,
+        unsatisfiable_timeout: str | float | None = None,
+    ) -> None:
+        self.extension_specs = tuple(DEFAULT_EXTENSIONS if extensions is None else extensions)
+        self.keep_cpu_off_gpu = (
+            bool(config.get("compute.keep-cpu-off-gpu", True))
+            if keep_cpu_off_gpu is None
+            else keep_cpu_off_gpu
+        )
+        self.affinity = bool(config.get("compute.affinity", True)) if affinity is None else affinity
+        self.unsatisfiable_timeout = config.get_seconds(
+            "compute.unsatisfiable-timeout", unsatisfiable_timeout
+        )
+        #: Parsed requirements of live annotated tasks (read by extensions)
+        self.requirements: dict[Any, Requirements] = {}
+        self.extensions: list[Any] = []
+        self.placer = Placer(keep_cpu_off_gpu=self.keep_cpu_off_gpu, affinity=self.affinity)
+        self.scheduler: Scheduler | None = None
+        #: Tasks we pinned to one worker (GPU balance, chunk affinity): key -> address
+        self.pinned: dict[Any, str] = {}
+        self._gpu_charged: dict[Any, tuple[str, dict[str, float]]] = {}
+        self._hooks: dict[str, list[Any]] = {h: [] for h in _HOOKS}
+        self._pc: PeriodicCallback | None = None
+        self._reported: set[Any] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"SwarmPlugin({self.placer!r}, tracked={len(self.requirements)}, "
+            f"extensions={[type(e).__name__ for e in self.extensions]})"
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self._sync_workers(scheduler)
+        for spec in self.extension_specs:
+            cls = _load(spec)
+            if cls is None:
+                continue
+            ext = cls(scheduler, self)
+            self.extensions.append(ext)
+            for hook in _HOOKS:
+                fn = getattr(ext, hook, None)
+                if callable(fn):
+                    self._hooks[hook].append(fn)
+        for ext in self.extensions:
+            if callable(getattr(ext, "start", None)):
+                await ext.start()
+        if self.unsatisfiable_timeout is not None:
+            interval = max(0.05, min(1.0, self.unsatisfiable_timeout / 4))
+            self._pc = PeriodicCallback(self.check_unsatisfiable, interval * 1000)
+            scheduler.periodic_callbacks["swarmstore-unsatisfiable"] = self._pc
+            self._pc.start()
+        logger.debug("SwarmPlugin started: %r", self)
+
+    async def close(self) -> None:
+        if self._pc is not None:
+            self._pc.stop()
+            if self.scheduler is not None:
+                self.scheduler.periodic_callbacks.pop("swarmstore-unsatisfiable", None)
+            self._pc = None
+        for ext in reversed(self.extensions):
+            if callable(getattr(ext, "close", None)):
+                try:
+                    await ext.close()
+                except Exception:
+                    logger.exception("swarmstore extension %r failed to close", ext)
+        self.extensions = []
+        self._hooks = {h: [] for h in _HOOKS}
+
+    # ---------------------------------------------------------------- graph
+    def update_graph(
+        self,
+        scheduler: Scheduler,
+        *,
+        keys: set[Any],
+        annotations: dict[str, dict[Any, Any]] | None = None,
+        tasks: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        annotations = annotations or {}
+        try:
+            self._place(scheduler, annotations, tasks if tasks is not None else list(keys))
+        except Exception:  # the scheduler would swallow it; say what failed
+            logger.exception("swarmstore placement failed; tasks keep stock placement")
+        for fn in self._hooks["update_graph"]:
+            try:
+                fn(scheduler, keys=keys, annotations=annotations, tasks=tasks, **kwargs)
+            except Exception:
+                logger.exception("swarmstore extension update_graph failed: %r", fn)
+
+    def _place(
+        self, scheduler: Scheduler, annotations: Mapping[str, Mapping[Any, Any]], tasks: list[Any]
+    ) -> None:
+        swarm = annotations.get("swarm") or {}
+        resources = annotations.get("resources") or {}
+        self._sync_workers(scheduler)
+        placer = self.placer
+        spread_cpu = placer.keep_cpu_off_gpu and placer.has_gpu_workers and bool(placer.cpu_pool)
+        if not swarm and not resources and not spread_cpu:
+            return  # the common fast path: nothing of ours in this graph
+
+        reqs, bad = self._parse(swarm, resources)
+        self.requirements.update(reqs)
+        gpu_keys = [k for k, r in reqs.items() if r.is_gpu]
+        feeders = self._feeders(scheduler, gpu_keys) if gpu_keys else set()
+        todo: Iterable[Any] = tasks if spread_cpu else (*reqs, *bad, *feeders)
+        stasks = scheduler.tasks
+        for key in todo:
+            ts = stasks.get(key)
+            if ts is None or ts.run_spec is None:
+                continue
+            if ts.state != "released":  # not new: placed (or computed) before
+                if key in feeders:
+                    self._boost(scheduler, ts)
+                continue
+            if key in bad:
+                self._fail_invalid(ts, bad[key])
+                continue
+            req = reqs.get(key)
+            if req is None and key not in feeders and (
+                ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions
+            ):
+                continue  # the user restricted it already: leave it alone
+            rootish = req is None and key not in feeders and scheduler.is_rootish(ts)
+            decision = placer.decide(
+                req, rootish=rootish, feeds_gpu=key in feeders, base_priority=-ts.priority[0]
+            )
+            self._apply(scheduler, ts, decision)
+
+    def _parse(
+        self, swarm: Mapping[Any, Any], resources: Mapping[Any, Any]
+    ) -> tuple[dict[Any, Requirements], dict[Any, str]]:
+        reqs: dict[Any, Requirements] = {}
+        bad: dict[Any, str] = {}
+        for key, value in swarm.items():
+            try:
+                req = from_annotations({"swarm": value, "resources": resources.get(key)})
+            except PlacementError as e:
+                bad[key] = f"task {key!r}: {e}"
+                continue
+            if req is not None:
+                reqs[key] = req
+        for key, value in resources.items():
+            is_gpu = isinstance(value, dict) and (GPU in value or GPU_MEMORY in value)
+            if key not in swarm and is_gpu:
+                req = from_annotations({"resources": value})
+                if req is not None:
+                    reqs[key] = req
+        return reqs, bad
+
+    @staticmethod
+    def _feeders(scheduler: Scheduler, gpu_keys: list[Any]) -> set[Any]:
+        """Tasks not yet started that GPU tasks transitively depend on.
+
+        Feeders submitted earlier (say ``c.submit`` per stage) are found too; their priority
+        is raised in place (:meth:`_boost`).
+        """
+        stasks = scheduler.tasks
+
+        def deps_of(key: Any) -> list[Any] | None:
+            ts = stasks.get(key)
+            if ts is None or ts.state not in _NOT_STARTED:
+                return None
+            return [d.key for d in ts.dependencies]
+
+        return gpu_ancestors(gpu_keys, deps_of)
+
+    def _apply(self, scheduler: Scheduler, ts: TaskState, d: Decision) -> None:
+        if d.resources:
+            ts.resource_restrictions = {**(ts.resource_restrictions or {}), **d.resources}
+        if d.workers is not None:
+            ts.worker_restrictions = set(d.workers)
+            ts.loose_restrictions = d.loose
+            if len(d.workers) == 1:
+                self.pinned[ts.key] = next(iter(d.workers))
+        if d.priority is not None and ts.priority:
+            ts.priority = (-d.priority, *ts.priority[1:])
+        if d.gpu_worker is not None:
+            self._gpu_charged[ts.key] = (d.gpu_worker, dict(d.resources or {}))
+        if d.unsatisfiable and ts.key not in self._reported:
+            self._reported.add(ts.key)
+            scheduler.log_event(
+                "swarmstore",
+                {
+                    "action": "unsatisfiable-waiting",
+                    "key": ts.key,
+                    "resources": dict(d.resources or {}),
+                    "timeout": self.unsatisfiable_timeout,
+                },
+            )
+        task_logger.debug("placed %s: %s", ts.key, d)
+
+    @staticmethod
+    def _boost(scheduler: Scheduler, ts: TaskState) -> None:
+        """Raise the priority of a feeder already known to the scheduler, not yet started."""
+        if ts.state not in _NOT_STARTED or not ts.priority:
+            return
+        first = ts.priority[0]
+        if first % 1:
+            return  # boosted already: user priorities are integers, boosts add a half
+        boosted = first - FEEDER_BOOST
+        queued = ts.state == "queued"
+        if queued:
+            scheduler.queued.discard(ts)
+        ts.priority = (boosted, *ts.priority[1:])
+        if queued:
+            scheduler.queued.add(ts)
+
+    def _fail_invalid(self, ts: TaskState, message: str) -> None:
+        """Make a task with a malformed annotation fail with ``message`` when it runs."""
+        ts.run_spec = Task(ts.key, _raise, PlacementError, message)
+        ts.resource_restrictions = None
+        ts.worker_restrictions = None
+        ts.host_restrictions = None
+        logger.warning("invalid swarm annotation: %s", message)
+
+    # ---------------------------------------------------------------- events
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish in _DONE:
+            charged = self._gpu_charged.pop(key, None)
+            if charged is not None:
+                self.placer.gpu.release(*charged)
+            if finish == "forgotten":
+                self.requirements.pop(key, None)
+                self.pinned.pop(key, None)
+                self._reported.discard(key)
+        for fn in self._hooks["transition"]:
+            try:
+                fn(key, start, finish, *args, **kwargs)
+            except Exception:
+                logger.exception("swarmstore extension transition failed: %r", fn)
+
+    def add_worker(self, scheduler: Scheduler, worker: str) -> Awaitable[None] | None:
+        ws = scheduler.workers.get(worker)
+        if ws is not None:
+            self.placer.add_worker(_info(ws))
+        return self._forward("add_worker", scheduler, worker)
+
+    def remove_worker(
+        self, scheduler: Scheduler, worker: str, **kwargs: Any
+    ) -> Awaitable[None] | None:
+        self.placer.remove_worker(worker)
+        try:
+            self._repin(scheduler, worker)
+        except Exception:
+            logger.exception("swarmstore could not re-place tasks of %s", worker)
+        return self._forward("remove_worker", scheduler, worker, **kwargs)
+
+    def valid_workers_downscaling(
+        self, scheduler: Scheduler, workers: list[WorkerState]
+    ) -> list[WorkerState]:
+        for fn in self._hooks["valid_workers_downscaling"]:
+            try:
+                allowed = set(fn(scheduler, list(workers)))
+            except Exception:
+                logger.exception("swarmstore extension valid_workers_downscaling failed: %r", fn)
+                continue
+            workers = [w for w in workers if w in allowed]
+        return workers
+
+    def _forward(self, hook: str, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
+        pending = []
+        for fn in self._hooks[hook]:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception:
+                logger.exception("swarmstore extension %s failed: %r", hook, fn)
+                continue
+            if inspect.isawaitable(result):
+                pending.append(result)
+        if not pending:
+            return None
+        return self._gather(pending)
+
+    @staticmethod
+    async def _gather(pending: list[Awaitable[Any]]) -> None:
+        for r in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(r, Exception):
+                logger.error("swarmstore extension hook failed: %r", r)
+
+    # ---------------------------------------------------------------- maintenance
+    def _sync_workers(self, scheduler: Scheduler) -> None:
+        """Bring the placer's worker picture up to date (resources change at run time)."""
+        placer = self.placer
+        for addr, ws in scheduler.workers.items():
+            info = placer.workers.get(addr)
+            if info is None or info.resources != ws.resources or info.nthreads != ws.nthreads:
+                placer.add_worker(_info(ws))
+        if len(placer.workers) != len(scheduler.workers):
+            for addr in [a for a in placer.workers if a not in scheduler.workers]:
+                placer.remove_worker(addr)
+
+    def _repin(self, scheduler: Scheduler, worker: str) -> None:
+        """Re-place tasks pinned to a worker that left (new HRW owner, next GPU worker)."""
+        moved = [k for k, a in self.pinned.items() if a == worker]
+        recs: dict[Any, str] = {}
+        for key in moved:
+            ts = scheduler.tasks.get(key)
+            if ts is None:
+                self.pinned.pop(key, None)
+                continue
+            if ts.state in ("memory", "processing", "erred"):
+                continue  # the scheduler re-runs it through released, then we see it here
+            req = self.requirements.get(key)
+            d = self.placer.decide(req, rootish=False, base_priority=0)
+            ts.worker_restrictions = set(d.workers or ())
+            if d.workers and len(d.workers) == 1:
+                self.pinned[key] = next(iter(d.workers))
+            else:
+                self.pinned.pop(key, None)
+            if d.gpu_worker is not None:
+                self._gpu_charged[key] = (d.gpu_worker, dict(d.resources or {}))
+            if ts.state == "no-worker" and d.workers:
+                recs[key] = "processing"
+        if recs:
+            scheduler.transitions(recs, stimulus_id=f"swarmstore-repin-{time()}")
+        if moved:
+            logger.info("swarmstore re-placed %d task(s) of %s", len(moved), worker)
+
+    def check_unsatisfiable(self) -> None:
+        """Fail tasks that waited past the timeout for resources no worker declares."""
+        scheduler = self.scheduler
+        if scheduler is None or self.unsatisfiable_timeout is None or not scheduler.unrunnable:
+            return
+        now = monotonic()
+        stimulus_id = f"swarmstore-unsatisfiable-{time()}"
+        recs: dict[Any, str] = {}
+        failed = []
+        for ts, since in list(scheduler.unrunnable.items()):
+            if now - since <= self.unsatisfiable_timeout:
+                break  # insertion-ordered: the rest waited less
+            needs = ts.resource_restrictions
+            if not needs or self.placer.capable(needs):
+                continue  # someone could run it: busy or restricted, not ours to fail
+            msg = (
+                f"task {ts.key!r} needs resources {dict(needs)} but no worker of "
+                f"{len(scheduler.workers)} declares them (waited "
+                f"{self.unsatisfiable_timeout:g}s; swarmstore.compute.unsatisfiable-timeout). "
+                "Start workers with those resources, or install swarmstore's worker plugin "
+                "(plugins/worker.py) so GPUs and CPUs are declared."
+            )
+            exc = pickle.dumps(UnsatisfiableRequirements(msg))
+            recs.update(
+                scheduler.transition(
+                    ts.key, "erred", exception=exc, cause=ts.key, stimulus_id=stimulus_id
+                )
+            )
+            failed.append(ts.key)
+            logger.error("%s", msg)
+        if failed:
+            scheduler.transitions(recs, stimulus_id)
+            scheduler.log_event(
+                "swarmstore", {"action": "unsatisfiable-failed", "keys": failed}
+            )

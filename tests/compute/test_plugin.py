@@ -1,0 +1,355 @@
+"""SwarmPlugin on real in-process clusters (gen_cluster), and its hooks called directly."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import dask
+import pytest
+from distributed import Event, Worker, wait
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils_test import async_poll_for, gen_cluster
+
+from swarmstore.compute import SwarmPlugin, annotate
+from swarmstore.compute.placement import FEEDER_BOOST
+from swarmstore.errors import PlacementError, UnsatisfiableRequirements
+from swarmstore.hashing import Member, Rendezvous
+
+CPU = ("127.0.0.1", 2)
+GPU1 = ("127.0.0.1", 2, {"resources": {"GPU": 1, "GPU_MEMORY": 16e9}})
+GPU4 = ("127.0.0.1", 2, {"resources": {"GPU": 4, "GPU_MEMORY": 64e9}})
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def where(_: object = None) -> str:
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def plugin_of(s) -> SwarmPlugin:
+    return s.plugins["swarmstore"]
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_gpu_tasks_go_to_gpu_workers_only(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    with dask.annotate(swarm={"gpu": 1}):
+        futs = c.map(where, range(10), pure=False)
+    assert set(await c.gather(futs)) == {b.address}
+    # stock resources= annotations are balanced too and keep working
+    futs = c.map(where, range(10, 14), resources={"GPU": 1}, pure=False)
+    assert set(await c.gather(futs)) == {b.address}
+
+
+@gen_cluster(client=True, nthreads=[GPU1, GPU4])
+async def test_gpu_tasks_balanced_by_free_slots(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    with dask.annotate(swarm={"gpu": 1}):
+        futs = c.map(where, range(20), pure=False)
+    await wait(futs)
+    placed = Counter(next(iter(s.tasks[f.key].worker_restrictions)) for f in futs)
+    # 1 GPU vs 4 GPUs: load per slot balanced, 4 of 20 on the 1-GPU worker
+    assert placed == {a.address: 4, b.address: 16}
+    await async_poll_for(lambda: plugin_of(s).placer.gpu.load(b.address) == (0, 0), timeout=5)
+    assert plugin_of(s).placer.gpu.load(a.address) == (0, 0)
+
+
+@gen_cluster(client=True, nthreads=[GPU1, GPU1])
+async def test_gpu_memory_is_a_resource(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    with dask.annotate(swarm={"gpu_memory": "10GB"}):
+        fut = c.submit(where, 0, pure=False)
+    assert await fut in {a.address, b.address}
+    assert s.tasks[fut.key].resource_restrictions == {"GPU": 1.0, "GPU_MEMORY": 10e9}
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_non_rootish_cpu_tasks_kept_off_gpu_workers(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    futs = c.map(where, range(6), pure=False)  # small group: not root-ish
+    assert set(await c.gather(futs)) == {a.address}
+    assert all(s.tasks[f.key].loose_restrictions for f in futs)  # soft: may fall back
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_rootish_cpu_tasks_stay_queued(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    ev = Event()
+    futs = c.map(lambda i, ev: ev.wait(), range(50), ev=ev, pure=False)
+    await async_poll_for(lambda: len(s.queued) > 0, timeout=5)
+    assert not s.tasks[futs[0].key].worker_restrictions
+    await ev.set()
+    await wait(futs)
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_user_restrictions_left_alone(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    futs = c.map(where, range(4), workers=[b.address], pure=False)
+    assert set(await c.gather(futs)) == {b.address}
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_cpu_fallback_when_no_cpu_worker(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    futs = c.map(inc, range(4))
+    await wait(futs)
+    await a.close()
+    await async_poll_for(lambda: len(s.workers) == 1, timeout=5)
+    futs2 = c.map(where, range(100, 104), pure=False)
+    assert set(await c.gather(futs2)) == {b.address}
+
+
+@gen_cluster(client=True, nthreads=[CPU] * 3)
+async def test_chunk_affinity_follows_rendezvous(c, s, *workers):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    chunks = [f"arr/c/{i}" for i in range(30)]
+    futs = []
+    for i, ck in enumerate(chunks):
+        with dask.annotate(swarm={"chunk": ck}):
+            futs.append(c.submit(where, i, pure=False))
+    got = await c.gather(futs)
+    ring = Rendezvous([Member(w.address, weight=2.0) for w in workers])
+    assert got == [ring.owner(ck).name for ck in chunks]
+    assert len(set(got)) == 3
+    # second pass: same workers
+    futs2 = []
+    for i, ck in enumerate(chunks):
+        with dask.annotate(swarm={"chunk": ck}):
+            futs2.append(c.submit(where, 1000 + i, pure=False))
+    assert await c.gather(futs2) == got
+
+
+@gen_cluster(client=True, nthreads=[CPU] * 3)
+async def test_chunk_tasks_move_when_owner_leaves(c, s, *workers):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    ev = Event()
+    gate = c.submit(lambda ev: ev.wait(), ev, pure=False, workers=[workers[0].address])
+    chunks = [f"arr/c/{i}" for i in range(24)]
+    futs = []
+    for ck in chunks:
+        with dask.annotate(swarm={"chunk": ck}):
+            futs.append(c.submit(lambda g, ck: where(), gate, ck, pure=False))
+    await async_poll_for(lambda: all(f.key in s.tasks for f in futs), timeout=5)
+    victim = workers[2]
+    pinned_to_victim = [f for f in futs if s.tasks[f.key].worker_restrictions == {victim.address}]
+    assert pinned_to_victim
+    await victim.close()
+    await ev.set()
+    got = await c.gather(futs)
+    assert victim.address not in got
+    survivors = Rendezvous([Member(w.address, weight=2.0) for w in workers[:2]])
+    for f, ck, addr in zip(futs, chunks, got, strict=True):
+        if f in pinned_to_victim:
+            assert addr == survivors.owner(ck).name
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_priority_mapped(c, s, a):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    with dask.annotate(swarm={"priority": "high"}):
+        hi = c.submit(inc, 1)
+    with dask.annotate(swarm={"priority": -3}):
+        lo = c.submit(inc, 2)
+    plain = c.submit(inc, 3, priority=5)  # the standard priority= keeps working
+    await wait([hi, lo, plain])
+    assert s.tasks[hi.key].priority[0] == -10
+    assert s.tasks[lo.key].priority[0] == 3
+    assert s.tasks[plain.key].priority[0] == -5
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_gpu_feeders_boosted(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    # one graph: a feeder chain into a GPU task, beside unrelated work
+    feeder = dask.delayed(inc)(1, dask_key_name="feeder")
+    feeder2 = dask.delayed(inc)(feeder, dask_key_name="feeder2")
+    with dask.annotate(swarm={"gpu": 1}):
+        gpu = dask.delayed(inc)(feeder2, dask_key_name="gpu-task")
+    other = dask.delayed(inc)(5, dask_key_name="other")
+    futs = c.compute([gpu, other])
+    await wait(futs)
+    for key in ("feeder", "feeder2", "gpu-task"):
+        assert s.tasks[key].priority[0] == -FEEDER_BOOST
+    assert s.tasks["other"].priority[0] == 0
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_gpu_feeders_boosted_across_submissions(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    ev = Event()
+    gate = c.submit(lambda ev: ev.wait(), ev, key="gate", workers=[a.address])
+    x = c.submit(inc, gate, key="feeder")  # submitted first, waits on the gate
+    await async_poll_for(lambda: "feeder" in s.tasks, timeout=5)
+    assert s.tasks["feeder"].priority[0] == 0
+    with dask.annotate(swarm={"gpu": 1}):
+        y = c.submit(inc, x, key="gpu-task")
+    await async_poll_for(lambda: "gpu-task" in s.tasks, timeout=5)
+    assert s.tasks["feeder"].priority[0] == -FEEDER_BOOST
+    await ev.set()
+    assert await y == 3
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_invalid_annotation_fails_task_with_clear_error(c, s, a):
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    with dask.annotate(swarm={"gpus": 1}):
+        bad = c.submit(inc, 1)
+    with pytest.raises(PlacementError, match="unknown swarm annotation key 'gpus'"):
+        await bad
+    with dask.annotate(swarm={"gpu_memory": "lots"}):
+        bad2 = c.submit(inc, 2)
+    with pytest.raises(PlacementError, match="not a byte size"):
+        await bad2
+    assert await c.submit(inc, 3) == 4  # the cluster is fine
+
+
+def test_client_side_validation():
+    with pytest.raises(PlacementError, match="replicas"), annotate(replicas=0):
+        pass
+    with annotate(gpu=0.5, critical=True, replicas=2) as req:
+        assert dask.get_annotations()["swarm"] == {"gpu": 0.5, "critical": True, "replicas": 2}
+    assert req.gpu == 0.5 and req.critical and req.replicas == 2
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_unsatisfiable_fails_after_timeout(c, s, a):
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="200ms"))
+    events = []
+    with dask.annotate(swarm={"gpu": 1}):
+        fut = c.submit(inc, 1)
+    t0 = time.monotonic()
+    with pytest.raises(UnsatisfiableRequirements, match="no worker of 1 declares them"):
+        await fut
+    assert time.monotonic() - t0 >= 0.2
+    events = [m for _, m in s.get_events("swarmstore")]
+    actions = [e["action"] for e in events]
+    assert "unsatisfiable-waiting" in actions and "unsatisfiable-failed" in actions
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_worker_joining_in_time_runs_task(c, s, a):
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="10s"))
+    with dask.annotate(swarm={"gpu": 1}):
+        fut = c.submit(inc, 1)
+    await async_poll_for(lambda: fut.key in s.tasks and s.tasks[fut.key].state == "no-worker", 5)
+    # a GPU worker joins before the timeout: the task runs instead of failing
+    async with Worker(s.address, nthreads=1, resources={"GPU": 1}):
+        assert await fut == 2
+
+
+# ---------------------------------------------------------------- extension protocol
+class Recorder:
+    """A real (tiny) extension: records what it is told, narrows downscaling."""
+
+    instances: list[Recorder] = []
+
+    def __init__(self, scheduler, plugin) -> None:
+        self.scheduler = scheduler
+        self.plugin = plugin
+        self.calls: list[str] = []
+        self.seen_requirements: dict = {}
+        Recorder.instances.append(self)
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def close(self) -> None:
+        self.calls.append("close")
+
+    def update_graph(self, scheduler, *, keys, annotations, **kwargs) -> None:
+        self.calls.append("update_graph")
+        for k in keys:
+            if k in self.plugin.requirements:
+                self.seen_requirements[k] = self.plugin.requirements[k]
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        self.calls.append(f"transition:{finish}")
+
+    def add_worker(self, scheduler, worker) -> None:
+        self.calls.append("add_worker")
+
+    def remove_worker(self, scheduler, worker, **kwargs) -> None:
+        self.calls.append("remove_worker")
+
+    def valid_workers_downscaling(self, scheduler, workers):
+        return [w for w in workers if w.address != self.keep] + [object()]  # adds: ignored
+
+    keep = ""
+
+
+class Broken:
+    def __init__(self, scheduler, plugin) -> None:
+        pass
+
+    def update_graph(self, scheduler, **kwargs) -> None:
+        raise RuntimeError("boom")
+
+
+@gen_cluster(client=True, nthreads=[CPU, CPU])
+async def test_extension_protocol(c, s, a, b):
+    Recorder.instances.clear()
+    spec = f"{__name__}:Recorder"
+    plugin = SwarmPlugin(extensions=(spec, Broken, "no.such.module:Thing"))
+    await c.register_plugin(plugin)
+    (rec,) = Recorder.instances
+    assert rec.plugin is plugin_of(s) and rec.scheduler is s
+    with dask.annotate(swarm={"critical": True, "replicas": 3}):
+        fut = c.submit(inc, 1, key="crit")
+    assert await fut == 2  # the broken extension did not stop placement or the task
+    assert rec.seen_requirements["crit"].replicas == 3
+    assert rec.seen_requirements["crit"].critical
+    assert {"start", "update_graph", "transition:memory"} <= set(rec.calls)
+    Recorder.keep = a.address
+    allowed = s.plugins["swarmstore"].valid_workers_downscaling(s, list(s.workers.values()))
+    assert [w.address for w in allowed] == [b.address]
+    await b.close()
+    await async_poll_for(lambda: "remove_worker" in rec.calls, timeout=5)
+    await plugin_of(s).close()
+    assert rec.calls[-1] == "close"
+    assert plugin_of(s).extensions == []  # closing twice (at scheduler close) is harmless
+
+
+def test_default_extensions_skip_missing(monkeypatch, caplog):
+    from swarmstore.compute import plugin as mod
+
+    monkeypatch.setattr(mod, "DEFAULT_EXTENSIONS", ("swarmstore.compute.nonexistent:Thing",))
+    assert mod._load("swarmstore.compute.nonexistent:Thing") is None
+    assert "not loaded" in caplog.text
+    assert SwarmPlugin().extension_specs == mod.DEFAULT_EXTENSIONS
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_default_extension_is_replication(c, s, a):
+    await c.register_plugin(SwarmPlugin())
+    names = [type(e).__name__ for e in plugin_of(s).extensions]
+    assert names == ["ReplicationController"]
+
+
+# ---------------------------------------------------------------- hooks called directly
+@gen_cluster(nthreads=[CPU, GPU1])
+async def test_hooks_direct(s, a, b):
+    """update_graph's work, without a client: the scheduler swallows hook errors."""
+    plugin = SwarmPlugin(extensions=())
+    await plugin.start(s)
+    assert set(plugin.placer.workers) == {a.address, b.address}
+    # nothing of ours -> nothing happens, even with GPU workers and no tasks
+    plugin.update_graph(s, keys=set(), tasks=[], annotations={})
+    plugin.update_graph(s, keys={"x"}, tasks=["x"], annotations={"swarm": {"x": {"gpu": 1}}})
+    assert plugin.requirements["x"].gpu == 1  # parsed even though no TaskState exists
+    plugin.transition("x", "released", "forgotten")
+    assert "x" not in plugin.requirements
+    plugin.remove_worker(s, b.address, stimulus_id="test")
+    assert not plugin.placer.has_gpu_workers
+    plugin.add_worker(s, b.address)
+    assert plugin.placer.has_gpu_workers
+    await plugin.close()
+
+
+def test_plugin_is_a_scheduler_plugin():
+    assert isinstance(SwarmPlugin(extensions=()), SchedulerPlugin)
