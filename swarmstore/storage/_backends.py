@@ -263,6 +263,11 @@ class MemoryNode(Node):
         self.records.pop(key, None)
 
 
+def _endpoint(fs: Any) -> Any:
+    options = getattr(fs, "storage_options", {}) or {}
+    return options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+
+
 def _named_node(name: str, attrs: dict[str, Any]) -> MemoryNode:
     return MemoryNode.named(name, **attrs)
 
@@ -293,6 +298,17 @@ class S3Node(Node):
         self.path = path.strip("/")
         super().__init__(name or f"s3://{self.path}", weight=weight, zone=zone, host=host)
         self.store = FsspecStore(fs, path=self.path)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, S3Node)
+            and (self.name, self.path, self.weight, self.zone)
+            == (other.name, other.path, other.weight, other.zone)
+            and _endpoint(self.fs) == _endpoint(other.fs)
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
     def _loc(self, key: str) -> tuple[str, str]:
         bucket, _, prefix = self.path.partition("/")

@@ -181,7 +181,8 @@ def node_from(spec: Any, **kwargs: Any) -> Node:
     if isinstance(spec, NodeSpec):
         attrs = {"name": spec.name, "weight": spec.weight, "zone": spec.zone, "host": spec.host}
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        return node_from(spec.target, storage_options=spec.storage_options, **attrs, **kwargs)
+        kwargs["storage_options"] = spec.storage_options or kwargs.get("storage_options")
+        return node_from(spec.target, **attrs, **kwargs)
     if isinstance(spec, dict):
         return node_from(NodeSpec(**spec), **kwargs)
     storage_options = kwargs.pop("storage_options", None) or {}

@@ -127,6 +127,7 @@ class FaultyStore(WrapperStore[Store]):
         from swarmstore.storage import node_from
         from swarmstore.testing._faulty_node import FaultyNode
 
+        kwargs.setdefault("name", self.name)
         return FaultyNode(node_from(self._store, **kwargs), self.faults)
 
     async def get(

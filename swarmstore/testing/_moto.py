@@ -58,7 +58,8 @@ class S3Endpoint:
     def make_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a random name if none) and return its name."""
         name = name or f"swarm-{uuid.uuid4().hex[:12]}"
-        self.filesystem().mkdir(name)
+        # us-east-1 takes no LocationConstraint (s3fs's mkdir would send one)
+        self.filesystem().call_s3("create_bucket", Bucket=name)
         return name
 
 
