@@ -15,8 +15,9 @@ Rules, in order:
    per byte of GPU memory). Dask checks only declared totals (dask/distributed#6467), so this
    balance is ours; :class:`GpuBalancer` keeps one heap per worker shape, so a pick costs
    ``O(shapes * log workers)``, flat as the cluster grows.
-4. A CPU task that is not root-ish goes to CPU workers, loosely: when they are saturated work
-   stealing may still move it to an idle GPU worker, and with no CPU worker it runs anywhere.
+4. A CPU task that is not root-ish and asks for no resources goes to CPU workers, loosely: when
+   they are saturated work stealing may still move it to an idle GPU worker (stealing honours
+   loose restrictions), and with no CPU worker left it runs anywhere.
    Root-ish CPU tasks stay unrestricted, so the scheduler's root-task queue (which feeds only
    idle workers) keeps working for them (restrictions disable queuing, #9164).
 5. GPU tasks and the tasks that feed them get half a priority step more than their graph gave
@@ -169,6 +170,10 @@ class GpuBalancer:
             u[1] = max(0.0, u[1] - float(needs.get(GPU_MEMORY, 0)))
             self._push(addr)
 
+    def ratio(self, addr: str) -> tuple[float, float]:
+        """The load :meth:`pick` minimises: committed work per GPU slot, per GPU byte."""
+        return self._load(addr)
+
     def load(self, addr: str) -> tuple[float, float]:
         """``(GPU units, GPU memory)`` committed to ``addr``."""
         u = self.used.get(addr, [0.0, 0.0])
@@ -310,6 +315,10 @@ class Placer:
             )
         if is_gpu:
             addr = self.gpu.pick(needs)
+            if addr is not None and not self.workers[addr].can_run(needs):
+                # needs beyond GPU/GPU_MEMORY (say CPU): the rare slow path, a scan
+                fits = [a for a, _ in self.capable(needs) if a in self.gpu.capacity]
+                addr = min(fits, key=self.gpu.ratio) if fits else None
             if addr is not None:
                 self.gpu.assign(addr, needs)
             return Decision(
@@ -321,14 +330,11 @@ class Placer:
         if (
             self.keep_cpu_off_gpu
             and not rootish
+            and not needs  # loose restrictions would let Dask ignore resource restrictions
             and self.has_gpu_workers
             and self.cpu_pool
         ):
-            pool = self.cpu_pool
-            if needs:
-                pool = frozenset(a for a in pool if self.workers[a].can_run(needs))
-            if pool:
-                return Decision(workers=pool, loose=True, resources=resources, priority=priority)
+            return Decision(workers=self.cpu_pool, loose=True, priority=priority)
         return Decision(resources=resources, priority=priority)
 
 
