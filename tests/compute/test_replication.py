@@ -15,6 +15,7 @@ from distributed import Client, LocalCluster, SchedulerPlugin, wait
 from distributed.active_memory_manager import ReduceReplicas
 from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc, poll_for
 
+from swarmstore.compute import SwarmPlugin
 from swarmstore.compute.replication import (
     Candidate,
     HonourReplicaCounts,
@@ -292,7 +293,9 @@ class ProcessingCounter(SchedulerPlugin):
             self.counts[key] += 1
 
 
-def run_kill9_workload(client: Client, scheduler, nparts: int = 12) -> tuple[int, int]:
+def run_kill9_workload(
+    client: Client, scheduler, *, copies: int, nparts: int = 12
+) -> tuple[int, int]:
     """Critical parts, a slow gate, a reduction; kill -9 a part holder while the gate runs.
 
     Returns (result, recomputations of critical parts).
@@ -304,10 +307,8 @@ def run_kill9_workload(client: Client, scheduler, nparts: int = 12) -> tuple[int
     gate = client.submit(slow_inc, 0, 2.0, key="gate")
     final = client.submit(total, *parts, gate, key="final")
     wait(parts, timeout=30)
-    tracked = scheduler.plugins.get("swarmstore-replication") is not None
-    want = 2 if tracked else 1
     poll_for(
-        lambda: all(len(scheduler.tasks[p.key].who_has) >= want for p in parts), timeout=10
+        lambda: all(len(scheduler.tasks[p.key].who_has) >= copies for p in parts), timeout=10
     )
     gate_ws = scheduler.tasks["gate"].processing_on
     held = Counter(
@@ -334,11 +335,30 @@ def test_kill9_costs_no_recomputation_of_critical_keys(replicate):
         ) as cluster,
         Client(cluster) as client,
     ):
-        if replicate:
-            client.register_plugin(ReplicationPlugin())
-        result, recomputed = run_kill9_workload(client, cluster.scheduler)
+        if replicate:  # the user's one line: no config edit
+            client.register_plugin(SwarmPlugin())
+        result, recomputed = run_kill9_workload(
+            client, cluster.scheduler, copies=2 if replicate else 1
+        )
     assert result == sum(range(1, 13))
     if replicate:
         assert recomputed == 0
     else:
         assert recomputed > 0  # stock Dask recomputes what the dead worker held
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SLOW_AMM)
+async def test_end_to_end_through_swarm_plugin(c, s, *workers):
+    await c.register_plugin(SwarmPlugin())
+    [ctl] = [e for e in s.plugins["swarmstore"].extensions
+             if isinstance(e, ReplicationController)]
+    assert not any(isinstance(p, ReduceReplicas) for p in s.extensions["amm"].policies)
+    with dask.annotate(swarm={"critical": True, "replicas": 3}):
+        x = c.submit(inc, 1, key="x")
+    y = c.submit(inc, 2, key="y")
+    await c.gather([x, y])
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 3, timeout=5)
+    assert ctl.desired == {"x": 3} and len(s.tasks["y"].who_has) == 1
+    assert len(s.workers_to_close(n=3)) == 2  # one holder of x always stays
+    await s.plugins["swarmstore"].close()  # unregistering alone does not close a plugin
+    assert any(isinstance(p, ReduceReplicas) for p in s.extensions["amm"].policies)
