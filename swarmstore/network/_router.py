@@ -252,7 +252,8 @@ class TransferRouter:
     # --- transfers ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _slot(self, nm: str, cls: str) -> AsyncIterator[None]:
-        async with self.lanes.slot(cls), self._source_lanes(nm).slot(cls):
+        # The source's lanes first: a request queued at a busy source holds no global slot.
+        async with self._source_lanes(nm).slot(cls), self.lanes.slot(cls):
             yield
 
     def _class(self) -> str:
@@ -429,7 +430,7 @@ class TransferRouter:
         if self._probe_fn is None or self._probing:
             return
         now = self.clock()
-        for src in sources:
+        for src in sources[1:]:  # the first is about to be measured by the read itself
             nm = name(src)
             st = self._stats(nm)
             stale = st.last_tried is None or now - st.last_tried >= self.probe_interval

@@ -1,10 +1,12 @@
-"""Sources for router tests: real zarr MemoryStores behind FaultyStore fault injection."""
+"""Sources for router tests: real zarr MemoryStores behind FaultyStore fault injection.
+
+(A uniquely named module rather than conftest.py, so imports never meet another room's conftest.)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
@@ -42,6 +44,13 @@ def name(src: Source) -> str:
     return src.name
 
 
+async def make_sources(n: int = 3) -> list[Source]:
+    srcs = [Source(f"n{i}", faults=Faults(seed=i)) for i in range(n)]
+    for s in srcs:
+        await s.put("k")
+    return srcs
+
+
 def reader(key: str):
     """An ``attempt`` like ReplicatedStore's: bytes, KeyError when absent, corrupt -> mismatch."""
 
@@ -55,11 +64,3 @@ def reader(key: str):
         return data
 
     return attempt
-
-
-@pytest.fixture
-async def sources():
-    srcs = [Source(f"n{i}", faults=Faults(seed=i)) for i in range(3)]
-    for s in srcs:
-        await s.put("k")
-    return srcs
