@@ -1,0 +1,35 @@
+"""Fixtures for the checkpoint tests: one checkpoint store per backend kind."""
+
+from __future__ import annotations
+
+import pytest
+import zarr
+
+from swarmstore.storage import ReplicatedStore
+
+KINDS = ["memory", "local", "s3", "replicated"]
+
+
+def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
+    if kind == "memory":
+        return zarr.storage.MemoryStore()
+    if kind == "local":
+        return zarr.storage.LocalStore(tmp_path / "ckpt")
+    if kind == "s3":
+        return request.getfixturevalue("s3_store")
+    if kind == "replicated":
+        nodes = [f"file://{tmp_path}/node{i}" for i in range(3)]
+        return ReplicatedStore(nodes, replicas=2, state_dir=str(tmp_path / "state"))
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=KINDS)
+def any_store(request, tmp_path):
+    """A fresh checkpoint store of each kind (memory, local dir, S3 on moto, replicated)."""
+    return make_store(request.param, tmp_path, request)
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
+def plain_store(request, tmp_path):
+    """A fresh plain zarr store of each kind."""
+    return make_store(request.param, tmp_path, request)
