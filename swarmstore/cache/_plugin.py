@@ -1,0 +1,182 @@
+"""One TieredStore per backing store per Dask worker, shared by every task there."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from distributed import WorkerPlugin
+
+from swarmstore import config
+from swarmstore.cache._disk import DiskTier
+from swarmstore.cache._identity import store_identity
+from swarmstore.cache._memory import MemoryTier
+from swarmstore.cache._tiered import TieredStore
+
+if TYPE_CHECKING:
+    from distributed import Worker
+    from zarr.abc.store import Store
+
+__all__ = ["CacheRegistry", "TieredCachePlugin", "worker_cache"]
+
+logger = logging.getLogger(__name__)
+
+
+class CacheRegistry:
+    """Hand out one TieredStore per backing store (by ``store_identity``), all sharing one
+    RAM tier and one disk tier, so the process's cache budget holds whatever the stores.
+
+    Settings left as None come from config ``swarmstore.cache.*`` when the registry is made.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        memory_bytes: int | str | None = None,
+        disk_dir: str | None = None,
+        disk_bytes: int | str | None = None,
+        ttl: float | str | None = None,
+        validate: bool | None = None,
+    ) -> None:
+        memory_bytes = int(config.get_bytes("cache.memory-bytes", memory_bytes) or 0)
+        fraction = float(config.get("cache.memory-admission-fraction"))
+        self.memory = MemoryTier(memory_bytes, fraction)
+        disk_dir = disk_dir if disk_dir is not None else config.get("cache.disk-dir")
+        self.disk = DiskTier(disk_dir, max_bytes=disk_bytes) if disk_dir else None
+        self.ttl = ttl
+        self.validate = validate
+        self._stores: dict[str, TieredStore] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CacheRegistry({self.memory!r}, {self.disk!r}, {len(self._stores)} stores)"
+
+    def get(self, backing: Store) -> TieredStore:
+        """The TieredStore over ``backing`` (made on first use, then shared)."""
+        if isinstance(backing, TieredStore):
+            backing = backing.backing
+        ident = store_identity(backing)
+        with self._lock:
+            store = self._stores.get(ident)
+            if store is None:
+                store = TieredStore(
+                    backing,
+                    memory=self.memory,
+                    disk=self.disk if self.disk is not None else False,
+                    ttl=self.ttl,
+                    validate=self.validate,
+                )
+                self._stores[ident] = store
+                logger.debug("New worker cache for %s", ident)
+            return store
+
+    def stats(self) -> dict[str, Any]:
+        """Shared tier counters, and backing-store reads per store."""
+        with self._lock:
+            stores = dict(self._stores)
+        out: dict[str, Any] = {"memory": self.memory.stats()}
+        if self.disk is not None:
+            out["disk"] = self.disk.stats()
+        out["backing"] = {ident: s.stats()["backing"] for ident, s in stores.items()}
+        return out
+
+    def close(self) -> None:
+        """Wait for disk fills and release the disk index (stores stay usable)."""
+        if self.disk is not None:
+            self.disk.close()
+
+
+class TieredCachePlugin(WorkerPlugin):
+    """Give every task on a worker the same TieredStore for a given backing store.
+
+    Tasks call :func:`worker_cache` (``swarmstore.open_array(..., dask=True)`` does it for
+    its chunk reads). Arguments left as None come from config ``swarmstore.cache.*`` on the
+    worker, so ``TieredCachePlugin()`` (as ``plugins/worker.py`` installs it) works anywhere.
+    Workers on one host may share ``disk_dir``: the disk tier is safe across processes.
+
+    Examples
+    --------
+    >>> plugin = TieredCachePlugin(memory_bytes="256MiB")
+    >>> plugin.name
+    'swarmstore-cache'
+    """
+
+    name = "swarmstore-cache"
+    idempotent = True
+
+    def __init__(
+        self,
+        memory_bytes: int | str | None = None,
+        disk_dir: str | None = None,
+        disk_bytes: int | str | None = None,
+        ttl: float | str | None = None,
+        validate: bool | None = None,
+    ) -> None:
+        self.options: dict[str, Any] = {
+            "memory_bytes": memory_bytes,
+            "disk_dir": disk_dir,
+            "disk_bytes": disk_bytes,
+            "ttl": ttl,
+            "validate": validate,
+        }
+        self.registry: CacheRegistry | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"options": self.options, "registry": None}
+
+    def setup(self, worker: Worker) -> None:
+        self.registry = CacheRegistry(**self.options)
+        logger.info("swarmstore cache on %s: %r", worker.address, self.registry)
+
+    def teardown(self, worker: Worker) -> None:
+        if self.registry is not None:
+            self.registry.close()
+
+    def cache_for(self, backing: Store) -> TieredStore:
+        """This worker's TieredStore over ``backing``."""
+        if self.registry is None:  # used before setup (tests, or a plugin not yet started)
+            self.registry = CacheRegistry(**self.options)
+        return self.registry.get(backing)
+
+    def stats(self) -> dict[str, Any]:
+        """The worker's cache counters (``client.run(lambda dask_worker: ...)``)."""
+        return self.registry.stats() if self.registry is not None else {}
+
+
+_process_registry: CacheRegistry | None = None
+_process_lock = threading.Lock()
+
+
+def worker_cache(backing: Store) -> TieredStore:
+    """The TieredStore that tasks in this process share for ``backing``.
+
+    On a Dask worker with :class:`TieredCachePlugin`, the plugin's; anywhere else (the
+    client, a threaded scheduler, a worker without the plugin) a process-wide one made from
+    config ``swarmstore.cache.*`` on first use.
+    """
+    plugin = _worker_plugin()
+    if plugin is not None:
+        return plugin.cache_for(backing)
+    global _process_registry
+    with _process_lock:
+        if _process_registry is None:
+            _process_registry = CacheRegistry()
+        registry = _process_registry
+    return registry.get(backing)
+
+
+def process_registry() -> CacheRegistry | None:
+    """The process-wide registry behind :func:`worker_cache`, if one was made."""
+    return _process_registry
+
+
+def _worker_plugin() -> TieredCachePlugin | None:
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    plugin = worker.plugins.get(TieredCachePlugin.name)
+    return plugin if isinstance(plugin, TieredCachePlugin) else None
