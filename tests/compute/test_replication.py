@@ -281,7 +281,8 @@ def total(*values: int) -> int:
 
 
 class ProcessingCounter(SchedulerPlugin):
-    """Counts how often each key starts processing: more than once means recomputed."""
+    """Counts how often each key's result is computed (processing -> memory): more than
+    once means it was recomputed. Replicas arriving do not transition the key."""
 
     name = "processing-counter"
 
@@ -289,7 +290,7 @@ class ProcessingCounter(SchedulerPlugin):
         self.counts: Counter[str] = Counter()
 
     def transition(self, key, start, finish, *args, **kwargs):
-        if finish == "processing":
+        if start == "processing" and finish == "memory":
             self.counts[key] += 1
 
 
