@@ -53,7 +53,12 @@ class TestReplicatedMixed(_Backdoor, StoreTests[ReplicatedStore, cpu.Buffer]):
     @pytest.fixture
     def store_kwargs(self, tmp_path, request) -> dict:
         tag = abs(hash(request.node.nodeid))
-        nodes = [f"file://{tmp_path}/a", f"file://{tmp_path}/b", f"memory://{tag}-c", f"memory://{tag}-d"]
+        nodes = [
+            f"file://{tmp_path}/a",
+            f"file://{tmp_path}/b",
+            f"memory://{tag}-c",
+            f"memory://{tag}-d",
+        ]
         return {"nodes": nodes, "replicas": 3, "state_dir": str(tmp_path / "state")}
 
 

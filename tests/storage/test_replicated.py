@@ -112,7 +112,9 @@ async def test_reads_fail_over_when_a_node_is_down(tmp_path):
 async def test_r_minus_one_nodes_wiped_everything_still_readable(tmp_path):
     store, _ = make(tmp_path, n=4, replicas=3)
     data = np.random.default_rng(0).random((64, 64))
-    arr = await zarr.api.asynchronous.create_array(store, shape=data.shape, chunks=(8, 8), dtype="f8")
+    arr = await zarr.api.asynchronous.create_array(
+        store, shape=data.shape, chunks=(8, 8), dtype="f8"
+    )
     await arr.setitem(slice(None), data)
     shutil.rmtree(tmp_path / "node0")
     shutil.rmtree(tmp_path / "node2")
@@ -145,7 +147,9 @@ async def test_hints_survive_a_restart_of_the_coordinator(tmp_path):
     await store.set("k", buf(b"v"))
     await store.delete("k")  # node1 misses the delete too
     faults[1].down = False
-    reopened = ReplicatedStore(store.nodes, replicas=3, write_quorum=2, state_dir=tmp_path / "state")
+    reopened = ReplicatedStore(
+        store.nodes, replicas=3, write_quorum=2, state_dir=tmp_path / "state"
+    )
     assert reopened.hints.pending("node1") == {"k": "delete"}
     assert await reopened.replay_hints() == 1
     assert not (tmp_path / "node1" / "k").exists()
@@ -174,7 +178,9 @@ async def test_quorum_error_is_an_oserror_and_writes_refuse_read_only(tmp_path):
         await ro.set("k", buf(b"x"))
 
 
-@pytest.mark.parametrize("key", ["../escape", "/abs/key", "a/../b", "a\\b", "a\x00b", "", "a//b", "./a"])
+@pytest.mark.parametrize(
+    "key", ["../escape", "/abs/key", "a/../b", "a\\b", "a\x00b", "", "a//b", "./a"]
+)
 async def test_keys_that_escape_a_node_are_refused(tmp_path, key):
     store, _ = make(tmp_path)
     with pytest.raises(InvalidKeyError):
@@ -207,11 +213,18 @@ async def test_partial_reads_are_verified_per_block(tmp_path):
     store, _ = make(tmp_path, n=2, replicas=2, min_block=1024)
     payload = os.urandom(10_000)
     await store.set("big", buf(payload))
-    cases = [RangeByteRequest(100, 200), RangeByteRequest(1024, 4096), OffsetByteRequest(9000),
-             SuffixByteRequest(50), RangeByteRequest(9990, 20_000)]
+    cases = [
+        RangeByteRequest(100, 200),
+        RangeByteRequest(1024, 4096),
+        OffsetByteRequest(9000),
+        SuffixByteRequest(50),
+        RangeByteRequest(9990, 20_000),
+    ]
     for req in cases:
         got = await store.get("big", PROTO, byte_range=req)
-        start = getattr(req, "start", getattr(req, "offset", len(payload) - getattr(req, "suffix", 0)))
+        start = getattr(
+            req, "start", getattr(req, "offset", len(payload) - getattr(req, "suffix", 0))
+        )
         end = min(getattr(req, "end", len(payload)), len(payload))
         assert got.to_bytes() == payload[start:end]
     # rot block 5 on both replicas: ranges elsewhere still verify, ranges over it fail loudly
@@ -231,7 +244,9 @@ async def test_sharded_array_reads_through_get_ranges(tmp_path):
         store, shape=data.shape, chunks=(16, 16), shards=(64, 64), dtype="i4"
     )
     await arr.setitem(slice(None), data)
-    np.testing.assert_array_equal(await arr.getitem((slice(3, 20), slice(70, 90))), data[3:20, 70:90])
+    np.testing.assert_array_equal(
+        await arr.getitem((slice(3, 20), slice(70, 90))), data[3:20, 70:90]
+    )
     np.testing.assert_array_equal(await arr.getitem(slice(None)), data)
 
 
