@@ -45,7 +45,12 @@ def test_weights_scale_the_share():
 
 def test_replicas_land_in_distinct_zones_when_possible():
     ring = Rendezvous(
-        [Member("a1", zone="a"), Member("a2", zone="a"), Member("b1", zone="b"), Member("c1", zone="c")]
+        [
+            Member("a1", zone="a"),
+            Member("a2", zone="a"),
+            Member("b1", zone="b"),
+            Member("c1", zone="c"),
+        ]
     )
     for k in KEYS[:2000]:
         chosen = ring.choose(k, 3)
