@@ -11,10 +11,14 @@ Rules, in order:
    after ``swarmstore.compute.unsatisfiable-timeout`` (the plugin does that).
 2. A chunk task (``swarm={"chunk": key}``) is pinned to the rendezvous-hash owner of its chunk
    among the workers that can run it, so a second pass reads the same worker's cache.
-3. A GPU task is pinned to the GPU worker with the least committed GPU work per GPU slot (then
-   per byte of GPU memory). Dask checks only declared totals (dask/distributed#6467), so this
-   balance is ours; :class:`GpuBalancer` keeps one heap per worker shape, so a pick costs
-   ``O(shapes * log workers)``, flat as the cluster grows.
+3. A GPU task is held (restricted to :data:`HOLD`, so once ready it parks in ``no-worker``)
+   and dispatched by :meth:`Placer.dispatch` to the GPU worker with the least GPU work in
+   flight per GPU slot (then per byte of GPU memory), as long as that stays within
+   ``1 + prefetch`` times its GPUs. Dask checks only declared totals (dask/distributed#6467)
+   and would send every GPU task at once, making a GPU worker with spare threads look busy
+   to the root-task queue; balancing by free slots is ours. :class:`GpuBalancer` keeps one
+   heap per worker shape, so a pick costs ``O(shapes * log workers)``, flat as the cluster
+   grows.
 4. A CPU task that is not root-ish and asks for no resources goes to CPU workers, loosely: when
    they are saturated work stealing may still move it to an idle GPU worker (stealing honours
    loose restrictions), and with no CPU worker left it runs anywhere.
@@ -38,7 +42,19 @@ from swarmstore.hashing import Member, Rendezvous
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
 
-__all__ = ["FEEDER_BOOST", "Decision", "GpuBalancer", "Placer", "WorkerInfo", "gpu_ancestors"]
+__all__ = [
+    "FEEDER_BOOST",
+    "HOLD",
+    "Decision",
+    "GpuBalancer",
+    "Placer",
+    "WorkerInfo",
+    "gpu_ancestors",
+]
+
+#: The worker restriction of a held GPU task: no worker has this address, so the scheduler
+#: parks the task in ``no-worker`` once it is ready, until SwarmPlugin dispatches it
+HOLD = "swarmstore-held-for-a-gpu-slot"
 
 #: Priority added to GPU tasks and their feeders (a fraction: explicit priorities dominate)
 FEEDER_BOOST = 0.5
@@ -80,8 +96,9 @@ class Decision:
     priority: float | None = None
     #: No worker declares the resources: the task will wait, then fail
     unsatisfiable: bool = False
-    #: The GPU worker charged with this task's GPU work (released when the task ends)
-    gpu_worker: str | None = None
+    #: A GPU task: the plugin holds it (restricted to :data:`HOLD`) until :meth:`Placer.dispatch`
+    #: names a GPU worker with a free slot
+    hold: bool = False
 
 
 class GpuBalancer:
@@ -141,8 +158,12 @@ class GpuBalancer:
         self.used.pop(addr, None)
         self._version.pop(addr, None)
 
-    def pick(self, needs: Mapping[str, float]) -> str | None:
-        """The least loaded GPU worker whose declared totals cover ``needs``, or ``None``."""
+    def pick(self, needs: Mapping[str, float], room: float | None = None) -> str | None:
+        """The least loaded GPU worker whose declared totals cover ``needs``, or ``None``.
+
+        With ``room``, only a worker whose committed work plus ``needs`` stays within
+        ``room`` times its GPUs (and GPU memory) qualifies.
+        """
         g, m = float(needs.get(GPU, 0)), float(needs.get(GPU_MEMORY, 0))
         best: tuple[float, float, int, str] | None = None
         for (gpus, mem), heap in self._heaps.items():
@@ -150,9 +171,21 @@ class GpuBalancer:
                 continue
             while heap and self._version.get(heap[0][3]) != heap[0][2]:
                 heapq.heappop(heap)
-            if heap and (best is None or heap[0] < best):
-                best = heap[0]
+            if not heap or (best is not None and heap[0] >= best):
+                continue
+            if room is not None and not self.fits(heap[0][3], needs, room):
+                continue  # the least loaded of this shape is full: so are the others
+            best = heap[0]
         return None if best is None else best[3]
+
+    def fits(self, addr: str, needs: Mapping[str, float], room: float) -> bool:
+        """Whether ``addr`` can take ``needs`` within ``room`` times its capacity."""
+        gpus, mem = self.capacity[addr]
+        u_gpu, u_mem = self.used[addr]
+        if u_gpu + float(needs.get(GPU, 0)) > gpus * room + 1e-9:
+            return False
+        m = float(needs.get(GPU_MEMORY, 0))
+        return not (m and mem and u_mem + m > mem * room + 1e-9)
 
     def assign(self, addr: str, needs: Mapping[str, float]) -> None:
         """Charge ``addr`` with a task's GPU needs."""
@@ -204,9 +237,12 @@ class Placer:
     frozenset({'tcp://cpu:1'})
     """
 
-    def __init__(self, *, keep_cpu_off_gpu: bool = True, affinity: bool = True) -> None:
+    def __init__(
+        self, *, keep_cpu_off_gpu: bool = True, affinity: bool = True, prefetch: float = 1.0
+    ) -> None:
         self.keep_cpu_off_gpu = keep_cpu_off_gpu
         self.affinity = affinity
+        self.prefetch = prefetch
         self.workers: dict[str, WorkerInfo] = {}
         self.gpu = GpuBalancer()
         self._cpu_pool: frozenset[str] | None = None
@@ -241,6 +277,27 @@ class Placer:
         if self._cpu_pool is None:
             self._cpu_pool = frozenset(a for a, w in self.workers.items() if not w.is_gpu)
         return self._cpu_pool
+
+    def dispatch(self, needs: Mapping[str, float]) -> str | None:
+        """The GPU worker that should run a held GPU task now, charged with it; or ``None``.
+
+        A worker qualifies while its committed GPU work stays within ``1 + prefetch`` times
+        its GPUs and GPU memory: enough to keep every GPU busy plus a ready task behind it,
+        never so much that its spare threads look busy to the scheduler's root-task queue.
+        """
+        room = 1.0 + self.prefetch
+        addr = self.gpu.pick(needs, room)
+        if addr is not None and not self.workers[addr].can_run(needs):
+            # needs beyond GPU/GPU_MEMORY (say CPU): the rare slow path, a scan
+            fits = [
+                a
+                for a, _ in self.capable(needs)
+                if a in self.gpu.capacity and self.gpu.fits(a, needs, room)
+            ]
+            addr = min(fits, key=self.gpu.ratio) if fits else None
+        if addr is not None:
+            self.gpu.assign(addr, needs)
+        return addr
 
     @property
     def has_gpu_workers(self) -> bool:
@@ -313,19 +370,9 @@ class Placer:
                 resources=resources,
                 priority=priority,
             )
-        if is_gpu:
-            addr = self.gpu.pick(needs)
-            if addr is not None and not self.workers[addr].can_run(needs):
-                # needs beyond GPU/GPU_MEMORY (say CPU): the rare slow path, a scan
-                fits = [a for a, _ in self.capable(needs) if a in self.gpu.capacity]
-                addr = min(fits, key=self.gpu.ratio) if fits else None
-            if addr is not None:
-                self.gpu.assign(addr, needs)
+        if is_gpu:  # held: dispatched as GPU slots free up (see dispatch)
             return Decision(
-                workers=frozenset([addr]) if addr else None,
-                resources=resources,
-                priority=priority,
-                gpu_worker=addr,
+                workers=frozenset([HOLD]), resources=resources, priority=priority, hold=True
             )
         if (
             self.keep_cpu_off_gpu

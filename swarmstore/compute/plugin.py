@@ -34,6 +34,7 @@ requirements and one registration installs everything.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import importlib
 import inspect
 import logging
@@ -48,6 +49,7 @@ from tornado.ioloop import PeriodicCallback
 from swarmstore import config
 from swarmstore.compute.placement import (
     FEEDER_BOOST,
+    HOLD,
     Decision,
     Placer,
     WorkerInfo,
@@ -158,9 +160,16 @@ class SwarmPlugin(SchedulerPlugin):
         self.extensions: list[Any] = []
         self.placer = Placer(keep_cpu_off_gpu=self.keep_cpu_off_gpu, affinity=self.affinity)
         self.scheduler: Scheduler | None = None
-        #: Tasks we pinned to one worker (GPU balance, chunk affinity): key -> address
+        #: Tasks pinned to one worker for chunk affinity: key -> address
         self.pinned: dict[Any, str] = {}
-        self._gpu_charged: dict[Any, tuple[str, dict[str, float]]] = {}
+        #: GPU tasks we hold and dispatch as slots free up: key -> resource needs
+        self.held: dict[Any, dict[str, float]] = {}
+        #: Held tasks dispatched and not yet finished: key -> (worker, needs)
+        self.charged: dict[Any, tuple[str, dict[str, float]]] = {}
+        self._ready: list[tuple[Any, int, Any]] = []  # heap of (priority, seq, key)
+        self._seq = 0
+        self._dispatch_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._hooks: dict[str, list[Any]] = {h: [] for h in _HOOKS}
         self._pc: PeriodicCallback | None = None
         self._reported: set[Any] = set()
@@ -174,6 +183,7 @@ class SwarmPlugin(SchedulerPlugin):
     # ---------------------------------------------------------------- lifecycle
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        self._loop = asyncio.get_running_loop()
         self._sync_workers(scheduler)
         for spec in self.extension_specs:
             cls = _load(spec)
@@ -188,18 +198,18 @@ class SwarmPlugin(SchedulerPlugin):
         for ext in self.extensions:
             if callable(getattr(ext, "start", None)):
                 await ext.start()
-        if self.unsatisfiable_timeout is not None:
-            interval = max(0.05, min(1.0, self.unsatisfiable_timeout / 4))
-            self._pc = PeriodicCallback(self.check_unsatisfiable, interval * 1000)
-            scheduler.periodic_callbacks["swarmstore-unsatisfiable"] = self._pc
-            self._pc.start()
+        timeout = self.unsatisfiable_timeout
+        interval = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
+        self._pc = PeriodicCallback(self._periodic, interval * 1000)
+        scheduler.periodic_callbacks["swarmstore"] = self._pc
+        self._pc.start()
         logger.debug("SwarmPlugin started: %r", self)
 
     async def close(self) -> None:
         if self._pc is not None:
             self._pc.stop()
             if self.scheduler is not None:
-                self.scheduler.periodic_callbacks.pop("swarmstore-unsatisfiable", None)
+                self.scheduler.periodic_callbacks.pop("swarmstore", None)
             self._pc = None
         for ext in reversed(self.extensions):
             if callable(getattr(ext, "close", None)):
@@ -318,8 +328,8 @@ class SwarmPlugin(SchedulerPlugin):
                 self.pinned[ts.key] = next(iter(d.workers))
         if d.priority is not None and ts.priority:
             ts.priority = (-d.priority, *ts.priority[1:])
-        if d.gpu_worker is not None:
-            self._gpu_charged[ts.key] = (d.gpu_worker, dict(d.resources or {}))
+        if d.hold:
+            self.held[ts.key] = dict(d.resources or {})
         if d.unsatisfiable and ts.key not in self._reported:
             self._reported.add(ts.key)
             scheduler.log_event(
@@ -359,14 +369,23 @@ class SwarmPlugin(SchedulerPlugin):
 
     # ---------------------------------------------------------------- events
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish in _DONE:
-            charged = self._gpu_charged.pop(key, None)
-            if charged is not None:
-                self.placer.gpu.release(*charged)
+        if key in self.held:
+            if finish == "no-worker":  # ready, parked by HOLD: queue it for a GPU slot
+                ts = self.scheduler.tasks[key] if self.scheduler is not None else None
+                self._seq += 1
+                heapq.heappush(self._ready, (ts.priority if ts else (), self._seq, key))
+                self._schedule_dispatch()
+            elif start == "processing" or finish in _DONE:  # left its worker: a slot is free
+                charged = self.charged.pop(key, None)
+                if charged is not None:
+                    self.placer.gpu.release(*charged)
+                    self._schedule_dispatch()
             if finish == "forgotten":
-                self.requirements.pop(key, None)
-                self.pinned.pop(key, None)
-                self._reported.discard(key)
+                del self.held[key]
+        if finish == "forgotten":
+            self.requirements.pop(key, None)
+            self.pinned.pop(key, None)
+            self._reported.discard(key)
         for fn in self._hooks["transition"]:
             try:
                 fn(key, start, finish, *args, **kwargs)
@@ -377,6 +396,8 @@ class SwarmPlugin(SchedulerPlugin):
         ws = scheduler.workers.get(worker)
         if ws is not None:
             self.placer.add_worker(_info(ws))
+            if self._ready:
+                self._schedule_dispatch()
         return self._forward("add_worker", scheduler, worker)
 
     def remove_worker(
@@ -421,6 +442,54 @@ class SwarmPlugin(SchedulerPlugin):
             if isinstance(r, Exception):
                 logger.error("swarmstore extension hook failed: %r", r)
 
+    # ---------------------------------------------------------------- GPU dispatch
+    def _schedule_dispatch(self) -> None:
+        """Run :meth:`dispatch` once, after the current scheduler stimulus is done."""
+        if not self._dispatch_pending and self._loop is not None:
+            self._dispatch_pending = True
+            self._loop.call_soon(self.dispatch)
+
+    def dispatch(self) -> None:
+        """Send held GPU tasks, highest priority first, to GPU workers with free slots."""
+        self._dispatch_pending = False
+        scheduler = self.scheduler
+        if scheduler is None or not self._ready:
+            return
+        recs: dict[Any, str] = {}
+        skipped = []
+        while self._ready and len(skipped) < 32:
+            item = heapq.heappop(self._ready)
+            key = item[2]
+            ts = scheduler.tasks.get(key)
+            needs = self.held.get(key)
+            if ts is None or needs is None or ts.state != "no-worker" or key in self.charged:
+                continue  # stale entry
+            addr = self.placer.dispatch(needs)
+            if addr is None:
+                skipped.append(item)  # no room for these needs now; others may fit
+                continue
+            ts.worker_restrictions = {addr}
+            self.charged[key] = (addr, needs)
+            recs[key] = "processing"
+        for item in skipped:
+            heapq.heappush(self._ready, item)
+        if not recs:
+            return
+        scheduler.transitions(recs, stimulus_id=f"swarmstore-gpu-dispatch-{time()}")
+        for key in recs:  # the worker was paused or closing: hold the task again
+            ts = scheduler.tasks.get(key)
+            if ts is not None and ts.state == "no-worker" and key in self.charged:
+                self.placer.gpu.release(*self.charged.pop(key))
+                ts.worker_restrictions = {HOLD}
+                self._seq += 1
+                heapq.heappush(self._ready, (ts.priority, self._seq, key))
+        task_logger.debug("dispatched %d GPU task(s)", len(recs))
+
+    def _periodic(self) -> None:
+        if self._ready:
+            self.dispatch()  # retries tasks bounced by paused workers
+        self.check_unsatisfiable()
+
     # ---------------------------------------------------------------- maintenance
     def _sync_workers(self, scheduler: Scheduler) -> None:
         """Bring the placer's worker picture up to date (resources change at run time)."""
@@ -451,8 +520,6 @@ class SwarmPlugin(SchedulerPlugin):
                 self.pinned[key] = next(iter(d.workers))
             else:
                 self.pinned.pop(key, None)
-            if d.gpu_worker is not None:
-                self._gpu_charged[key] = (d.gpu_worker, dict(d.resources or {}))
             if ts.state == "no-worker" and d.workers:
                 recs[key] = "processing"
         if recs:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from swarmstore.compute.placement import (
     FEEDER_BOOST,
+    HOLD,
     GpuBalancer,
     Placer,
     WorkerInfo,
@@ -147,14 +148,27 @@ def cluster(cpu: int = 2, gpu: int = 2, **kw) -> Placer:
     return p
 
 
-def test_gpu_tasks_pinned_and_balanced():
+def test_gpu_tasks_held_then_dispatched_by_free_slots():
     p = cluster()
-    ds = [p.decide(Requirements(gpu=1)) for _ in range(6)]
-    assert all(d.workers and len(d.workers) == 1 and not d.loose for d in ds)
-    counts = {a: sum(a in d.workers for d in ds) for a in ("tcp://gpu0:1", "tcp://gpu1:1")}
-    assert counts == {"tcp://gpu0:1": 3, "tcp://gpu1:1": 3}
-    assert ds[0].resources == {"GPU": 1.0} and ds[0].gpu_worker in counts
-    assert ds[0].priority == FEEDER_BOOST
+    d = p.decide(Requirements(gpu=1))
+    assert d.hold and d.workers == {HOLD} and not d.loose
+    assert d.resources == {"GPU": 1.0} and d.priority == FEEDER_BOOST
+    # one GPU each, prefetch 1: two tasks in flight per worker, then no room
+    picks = [p.dispatch({"GPU": 1.0}) for _ in range(5)]
+    assert sorted(picks[:4]) == ["tcp://gpu0:1"] * 2 + ["tcp://gpu1:1"] * 2
+    assert picks[4] is None
+    p.gpu.release("tcp://gpu1:1", {"GPU": 1.0})
+    assert p.dispatch({"GPU": 1.0}) == "tcp://gpu1:1"
+
+
+def test_dispatch_respects_memory_and_extra_needs():
+    p = Placer(prefetch=0)
+    p.add_worker(WorkerInfo("tcp://g:1", 4, {"GPU": 2, "GPU_MEMORY": 32e9}))
+    p.add_worker(WorkerInfo("tcp://gc:1", 4, {"GPU": 2, "GPU_MEMORY": 32e9, "CPU": 4}))
+    assert p.dispatch({"GPU": 1, "GPU_MEMORY": 20e9}) is not None
+    assert p.dispatch({"GPU": 1, "GPU_MEMORY": 20e9}) is not None
+    assert p.dispatch({"GPU": 1, "GPU_MEMORY": 20e9}) is None  # memory full on both
+    assert p.dispatch({"GPU": 1, "CPU": 2}) == "tcp://gc:1"  # only one declares CPU
 
 
 def test_unsatisfiable():
@@ -275,7 +289,11 @@ def test_never_placed_on_a_worker_lacking_resources(workers, reqs, rootish):
         assert dict(d.resources or {}) == needs
         capable = {w.address for w in infos if w.can_run(needs)}
         assert d.unsatisfiable == (not capable and bool(needs))
-        if d.workers is not None:
+        if d.hold:
+            assert d.workers == {HOLD} and not d.loose
+            addr = p.dispatch(needs)
+            assert addr is None or addr in capable
+        elif d.workers is not None:
             assert d.workers <= capable or not needs
             if needs:
                 assert not d.loose  # loose restrictions would let Dask ignore resources

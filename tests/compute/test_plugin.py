@@ -47,16 +47,37 @@ async def test_gpu_tasks_go_to_gpu_workers_only(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=[GPU1, GPU4])
-async def test_gpu_tasks_balanced_by_free_slots(c, s, a, b):
+async def test_gpu_tasks_dispatched_by_free_slots(c, s, a, b):
     await c.register_plugin(SwarmPlugin(extensions=()))
+    plugin = plugin_of(s)
+    ev = Event()
     with dask.annotate(swarm={"gpu": 1}):
-        futs = c.map(where, range(20), pure=False)
-    await wait(futs)
-    placed = Counter(next(iter(s.tasks[f.key].worker_restrictions)) for f in futs)
-    # 1 GPU vs 4 GPUs: load per slot balanced, 4 of 20 on the 1-GPU worker
-    assert placed == {a.address: 4, b.address: 16}
-    await async_poll_for(lambda: plugin_of(s).placer.gpu.load(b.address) == (0, 0), timeout=5)
-    assert plugin_of(s).placer.gpu.load(a.address) == (0, 0)
+        futs = c.map(lambda i, ev: (ev.wait(), where())[1], range(20), ev=ev, pure=False)
+    # 1 GPU vs 4 GPUs, prefetch 1: 2 and 8 in flight, the other 10 held on the scheduler
+    await async_poll_for(lambda: len(plugin.charged) == 10, timeout=5)
+    held = [f for f in futs if s.tasks[f.key].state == "no-worker"]
+    assert len(held) == 10
+    assert Counter(a for a, _ in plugin.charged.values()) == {a.address: 2, b.address: 8}
+    assert plugin.placer.gpu.load(b.address) == (8.0, 0.0)
+    assert len(a.state.tasks) == 2  # the 1-GPU worker's spare thread is not reserved
+    await ev.set()
+    placed = Counter(await c.gather(futs))
+    assert placed[a.address] >= 2 and placed[b.address] >= 8
+    await async_poll_for(lambda: not plugin.charged, timeout=5)
+    assert plugin.placer.gpu.load(a.address) == (0, 0) == plugin.placer.gpu.load(b.address)
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_held_gpu_task_survives_worker_loss(c, s, a, b):
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="20s"))
+    ev = Event()
+    with dask.annotate(swarm={"gpu": 1}):
+        futs = c.map(lambda i, ev: (ev.wait(), where())[1], range(4), ev=ev, pure=False)
+    await async_poll_for(lambda: len(plugin_of(s).charged) == 2, timeout=5)
+    await b.close(executor_wait=False)  # the only GPU worker goes; its tasks are held again
+    async with Worker(s.address, nthreads=2, resources={"GPU": 1}) as w:
+        await ev.set()
+        assert set(await c.gather(futs)) == {w.address}
 
 
 @gen_cluster(client=True, nthreads=[GPU1, GPU1])
