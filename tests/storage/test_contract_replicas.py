@@ -14,7 +14,9 @@ from swarmstore.testing.contracts import ReplicaContractTests
 
 def _build(stores, tmp_path, replicas):
     faults = [Faults() for _ in stores]
-    nodes = [FaultyStore(s, f, name=f"n{i}") for i, (s, f) in enumerate(zip(stores, faults))]
+    nodes = [
+        FaultyStore(s, f, name=f"n{i}") for i, (s, f) in enumerate(zip(stores, faults, strict=True))
+    ]
     return ReplicatedStore(nodes, replicas=replicas, state_dir=tmp_path / uuid.uuid4().hex), faults
 
 
