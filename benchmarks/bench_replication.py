@@ -81,7 +81,7 @@ def run_once(client: Client, cluster: LocalCluster, n: int, delay: float, kill: 
 def side(swarm: bool, n: int, delay: float) -> tuple[float, float, int, int]:
     with (
         LocalCluster(n_workers=NWORKERS, threads_per_worker=1, processes=True,
-                     dashboard_address=None) as cluster,
+                     dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         if swarm:

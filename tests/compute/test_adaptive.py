@@ -82,7 +82,7 @@ def _pool_sizes(cluster) -> dict[str, int]:
 async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
     async with (
         LocalCluster(n_workers=0, processes=False, asynchronous=True,
-                     dashboard_address=None) as cluster,
+                     dashboard_address=":0") as cluster,
         Client(cluster, asynchronous=True) as client,
     ):
         adaptive = SwarmAdaptive(cluster, _pools(), interval="50ms", wait_count=2)
@@ -95,9 +95,11 @@ async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
         await client.gather(gpu_futs)
         del gpu_futs
 
+        gpu_names = {n for n in cluster.worker_spec if str(n).startswith("gpu-")}
         cpu_futs = client.map(busy, range(6), key=[f"c{i}" for i in range(6)])
         await async_poll_for(lambda: _pool_sizes(cluster)["cpu"] == 3, timeout=10)
-        assert adaptive.current()["gpu"] == 0, "a CPU burst added GPU workers"
+        now = {n for n in cluster.worker_spec if str(n).startswith("gpu-")}
+        assert now <= gpu_names, "a CPU burst added GPU workers"
         await client.gather(cpu_futs)
         del cpu_futs
 
@@ -109,7 +111,7 @@ async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
 async def test_scale_down_never_loses_a_critical_key():
     async with (
         LocalCluster(n_workers=0, processes=False, asynchronous=True,
-                     dashboard_address=None) as cluster,
+                     dashboard_address=":0") as cluster,
         Client(cluster, asynchronous=True) as client,
     ):
         await client.register_plugin(ReplicationPlugin(interval="60s"))

@@ -208,6 +208,19 @@ def test_tokens_follow_function_code():
     assert set(ta.values()) != set(tb.values())
 
 
+def test_tokens_follow_an_edited_module_function(monkeypatch):
+    """A module-level function pickles by reference (module + name): only its bytecode
+    tells an edited body apart, as after editing the file between two runs."""
+
+    def edited(x):
+        return np.arange(x) * 3
+
+    before = graph_tokens(dict(_graph(5).__dask_graph__()))
+    monkeypatch.setattr(expensive, "__code__", edited.__code__)
+    after = graph_tokens(dict(_graph(5).__dask_graph__()))
+    assert not set(before.values()) & set(after.values())
+
+
 # ------------------------------------------------------------------ graph rewrite
 def test_second_run_reuses_and_skips_upstream(tmp_path):
     results = ResultStore(LocalStore(tmp_path))
@@ -300,7 +313,7 @@ SCRIPT = textwrap.dedent(
             with dask.annotate(swarm={"persist": True}):
                 b = delayed(total, pure=False)(a)
             with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              dashboard_address=":0") as cluster, Client(cluster) as client:
                 print(client.compute(durable(b)).result())
     """
 )

@@ -305,7 +305,7 @@ def run_kill9_workload(
     scheduler.add_plugin(counter)
     with dask.annotate(swarm={"critical": True}):
         parts = [client.submit(slow_inc, i, 0.05, key=f"part-{i}") for i in range(nparts)]
-    gate = client.submit(slow_inc, 0, 2.0, key="gate")
+    gate = client.submit(slow_inc, 0, 1.5, key="gate")
     final = client.submit(total, *parts, gate, key="final")
     wait(parts, timeout=30)
     poll_for(
@@ -332,7 +332,7 @@ def test_kill9_costs_no_recomputation_of_critical_keys(replicate):
     with (
         dask.config.set({"distributed.scheduler.active-memory-manager.interval": "100ms"}),
         LocalCluster(
-            n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):
