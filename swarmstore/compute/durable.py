@@ -299,10 +299,12 @@ def _load_result(results: ResultStore, token: str) -> Any:
 
 
 def _save_result(results: ResultStore, token: str, value: Any) -> Any:
+    """Write, then return the value; a result that cannot be stored (needs pickle, store
+    unreachable) is still returned: persistence is an optimisation, never a failure."""
     try:
         results.save(token, value)
-    except TypeError as e:  # not storable without pickle: the value is still returned
-        logger.warning("Result %s not persisted: %s", token, e)
+    except Exception as e:
+        logger.warning("Result %s not persisted: %s: %s", token, type(e).__name__, e)
     return value
 
 

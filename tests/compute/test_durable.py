@@ -338,3 +338,15 @@ def test_reuse_across_two_cluster_processes(tmp_path):
     assert marker.read_text().count("computed") == 1
     assert run(10) == "45.0"
     assert marker.read_text().count("computed") == 1, "second cluster recomputed"
+
+
+def test_unstorable_result_is_still_returned(tmp_path, caplog):
+    results = ResultStore(LocalStore(tmp_path))
+    with dask.annotate(swarm={"persist": True}):
+        job = delayed(Opaque, pure=True)(3)
+    with caplog.at_level("WARNING", logger="swarmstore.compute.durable"):
+        assert durable(job, results).compute(scheduler="sync") == Opaque(3)
+    assert "not persisted" in caplog.text
+    assert not (tmp_path / "swarm-results").exists() or not any(
+        (tmp_path / "swarm-results").glob("*/zarr.json")
+    )
