@@ -1,0 +1,233 @@
+"""The ``swarmstore`` command: demo, status, scrub, repair, rebalance, checkpoint.
+
+Stores are described on the command line (``--node URL`` repeated, ``--replicas``) or in
+a YAML file (``--config``) whose ``store:`` section holds the same fields; the rest of the
+file is swarmstore configuration merged into dask.config. ``--json`` prints machine-
+readable results; long work shows progress bars on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from zarr.core.sync import sync
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _store_from(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from swarmstore import config
+    from swarmstore.errors import ConfigError
+    from swarmstore.storage import ReplicatedStore
+
+    spec: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise CLIError(f"cannot read config file {args.config}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise CLIError(f"config file {args.config} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise CLIError(f"config file {args.config} must hold a mapping")
+        spec = dict(raw.pop("store", None) or {})
+        if raw:
+            try:
+                config.validate(raw if "swarmstore" in raw else {"swarmstore": raw})
+            except ConfigError as e:
+                raise CLIError(f"{args.config}: {e}") from e
+            import dask.config
+
+            dask.config.update(
+                dask.config.config, raw if "swarmstore" in raw else {"swarmstore": raw}
+            )
+    nodes = args.node or spec.get("nodes")
+    if not nodes:
+        raise CLIError("no nodes: pass --node URL (repeatable) or a --config with store.nodes")
+    try:
+        return ReplicatedStore(
+            nodes,
+            replicas=args.replicas or spec.get("replicas"),
+            write_quorum=spec.get("write_quorum"),
+            state_dir=args.state_dir or spec.get("state_dir"),
+            storage_options=spec.get("storage_options"),
+        )
+    except ConfigError as e:
+        raise CLIError(str(e)) from e
+
+
+def _emit(args: argparse.Namespace, title: str, result: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value")
+    for k, v in result.items():
+        text = (
+            f"{len(v)} ({', '.join(map(str, v[:5]))}{', ...' if len(v) > 5 else ''})"
+            if isinstance(v, list)
+            else str(v)
+        )
+        table.add_row(k, text)
+    Console().print(table)
+
+
+def _with_progress(args: argparse.Namespace, label: str, run: Any) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    async def go() -> Any:
+        if args.json:
+            return await run(None)
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            return await run(lambda done, total: bar.update(task, completed=done, total=total))
+
+    return sync(go())
+
+
+def _cmd_maintenance(args: argparse.Namespace) -> int:
+    store = _store_from(args)
+    op = args.command
+    if op == "rebalance":
+        report = _with_progress(args, op, lambda cb: store.rebalance(progress=cb, limit=args.limit))
+    else:
+        report = _with_progress(args, op, lambda cb: getattr(store, op)(progress=cb))
+    _emit(args, f"swarmstore {op}", report.as_dict())
+    if op == "scrub":
+        return 0 if report.ok else 1
+    if op == "repair":
+        return 0 if not report.unrecoverable else 1
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    store = _store_from(args)
+
+    async def go() -> dict[str, Any]:
+        from swarmstore.storage import inventory
+
+        holders, unreachable = await inventory(store)
+        per_node = {n.name: 0 for n in store.nodes}
+        for nodes in holders.values():
+            for n in nodes:
+                per_node[n.name] += 1
+        under = sum(
+            1 for k, ns in holders.items() if len(set(store.targets(k)) & ns) < store.replicas
+        )
+        return {
+            "nodes": [
+                {
+                    "name": n.name,
+                    "zone": n.zone,
+                    "keys": per_node[n.name],
+                    "reachable": n.name not in unreachable,
+                }
+                for n in store.nodes
+            ],
+            "keys": len(holders),
+            "replicas": store.replicas,
+            "under_replicated_keys": under,
+            "pending_hints": store.hints.count(),
+            "router": _router_figures(store),
+        }
+
+    result = sync(go())
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(
+            title=f"{result['keys']} keys, {result['replicas']} replicas, "
+            f"{result['under_replicated_keys']} under-replicated, "
+            f"{result['pending_hints']} hints pending"
+        )
+        for col in ("node", "zone", "keys", "reachable"):
+            table.add_column(col)
+        for n in result["nodes"]:
+            table.add_row(
+                n["name"], str(n["zone"]), str(n["keys"]), "yes" if n["reachable"] else "NO"
+            )
+        Console().print(table)
+    return 0 if result["under_replicated_keys"] == 0 else 1
+
+
+def _router_figures(store: Any) -> Any:
+    router = store.router
+    for attr in ("figures", "stats"):
+        fn = getattr(router, attr, None)
+        if callable(fn):
+            return fn()
+    return {}
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from swarmstore._demo import run_demo
+
+    return run_demo(workdir=args.workdir, keep=args.keep)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarmstore", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run every capability end to end on embedded defaults")
+    demo.add_argument("--workdir", help="where to work (default: a temp dir, removed after)")
+    demo.add_argument("--keep", action="store_true", help="keep the work dir")
+    demo.set_defaults(func=_cmd_demo)
+
+    def store_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--node", action="append", metavar="URL", help="a node URL (repeat)")
+        p.add_argument("--replicas", type=int, help="replicas per key")
+        p.add_argument("--config", help="YAML file with a store: section and swarmstore config")
+        p.add_argument("--state-dir", help="hints and rebalance journal directory")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, helptext in [
+        ("status", "nodes, keys per node, replica health, hints, router figures"),
+        ("scrub", "verify every replica of every key (exit 1 if anything is wrong)"),
+        ("repair", "restore R verified copies of every key"),
+        ("rebalance", "move keys where placement says after nodes joined or left"),
+    ]:
+        p = sub.add_parser(name, help=helptext)
+        store_args(p)
+        if name == "rebalance":
+            p.add_argument("--limit", type=int, help="stop after N keys (resume by rerunning)")
+        p.set_defaults(func=_cmd_status if name == "status" else _cmd_maintenance)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``swarmstore`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as e:
+        print(f"swarmstore: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

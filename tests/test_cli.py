@@ -1,0 +1,101 @@
+"""The swarmstore command: maintenance verbs, JSON output, clear errors, the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from swarmstore.cli import main
+from swarmstore.storage import ReplicatedStore
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    urls = [f"file://{tmp_path}/n{i}" for i in range(3)]
+    store = ReplicatedStore(urls, replicas=2, state_dir=tmp_path / "state")
+    arr = zarr.create_array(store, shape=(64, 64), chunks=(16, 16), dtype="i4")
+    arr[:] = np.arange(64 * 64).reshape(64, 64)
+    return urls, tmp_path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def node_args(urls, tmp_path):
+    return [a for u in urls for a in ("--node", u)] + [
+        "--replicas",
+        "2",
+        "--state-dir",
+        str(tmp_path / "s"),
+    ]
+
+
+def test_scrub_repair_status_json(nodes, capsys):
+    urls, tmp_path = nodes
+    code, out, _ = run(capsys, "scrub", *node_args(urls, tmp_path), "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    victim = next((tmp_path / "n0" / "c").rglob("*"))
+    while victim.is_dir():
+        victim = next(victim.iterdir())
+    victim.unlink()
+    code, out, _ = run(capsys, "scrub", *node_args(urls, tmp_path), "--json")
+    assert code == 1 and len(json.loads(out)["missing"]) == 1
+    code, out, _ = run(capsys, "status", *node_args(urls, tmp_path), "--json")
+    status = json.loads(out)
+    assert code == 1 and status["under_replicated_keys"] == 1 and len(status["nodes"]) == 3
+    code, out, _ = run(capsys, "repair", *node_args(urls, tmp_path), "--json")
+    assert code == 0 and json.loads(out)["copies_written"] == 1
+    code, out, _ = run(capsys, "status", *node_args(urls, tmp_path))
+    assert code == 0 and "0 under-replicated" in out
+
+
+def test_config_file_describes_the_store(nodes, capsys):
+    urls, tmp_path = nodes
+    cfg = tmp_path / "swarm.yaml"
+    cfg.write_text("store:\n  nodes:\n" + "".join(f"    - {u}\n" for u in urls) + "  replicas: 2\n")
+    code, out, _ = run(
+        capsys, "rebalance", "--config", str(cfg), "--json", "--state-dir", str(tmp_path / "s")
+    )
+    assert code == 0 and json.loads(out)["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["scrub"], "no nodes"),
+        (["scrub", "--node", "ftp://x"], "unsupported scheme"),
+        (["scrub", "--node", "file:///tmp/a", "--replicas", "3"], "replicas=3"),
+        (["scrub", "--config", "/nonexistent.yaml"], "cannot read config file"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(argv, message, capsys):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("swarmstore: error:") and message in err
+
+
+def test_bad_config_values_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("store:\n  nodes: [file:///tmp/x]\n  replicas: 1\nstorage:\n  replicas: lots\n")
+    code, _, err = run(capsys, "scrub", "--config", str(cfg))
+    assert code == 2 and "storage.replicas must be integer" in err
+
+
+@pytest.mark.slow
+def test_demo_exits_zero_when_every_check_holds(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "swarmstore.cli", "demo", "--workdir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "all checks held" in proc.stdout
