@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 _SAME_HOST, _SAME_ZONE, _ELSEWHERE = 0, 1, 2
 _MIN_HEDGE_DELAY = 0.0005
+_SLACK_FLOOR = 0.002  # a near source keeps its preference while within 2 ms of the best
 
 
 def _cfg(value: Any, key: str) -> Any:
@@ -69,7 +70,8 @@ class TransferRouter:
         sources untried for ``probe_interval`` seconds and half-open circuits are probed in
         the background, one at a time, in the ``bulk`` class. Off by default.
     clock : callable
-        Monotonic clock (tests pass a fake one).
+        Monotonic clock for circuits, staleness and probes (tests pass a fake one);
+        durations are always measured with ``time.perf_counter``.
 
     Notes
     -----
@@ -198,13 +200,16 @@ class TransferRouter:
             return _SAME_ZONE
         return _ELSEWHERE
 
-    def _expected(self, name: str, nbytes: int | None, now: float) -> float:
-        st = self._stats(name)
-        if (
+    def _is_stale(self, st: SourceStats, now: float) -> bool:
+        return bool(
             self.explore_interval
             and st.last_tried is not None
             and now - st.last_tried > self.explore_interval
-        ):
+        )
+
+    def _expected(self, name: str, nbytes: int | None, now: float) -> float:
+        st = self._stats(name)
+        if self._is_stale(st, now):
             return 0.0  # stale: worth one real request to measure again
         t = st.expected(nbytes)
         lanes = self.source_lanes.get(name)
@@ -236,7 +241,7 @@ class TransferRouter:
 
         def key(row: tuple[Any, bool, int, float, int]) -> tuple[bool, int, float, int]:
             _, ok, tier, t, i = row
-            if best > 0 and t > slack:
+            if best > 0 and t > slack and t - best > _SLACK_FLOOR:
                 tier = _ELSEWHERE  # a near source that is far slower loses its preference
             return (not ok, tier, t, i)
 
@@ -269,12 +274,11 @@ class TransferRouter:
     ) -> T:
         """One attempt inside a lane slot, with its outcome folded into the figures."""
         async with self._slot(nm, self._class()):
-            t0 = self.clock()
-            started[nm] = t0
             st = self._stats(nm)
-            st.last_tried = t0
             circuit = self._circuit(nm)
-            circuit.begin(t0)
+            st.last_tried = self.clock()
+            circuit.begin(st.last_tried)
+            started[nm] = t0 = time.perf_counter()
             try:
                 result = await attempt(src)
             except KeyError:
@@ -284,19 +288,24 @@ class TransferRouter:
                 raise
             except asyncio.CancelledError:
                 st.cancelled += 1
-                st.floor(self.clock() - t0, self.alpha)
+                st.floor(time.perf_counter() - t0, self.alpha)
                 circuit.abandon()
                 raise
             except Exception:
-                self.observe(nm, self.clock() - t0, ok=False)
+                self.observe(nm, time.perf_counter() - t0, ok=False)
                 raise
-            self.observe(nm, self.clock() - t0, size(result) if size is not None else 0)
+            self.observe(nm, time.perf_counter() - t0, size(result) if size is not None else 0)
             return result
 
-    def _hedge_delay(self, first: str, others: list[str], nbytes: int | None) -> float | None:
-        """Seconds after which a request to ``first`` counts as slow, or None if unknown."""
+    def _hedge_delay(
+        self, first: str, others: list[str], nbytes: int | None, own: bool = True
+    ) -> float | None:
+        """Seconds after which a request to ``first`` counts as slow, or None if unknown.
+
+        ``own=False`` (a source tried to re-measure it) uses the best quantile of the others.
+        """
         st = self._stats(first)
-        q = st.quantile(self.hedge_quantile, self.hedge_min_samples)
+        q = st.quantile(self.hedge_quantile, self.hedge_min_samples) if own else None
         if q is None:
             known = (
                 self._stats(o).quantile(self.hedge_quantile, self.hedge_min_samples) for o in others
@@ -307,6 +316,13 @@ class TransferRouter:
         elif nbytes and st.bandwidth and st.size is not None and nbytes > st.size:
             q += (nbytes - st.size) / st.bandwidth
         return max(q, _MIN_HEDGE_DELAY)
+
+    def _take_hedge_token(self) -> bool:
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        self.hedges += 1
+        return True
 
     async def fetch[S, T](
         self,
@@ -324,86 +340,19 @@ class TransferRouter:
         there means that replica lacks the key). A hedged loser is cancelled, not a failure.
         """
         self.fetches += 1
+        # Each fetch earns ``hedge_budget`` of a hedge; a small cap bounds bursts.
         self._tokens = min(self._tokens + self.hedge_budget, 1 + 20 * self.hedge_budget)
         ordered, admitted = self._plan(sources, name, nbytes)
-        pending = deque(ordered)
-        running: dict[asyncio.Task[T], S] = {}
-        started: dict[str, float] = {}
-        failures: dict[S, BaseException] = {}
+        now = self.clock()
+        measured = {
+            name(s)
+            for s in ordered
+            if self._stats(name(s)).latency is not None
+            and not self._is_stale(self._stats(name(s)), now)
+        }
         self._maybe_probe(ordered, name)
-
-        def start(src: S) -> asyncio.Task[T]:
-            task = asyncio.ensure_future(self._attempt(src, attempt, name(src), size, started))
-            running[task] = src
-            return task
-
-        hedge_task: asyncio.Task[T] | None = None
-        try:
-            while True:
-                if not running:
-                    if not pending:
-                        return None, None, failures
-                    if failures:
-                        self.failovers += 1
-                    start(pending.popleft())
-                # Hedge once per fetch, only to a source whose circuit admits requests.
-                timeout = None
-                can_hedge = (
-                    self.hedge
-                    and hedge_task is None
-                    and len(running) == 1
-                    and len(ordered) - len(pending) < admitted
-                )
-                if can_hedge:
-                    timeout = self._hedge_timeout(
-                        name(next(iter(running.values()))), pending, name, nbytes, started
-                    )
-                done, _ = await asyncio.wait(
-                    running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    if (
-                        self._tokens >= 1
-                        and self._hedge_timeout(
-                            name(next(iter(running.values()))), pending, name, nbytes, started
-                        )
-                        == 0.0
-                    ):
-                        self._tokens -= 1
-                        self.hedges += 1
-                        hedge_task = start(pending.popleft())
-                        self._stats(name(running[hedge_task])).hedges += 1
-                    continue
-                for task in done:
-                    src = running.pop(task)
-                    exc = task.exception()
-                    if exc is None:
-                        if task is hedge_task:
-                            self._stats(name(src)).hedge_wins += 1
-                        return src, task.result(), failures
-                    failures[src] = exc
-        finally:
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-
-    def _hedge_timeout[S](
-        self,
-        first: str,
-        pending: deque[S],
-        name: Callable[[S], str],
-        nbytes: int | None,
-        started: dict[str, float],
-    ) -> float | None:
-        """Seconds until the running attempt on ``first`` is late (0: it is late now)."""
-        delay = self._hedge_delay(first, [name(p) for p in pending], nbytes)
-        if delay is None:
-            return None
-        t0 = started.get(first)
-        if t0 is None:  # still waiting for a lane slot: look again after one delay
-            return delay
-        return max(0.0, t0 + delay - self.clock())
+        race = _Race(self, ordered, admitted, measured, attempt, name, nbytes, size)
+        return await race.run()
 
     async def send[S, T](
         self,
@@ -448,9 +397,9 @@ class TransferRouter:
         try:
             cls = "bulk" if "bulk" in self.classes else self.classes[-1]
             async with self._slot(nm, cls):
-                t0 = self.clock()
-                self._stats(nm).last_tried = t0
-                self._circuit(nm).begin(t0)
+                self._stats(nm).last_tried = self.clock()
+                self._circuit(nm).begin(self.clock())
+                t0 = time.perf_counter()
                 try:
                     await self._probe_fn(src)
                 except asyncio.CancelledError:
@@ -458,9 +407,9 @@ class TransferRouter:
                     raise
                 except Exception as e:
                     logger.debug("Probe of %s failed: %r", nm, e)
-                    self.observe(nm, self.clock() - t0, ok=False)
+                    self.observe(nm, time.perf_counter() - t0, ok=False)
                 else:
-                    self.observe(nm, self.clock() - t0, 0)
+                    self.observe(nm, time.perf_counter() - t0, 0)
         finally:
             self._probing.discard(nm)
 
@@ -515,3 +464,101 @@ class TransferRouter:
 
 async def _ping(src: Any) -> None:
     await src.ping()
+
+
+class _Race[S, T]:
+    """One fetch: try sources in order, hedge the first once when it runs late, fail over.
+
+    The winner's result is returned; every other attempt still running is cancelled and
+    awaited, so no request outlives the fetch that started it.
+    """
+
+    def __init__(
+        self,
+        router: TransferRouter,
+        ordered: list[S],
+        admitted: int,
+        measured: set[str],
+        attempt: Callable[[S], Awaitable[T]],
+        name: Callable[[S], str],
+        nbytes: int | None,
+        size: Callable[[T], int] | None,
+    ) -> None:
+        self.router = router
+        self.pending = deque(ordered)
+        self.admitted = admitted  # the first ``admitted`` sources have admitting circuits
+        self.tried = 0
+        self.measured = measured
+        self.attempt = attempt
+        self.name = name
+        self.nbytes = nbytes
+        self.size = size
+        self.running: dict[asyncio.Task[T], S] = {}
+        self.started: dict[str, float] = {}
+        self.failures: dict[S, BaseException] = {}
+        self.hedge: asyncio.Task[T] | None = None
+        self.hedge_considered = False  # at most one hedge decision per fetch
+
+    def _start(self) -> asyncio.Task[T]:
+        src = self.pending.popleft()
+        self.tried += 1
+        nm = self.name(src)
+        coro = self.router._attempt(src, self.attempt, nm, self.size, self.started)
+        task = asyncio.ensure_future(coro)
+        self.running[task] = src
+        return task
+
+    def _late_in(self) -> float | None:
+        """Seconds until the single running attempt is late; None: no hedge for it."""
+        r = self.router
+        if self.hedge_considered or not (r.hedge and len(self.running) == 1 and self.pending):
+            return None
+        if self.tried >= self.admitted:  # hedge only to a source whose circuit admits
+            return None
+        first = self.name(next(iter(self.running.values())))
+        others = [self.name(p) for p in self.pending]
+        delay = r._hedge_delay(first, others, self.nbytes, own=first in self.measured)
+        if delay is None:
+            return None
+        t0 = self.started.get(first)
+        if t0 is None:  # still waiting for a lane slot: look again after one delay
+            return delay
+        return max(0.0, t0 + delay - time.perf_counter())
+
+    def _hedge_now(self) -> None:
+        """The attempt is late: start the next source, or give up hedging without a token."""
+        self.hedge_considered = True
+        if self.router._take_hedge_token():
+            self.hedge = self._start()
+            self.router._stats(self.name(self.running[self.hedge])).hedges += 1
+
+    async def run(self) -> tuple[S | None, T | None, dict[S, BaseException]]:
+        try:
+            while True:
+                if not self.running:
+                    if not self.pending:
+                        return None, None, self.failures
+                    if self.failures:
+                        self.router.failovers += 1
+                    self._start()
+                timeout = self._late_in()
+                done, _ = await asyncio.wait(
+                    self.running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    if self._late_in() == 0.0:
+                        self._hedge_now()
+                    continue
+                for task in done:
+                    src = self.running.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        if task is self.hedge:
+                            self.router._stats(self.name(src)).hedge_wins += 1
+                        return src, task.result(), self.failures
+                    self.failures[src] = exc
+        finally:
+            for task in self.running:
+                task.cancel()
+            if self.running:
+                await asyncio.gather(*self.running, return_exceptions=True)

@@ -1,6 +1,7 @@
 """TransferRouter over real zarr MemoryStores with FaultyStore latency, outages and corruption."""
 
 import asyncio
+import time
 
 import pytest
 from netsupport import PAYLOAD, name, reader
@@ -322,3 +323,28 @@ async def test_probes_are_off_by_default_and_bounded_when_on(sources):
     assert sum(s.faults.counts.get("exists", 0) for s in sources) >= 1
     assert len(r._probing) <= 1
     await r.close()
+
+
+async def test_late_attempt_without_a_hedge_token_just_waits(sources):
+    r = router(hedge=True, hedge_budget=0.0, hedge_min_samples=5)
+    await warm(r, sources[:2], 10)
+    first = r.order(sources[:2], name)[0]
+    first.faults.latency = 0.2
+    cpu = time.process_time()
+    src, _, _ = await r.fetch(sources[:2], reader("k"), name=name)
+    assert src is first and r.hedges == 0
+    assert time.process_time() - cpu < 0.1  # no busy polling while the late attempt runs
+
+
+async def test_a_source_tried_to_remeasure_it_is_hedged_on_the_others_figures(sources):
+    clock = Clock()
+    r = router(hedge=True, hedge_min_samples=5, explore_interval=30, clock=clock)
+    sources[0].faults.latency = 0.3
+    await warm(r, sources[:2], 40)  # n0 measured slow once, then n1 serves everything
+    assert r.sources["n0"].requests == 1
+    clock.now += 31  # n0 is stale: the next read re-measures it, and n1's p95 bounds the wait
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    src, _, _ = await r.fetch(sources[:2], reader("k"), name=name)
+    assert src is sources[1] and r.hedges == 1 and loop.time() - t0 < 0.2
+    assert r.sources["n0"].cancelled == 1
