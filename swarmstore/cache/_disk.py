@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -11,10 +12,8 @@ import sqlite3
 import struct
 import threading
 import time
-import uuid
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -37,6 +36,9 @@ _BLOCK = 1 << 20  # each block of a value carries its own xxh3-64, so ranges ver
 _TOUCH_EVERY = 1.0  # seconds between batched access-time updates
 _STALE_TMP = 600.0  # temp files older than this were left by a crashed writer
 _KEEP_INVALIDATIONS_NS = 3600 * 10**9
+_READ_ALL = 4 << 20  # files up to this size are read in one call; larger ones block by block
+_HEAD_GUESS = 64 << 10
+_BATCH = 64  # background fills published per index transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -94,7 +96,7 @@ class DiskTier:
     >>> tier = DiskTier(tempfile.mkdtemp(), max_bytes=2**20, fsync=False)
     >>> tier.write("ns", "c/0", None, b"abc", started_ns=0)
     True
-    >>> tier.read("ns", "c/0", ("r", 1, 3)).data
+    >>> bytes(tier.read("ns", "c/0", ("r", 1, 3)).data)
     b'bc'
     >>> tier.close()
     """
@@ -116,8 +118,12 @@ class DiskTier:
         self._db_ino: int | None = None
         self._touched: dict[str, float] = {}
         self._last_touch = time.monotonic()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: set[Future[bool]] = set()
+        self._data = str(self.path / "data")
+        self._subdirs: set[str] = set()
+        self._tmp_seq = 0
+        self._cond = threading.Condition(self._lock)
+        self._queue: collections.deque[_Fill] = collections.deque()
+        self._draining = False
         self._pending_bytes = 0
         self._invalidations = 0
         self.hits = self.misses = self.evictions = self.corrupt = 0
@@ -152,7 +158,10 @@ class DiskTier:
     # -- reads --------------------------------------------------------------------------
 
     def read(self, ns: str, key: str, span: Span) -> Entry | None:
-        """The cached bytes of ``(key, span)`` (from a whole-value file if there is one)."""
+        """The cached bytes of ``(key, span)`` (from a whole-value file if there is one).
+
+        ``Entry.data`` is None for a remembered absent key.
+        """
         for stored in (WHOLE, span) if span is not WHOLE else (WHOLE,):
             name = _name(ns, key, stored)
             try:
@@ -172,48 +181,48 @@ class DiskTier:
         self.misses += 1
         return None
 
-    def _read_file(
-        self, path: pathlib.Path, ns: str, key: str, stored: Span, want: Span
-    ) -> Entry | None:
-        with open(path, "rb") as f:
-            prefix = f.read(_PREFIX.size)
-            if len(prefix) != _PREFIX.size:
+    def _read_file(self, path: str, ns: str, key: str, stored: Span, want: Span) -> Entry | None:
+        with open(path, "rb", buffering=0) as f:
+            size_on_disk = os.fstat(f.fileno()).st_size
+            small = size_on_disk <= _READ_ALL
+            raw = f.read() if small else f.read(_HEAD_GUESS)
+            if len(raw) < _PREFIX.size:
                 raise _Corrupt("truncated header")
-            magic, hlen = _PREFIX.unpack(prefix)
-            if magic != _MAGIC or hlen > 1 << 24:
+            magic, hlen = _PREFIX.unpack_from(raw)
+            base = _PREFIX.size + hlen
+            if magic != _MAGIC or base > size_on_disk:
                 raise _Corrupt("bad magic")
+            if len(raw) < base:
+                raw += f.read(base - len(raw))
             try:
-                head = json.loads(f.read(hlen))
+                head = json.loads(raw[_PREFIX.size : base])
             except (ValueError, UnicodeDecodeError) as e:
                 raise _Corrupt(f"bad header: {e}") from e
-            if (
-                head.get("ns") != ns
-                or head.get("key") != key
-                or head.get("span") != span_name(stored)
-            ):
+            if head["ns"] != ns or head["key"] != key or head["span"] != span_name(stored):
                 return None  # a hash collision: another entry's file, not a corrupt one
+            if head.get("absent"):
+                return Entry(None, float(head["t"]), head.get("tok"))
             size, block, hashes = int(head["size"]), int(head["bs"]), head["h"]
-            base = _PREFIX.size + hlen
-            if os.fstat(f.fileno()).st_size != base + size:
+            if size_on_disk != base + size:
                 raise _Corrupt("length does not match header")
             start, stop = _bounds(size, want if stored is WHOLE else WHOLE)
             if stop <= start:
                 return Entry(b"", float(head["t"]), head.get("tok"))
             first, last = start // block, (stop - 1) // block
-            f.seek(base + first * block)
-            raw = f.read(min(size, (last + 1) * block) - first * block)
-        view = memoryview(raw)
+            lo, hi = first * block, min(size, (last + 1) * block)
+            if small:
+                body = memoryview(raw)[base + lo : base + hi]
+            else:
+                f.seek(base + lo)
+                body = memoryview(f.read(hi - lo))
         for i in range(first, last + 1):
-            chunk = view[(i - first) * block : (i - first + 1) * block]
-            if xxhash.xxh3_64_intdigest(chunk) != hashes[i]:
+            if (
+                xxhash.xxh3_64_intdigest(body[(i - first) * block : (i - first + 1) * block])
+                != (hashes[i])
+            ):
                 raise _Corrupt(f"block {i} fails its checksum")
-        offset = first * block
-        data = (
-            raw
-            if (start, stop) == (offset, offset + len(raw))
-            else raw[start - offset : stop - offset]
-        )
-        return Entry(data, float(head["t"]), head.get("tok"))
+        data = body[start - lo : stop - lo]
+        return Entry(data, float(head["t"]), head.get("tok"))  # type: ignore[arg-type]
 
     # -- writes -------------------------------------------------------------------------
 
@@ -222,100 +231,126 @@ class DiskTier:
         ns: str,
         key: str,
         span: Span,
-        data: bytes,
+        data: bytes | None,
         *,
         started_ns: int,
         filled_at: float | None = None,
         token: str | None = None,
     ) -> bool:
-        """Store a copy of ``data``; False if it was dropped (too big, or key invalidated).
+        """Store a copy of ``data`` (None: remember that the key is absent).
 
-        ``started_ns`` is ``time.time_ns()`` taken before the value was fetched: if the key
-        was invalidated at or after that moment, the value may be stale and is dropped.
-        Raises OSError or sqlite3.Error when the disk fails (see :meth:`submit`).
+        Returns False if it was dropped: larger than the bound, or the key was invalidated
+        at or after ``started_ns`` (``time.time_ns()`` taken before the value was fetched),
+        so the value may be stale. Raises OSError or sqlite3.Error when the disk fails.
         """
-        name = _name(ns, key, span)
-        hashes = [
-            xxhash.xxh3_64_intdigest(memoryview(data)[i : i + _BLOCK])
-            for i in range(0, len(data), _BLOCK)
-        ]
-        head = {
-            "ns": ns,
-            "key": key,
-            "span": span_name(span),
-            "size": len(data),
-            "t": time.time() if filled_at is None else filled_at,
-            "tok": token,
-            "bs": _BLOCK,
-            "h": hashes,
-        }
-        header = json.dumps(head, separators=(",", ":")).encode()
-        size = _PREFIX.size + len(header) + len(data)
-        if size > self.max_bytes:
-            self.skipped += 1
-            return False
-        self._ensure_index()
-        final = self._file(name)
-        tmp = final.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(_PREFIX.pack(_MAGIC, len(header)))
-                f.write(header)
-                f.write(data)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            with self._transaction() as db:
-                if self._invalidated_since(db, ns, key, started_ns):
-                    return False
-                old = db.execute("SELECT size FROM entries WHERE name = ?", (name,)).fetchone()
-                old_size = old[0] if old else 0
-                self._evict(db, size - old_size, keep=name)
-                os.replace(tmp, final)
-                db.execute(
-                    "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
-                    (name, ns, key, size, time.time()),
-                )
-                db.execute("UPDATE meta SET v = v + ? WHERE k = 'total'", (size - old_size,))
-            self.writes += 1
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        item = _Fill(ns, key, span, data, started_ns, filled_at, token)
+        return self._write_batch([item])[0]
 
-    def submit(self, ns: str, key: str, span: Span, data: bytes, **kwargs: Any) -> None:
+    def submit(
+        self,
+        ns: str,
+        key: str,
+        span: Span,
+        data: bytes | None,
+        *,
+        started_ns: int,
+        filled_at: float | None = None,
+        token: str | None = None,
+    ) -> None:
         """:meth:`write` in a background thread; failures become a :class:`CacheWarning`.
 
         Reads never wait on the disk: if more than ``pending_bytes`` are already queued,
-        this fill is skipped. :meth:`flush` waits for the queue.
+        this fill is skipped. Queued fills are written in batches, one index transaction
+        per batch. :meth:`flush` waits for the queue.
         """
-        with self._lock:
-            if self._pending_bytes + len(data) > self.pending_limit:
+        item = _Fill(ns, key, span, data, started_ns, filled_at, token)
+        with self._cond:
+            if self._pending_bytes + item.nbytes > self.pending_limit:
                 self.skipped += 1
                 return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(2, thread_name_prefix="swarmstore-disk-cache")
-            self._pending_bytes += len(data)
-            fut = self._pool.submit(self._write_quietly, ns, key, span, data, kwargs)
-            self._pending.add(fut)
-        nbytes = len(data)
-        fut.add_done_callback(lambda f: self._done(f, nbytes))
+            self._queue.append(item)
+            self._pending_bytes += item.nbytes
+            if self._draining:
+                return
+            self._draining = True
+        thread = threading.Thread(target=self._drain, name="swarmstore-disk-fill", daemon=True)
+        thread.start()
 
-    def _write_quietly(
-        self, ns: str, key: str, span: Span, data: bytes, kwargs: dict[str, Any]
-    ) -> bool:
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+                if not batch:
+                    self._draining = False
+                    self._cond.notify_all()
+                    return
+            try:
+                self._write_batch(batch)
+            except (OSError, sqlite3.Error) as e:
+                self.errors += 1
+                self._degraded(f"disk cache writes to {self.path} failed ({e})")
+            finally:
+                with self._cond:
+                    self._pending_bytes -= sum(item.nbytes for item in batch)
+
+    def _write_batch(self, batch: list[_Fill]) -> list[bool]:
+        """Write temp files, then publish them all in one index transaction."""
+        done = [False] * len(batch)
+        staged: list[tuple[int, str, str, int]] = []  # (index, name, tmp, size)
+        self._ensure_index()
         try:
-            return self.write(ns, key, span, data, **kwargs)
-        except (OSError, sqlite3.Error) as e:
-            self.errors += 1
-            self._degraded(f"disk cache write of {key!r} to {self.path} failed ({e})")
-            return False
+            for i, item in enumerate(batch):
+                name = _name(item.ns, item.key, item.span)
+                blob = _encode(item)
+                if len(blob) > self.max_bytes:
+                    self.skipped += 1
+                    continue
+                tmp, f = self._open_tmp(name)
+                with f:
+                    for part in blob.parts:
+                        f.write(part)
+                    if self.fsync:
+                        os.fsync(f.fileno())
+                staged.append((i, name, tmp, len(blob)))
+            if not staged:
+                return done
+            with self._transaction() as db:
+                for i, name, tmp, size in staged:
+                    item = batch[i]
+                    if self._invalidated_since(db, item.ns, item.key, item.started_ns):
+                        continue
+                    old = db.execute("SELECT size FROM entries WHERE name = ?", (name,)).fetchone()
+                    old_size = old[0] if old else 0
+                    self._evict(db, size - old_size, keep=name)
+                    os.replace(tmp, self._file(name))
+                    db.execute(
+                        "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                        (name, item.ns, item.key, size, time.time()),
+                    )
+                    db.execute("UPDATE meta SET v = v + ? WHERE k = 'total'", (size - old_size,))
+                    done[i] = True
+                    self.writes += 1
+            return done
+        finally:
+            for _, _, tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
-    def _done(self, fut: Future[bool], nbytes: int) -> None:
-        with self._lock:
-            self._pending.discard(fut)
-            self._pending_bytes -= nbytes
+    def _open_tmp(self, name: str) -> tuple[str, Any]:
+        sub = os.path.join(self._data, name[:2])
+        self._tmp_seq += 1
+        tmp = os.path.join(
+            sub, f".{name}.{os.getpid()}.{threading.get_ident()}.{self._tmp_seq}.tmp"
+        )
+        if sub not in self._subdirs:
+            os.makedirs(sub, exist_ok=True)
+            self._subdirs.add(sub)
+        try:
+            return tmp, open(tmp, "wb", buffering=0)
+        except FileNotFoundError:  # the directory was removed underneath
+            self._subdirs.discard(sub)
+            os.makedirs(sub, exist_ok=True)
+            return tmp, open(tmp, "wb", buffering=0)
 
     # -- invalidation -------------------------------------------------------------------
 
@@ -365,19 +400,17 @@ class DiskTier:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait for background writes and write out batched access times."""
-        with self._lock:
-            pending = list(self._pending)
-        if pending:
-            wait_futures(pending, timeout=timeout)
-        self._flush_touches()
+        with self._cond:
+            self._cond.wait_for(lambda: not self._draining, timeout=timeout)
+        try:
+            self._flush_touches()
+        except (OSError, sqlite3.Error) as e:
+            self._degraded(f"disk cache index at {self.path} failed ({e})")
 
     def close(self) -> None:
-        """Flush, then release the index connection and threads (reopened on next use)."""
+        """Flush, then release the index connection (reopened on next use)."""
         self.flush()
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -417,8 +450,8 @@ class DiskTier:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _file(self, name: str) -> pathlib.Path:
-        return self.path / "data" / name[:2] / name
+    def _file(self, name: str) -> str:
+        return os.path.join(self._data, name[:2], name)
 
     def _ensure_index(self) -> None:
         """Open the index; reopen it (with a warning) if the directory vanished underneath."""
@@ -433,6 +466,7 @@ class DiskTier:
                 self._degraded(f"disk cache directory {self.path} was removed; recreating it")
                 self._conn.close()
                 self._conn = None
+                self._subdirs.clear()
             self._open_index(db_path)
 
     def _open_index(self, db_path: pathlib.Path) -> None:
@@ -531,7 +565,7 @@ class DiskTier:
         db.execute("UPDATE meta SET v = v - ? WHERE k = 'total'", (sum(s for _, s in rows),))
         for name, _ in rows:
             with contextlib.suppress(FileNotFoundError):
-                self._file(name).unlink()
+                os.unlink(self._file(name))
 
     def _drop_corrupt(self, name: str, why: str) -> None:
         self.corrupt += 1
@@ -568,6 +602,49 @@ class DiskTier:
     def _degraded(self, message: str) -> None:
         logger.warning("%s", message)
         warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fill:
+    ns: str
+    key: str
+    span: Span
+    data: bytes | None
+    started_ns: int
+    filled_at: float | None
+    token: str | None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) if self.data is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    parts: tuple[bytes | memoryview, ...]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+def _encode(item: _Fill) -> _Blob:
+    """A cache file: magic, header length, JSON header, then the bytes."""
+    data = item.data if item.data is not None else b""
+    view = memoryview(data)
+    head: dict[str, Any] = {
+        "ns": item.ns,
+        "key": item.key,
+        "span": span_name(item.span),
+        "size": len(data),
+        "t": time.time() if item.filled_at is None else item.filled_at,
+        "tok": item.token,
+        "bs": _BLOCK,
+        "h": [xxhash.xxh3_64_intdigest(view[i : i + _BLOCK]) for i in range(0, len(data), _BLOCK)],
+    }
+    if item.data is None:
+        head["absent"] = True
+    header = json.dumps(head, separators=(",", ":")).encode()
+    return _Blob((_PREFIX.pack(_MAGIC, len(header)), header, view))
 
 
 def _statements() -> list[str]:

@@ -17,9 +17,9 @@ __all__ = ["Entry", "MemoryTier"]
 class Entry:
     """A cached value and what is needed to judge whether it is still fresh."""
 
-    #: The bytes, immutable so no reader can change what the next reader gets; None: the
-    #: key was absent (a negative entry, kept in RAM only).
-    data: bytes | None
+    #: The bytes (a read-only view when read from disk), immutable so no reader can change
+    #: what the next reader gets; None: the key was absent (a negative entry).
+    data: bytes | memoryview | None
     #: ``time.time()`` when the value was read from the backing store.
     filled_at: float
     #: The backing store's version token of the key when it was read (validation), or None.
@@ -100,10 +100,13 @@ class MemoryTier:
             self.misses += 1
             return None
 
+    def admits(self, nbytes: int) -> bool:
+        """Whether a value of ``nbytes`` would be admitted."""
+        return bool(self.max_bytes) and nbytes <= self.admission_fraction * self.max_bytes
+
     def put(self, key: str, span: Span, entry: Entry) -> bool:
         """Admit ``entry``; False when it is larger than the admission limit."""
-        size = len(entry.data) if entry.data is not None else 0
-        if not self.max_bytes or size > self.admission_fraction * self.max_bytes:
+        if not self.admits(len(entry.data) if entry.data is not None else 0):
             with self._lock:
                 self.rejected += 1
             return False

@@ -278,7 +278,7 @@ class TieredStore(Store):
             if entry is not None:
                 if await self._fresh(key, entry):
                     self._fill_memory(key, span, entry, started)
-                    return prototype.buffer.from_bytes(entry.data)
+                    return None if entry.data is None else prototype.buffer.from_bytes(entry.data)
                 stale = stale or entry
         return await self._fetch(key, span, byte_range, prototype, stale)
 
@@ -318,7 +318,7 @@ class TieredStore(Store):
         try:
             token = await version_token(self.backing, key) if self.validate else None
             buf = await self.backing.get(key, prototype, byte_range)
-            data = None if buf is None else buf.to_bytes()
+            data = None if buf is None else _as_bytes(buf)
         except BaseException as e:
             self._forget(key, span, fut)
             if not isinstance(e, Exception):
@@ -340,20 +340,22 @@ class TieredStore(Store):
         sh.reads += 1
         entry = Entry(data, time.time(), token)
         self._fill_memory(key, span, entry, started)  # absent keys too: zarr probes them often
-        if data is not None:
-            sh.read_bytes += len(data)
-            if sh.disk is not None and sh.disk_trusted:
-                sh.disk.submit(
-                    self.namespace, key, span, data,
-                    started_ns=started, filled_at=entry.filled_at, token=token,
-                )  # fmt: skip
+        sh.read_bytes += len(data) if data is not None else 0
+        if sh.disk is not None and sh.disk_trusted:
+            sh.disk.submit(
+                self.namespace, key, span, data,
+                started_ns=started, filled_at=entry.filled_at, token=token,
+            )  # fmt: skip
         return buf
 
     def _fill_memory(self, key: str, span: Span, entry: Entry, started_ns: int) -> None:
         sh = self._shared
+        if not sh.memory.admits(len(entry.data) if entry.data is not None else 0):
+            sh.memory.rejected += 1
+            return
+        data = None if entry.data is None else bytes(entry.data)  # no view into a larger file
         with sh.lock:
             if not sh.invalidated_since(key, started_ns):
-                data = None if entry.data is None else bytes(entry.data)
                 sh.memory.put(self._prefix + key, span, Entry(data, entry.filled_at, entry.token))
 
     def _forget(self, key: str, span: Span, fut: concurrent.futures.Future[Any]) -> None:
@@ -486,6 +488,22 @@ class TieredStore(Store):
         # docstring inherited
         async for key in self.backing.list_dir(prefix):
             yield key
+
+
+def _as_bytes(buf: Buffer) -> bytes:
+    """The bytes of ``buf``, without a copy when it is a view of a whole bytes object.
+
+    LocalStore and FsspecStore hand zarr ``np.frombuffer(bytes)`` views; caching the bytes
+    object they came from saves copying every chunk on the cold path.
+    """
+    try:
+        array = buf.as_numpy_array()
+    except Exception:
+        return buf.to_bytes()
+    base = array.base
+    if isinstance(base, bytes) and len(base) == array.nbytes and array.flags.c_contiguous:
+        return base
+    return array.tobytes()
 
 
 def _make_disk(disk: DiskLike) -> DiskTier | None:

@@ -51,7 +51,7 @@ def hammer(tier: DiskTier, seed: int, seconds: float, keys: int = 12) -> dict[st
             entry = tier.read("ns", key, None)
             counts["reads"] += 1
             if entry is not None:
-                check(key, entry.data)  # noqa: F821
+                check(key, bytes(entry.data))  # noqa: F821
                 counts["hits"] += 1
         else:
             tier.invalidate("ns", key)

@@ -1,0 +1,170 @@
+"""Tiered cache benchmark: warm RAM and disk tiers, cold reads, and the disk byte bound.
+
+Usage: ``python benchmarks/bench_cache.py [--quick]``. Backing store: S3 on moto in its own
+process. For each case (float32 arrays; 256 MiB in 1 MiB chunks and 64 MiB in 64 KiB
+chunks; a quarter of that with --quick) it reads the whole array through zarr:
+
+- warm RAM tier vs zarr ``MemoryStore`` (throughput ratio, goal >= 0.8);
+- warm disk tier (empty RAM tier) vs ``LocalStore`` (goal >= 0.8) and vs fsspec
+  ``simplecache::`` warm (goal >= 1.0: never slower);
+- cold read through the TieredStore vs raw ``FsspecStore`` (time ratio, goal <= 1.10);
+- the largest disk-tier size seen during the run over its bound (goal <= 1.0), sampled
+  every 50 ms; simplecache's directory size is printed beside it (it has no bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import zarr
+from zarr.storage import FsspecStore, LocalStore, MemoryStore
+
+from swarmstore.cache import DiskTier, TieredStore
+from swarmstore.testing import moto_server
+
+MiB = 2**20
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def read_all(store: object) -> np.ndarray:
+    return zarr.open_array(store, mode="r")[:]
+
+
+def dir_size(path: pathlib.Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            try:
+                total += os.stat(os.path.join(root, fn)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+class Sampler:
+    """Largest size of a directory seen while the benchmark runs."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, dir_size(self.path))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, dir_size(self.path))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    scale = 4 if args.quick else 1
+    repeat = 2 if args.quick else 3
+    cases = [("1MiB", 256 * MiB // scale, MiB), ("64KiB", 64 * MiB // scale, 64 * 1024)]
+    bound = int(1.25 * cases[0][1])
+    rng = np.random.default_rng(0)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    results: dict[str, dict[str, float]] = {}
+    with moto_server(process=True) as endpoint:
+        bucket = endpoint.make_bucket()
+        opts = endpoint.storage_options()
+
+        def s3(name: str) -> FsspecStore:
+            return FsspecStore(endpoint.filesystem(asynchronous=True), path=f"{bucket}/{name}")
+
+        disk_dir = tmp / "tier"
+        with Sampler(disk_dir) as tier_size:
+            for name, nbytes, chunk_bytes in cases:
+                n, chunk = nbytes // 4, chunk_bytes // 4
+                data = rng.random(n, dtype="f4")
+                mem_store = MemoryStore()
+                for store in (s3(name), mem_store, LocalStore(tmp / f"local-{name}")):
+                    zarr.create_array(store, shape=(n,), chunks=(chunk,), dtype="f4")[:] = data
+                r: dict[str, float] = {"mb": nbytes / 1e6}
+                r["raw_cold"] = best(lambda name=name: read_all(s3(name)), 1)
+                tiered = TieredStore(
+                    s3(name), memory_bytes=4 * nbytes, disk=DiskTier(disk_dir, max_bytes=bound)
+                )
+                t0 = time.perf_counter()
+                assert np.array_equal(read_all(tiered), data)
+                r["tiered_cold"] = time.perf_counter() - t0
+                tiered.flush()
+                r["fill_wait"] = time.perf_counter() - t0 - r["tiered_cold"]
+                r["ram_warm"] = best(lambda t=tiered: read_all(t), repeat)
+                r["memory_store"] = best(lambda m=mem_store: read_all(m), repeat)
+                disk_only = TieredStore(
+                    s3(name), memory_bytes=0, disk=DiskTier(disk_dir, max_bytes=bound)
+                )
+                read_all(disk_only)  # opens the index; reads come from disk
+                before = disk_only.stats()["backing"]["reads"]
+                r["disk_warm"] = best(lambda d=disk_only: read_all(d), repeat)
+                r["disk_backing_reads"] = disk_only.stats()["backing"]["reads"] - before
+                local = LocalStore(tmp / f"local-{name}")
+                r["local_store"] = best(lambda s=local: read_all(s), repeat)
+                sc_dir = tmp / f"simplecache-{name}"
+                sc_url = f"simplecache::s3://{bucket}/{name}"
+                sc_opts = {"s3": opts, "simplecache": {"cache_storage": str(sc_dir)}}
+                sc = zarr.open_array(sc_url, mode="r", storage_options=sc_opts)
+                sc[:]  # warm it
+                r["simplecache_warm"] = best(lambda a=sc: a[:], repeat)
+                r["simplecache_bytes"] = dir_size(sc_dir)
+                results[name] = r
+                disk_only.close()
+                tiered.close()
+        peak = tier_size.peak
+
+    for name, r in results.items():
+        mbps = {k: r["mb"] / r[k] for k in ("ram_warm", "memory_store", "disk_warm",
+                                              "local_store", "simplecache_warm")}  # fmt: skip
+        print(f"warm RAM tier vs MemoryStore ({name} chunks): "
+              f"{mbps['ram_warm'] / mbps['memory_store']:.2f}x (goal >= 0.8)")  # fmt: skip
+        print(f"warm disk tier vs LocalStore ({name} chunks): "
+              f"{mbps['disk_warm'] / mbps['local_store']:.2f}x (goal >= 0.8)")  # fmt: skip
+        print(f"warm disk tier vs simplecache warm ({name} chunks): "
+              f"{mbps['disk_warm'] / mbps['simplecache_warm']:.2f}x (goal >= 1.0)")  # fmt: skip
+        print(f"cold read time vs raw FsspecStore ({name} chunks): "
+              f"{r['tiered_cold'] / r['raw_cold']:.2f}x (goal <= 1.10)")  # fmt: skip
+        print(
+            f"  raw {name}: MB/s ram={mbps['ram_warm']:.0f} memorystore={mbps['memory_store']:.0f}"
+            f" disk={mbps['disk_warm']:.0f} localstore={mbps['local_store']:.0f}"
+            f" simplecache={mbps['simplecache_warm']:.0f}"
+            f" cold tiered={r['mb'] / r['tiered_cold']:.0f} raw={r['mb'] / r['raw_cold']:.0f}"
+            f" (fill wait {r['fill_wait']:.2f}s, backing reads on warm disk pass:"
+            f" {r['disk_backing_reads']:.0f})"
+        )
+    sc_total = sum(r["simplecache_bytes"] for r in results.values())
+    print(f"disk tier peak size vs its bound: {peak / bound:.2f}x (goal <= 1.0)")
+    print(
+        f"  raw: disk tier peak {peak / MiB:.1f} MiB, bound {bound / MiB:.1f} MiB;"
+        f" simplecache (unbounded) {sc_total / MiB:.1f} MiB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
