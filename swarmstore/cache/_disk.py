@@ -181,6 +181,12 @@ class DiskTier:
         self.misses += 1
         return None
 
+    def might_have(self, ns: str, key: str, span: Span) -> bool:
+        """Whether a file for ``(key, span)`` exists: one ``stat``, cheap enough to run on an
+        event loop, so a cold miss does not pay a thread hop to learn the disk is empty."""
+        names = (WHOLE, span) if span is not WHOLE else (WHOLE,)
+        return any(os.path.exists(self._file(_name(ns, key, s))) for s in names)
+
     def _read_file(self, path: str, ns: str, key: str, stored: Span, want: Span) -> Entry | None:
         with open(path, "rb", buffering=0) as f:
             size_on_disk = os.fstat(f.fileno()).st_size
@@ -298,6 +304,7 @@ class DiskTier:
         done = [False] * len(batch)
         staged: list[tuple[int, str, str, int]] = []  # (index, name, tmp, size)
         self._ensure_index()
+        files: list[Any] = []
         try:
             for i, item in enumerate(batch):
                 name = _name(item.ns, item.key, item.span)
@@ -306,32 +313,45 @@ class DiskTier:
                     self.skipped += 1
                     continue
                 tmp, f = self._open_tmp(name)
+                files.append(f)
+                staged.append((i, name, tmp, len(blob)))
+                for part in blob.parts:
+                    f.write(part)
+            # fsync the batch together: after the first, the journal is mostly committed
+            while files:
+                f = files.pop()
                 with f:
-                    for part in blob.parts:
-                        f.write(part)
                     if self.fsync:
                         os.fsync(f.fileno())
-                staged.append((i, name, tmp, len(blob)))
             if not staged:
                 return done
             with self._transaction() as db:
+                fresh = {}  # name -> (index, tmp, size); the last fill of a name wins
                 for i, name, tmp, size in staged:
                     item = batch[i]
-                    if self._invalidated_since(db, item.ns, item.key, item.started_ns):
-                        continue
-                    old = db.execute("SELECT size FROM entries WHERE name = ?", (name,)).fetchone()
-                    old_size = old[0] if old else 0
-                    self._evict(db, size - old_size, keep=name)
+                    if not self._invalidated_since(db, item.ns, item.key, item.started_ns):
+                        fresh[name] = (i, tmp, size)
+                if not fresh:
+                    return done
+                marks = ",".join("?" * len(fresh))
+                old = dict(
+                    db.execute(f"SELECT name, size FROM entries WHERE name IN ({marks})", [*fresh])
+                )
+                incoming = sum(size - old.get(name, 0) for name, (_, _, size) in fresh.items())
+                self._evict(db, incoming, keep=set(fresh))
+                now = time.time()
+                rows = []
+                for name, (i, tmp, size) in fresh.items():
                     os.replace(tmp, self._file(name))
-                    db.execute(
-                        "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
-                        (name, item.ns, item.key, size, time.time()),
-                    )
-                    db.execute("UPDATE meta SET v = v + ? WHERE k = 'total'", (size - old_size,))
+                    rows.append((name, batch[i].ns, batch[i].key, size, now))
                     done[i] = True
-                    self.writes += 1
+                db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)", rows)
+                db.execute("UPDATE meta SET v = v + ? WHERE k = 'total'", (incoming,))
+                self.writes += len(rows)
             return done
         finally:
+            for f in files:
+                f.close()
             for _, _, tmp, _ in staged:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
@@ -483,7 +503,7 @@ class DiskTier:
             if fresh:
                 db.execute("INSERT INTO meta VALUES ('total', 0)")
                 self._reindex(db)
-            self._evict(db, 0, keep="")
+            self._evict(db, 0, keep=set())
         self._remove_stale_tmp()
 
     def _reindex(self, db: sqlite3.Connection) -> None:
@@ -538,23 +558,25 @@ class DiskTier:
                 raise
             db.execute("COMMIT")
 
-    def _evict(self, db: sqlite3.Connection, incoming: int, keep: str) -> None:
+    def _evict(self, db: sqlite3.Connection, incoming: int, keep: set[str]) -> None:
         """Remove least recently used files until ``incoming`` more bytes fit the bound."""
         self._flush_touches(db)
         total = db.execute("SELECT v FROM meta WHERE k = 'total'").fetchone()[0]
         excess = total + incoming - self.max_bytes
         while excess > 0:
             rows = db.execute(
-                "SELECT name, size FROM entries WHERE name != ? ORDER BY atime LIMIT 64", (keep,)
+                "SELECT name, size FROM entries ORDER BY atime LIMIT ?", (64 + len(keep),)
             ).fetchall()
-            if not rows:
-                return
             victims = []
             for name, size in rows:
+                if name in keep:
+                    continue
                 victims.append((name, size))
                 excess -= size
                 if excess <= 0:
                     break
+            if not victims:
+                return
             self._remove(db, victims)
             self.evictions += len(victims)
 

@@ -272,7 +272,11 @@ class TieredStore(Store):
                 return None if entry.data is None else prototype.buffer.from_bytes(entry.data)
             sh.memory.discard(self._prefix + key)
         stale = entry
-        if sh.disk is not None and sh.disk_trusted:
+        if (
+            sh.disk is not None
+            and sh.disk_trusted
+            and sh.disk.might_have(self.namespace, key, span)
+        ):
             started = time.time_ns()
             entry = await asyncio.to_thread(sh.disk.read, self.namespace, key, span)
             if entry is not None:
