@@ -264,12 +264,15 @@ class Placer:
     def remove_worker(self, address: str) -> None:
         if self.workers.pop(address, None) is not None:
             self.gpu.remove(address)
-            self._changed()
+            self._changed(leaving=address)
 
-    def _changed(self) -> None:
+    def _changed(self, leaving: str | None = None) -> None:
         self._cpu_pool = None
-        self._owners.clear()
         self._pools.clear()
+        if leaving is None:
+            self._owners.clear()
+        else:  # rendezvous: only the chunks the leaver owned change owner
+            self._owners = {k: a for k, a in self._owners.items() if a != leaving}
 
     @property
     def cpu_pool(self) -> frozenset[str]:
