@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "ReplicatedStore": "swarmstore.storage",
     "TieredStore": "swarmstore.cache",
     "DiskTier": "swarmstore.cache",
+    "TieredCachePlugin": "swarmstore.cache",
     "SwarmPlugin": "swarmstore.compute",
     "ReplicationPlugin": "swarmstore.compute.replication",
     "ResultStore": "swarmstore.compute.durable",

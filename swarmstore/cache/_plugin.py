@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["CacheRegistry", "TieredCachePlugin", "worker_cache"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_STORES = 256
 
 
 class CacheRegistry:
@@ -46,7 +49,7 @@ class CacheRegistry:
         self.disk = DiskTier(disk_dir, max_bytes=disk_bytes) if disk_dir else None
         self.ttl = ttl
         self.validate = validate
-        self._stores: dict[str, TieredStore] = {}
+        self._stores: OrderedDict[str, TieredStore] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -59,7 +62,9 @@ class CacheRegistry:
         ident = store_identity(backing)
         with self._lock:
             store = self._stores.get(ident)
-            if store is None:
+            if store is not None:
+                self._stores.move_to_end(ident)
+            else:
                 store = TieredStore(
                     backing,
                     memory=self.memory,
@@ -69,6 +74,8 @@ class CacheRegistry:
                 )
                 self._stores[ident] = store
                 logger.debug("New worker cache for %s", ident)
+                while len(self._stores) > _MAX_STORES:  # stores named per object (MemoryStore)
+                    self._stores.popitem(last=False)
             return store
 
     def stats(self) -> dict[str, Any]:

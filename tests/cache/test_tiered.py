@@ -348,3 +348,31 @@ async def test_failed_disk_invalidation_disables_the_disk_tier(
     with pytest.warns(CacheWarning, match="disk tier disabled"):
         await store.set("k", buf(b"new"))
     assert (await store.get("k", proto)).to_bytes() == b"new"
+
+
+def test_sharded_array_over_s3_read_twice_hits_cache(s3_store: Any, tmp_path: pathlib.Path) -> None:
+    store = TieredStore(s3_store, memory_bytes=2**22, disk=DiskTier(tmp_path / "c", fsync=False))
+    make_array(store, shape=2000, chunks=100, shards=(1000,))
+    z = zarr.open_array(store, mode="r")
+    np.testing.assert_array_equal(z[50:1950], np.arange(50, 1950))
+    reads = store.stats()["backing"]["reads"]
+    np.testing.assert_array_equal(z[50:1950], np.arange(50, 1950))
+    assert store.stats()["backing"]["reads"] == reads
+    store.close()
+
+
+def test_over_replicated_store(tmp_path: pathlib.Path) -> None:
+    storage = pytest.importorskip("swarmstore.storage")
+    nodes = [LocalStore(tmp_path / n) for n in ("a", "b", "c")]
+    replicated = storage.ReplicatedStore(nodes, replicas=2, state_dir=tmp_path / "state")
+    store = TieredStore(replicated, memory_bytes=2**22, disk=DiskTier(tmp_path / "c"))
+    make_array(store)
+    z = zarr.open_array(store, mode="r")
+    np.testing.assert_array_equal(z[:], np.arange(1000))
+    reads = store.stats()["backing"]["reads"]
+    np.testing.assert_array_equal(z[:], np.arange(1000))
+    assert store.stats()["backing"]["reads"] == reads
+    z2 = zarr.open_array(store, mode="r+")
+    z2[:100] = -1
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:100], -np.ones(100))
+    store.close()
