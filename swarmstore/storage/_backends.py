@@ -386,3 +386,10 @@ class S3Node(Node):
 
     def close(self) -> None:
         return None
+
+    async def aclose(self) -> None:
+        """Close the s3fs client's HTTP session (on the loop that opened it)."""
+        client = getattr(self.fs, "_s3", None)
+        if client is not None:
+            await client.close()
+            self.fs._s3 = None

@@ -150,6 +150,10 @@ class Node(ABC):
     def close(self) -> None:
         self.store.close()
 
+    async def aclose(self) -> None:
+        """Release connections; the node stays usable (they reopen on demand)."""
+        return None
+
 
 @dataclass(frozen=True)
 class NodeSpec:

@@ -161,6 +161,12 @@ class ReplicatedStore(Store):
         for name in self.hints.nodes():
             self._spawn(self._replay(self._by_name[name])) if name in self._by_name else None
 
+    async def aclose(self) -> None:
+        """Finish background work and release node connections (S3 HTTP sessions)."""
+        await self.flush()
+        for n in self.nodes:
+            await n.aclose()
+
     def close(self) -> None:
         for n in self.nodes:
             n.close()

@@ -70,6 +70,9 @@ class FaultyNode(Node):
         await self.faults.before("delete", self.name, write=True)
         await self.inner.delete_dir(prefix)
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     def __getattr__(self, name: str) -> Any:
         if name == "inner":
             raise AttributeError(name)
