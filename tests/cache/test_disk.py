@@ -65,7 +65,7 @@ def test_threads_share_a_disk_tier_safely(tmp_path: pathlib.Path) -> None:
 
     def run(seed: int) -> None:
         try:
-            results.append(hammer(tier, seed, 1.0))
+            results.append(hammer(tier, seed, 0.8))
         except BaseException as e:
             errors.append(e)
 
@@ -108,7 +108,7 @@ def test_two_processes_share_a_cache_dir(tmp_path: pathlib.Path) -> None:
     cache = tmp_path / "shared"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(cache), str(seed), "2.0"],
+            [sys.executable, str(script), str(cache), str(seed), "1.2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
