@@ -85,6 +85,10 @@ def p99(xs: list[float]) -> float:
     return float(np.percentile(xs, 99))
 
 
+def pct(xs: list[float], q: float) -> str:
+    return f"{np.percentile(xs, q) * 1e3:.1f}"
+
+
 async def build(
     router: TransferRouter, faults: list[Faults], state: str, link: int | None = None
 ) -> ReplicatedStore:
@@ -147,7 +151,8 @@ async def slow_replica(reads: int, rounds: int, state: str) -> None:
     print(
         f"  raw: p99 all-fast {fast * 1e3:.1f} ms, router {routed * 1e3:.1f} ms "
         f"({hedges} hedges in {fetches} reads), random choice {rnd * 1e3:.1f} ms "
-        f"({rnd / fast:.2f}x); {reads} reads each, 4 at a time"
+        f"({rnd / fast:.2f}x); p50 {pct(lat['fast'], 50)}/{pct(lat['router'], 50)}/"
+        f"{pct(lat['random'], 50)} ms; {reads} reads each, 4 at a time"
     )
 
 

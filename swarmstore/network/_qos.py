@@ -123,6 +123,10 @@ class Lanes:
         self.in_use = dict.fromkeys(self.classes, 0)
         self.granted = dict.fromkeys(self.classes, 0)
         self._waiting: dict[str, deque[_Waiter]] = {c: deque() for c in self.classes}
+        self._higher = {c: self.classes[:i] for i, c in enumerate(self.classes)}
+        self._rank = {c: i for i, c in enumerate(self.classes)}
+        self._busy = 0  # slots in use, all classes
+        self._queued = 0  # waiters, all classes
         self._lock = threading.Lock()
 
     @staticmethod
@@ -146,31 +150,29 @@ class Lanes:
     def _admits(self, cls: str) -> bool:
         if self.capacity is None:
             return True
-        free = self.capacity - sum(self.in_use.values())
-        higher = self.classes[: self.classes.index(cls)]
-        return free - 1 >= sum(self._unused(c) for c in higher)
+        free = self.capacity - self._busy
+        return free >= 1 and free - 1 >= sum(self._unused(c) for c in self._higher[cls])
 
     def _dispatch(self) -> None:
         """Grant slots to waiters while any may take one: under-reserve classes first."""
-        progress = True
-        while progress:
-            progress = False
+        while self._queued:
             ranked = sorted(
                 (c for c in self.classes if self._waiting[c]),
-                key=lambda c: (self.in_use[c] >= self.reserved[c], self.classes.index(c)),
+                key=lambda c: (self.in_use[c] >= self.reserved[c], self._rank[c]),
             )
-            for cls in ranked:
-                if self._admits(cls):
-                    waiter = self._waiting[cls].popleft()
-                    self._take(cls)
-                    waiter.granted = True
-                    waiter.loop.call_soon_threadsafe(_wake, waiter.future)
-                    progress = True
-                    break
+            cls = next((c for c in ranked if self._admits(c)), None)
+            if cls is None:
+                return
+            waiter = self._waiting[cls].popleft()
+            self._queued -= 1
+            self._take(cls)
+            waiter.granted = True
+            waiter.loop.call_soon_threadsafe(_wake, waiter.future)
 
     def _take(self, cls: str) -> None:
         self.in_use[cls] += 1
         self.granted[cls] += 1
+        self._busy += 1
 
     # --- public API ------------------------------------------------------------------------
     def check(self, cls: str) -> str:
@@ -182,11 +184,12 @@ class Lanes:
         """Wait for a slot of class ``cls``."""
         self.check(cls)
         with self._lock:
-            if not any(self._waiting.values()) and self._admits(cls):
+            if not self._queued and self._admits(cls):
                 self._take(cls)
                 return
             waiter = _Waiter(cls, asyncio.get_running_loop())
             self._waiting[cls].append(waiter)
+            self._queued += 1
             self._dispatch()
         try:
             await waiter.future
@@ -196,6 +199,7 @@ class Lanes:
                     self._release_locked(cls)
                 else:
                     self._waiting[cls].remove(waiter)
+                    self._queued -= 1
             raise
 
     def release(self, cls: str) -> None:
@@ -207,6 +211,7 @@ class Lanes:
         if self.in_use[cls] <= 0:
             raise RuntimeError(f"release of a {cls!r} slot that was never acquired")
         self.in_use[cls] -= 1
+        self._busy -= 1
         self._dispatch()
 
     @contextlib.asynccontextmanager
@@ -220,15 +225,11 @@ class Lanes:
 
     def queued(self, cls: str | None = None) -> int:
         """Requests waiting for a slot (of ``cls``, or of every class)."""
-        with self._lock:
-            if cls is not None:
-                return len(self._waiting[cls])
-            return sum(len(q) for q in self._waiting.values())
+        return len(self._waiting[cls]) if cls is not None else self._queued
 
     def busy(self) -> int:
         """Slots in use, all classes together."""
-        with self._lock:
-            return sum(self.in_use.values())
+        return self._busy
 
     def figures(self) -> dict[str, dict[str, Any]]:
         """Per class: slots in use, requests queued, reserve and slots granted so far."""

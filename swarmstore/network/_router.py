@@ -343,6 +343,9 @@ class TransferRouter:
         # Each fetch earns ``hedge_budget`` of a hedge; a small cap bounds bursts.
         self._tokens = min(self._tokens + self.hedge_budget, 1 + 20 * self.hedge_budget)
         ordered, admitted = self._plan(sources, name, nbytes)
+        self._maybe_probe(ordered, name)
+        if not self.hedge or self._tokens < 1 or admitted < 2:
+            return await self._one_by_one(ordered, attempt, name, size)  # no hedge possible
         now = self.clock()
         measured = {
             name(s)
@@ -350,9 +353,26 @@ class TransferRouter:
             if self._stats(name(s)).latency is not None
             and not self._is_stale(self._stats(name(s)), now)
         }
-        self._maybe_probe(ordered, name)
         race = _Race(self, ordered, admitted, measured, attempt, name, nbytes, size)
         return await race.run()
+
+    async def _one_by_one[S, T](
+        self,
+        ordered: list[S],
+        attempt: Callable[[S], Awaitable[T]],
+        name: Callable[[S], str],
+        size: Callable[[T], int] | None,
+    ) -> tuple[S | None, T | None, dict[S, BaseException]]:
+        """Plain failover in order, without a task per attempt (the common, cheap path)."""
+        failures: dict[S, BaseException] = {}
+        for src in ordered:
+            if failures:
+                self.failovers += 1
+            try:
+                return src, await self._attempt(src, attempt, name(src), size, {}), failures
+            except Exception as e:
+                failures[src] = e
+        return None, None, failures
 
     async def send[S, T](
         self,
