@@ -116,6 +116,9 @@ class SwarmPlugin(SchedulerPlugin):
         How long a task no worker can ever satisfy waits before it fails with
         :class:`~swarmstore.errors.UnsatisfiableRequirements`; default
         ``swarmstore.compute.unsatisfiable-timeout``.
+    gpu_prefetch : float, optional
+        GPU work sent to a GPU worker beyond its GPUs, in multiples of its GPUs (default
+        ``swarmstore.compute.gpu-prefetch``, 1: one task waits ready behind each running one).
 
     Notes
     -----
@@ -144,6 +147,7 @@ class SwarmPlugin(SchedulerPlugin):
         keep_cpu_off_gpu: bool | None = None,
         affinity: bool | None = None,
         unsatisfiable_timeout: str | float | None = None,
+        gpu_prefetch: float | None = None,
     ) -> None:
         self.extension_specs = tuple(DEFAULT_EXTENSIONS if extensions is None else extensions)
         self.keep_cpu_off_gpu = (
@@ -158,7 +162,14 @@ class SwarmPlugin(SchedulerPlugin):
         #: Parsed requirements of live annotated tasks (read by extensions)
         self.requirements: dict[Any, Requirements] = {}
         self.extensions: list[Any] = []
-        self.placer = Placer(keep_cpu_off_gpu=self.keep_cpu_off_gpu, affinity=self.affinity)
+        self.gpu_prefetch = (
+            float(config.get("compute.gpu-prefetch", 1.0)) if gpu_prefetch is None else gpu_prefetch
+        )
+        self.placer = Placer(
+            keep_cpu_off_gpu=self.keep_cpu_off_gpu,
+            affinity=self.affinity,
+            prefetch=self.gpu_prefetch,
+        )
         self.scheduler: Scheduler | None = None
         #: Tasks pinned to one worker for chunk affinity: key -> address
         self.pinned: dict[Any, str] = {}
