@@ -275,8 +275,17 @@ def to_dask(
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     meta = np.empty((0,) * array.ndim, dtype=array.dtype)
     result = da.Array(graph, name, dchunks, meta=meta)
-    if check:
-        check_affinity(result)
+    if check and dask.config.get("optimization.fuse.active", None) is not False:
+        # low-level fusion is on: dask.array.optimize flattens the graph (check_affinity
+        # proves it on a real collection; here the config alone says so, at no cost)
+        warnings.warn(
+            "dask low-level fusion (optimization.fuse.active) will drop the swarm chunk "
+            "annotations of these read tasks (dask/dask#7036), so reads will not follow "
+            "their cache; use swarmstore.dataset.affinity_config() around graph building "
+            "and compute",
+            AffinityWarning,
+            stacklevel=2,
+        )
     return result
 
 

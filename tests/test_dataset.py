@@ -104,7 +104,7 @@ def test_affinity_lost_to_fusion_is_reported(tmp_path: pathlib.Path) -> None:
     make(tmp_path / "a")
     z = swarmstore.open_array(str(tmp_path / "a"))
     with dask.config.set({"optimization.fuse.active": None}):  # dask's default
-        with pytest.warns(AffinityWarning, match="lost their swarm chunk annotation"):
+        with pytest.warns(AffinityWarning, match="will drop the swarm chunk annotations"):
             x = to_dask(z)
         with pytest.warns(AffinityWarning):
             assert len(check_affinity((x + 1).sum())) == 30
