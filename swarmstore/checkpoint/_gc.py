@@ -168,15 +168,35 @@ def _expired(doc: dict[str, Any] | None, lease: float, now: float) -> bool:
     return not isinstance(started, int | float) or now - started > lease
 
 
-async def load_manifests(store: Store, limit: int = 32) -> tuple[list[Manifest], list[int]]:
-    """Every committed manifest that validates, and the steps whose manifests do not."""
+@dataclass
+class Listing:
+    """The manifests under ``manifests/``: valid ones, invalid steps, vanished steps, strays."""
+
+    manifests: list[Manifest]
+    bad: list[int]
+    gone: list[int]
+    strays: list[str]
+
+
+async def load_manifests(
+    store: Store, limit: int = 32, known: dict[int, Manifest] | None = None
+) -> Listing:
+    """List and read every committed manifest (reusing ``known`` ones: they never change)."""
+    from swarmstore.checkpoint._store import forget_listings
+
     keys = await _keys(store, MANIFESTS)
     steps = sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
+    proto = default_buffer_prototype()
+    known = known or {}
 
-    async def load(step: int) -> Manifest | None:
-        buf = await store.get(manifest_key(step), default_buffer_prototype())
+    async def load(step: int) -> Manifest | bool | None:
+        if step in known:
+            return known[step]
+        buf = await store.get(manifest_key(step), proto)
+        if buf is None and forget_listings(store):
+            buf = await store.get(manifest_key(step), proto)
         if buf is None:
-            return None  # deleted meanwhile
+            return False  # listed, then gone
         try:
             return Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
         except ManifestError as e:
@@ -184,9 +204,12 @@ async def load_manifests(store: Store, limit: int = 32) -> tuple[list[Manifest],
             return None
 
     loaded = await _limited((load(s) for s in steps), limit)
-    good = [m for m in loaded if m is not None]
-    bad = [s for s, m in zip(steps, loaded, strict=True) if m is None]
-    return good, bad
+    return Listing(
+        manifests=[m for m in loaded if isinstance(m, Manifest)],
+        bad=[s for s, m in zip(steps, loaded, strict=True) if m is None],
+        gone=[s for s, m in zip(steps, loaded, strict=True) if m is False],
+        strays=[k for k in keys if step_from_manifest_key(k) is None],
+    )
 
 
 async def _take_lock(store: Store, lease: float) -> str | None:
@@ -219,11 +242,11 @@ async def collect_garbage(
 
 
 async def _collect(store: Store, policy: RetentionPolicy, lease: float, limit: int) -> GCReport:
-    manifests, bad = await load_manifests(store, limit)
-    keep = policy.select(manifests)
-    drop = [m.step for m in manifests if m.step not in keep]
+    first = await load_manifests(store, limit)
+    keep = policy.select(first.manifests)
+    drop = [m.step for m in first.manifests if m.step not in keep]
     await _limited((store.delete(manifest_key(s)) for s in drop), limit)
-    report = GCReport(kept=sorted(keep | set(bad)), deleted_manifests=drop)
+    report = GCReport(kept=sorted(keep | set(first.bad)), deleted_manifests=drop)
     candidates = await _keys(store, OBJECTS)
     now = time.time()
     markers = await _keys(store, INFLIGHT)
@@ -236,15 +259,19 @@ async def _collect(store: Store, policy: RetentionPolicy, lease: float, limit: i
     if live_markers:
         report.deferred, report.reason = True, f"{len(live_markers)} save(s) in flight"
         return report
-    manifests, bad = await load_manifests(store, limit)
-    if bad:
+    # Manifests are create-only and only collections (serialised by the lock) delete them,
+    # so a step read above and not dropped is still the same manifest: no need to re-read.
+    kept = {m.step: m for m in first.manifests if m.step in keep}
+    second = await load_manifests(store, limit, known=kept)
+    if second.bad or second.gone:
+        unreadable = second.bad + second.gone
         report.deferred = True
-        report.reason = f"unreadable manifests {bad}: cannot tell which objects they name"
+        report.reason = f"unreadable manifests {unreadable}: cannot tell which objects they name"
         return report
-    live = set().union(*(m.hashes() for m in manifests))
+    live = set().union(*(m.hashes() for m in second.manifests))
     doomed = [k for k in candidates if k[len(OBJECTS) :].replace("/", "", 1) not in live]
     # temporary files of interrupted commits (LocalStore writes name.<uuid>.partial first)
-    doomed += [k for k in await _keys(store, MANIFESTS) if step_from_manifest_key(k) is None]
+    doomed += second.strays
     await _limited((store.delete(k) for k in doomed), limit)
     report.deleted_objects = len(doomed)
     logger.debug("GC kept %s, dropped %s, deleted %d objects", keep, drop, len(doomed))

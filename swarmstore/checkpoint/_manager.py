@@ -38,7 +38,7 @@ from swarmstore.checkpoint._manifest import (
     object_key,
     step_from_manifest_key,
 )
-from swarmstore.checkpoint._store import ManifestStore
+from swarmstore.checkpoint._store import ManifestStore, forget_listings
 from swarmstore.checkpoint._write import write_data
 from swarmstore.errors import (
     CheckpointExistsError,
@@ -306,6 +306,8 @@ class CheckpointManager:
     def steps(self) -> list[int]:
         """Committed steps, oldest first (a cheap listing; manifests are not read)."""
 
+        forget_listings(self.store)
+
         async def go() -> list[int]:
             keys = [k async for k in self.store.list_prefix(MANIFESTS)]
             return sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
@@ -315,6 +317,8 @@ class CheckpointManager:
     def manifest(self, step: int) -> Manifest:
         """The validated manifest of ``step``."""
         buf = sync(self.store.get(manifest_key(step), default_buffer_prototype()))
+        if buf is None and forget_listings(self.store):
+            buf = sync(self.store.get(manifest_key(step), default_buffer_prototype()))
         if buf is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
         return Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
@@ -329,8 +333,9 @@ class CheckpointManager:
 
     def list(self) -> list[CheckpointInfo]:
         """Every committed checkpoint whose manifest validates, oldest first."""
-        manifests, _ = sync(load_manifests(self.store, self.concurrency))
-        return [CheckpointInfo.of(m) for m in manifests]
+        forget_listings(self.store)
+        listing = sync(load_manifests(self.store, self.concurrency))
+        return [CheckpointInfo.of(m) for m in listing.manifests]
 
     def latest(self) -> CheckpointInfo | None:
         """The newest checkpoint whose manifest validates, or None."""
@@ -392,6 +397,7 @@ class CheckpointManager:
 
     def collect_garbage(self) -> GCReport:
         """Apply retention, then delete objects no kept manifest names (see ``_gc``)."""
+        forget_listings(self.store)
         return sync(
             collect_garbage(self.store, self.policy, lease=self.lease, limit=self.concurrency)
         )
@@ -403,6 +409,8 @@ class CheckpointManager:
         and checked when ``verify_written``. The manifest is committed last, so an
         interrupted archive leaves no visible checkpoint in ``to``.
         """
+        forget_listings(self.store)
+        forget_listings(to)
         raw = sync(self.store.get(manifest_key(step), default_buffer_prototype()))
         if raw is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")

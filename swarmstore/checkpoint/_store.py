@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from zarr.core.buffer import Buffer, BufferPrototype
 
-__all__ = ["ManifestStore"]
+__all__ = ["ManifestStore", "forget_listings"]
 
 _BYTE_REQUESTS = (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
 
@@ -42,6 +42,25 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
     if isinstance(byte_range, SuffixByteRequest):
         return data[max(0, len(data) - byte_range.suffix) :]
     raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+
+
+def forget_listings(store: Store) -> bool:
+    """Drop fsspec's cached directory listings under ``store``; True if it had any cache.
+
+    s3fs answers ``_info`` (and so the size probe in ``_cat_file``) from cached listings:
+    once a prefix was listed, a key another process created since reads as missing.
+    Checkpoints are shared between processes, so each operation starts from fresh
+    listings, and a missing object is retried once after forgetting them.
+    """
+    from zarr.storage import WrapperStore
+
+    while isinstance(store, WrapperStore):
+        store = store._store
+    fs = getattr(store, "fs", None)
+    if fs is None or not hasattr(fs, "invalidate_cache"):
+        return False
+    fs.invalidate_cache()
+    return True
 
 
 class ManifestStore(Store):
@@ -153,6 +172,8 @@ class ManifestStore(Store):
         if size == 0:
             return prototype.buffer.from_bytes(b"")
         value = await self.backing.get(object_key(digest), prototype, byte_range)
+        if value is None and forget_listings(self.backing):
+            value = await self.backing.get(object_key(digest), prototype, byte_range)
         if value is None:
             raise CheckpointNotFoundError(
                 f"object {digest} holding {key!r} is missing from {self.backing!r}: the "
