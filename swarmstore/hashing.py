@@ -13,10 +13,13 @@ node of weight 2 wins twice as many keys as a node of weight 1.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import xxhash
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Iterable, Sequence
 
 __all__ = ["Member", "Rendezvous", "rank"]
 
