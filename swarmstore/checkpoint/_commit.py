@@ -10,9 +10,11 @@ already held other bytes. How strong that is depends on the store, and
   which fails if the name exists. Atomic on POSIX filesystems (not on every NFS).
 - ``MemoryStore``: ``dict.setdefault`` under the GIL. Atomic within one process.
 - ``ManifestStore``: claims the key before its first ``await``. Atomic within one loop.
-- Anything else (``ReplicatedStore``, ``TieredStore``, wrapper stores): the store's own
-  ``set_if_not_exists``. zarr's default is ``exists`` then ``set`` (racy between two
-  writers), so these are ``"store-defined"``; see the store's documentation.
+- ``TieredStore``: commits go to its backing store (caches are looked through), so
+  the guarantee is the backing store's.
+- Anything else (``ReplicatedStore``, wrapper stores): the store's own
+  ``set_if_not_exists``. zarr's default and ``ReplicatedStore``'s are ``exists`` then
+  ``set`` (racy between two writers), so these are ``"store-defined"``.
 
 A put is always whole-or-nothing against a crash (temp file + rename, one PUT), so a
 kill -9 never leaves a partial manifest; the conditional part only matters when two
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
-from swarmstore.checkpoint._store import ManifestStore
+from swarmstore.checkpoint._store import ManifestStore, control_store
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
@@ -46,7 +48,11 @@ def _is_s3(store: Store) -> bool:
 
 
 def commit_guarantee(store: Store) -> Guarantee:
-    """How atomic a manifest commit on ``store`` is against a concurrent writer."""
+    """How atomic a manifest commit on ``store`` is against a concurrent writer.
+
+    Caches (``TieredStore``) are looked through: commits go to the store beneath.
+    """
+    store = control_store(store)
     if _is_s3(store) or isinstance(store, LocalStore):
         return "atomic"
     if isinstance(store, MemoryStore | ManifestStore):

@@ -38,7 +38,7 @@ from swarmstore.checkpoint._manifest import (
     object_key,
     step_from_manifest_key,
 )
-from swarmstore.checkpoint._store import ManifestStore, forget_listings
+from swarmstore.checkpoint._store import ManifestStore, control_store, forget_listings
 from swarmstore.checkpoint._write import write_data
 from swarmstore.errors import (
     CheckpointExistsError,
@@ -191,6 +191,9 @@ class CheckpointManager:
         concurrency: int | None = None,
     ) -> None:
         self.store = store
+        #: Where manifests, markers and locks go: the store under any cache (TieredStore),
+        #: so that every process sees the same committed state.
+        self._control = control_store(store)
         self.policy = RetentionPolicy(
             keep_last=keep_last if keep_last is not None else config.get("checkpoint.keep-last"),
             keep_every=keep_every
@@ -265,7 +268,7 @@ class CheckpointManager:
         save_id = uuid.uuid4().hex
         marker = f"{INFLIGHT}{save_id}.json"
         body = json.dumps({"id": save_id, "step": step, "started": time.time()}).encode()
-        sync(self.store.set(marker, default_buffer_prototype().buffer.from_bytes(body)))
+        sync(self._control.set(marker, default_buffer_prototype().buffer.from_bytes(body)))
         try:
             steps = self.steps()
             if step is None:
@@ -284,13 +287,13 @@ class CheckpointManager:
                 step, dict(ms.entries), metadata, parent.step if parent else None,
                 time.time(), save_id,
             )
-            if not sync(put_if_absent(self.store, manifest_key(step), manifest.to_bytes())):
+            if not sync(put_if_absent(self._control, manifest_key(step), manifest.to_bytes())):
                 raise CheckpointExistsError(
                     f"step {step} was committed by another writer while this one saved"
                 )
         finally:
             try:
-                sync(self.store.delete(marker))
+                sync(self._control.delete(marker))
             except Exception:
                 logger.warning("Could not remove save marker %s", marker, exc_info=True)
         logger.debug("Committed step %d: %d objects written", step, ms.written_objects)
@@ -306,19 +309,19 @@ class CheckpointManager:
     def steps(self) -> list[int]:
         """Committed steps, oldest first (a cheap listing; manifests are not read)."""
 
-        forget_listings(self.store)
+        forget_listings(self._control)
 
         async def go() -> list[int]:
-            keys = [k async for k in self.store.list_prefix(MANIFESTS)]
+            keys = [k async for k in self._control.list_prefix(MANIFESTS)]
             return sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
 
         return sync(go())
 
     def manifest(self, step: int) -> Manifest:
         """The validated manifest of ``step``."""
-        buf = sync(self.store.get(manifest_key(step), default_buffer_prototype()))
-        if buf is None and forget_listings(self.store):
-            buf = sync(self.store.get(manifest_key(step), default_buffer_prototype()))
+        buf = sync(self._control.get(manifest_key(step), default_buffer_prototype()))
+        if buf is None and forget_listings(self._control):
+            buf = sync(self._control.get(manifest_key(step), default_buffer_prototype()))
         if buf is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
         return Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
@@ -333,8 +336,8 @@ class CheckpointManager:
 
     def list(self) -> list[CheckpointInfo]:
         """Every committed checkpoint whose manifest validates, oldest first."""
-        forget_listings(self.store)
-        listing = sync(load_manifests(self.store, self.concurrency))
+        forget_listings(self._control)
+        listing = sync(load_manifests(self._control, self.concurrency))
         return [CheckpointInfo.of(m) for m in listing.manifests]
 
     def latest(self) -> CheckpointInfo | None:
@@ -381,7 +384,7 @@ class CheckpointManager:
         bad: list[str] = []
 
         async def check(digest: str) -> None:
-            buf = await self.store.get(object_key(digest), default_buffer_prototype())
+            buf = await self._control.get(object_key(digest), default_buffer_prototype())
             if buf is None or content_hash(buf.as_buffer_like()) != digest:
                 bad.append(digest)
 
@@ -397,9 +400,9 @@ class CheckpointManager:
 
     def collect_garbage(self) -> GCReport:
         """Apply retention, then delete objects no kept manifest names (see ``_gc``)."""
-        forget_listings(self.store)
+        forget_listings(self._control)
         return sync(
-            collect_garbage(self.store, self.policy, lease=self.lease, limit=self.concurrency)
+            collect_garbage(self._control, self.policy, lease=self.lease, limit=self.concurrency)
         )
 
     def archive(self, step: int, to: Store, *, verify_written: bool = True) -> ArchiveReport:
@@ -409,9 +412,9 @@ class CheckpointManager:
         and checked when ``verify_written``. The manifest is committed last, so an
         interrupted archive leaves no visible checkpoint in ``to``.
         """
-        forget_listings(self.store)
+        forget_listings(self._control)
         forget_listings(to)
-        raw = sync(self.store.get(manifest_key(step), default_buffer_prototype()))
+        raw = sync(self._control.get(manifest_key(step), default_buffer_prototype()))
         if raw is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
         manifest = Manifest.from_bytes(raw.to_bytes(), where=f"manifest of step {step}")
@@ -442,9 +445,10 @@ async def _archive(
     proto = default_buffer_prototype()
     copied: list[int] = []
     skipped: list[str] = []
+    control = control_store(dst)
     marker = f"{INFLIGHT}{uuid.uuid4().hex}.json"
     body = json.dumps({"archive": manifest.step, "started": time.time()}).encode()
-    await dst.set(marker, proto.buffer.from_bytes(body))
+    await control.set(marker, proto.buffer.from_bytes(body))
 
     async def copy_one(digest: str) -> None:
         key = object_key(digest)
@@ -465,12 +469,12 @@ async def _archive(
 
     try:
         await _limited(map(copy_one, sorted(manifest.hashes())), limit)
-        if not await put_if_absent(dst, manifest_key(manifest.step), raw):
-            held = await dst.get(manifest_key(manifest.step), proto)
+        if not await put_if_absent(control, manifest_key(manifest.step), raw):
+            held = await control.get(manifest_key(manifest.step), proto)
             if held is None or Manifest.from_bytes(held.to_bytes()).id != manifest.id:
                 raise CheckpointExistsError(
                     f"{dst!r} already holds a different checkpoint of step {manifest.step}"
                 )
     finally:
-        await dst.delete(marker)
+        await control.delete(marker)
     return ArchiveReport(manifest.step, len(copied), sum(copied), len(skipped))

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from zarr.core.buffer import Buffer, BufferPrototype
 
-__all__ = ["ManifestStore", "forget_listings"]
+__all__ = ["ManifestStore", "control_store", "forget_listings"]
 
 _BYTE_REQUESTS = (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
 
@@ -42,6 +42,21 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
     if isinstance(byte_range, SuffixByteRequest):
         return data[max(0, len(data) - byte_range.suffix) :]
     raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+
+
+def control_store(store: Store) -> Store:
+    """``store`` without the caches above it: where commits and listings must go.
+
+    A :class:`~swarmstore.cache.TieredStore` may answer from RAM or disk (absent keys
+    included) what another process has changed since; manifests, markers and locks are
+    read and written on the store beneath it. Objects, immutable by construction, are
+    still read through the cache.
+    """
+    from swarmstore.cache import TieredStore
+
+    while isinstance(store, TieredStore):
+        store = store.backing
+    return store
 
 
 def forget_listings(store: Store) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import zarr
 
+from swarmstore.cache import DiskTier, TieredStore
 from swarmstore.storage import ReplicatedStore
 
-KINDS = ["memory", "local", "s3", "replicated"]
+KINDS = ["memory", "local", "s3", "replicated", "tiered"]
 
 
 def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
@@ -20,12 +21,17 @@ def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
     if kind == "replicated":
         nodes = [f"file://{tmp_path}/node{i}" for i in range(3)]
         return ReplicatedStore(nodes, replicas=2, state_dir=str(tmp_path / "state"))
+    if kind == "tiered":
+        return TieredStore(
+            zarr.storage.LocalStore(tmp_path / "ckpt"), memory_bytes="8MiB",
+            disk=DiskTier(tmp_path / "cache", max_bytes="16MiB"),
+        )
     raise ValueError(kind)
 
 
 @pytest.fixture(params=KINDS)
 def any_store(request, tmp_path):
-    """A fresh checkpoint store of each kind (memory, local dir, S3 on moto, replicated)."""
+    """A fresh checkpoint store of each kind: memory, local dir, S3 on moto, replicated, tiered."""
     return make_store(request.param, tmp_path, request)
 
 

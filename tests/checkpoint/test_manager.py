@@ -311,3 +311,22 @@ def test_concurrent_saves_from_two_managers_never_collide(tmp_path):
     assert mgr.steps() == list(range(10))
     for info in mgr.list():
         assert mgr.restore(info.step)["v"][0] == info.metadata["by"]
+
+
+def test_caches_are_looked_through_for_the_committed_state(tmp_path):
+    """Two processes' TieredStores over one store: each sees the other's commits and GC."""
+    from swarmstore.cache import DiskTier, TieredStore
+
+    def tiered(name):
+        return TieredStore(zarr.storage.LocalStore(tmp_path / "ckpt"), memory_bytes="4MiB",
+                           disk=DiskTier(tmp_path / name, max_bytes="8MiB"))
+
+    a = CheckpointManager(tiered("a"))
+    b = CheckpointManager(tiered("b"), keep_last=1)
+    assert a.latest() is None  # "no manifest" is now in a's view once
+    b.save({"v": np.arange(4)})
+    assert a.latest().step == 0 and a.restore()["v"][:].tolist() == [0, 1, 2, 3]
+    b.save({"v": np.arange(4) + 1})  # retention drops step 0 through b's cache
+    assert a.steps() == [1]
+    assert a.restore()["v"][:].tolist() == [1, 2, 3, 4]
+    assert commit_guarantee(tiered("c")) == "atomic"
