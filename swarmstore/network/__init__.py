@@ -7,7 +7,7 @@ is the shared concurrency budget those classes draw from.
 
 from swarmstore.network._circuit import Circuit
 from swarmstore.network._qos import Lanes, current_qos, qos, qos_classes
-from swarmstore.network._router import TransferRouter
+from swarmstore.network._router import TransferRouter, default_router, reset_default_router
 from swarmstore.network._stats import SourceStats
 
 __all__ = [
@@ -16,6 +16,8 @@ __all__ = [
     "SourceStats",
     "TransferRouter",
     "current_qos",
+    "default_router",
     "qos",
     "qos_classes",
+    "reset_default_router",
 ]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from swarmstore.network._stats import SourceStats
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-__all__ = ["SourceStats", "TransferRouter"]
+__all__ = ["SourceStats", "TransferRouter", "default_router", "reset_default_router"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class TransferRouter:
         probe_interval: float | str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Constructor arguments, so a pickled router rebuilds with the same settings.
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.alpha = float(_cfg(alpha, "ewma-alpha"))
         self.hedge = bool(_cfg(hedge, "hedge"))
         self.hedge_quantile = float(_cfg(hedge_quantile, "hedge-quantile"))
@@ -148,6 +151,12 @@ class TransferRouter:
         self._tokens = 0.0
         self._probing: set[str] = set()
         self._probe_tasks: set[asyncio.Task[None]] = set()
+
+    def __reduce__(self) -> Any:
+        """Pickle the settings, not the figures: the process default stays the default there."""
+        if self is _DEFAULT.get("router"):
+            return (default_router, ())
+        return (_rebuild, (type(self), self._init_kwargs))
 
     def __repr__(self) -> str:
         return (
@@ -484,6 +493,37 @@ class TransferRouter:
 
 async def _ping(src: Any) -> None:
     await src.ping()
+
+
+_DEFAULT: dict[str, TransferRouter] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_router() -> TransferRouter:
+    """The router shared by everything in this process that was given no router of its own.
+
+    One router per process means one concurrency budget and one set of figures per
+    worker, whatever the number of stores (a store unpickled for each Dask task included).
+    It is built from config on first use. Sources are known by name, so two different
+    nodes must not share a name within one process.
+    """
+    router = _DEFAULT.get("router")
+    if router is None:
+        with _DEFAULT_LOCK:
+            router = _DEFAULT.get("router")
+            if router is None:
+                router = _DEFAULT["router"] = TransferRouter()
+    return router
+
+
+def reset_default_router() -> None:
+    """Forget the process default router (tests; after changing ``swarmstore.network`` config)."""
+    with _DEFAULT_LOCK:
+        _DEFAULT.pop("router", None)
+
+
+def _rebuild(cls: type[TransferRouter], kwargs: dict[str, Any]) -> TransferRouter:
+    return cls(**kwargs)
 
 
 class _Race[S, T]:
