@@ -67,7 +67,9 @@ async def put_if_absent(store: Store, key: str, data: bytes) -> bool:
         store._check_writable()
         path = f"{store.path.rstrip('/')}/{key}" if store.path else key
         try:
-            await store.fs._pipe_file(path, data, mode="create")
+            # one PutObject whatever the size (s3fs switches to an unconditional
+            # multipart upload past 2 * chunksize)
+            await store.fs._pipe_file(path, data, mode="create", chunksize=len(data) + 1)
         except FileExistsError:
             return False
         return True

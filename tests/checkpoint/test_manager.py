@@ -330,3 +330,33 @@ def test_caches_are_looked_through_for_the_committed_state(tmp_path):
     assert a.steps() == [1]
     assert a.restore()["v"][:].tolist() == [1, 2, 3, 4]
     assert commit_guarantee(tiered("c")) == "atomic"
+
+
+def test_zarr_v2_arrays_are_saved_as_v3(tmp_path):
+    v2 = zarr.create_array(zarr.storage.LocalStore(tmp_path / "v2"), shape=(12,), chunks=(4,),
+                           dtype="i2", zarr_format=2)
+    v2[:] = np.arange(12)
+    mgr = CheckpointManager(zarr.storage.MemoryStore())
+    mgr.save({"old": v2})
+    arr = mgr.restore()["old"]
+    assert arr.metadata.zarr_format == 3 and arr.chunks == (4,)
+    assert arr[:].tolist() == list(range(12))
+
+
+@pytest.mark.parametrize("bad", [{1: np.zeros(2)}, {"a/b": np.zeros(2)}, {"..": np.zeros(2)}])
+def test_bad_member_names_are_refused(bad):
+    from swarmstore.errors import InvalidKeyError
+
+    mgr = CheckpointManager(zarr.storage.MemoryStore())
+    with pytest.raises(InvalidKeyError):
+        mgr.save(bad)
+    assert mgr.steps() == []
+
+
+def test_fill_value_chunks_are_not_stored_and_read_back_as_fill():
+    mgr = CheckpointManager(zarr.storage.MemoryStore())
+    x = np.zeros((8, 8))
+    x[0, 0] = 1
+    info = mgr.save({"x": x}, encoding={"x": {"chunks": (4, 4)}})
+    assert info.written_objects == 1  # three chunks equal the fill value
+    np.testing.assert_array_equal(mgr.restore()["x"][:], x)
