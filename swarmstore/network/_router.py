@@ -22,13 +22,14 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from swarmstore import config
 from swarmstore.errors import ConfigError, NodeUnavailable
 from swarmstore.network._circuit import Circuit
+from swarmstore.network._probe import Prober
 from swarmstore.network._qos import Lanes, current_qos, qos_classes
+from swarmstore.network._race import _Race
 from swarmstore.network._stats import SourceStats
 
 if TYPE_CHECKING:
@@ -131,8 +132,9 @@ class TransferRouter:
             raise ConfigError("network.hedge-budget must be in [0, 1], hedge-quantile in (0, 1)")
         if probe is None:
             probe = bool(config.get("network.probe"))
-        self._probe_fn = _ping if probe is True else (probe or None)
-        self.probe_interval = config.get_seconds("network.probe-interval", probe_interval) or 0.0
+        interval = config.get_seconds("network.probe-interval", probe_interval) or 0.0
+        probe_fn = _ping if probe is True else (probe or None)
+        self.prober = Prober(self, probe_fn, interval) if probe_fn is not None else None
         self.clock = clock
 
         self.qos = qos
@@ -149,8 +151,6 @@ class TransferRouter:
         self.hedges = 0
         self.failovers = 0
         self._tokens = 0.0
-        self._probing: set[str] = set()
-        self._probe_tasks: set[asyncio.Task[None]] = set()
 
     def __reduce__(self) -> Any:
         """Pickle the settings, not the figures: the process default stays the default there."""
@@ -280,9 +280,10 @@ class TransferRouter:
         nm: str,
         size: Callable[[T], int] | None,
         started: dict[str, float],
+        cls: str | None = None,
     ) -> T:
         """One attempt inside a lane slot, with its outcome folded into the figures."""
-        async with self._slot(nm, self._class()):
+        async with self._slot(nm, cls or self._class()):
             st = self._stats(nm)
             circuit = self._circuit(nm)
             st.last_tried = self.clock()
@@ -352,7 +353,8 @@ class TransferRouter:
         # Each fetch earns ``hedge_budget`` of a hedge; a small cap bounds bursts.
         self._tokens = min(self._tokens + self.hedge_budget, 1 + 20 * self.hedge_budget)
         ordered, admitted = self._plan(sources, name, nbytes)
-        self._maybe_probe(ordered, name)
+        if self.prober is not None:
+            self.prober.maybe(ordered[1:], name)  # the first is measured by the read itself
         if not self.hedge or self._tokens < 1 or admitted < 2:
             return await self._one_by_one(ordered, attempt, name, size)  # no hedge possible
         now = self.clock()
@@ -402,53 +404,10 @@ class TransferRouter:
             raise NodeUnavailable(f"{nm}: circuit open after repeated failures; not tried")
         return await self._attempt(source, attempt, nm, lambda _: nbytes, {})
 
-    # --- probes ------------------------------------------------------------------------------
-    def _maybe_probe[S](self, sources: Sequence[S], name: Callable[[S], str]) -> None:
-        """Probe one idle source in the background: stale figures or a half-open circuit."""
-        if self._probe_fn is None or self._probing:
-            return
-        now = self.clock()
-        for src in sources[1:]:  # the first is about to be measured by the read itself
-            nm = name(src)
-            st = self._stats(nm)
-            stale = st.last_tried is None or now - st.last_tried >= self.probe_interval
-            if (stale or self._circuit(nm).state(now) == "half-open") and self._circuit(nm).admits(
-                now
-            ):
-                self._probing.add(nm)
-                task = asyncio.ensure_future(self._probe(src, nm))
-                self._probe_tasks.add(task)
-                task.add_done_callback(self._probe_tasks.discard)
-                return
-
-    async def _probe(self, src: Any, nm: str) -> None:
-        assert self._probe_fn is not None
-        try:
-            cls = "bulk" if "bulk" in self.classes else self.classes[-1]
-            async with self._slot(nm, cls):
-                self._stats(nm).last_tried = self.clock()
-                self._circuit(nm).begin(self.clock())
-                t0 = time.perf_counter()
-                try:
-                    await self._probe_fn(src)
-                except asyncio.CancelledError:
-                    self._circuit(nm).abandon()
-                    raise
-                except Exception as e:
-                    logger.debug("Probe of %s failed: %r", nm, e)
-                    self.observe(nm, time.perf_counter() - t0, ok=False)
-                else:
-                    self.observe(nm, time.perf_counter() - t0, 0)
-        finally:
-            self._probing.discard(nm)
-
     async def close(self) -> None:
         """Cancel background probes started from this event loop."""
-        loop = asyncio.get_running_loop()
-        mine = [t for t in self._probe_tasks if t.get_loop() is loop]
-        for t in mine:
-            t.cancel()
-        await asyncio.gather(*mine, return_exceptions=True)
+        if self.prober is not None:
+            await self.prober.close()
 
     # --- figures -----------------------------------------------------------------------------
     def figures(self) -> dict[str, Any]:
@@ -524,101 +483,3 @@ def reset_default_router() -> None:
 
 def _rebuild(cls: type[TransferRouter], kwargs: dict[str, Any]) -> TransferRouter:
     return cls(**kwargs)
-
-
-class _Race[S, T]:
-    """One fetch: try sources in order, hedge the first once when it runs late, fail over.
-
-    The winner's result is returned; every other attempt still running is cancelled and
-    awaited, so no request outlives the fetch that started it.
-    """
-
-    def __init__(
-        self,
-        router: TransferRouter,
-        ordered: list[S],
-        admitted: int,
-        measured: set[str],
-        attempt: Callable[[S], Awaitable[T]],
-        name: Callable[[S], str],
-        nbytes: int | None,
-        size: Callable[[T], int] | None,
-    ) -> None:
-        self.router = router
-        self.pending = deque(ordered)
-        self.admitted = admitted  # the first ``admitted`` sources have admitting circuits
-        self.tried = 0
-        self.measured = measured
-        self.attempt = attempt
-        self.name = name
-        self.nbytes = nbytes
-        self.size = size
-        self.running: dict[asyncio.Task[T], S] = {}
-        self.started: dict[str, float] = {}
-        self.failures: dict[S, BaseException] = {}
-        self.hedge: asyncio.Task[T] | None = None
-        self.hedge_considered = False  # at most one hedge decision per fetch
-
-    def _start(self) -> asyncio.Task[T]:
-        src = self.pending.popleft()
-        self.tried += 1
-        nm = self.name(src)
-        coro = self.router._attempt(src, self.attempt, nm, self.size, self.started)
-        task = asyncio.ensure_future(coro)
-        self.running[task] = src
-        return task
-
-    def _late_in(self) -> float | None:
-        """Seconds until the single running attempt is late; None: no hedge for it."""
-        r = self.router
-        if self.hedge_considered or not (r.hedge and len(self.running) == 1 and self.pending):
-            return None
-        if self.tried >= self.admitted:  # hedge only to a source whose circuit admits
-            return None
-        first = self.name(next(iter(self.running.values())))
-        others = [self.name(p) for p in self.pending]
-        delay = r._hedge_delay(first, others, self.nbytes, own=first in self.measured)
-        if delay is None:
-            return None
-        t0 = self.started.get(first)
-        if t0 is None:  # still waiting for a lane slot: look again after one delay
-            return delay
-        return max(0.0, t0 + delay - time.perf_counter())
-
-    def _hedge_now(self) -> None:
-        """The attempt is late: start the next source, or give up hedging without a token."""
-        self.hedge_considered = True
-        if self.router._take_hedge_token():
-            self.hedge = self._start()
-            self.router._stats(self.name(self.running[self.hedge])).hedges += 1
-
-    async def run(self) -> tuple[S | None, T | None, dict[S, BaseException]]:
-        try:
-            while True:
-                if not self.running:
-                    if not self.pending:
-                        return None, None, self.failures
-                    if self.failures:
-                        self.router.failovers += 1
-                    self._start()
-                timeout = self._late_in()
-                done, _ = await asyncio.wait(
-                    self.running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    if self._late_in() == 0.0:
-                        self._hedge_now()
-                    continue
-                for task in done:
-                    src = self.running.pop(task)
-                    exc = task.exception()
-                    if exc is None:
-                        if task is self.hedge:
-                            self.router._stats(self.name(src)).hedge_wins += 1
-                        return src, task.result(), self.failures
-                    self.failures[src] = exc
-        finally:
-            for task in self.running:
-                task.cancel()
-            if self.running:
-                await asyncio.gather(*self.running, return_exceptions=True)

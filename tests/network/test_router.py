@@ -321,7 +321,7 @@ async def test_probes_are_off_by_default_and_bounded_when_on(sources):
     await warm(r, sources, 1)
     await asyncio.sleep(0.02)
     assert sum(s.faults.counts.get("exists", 0) for s in sources) >= 1
-    assert len(r._probing) <= 1
+    assert len(r.prober.probing) <= 1
     await r.close()
 
 
