@@ -244,8 +244,9 @@ def to_dask(
     ``chunks`` defaults to the array's storage objects (shards when sharded), so one task
     reads one object. If ``array`` reads through a TieredStore, tasks on a worker read via
     that worker's shared cache for the same backing store. With ``check``, warn
-    (:class:`AffinityWarning`) when the dask config in force would drop the annotations
-    (low-level fusion, dask/dask#7036; see :func:`affinity_config`).
+    (:class:`AffinityWarning`) when a distributed client is in use and neither it nor its
+    scheduler turns off low-level fusion, which drops the annotations (dask/dask#7036;
+    see :func:`affinity_config`).
     """
     import dask.array as da
     from dask._task_spec import Task
@@ -275,18 +276,44 @@ def to_dask(
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     meta = np.empty((0,) * array.ndim, dtype=array.dtype)
     result = da.Array(graph, name, dchunks, meta=meta)
-    if check and dask.config.get("optimization.fuse.active", None) is not False:
-        # low-level fusion is on: dask.array.optimize flattens the graph (check_affinity
-        # proves it on a real collection; here the config alone says so, at no cost)
+    if check and _fusion_drops_annotations():
         warnings.warn(
-            "dask low-level fusion (optimization.fuse.active) will drop the swarm chunk "
-            "annotations of these read tasks (dask/dask#7036), so reads will not follow "
-            "their cache; use swarmstore.dataset.affinity_config() around graph building "
-            "and compute",
+            "dask low-level fusion (optimization.fuse.active, on the client and on the "
+            "scheduler) will drop the swarm chunk annotations of these read tasks "
+            "(dask/dask#7036), so reads will not follow their cache; use "
+            "swarmstore.dataset.affinity_config() around graph building and compute",
             AffinityWarning,
             stacklevel=2,
         )
     return result
+
+
+def _fuses() -> bool:
+    return dask.config.get("optimization.fuse.active", None) is not False
+
+
+def _fusion_drops_annotations() -> bool:
+    """True when a distributed client is in use and both it and its scheduler would fuse.
+
+    Measured with dask/distributed 2026.8: annotations reach the scheduler when either the
+    client's or the scheduler's ``optimization.fuse.active`` is False at compute time. With
+    no distributed client there is no placement to lose; an asynchronous client is not
+    asked (that would block its event loop).
+    """
+    if not _fuses():
+        return False
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return False
+    if client.asynchronous:
+        return False
+    try:
+        return bool(client.run_on_scheduler(_fuses))
+    except Exception:  # a scheduler that refuses run_on_scheduler: say nothing
+        return False
 
 
 def affinity_config() -> Any:

@@ -104,12 +104,27 @@ def test_affinity_lost_to_fusion_is_reported(tmp_path: pathlib.Path) -> None:
     make(tmp_path / "a")
     z = swarmstore.open_array(str(tmp_path / "a"))
     with dask.config.set({"optimization.fuse.active": None}):  # dask's default
-        with pytest.warns(AffinityWarning, match="will drop the swarm chunk annotations"):
-            x = to_dask(z)
-        with pytest.warns(AffinityWarning):
+        x = to_dask(z)  # no distributed client: no placement to lose, no warning
+        with pytest.warns(AffinityWarning, match="lost their swarm chunk annotation"):
             assert len(check_affinity((x + 1).sum())) == 30
     with affinity_config():
         assert check_affinity((x + 1)[:30].T.sum(), warn=False) == []
+
+
+def test_to_dask_warns_when_client_and_scheduler_would_fuse(tmp_path: pathlib.Path) -> None:
+    from distributed import Client, LocalCluster
+
+    make(tmp_path / "a")
+    z = swarmstore.open_array(str(tmp_path / "a"))
+    with (
+        dask.config.set({"optimization.fuse.active": None}),
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        with pytest.warns(AffinityWarning, match="will drop the swarm chunk annotations"):
+            to_dask(z)
+        with affinity_config():
+            to_dask(z)  # the client keeps annotations: no warning
 
 
 def test_reader_pickles_without_the_cache(tmp_path: pathlib.Path) -> None:
