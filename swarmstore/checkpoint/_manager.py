@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -90,7 +91,6 @@ class CheckpointDiff:
     changed: list[str]
     #: Bytes of objects ``b`` names that ``a`` does not (what an incremental save wrote).
     new_bytes: int
-
     #: Paths of the zarr nodes (arrays, groups) holding any of those keys.
     nodes: list[str]
 
@@ -242,7 +242,7 @@ class CheckpointManager:
         except Exception:
             logger.warning("Retention after saving step %d failed", info.step, exc_info=True)
             return info
-        return CheckpointInfo(**{**info.__dict__, "gc": report})
+        return dataclasses.replace(info, gc=report)
 
     def save_async(
         self,

@@ -49,3 +49,15 @@ def test_misaligned_dask_chunks_are_rechunked_to_the_zarr_grid(client, tmp_path)
     assert sorted(k for k in mgr.manifest(0).entries if "/c/" in k) == [
         f"x/c/{i}" for i in range(5)
     ]
+
+
+def test_workers_write_to_s3_and_the_restore_reads_there(client, s3_store):
+    x = da.random.default_rng(1).random((32, 32), chunks=(8, 16))
+    mgr = CheckpointManager(s3_store)
+    with get_task_stream(client) as ts:
+        info = mgr.save({"x": x})
+    writes = [t for t in ts.data if "_write_block" in str(t["key"])]
+    assert len(writes) == 8 and info.written_objects == 8
+    np.testing.assert_array_equal(mgr.restore()["x"][:], x.compute())
+    lazy = da.from_zarr(mgr.restore()["x"])  # read back by the workers, through the manifest
+    assert float(lazy.sum().compute()) == float(x.sum().compute())
