@@ -41,6 +41,7 @@ import logging
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 from dask._task_spec import Task
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import pickle
@@ -119,6 +120,10 @@ class SwarmPlugin(SchedulerPlugin):
     gpu_prefetch : float, optional
         GPU work sent to a GPU worker beyond its GPUs, in multiples of its GPUs (default
         ``swarmstore.compute.gpu-prefetch``, 1: one task waits ready behind each running one).
+    keep_annotations : bool, optional
+        Turn off dask's low-level fusion on the scheduler (when the operator left
+        ``optimization.fuse.active`` unset) so annotations on dask arrays reach placement;
+        default ``swarmstore.compute.keep-annotations``.
 
     Notes
     -----
@@ -148,6 +153,7 @@ class SwarmPlugin(SchedulerPlugin):
         affinity: bool | None = None,
         unsatisfiable_timeout: str | float | None = None,
         gpu_prefetch: float | None = None,
+        keep_annotations: bool | None = None,
     ) -> None:
         self.extension_specs = tuple(DEFAULT_EXTENSIONS if extensions is None else extensions)
         self.keep_cpu_off_gpu = (
@@ -156,6 +162,11 @@ class SwarmPlugin(SchedulerPlugin):
             else keep_cpu_off_gpu
         )
         self.affinity = bool(config.get("compute.affinity", True)) if affinity is None else affinity
+        self.keep_annotations = (
+            bool(config.get("compute.keep-annotations", True))
+            if keep_annotations is None
+            else keep_annotations
+        )
         self.unsatisfiable_timeout = config.get_seconds(
             "compute.unsatisfiable-timeout", unsatisfiable_timeout
         )
@@ -184,6 +195,7 @@ class SwarmPlugin(SchedulerPlugin):
         self._hooks: dict[str, list[Any]] = {h: [] for h in _HOOKS}
         self._pc: PeriodicCallback | None = None
         self._reported: set[Any] = set()
+        self._fuse_changed = False
 
     def __repr__(self) -> str:
         return (
@@ -195,6 +207,7 @@ class SwarmPlugin(SchedulerPlugin):
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._loop = asyncio.get_running_loop()
+        self._keep_annotations()
         self._sync_workers(scheduler)
         for spec in self.extension_specs:
             cls = _load(spec)
@@ -216,7 +229,28 @@ class SwarmPlugin(SchedulerPlugin):
         self._pc.start()
         logger.debug("SwarmPlugin started: %r", self)
 
+    def _keep_annotations(self) -> None:
+        """Stop low-level fusion on this scheduler from dropping annotations.
+
+        The scheduler materialises collections (``expr.__dask_graph__()``), running their
+        low-level optimiser with *its* config; dask.array's default linear fusion flattens
+        the graph to a dict and drops every layer annotation (dask/dask#7036), so ``swarm``
+        and ``resources`` annotations on dask arrays would never arrive. Unless the operator
+        chose a value for ``optimization.fuse.active``, set it to False in this process.
+        """
+        if not self.keep_annotations or dask.config.get("optimization.fuse.active") is not None:
+            return
+        dask.config.set({"optimization.fuse.active": False})
+        self._fuse_changed = True
+        logger.info(
+            "swarmstore: optimization.fuse.active set to False on the scheduler so that task "
+            "annotations survive graph materialisation (swarmstore.compute.keep-annotations)"
+        )
+
     async def close(self) -> None:
+        if self._fuse_changed:
+            dask.config.set({"optimization.fuse.active": None})
+            self._fuse_changed = False
         if self._pc is not None:
             self._pc.stop()
             if self.scheduler is not None:

@@ -357,7 +357,9 @@ async def test_default_extension_is_replication(c, s, a):
 async def test_hooks_direct(s, a, b):
     """update_graph's work, without a client: the scheduler swallows hook errors."""
     plugin = SwarmPlugin(extensions=())
+    assert dask.config.get("optimization.fuse.active") is None
     await plugin.start(s)
+    assert dask.config.get("optimization.fuse.active") is False  # annotations survive
     assert set(plugin.placer.workers) == {a.address, b.address}
     # nothing of ours -> nothing happens, even with GPU workers and no tasks
     plugin.update_graph(s, keys=set(), tasks=[], annotations={})
@@ -370,7 +372,38 @@ async def test_hooks_direct(s, a, b):
     plugin.add_worker(s, b.address)
     assert plugin.placer.has_gpu_workers
     await plugin.close()
+    assert dask.config.get("optimization.fuse.active") is None  # put back
 
 
 def test_plugin_is_a_scheduler_plugin():
     assert isinstance(SwarmPlugin(extensions=()), SchedulerPlugin)
+
+
+# zarr keeps its IO event-loop thread and pool for the process's life: not a leak of ours
+@gen_cluster(client=True, nthreads=[CPU] * 3, clean_kwargs={"threads": False})
+async def test_dataset_read_tasks_follow_their_chunks(c, s, *workers):
+    """swarmstore.open_array(..., dask=True) annotates reads; SwarmPlugin places them."""
+    import tempfile
+
+    import numpy as np
+    import zarr
+
+    from swarmstore.dataset import READ_PREFIX, open_array
+
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    path = tempfile.mkdtemp()
+    zarr.create_array(path, shape=(40,), chunks=(4,), dtype="i4")[:] = np.arange(40)
+    # no affinity_config(): SwarmPlugin keeps annotations through materialisation (and in
+    # this one-process cluster its config change reaches the client's check too)
+    x = c.persist(open_array(path, dask=True))
+    await wait(x)
+    plugin = plugin_of(s)
+    reqs = dict(plugin.requirements)
+    assert len(reqs) == 10
+    assert all(k[0].startswith(READ_PREFIX) for k in reqs)
+    ring = Rendezvous([Member(w.address, weight=2.0) for w in workers])
+    owners = {k: ring.owner(r.chunk).name for k, r in reqs.items()}
+    assert len(set(owners.values())) >= 2
+    for key, owner in owners.items():
+        assert {ws.address for ws in s.tasks[key].who_has} == {owner}
+    assert await c.compute(x.sum()) == sum(range(40))

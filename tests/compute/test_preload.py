@@ -38,6 +38,23 @@ def scheduler_view(dask_scheduler) -> dict:
     }
 
 
+def inc_block(b):
+    return b + 1
+
+
+def annotated_gpu_tasks(dask_scheduler, prefix: str) -> int:
+    """How many live tasks named ``prefix-...`` arrived with a GPU requirement."""
+    plugin = dask_scheduler.plugins["swarmstore"]
+    return sum(
+        r.gpu == 1 and str(k[0] if isinstance(k, tuple) else k).startswith(prefix)
+        for k, r in plugin.requirements.items()
+    )
+
+
+def worker_plugins(dask_worker) -> list[str]:
+    return sorted(dask_worker.plugins)
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for p in reversed(procs):
         if p.poll() is None:
@@ -88,10 +105,21 @@ def test_preload_on_real_processes(tmp_path):
             assert view["extensions"] == ["ReplicationController"]
             assert all("CPU" in r for r in view["resources"].values())  # inventory declared
             assert all(view["inventories"].values())
+            for plugins in c.run(worker_plugins).values():
+                assert {"swarmstore-inventory", "swarmstore-cache"} <= set(plugins)
             gpu_worker = next(a for a, r in view["resources"].items() if r.get("GPU"))
             with dask.annotate(swarm={"gpu": 1}):
                 futs = c.map(where, range(4), pure=False)
             assert set(c.gather(futs)) == {gpu_worker}
+            # a dask.array graph: the scheduler materialises (and would fuse) it; the
+            # annotations must survive that (dask/dask#7036)
+            import dask.array as da
+
+            with dask.annotate(swarm={"gpu": 1, "priority": "high"}):
+                arr = da.ones(8, chunks=2).map_blocks(inc_block, dtype=float)
+            arr = c.persist(arr)
+            assert float(arr.sum().compute()) == 16.0
+            assert c.run_on_scheduler(annotated_gpu_tasks, prefix="inc_block") == 4
             with dask.annotate(swarm={"gpu": 2}):  # no worker has 2 GPUs
                 bad = c.submit(where, pure=False)
             with pytest.raises(Exception, match="no worker of 1 declares them") as info:
