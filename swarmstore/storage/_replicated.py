@@ -352,6 +352,15 @@ class ReplicatedStore(Store):
             return None
         return result  # type: ignore[no-any-return]
 
+    async def cache_token(self, key: str) -> str | None:
+        """A token that changes whenever ``key``'s value does (its checksum record), or
+        None when absent: lets a TieredStore with ``validate=True`` revalidate exactly."""
+        head = await self._head(key)
+        if head is None:
+            return None
+        size, record = head
+        return record.encode() if record is not None else f"unrecorded:{size}"
+
     async def getsize(self, key: str) -> int:
         # docstring inherited
         head = await self._head(key)

@@ -347,3 +347,13 @@ async def test_memory_nodes_share_by_name_and_pickle(tmp_path):
     clone = pickle.loads(pickle.dumps(store))
     assert clone == store
     assert (await clone.get("k", PROTO)).to_bytes() == b"v"
+
+
+async def test_cache_token_follows_the_value(tmp_path):
+    store, _ = make(tmp_path)
+    assert await store.cache_token("k") is None
+    await store.set("k", buf(b"aaaa"))
+    first = await store.cache_token("k")
+    await store.set("k", buf(b"bbbb"))  # same size, new bytes
+    second = await store.cache_token("k")
+    assert first and second and first != second
