@@ -231,8 +231,10 @@ class Placer:
     >>> p = Placer()
     >>> p.add_worker(WorkerInfo("tcp://cpu:1", 2))
     >>> p.add_worker(WorkerInfo("tcp://gpu:1", 2, {"GPU": 1}))
-    >>> p.decide(Requirements(gpu=1)).workers
-    frozenset({'tcp://gpu:1'})
+    >>> p.decide(Requirements(gpu=1)).hold  # held until a GPU slot frees
+    True
+    >>> p.dispatch({"GPU": 1.0})
+    'tcp://gpu:1'
     >>> p.decide(None, rootish=False).workers
     frozenset({'tcp://cpu:1'})
     """
