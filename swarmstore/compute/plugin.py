@@ -38,6 +38,7 @@ import heapq
 import importlib
 import inspect
 import logging
+from dataclasses import replace
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
@@ -305,25 +306,28 @@ class SwarmPlugin(SchedulerPlugin):
         stasks = scheduler.tasks
         for key in todo:
             ts = stasks.get(key)
-            if ts is None or ts.run_spec is None:
-                continue
-            if ts.state != "released":  # not new: placed (or computed) before
-                if key in feeders:
-                    self._boost(scheduler, ts)
-                continue
+            if ts is None or ts.run_spec is None or ts.state != "released":
+                continue  # not new: placed (or computed) before
             if key in bad:
                 self._fail_invalid(ts, bad[key])
                 continue
             req = reqs.get(key)
-            if req is None and key not in feeders and (
+            feeds = key in feeders
+            if req is None and (
                 ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions
             ):
+                if feeds:
+                    self._boost(scheduler, ts)
                 continue  # the user restricted it already: leave it alone
-            rootish = req is None and key not in feeders and scheduler.is_rootish(ts)
+            rootish = req is None and not feeds and scheduler.is_rootish(ts)
             decision = placer.decide(
-                req, rootish=rootish, feeds_gpu=key in feeders, base_priority=-ts.priority[0]
+                req, rootish=rootish, feeds_gpu=feeds, base_priority=-ts.priority[0]
             )
             self._apply(scheduler, ts, decision)
+        for key in feeders:  # feeders submitted earlier, not started yet: move them up
+            ts = stasks.get(key)
+            if ts is not None and ts.state != "released":
+                self._boost(scheduler, ts)
 
     def _parse(
         self, swarm: Mapping[Any, Any], resources: Mapping[Any, Any]
@@ -366,6 +370,8 @@ class SwarmPlugin(SchedulerPlugin):
     def _apply(self, scheduler: Scheduler, ts: TaskState, d: Decision) -> None:
         if d.resources:
             ts.resource_restrictions = {**(ts.resource_restrictions or {}), **d.resources}
+        if ts.worker_restrictions or ts.host_restrictions:  # workers= from the user wins
+            d = replace(d, workers=None, hold=False)
         if d.workers is not None:
             ts.worker_restrictions = set(d.workers)
             ts.loose_restrictions = d.loose

@@ -108,11 +108,15 @@ async def test_rootish_cpu_tasks_stay_queued(c, s, a, b):
     await wait(futs)
 
 
-@gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_user_restrictions_left_alone(c, s, a, b):
+@gen_cluster(client=True, nthreads=[CPU, GPU1, GPU1])
+async def test_user_restrictions_left_alone(c, s, a, b, g2):
     await c.register_plugin(SwarmPlugin(extensions=()))
     futs = c.map(where, range(4), workers=[b.address], pure=False)
     assert set(await c.gather(futs)) == {b.address}
+    with dask.annotate(swarm={"gpu": 1}):  # workers= wins over the GPU hold and balance
+        futs = c.map(where, range(4), workers=[g2.address], pure=False)
+    assert set(await c.gather(futs)) == {g2.address}
+    assert not plugin_of(s).held
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
