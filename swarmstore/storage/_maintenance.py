@@ -106,10 +106,15 @@ async def inventory(store: ReplicatedStore) -> tuple[dict[str, set[Node]], list[
     return holders, unreachable
 
 
-async def _examine(node: Node, key: str) -> tuple[str, bytes | None, Record | None]:
-    """Read and verify one replica: ``("ok"|"unrecorded"|"missing"|"corrupt"|"down", ...)``."""
+async def _examine(
+    store: ReplicatedStore, node: Node, key: str
+) -> tuple[str, bytes | None, Record | None]:
+    """Read and verify one replica: ``("ok"|"unrecorded"|"missing"|"corrupt"|"down", ...)``.
+
+    Through the router, so the traffic takes a lane of the ambient (bulk) QoS class.
+    """
     try:
-        got = await node.read(key)
+        got = await store.router.send(node, lambda n: n.read(key), name=_name)
     except ChecksumMismatch:
         return "corrupt", None, None
     except OSError:
@@ -151,7 +156,7 @@ async def scrub(store: ReplicatedStore, progress: Progress = None) -> ScrubRepor
         async def check(key: str) -> None:
             targets = store.targets(key)
             nodes = list(dict.fromkeys([*targets, *holders[key]]))
-            results = await asyncio.gather(*(_examine(n, key) for n in nodes))
+            results = await asyncio.gather(*(_examine(store, n, key) for n in nodes))
             newest = max((r.version for _, _, r in results if r is not None), default=0)
             for node, (state, _, record) in zip(nodes, results, strict=True):
                 if node.name in report.unreachable or state == "down":
@@ -198,7 +203,11 @@ async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairRep
             targets = store.targets(key)
             nodes = list(dict.fromkeys([*targets, *holders[key]]))
             results = list(
-                zip(nodes, await asyncio.gather(*(_examine(n, key) for n in nodes)), strict=False)
+                zip(
+                    nodes,
+                    await asyncio.gather(*(_examine(store, n, key) for n in nodes)),
+                    strict=False,
+                )
             )
             data, record, adopt = _best(results)
             if data is None:
@@ -212,7 +221,7 @@ async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairRep
                 if state == "ok" and rec is not None and rec.same_content(record):
                     continue
                 try:
-                    await node.write(key, data, record)
+                    await _write(store, node, key, data, record)
                     report.copies_written += 1
                 except OSError:
                     continue
@@ -220,6 +229,16 @@ async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairRep
         await _walk(sorted(holders), fix, progress)
     report.unrecoverable.sort()
     return report
+
+
+async def _write(store: ReplicatedStore, node: Node, key: str, data: bytes, record: Record) -> None:
+    await store.router.send(
+        node, lambda n: n.write(key, data, record), name=_name, nbytes=len(data)
+    )
+
+
+def _name(node: Node) -> str:
+    return node.name
 
 
 def _journal_path(store: ReplicatedStore) -> Any:
@@ -273,7 +292,7 @@ async def _move(store: ReplicatedStore, key: str, held: set[Node], report: Rebal
     if any(n.name in unreachable for n in targets):
         report.skipped += 1
         return
-    results = {n: await _examine(n, key) for n in dict.fromkeys([*targets, *held])}
+    results = {n: await _examine(store, n, key) for n in dict.fromkeys([*targets, *held])}
     data, record, _ = _best(list(results.items()))
     if data is None:
         report.skipped += 1
@@ -283,8 +302,8 @@ async def _move(store: ReplicatedStore, key: str, held: set[Node], report: Rebal
         state, _, rec = results[node]
         if state == "ok" and rec is not None and rec.same_content(record):
             continue
-        await node.write(key, data, record)
+        await _write(store, node, key, data, record)
         report.copied += 1
     for node in held - set(targets):
-        await node.delete(key)
+        await store.router.send(node, lambda n: n.delete(key), name=_name)
         report.deleted += 1

@@ -398,7 +398,10 @@ class ReplicatedStore(Store):
         if len(ready) < self.write_quorum:
             await asyncio.gather(*(n.abort(p) for n, p in ready), return_exceptions=True)
             raise QuorumError(key, len(ready), self.write_quorum, _whys(failures))
-        done = await asyncio.gather(*(n.commit(p) for n, p in ready), return_exceptions=True)
+        done = await asyncio.gather(
+            *(self.router.send(n, lambda n, p=p: n.commit(p), name=_name) for n, p in ready),
+            return_exceptions=True,
+        )
         acked = [n for (n, _), r in zip(ready, done, strict=True) if not _failed(r)]
         failures.update({n: r for (n, _), r in zip(ready, done, strict=True) if _failed(r)})
         _reraise_bugs(failures.values())
@@ -480,11 +483,12 @@ class ReplicatedStore(Store):
         return done
 
     async def _replay_one(self, node: Node, key: str, op: str) -> None:
+        send = self.router.send
         if op == "delete":
-            await node.delete(key)
+            await send(node, lambda n: n.delete(key), name=_name)
             return
         if op == "delete_dir":
-            await node.delete_dir(key)
+            await send(node, lambda n: n.delete_dir(key), name=_name)
             return
         others = [
             n for n in self.nodes if n is not node and not self.hints.blocks_read(n.name, key)
@@ -494,11 +498,12 @@ class ReplicatedStore(Store):
         )
         if src is None:
             if all(isinstance(e, _Missing) for e in failures.values()):
-                await node.delete(key)  # deleted since: make the node agree
+                await send(node, lambda n: n.delete(key), name=_name)  # deleted since
                 return
             raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
         data, record = full
-        await node.write(key, data, record or Record.of(data, self.min_block))
+        record = record or Record.of(data, self.min_block)
+        await send(node, lambda n: n.write(key, data, record), name=_name, nbytes=len(data))
 
     async def replay_hints(self) -> int:
         """Replay every pending hint whose node is reachable; returns how many were applied."""
@@ -560,7 +565,11 @@ class ReplicatedStore(Store):
 
 
 def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedStore:
-    return cls(**kwargs)
+    # An unpickled copy (a Dask task's) shares the process's router: what one task
+    # learns about the nodes, and the QoS budget, serve every task on that worker.
+    from swarmstore.network import default_router
+
+    return cls(**kwargs, router=default_router())
 
 
 def _resolve(byte_range: ByteRequest | None, size: int) -> tuple[int, int]:
