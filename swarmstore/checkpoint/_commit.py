@@ -12,9 +12,12 @@ already held other bytes. How strong that is depends on the store, and
 - ``ManifestStore``: claims the key before its first ``await``. Atomic within one loop.
 - ``TieredStore``: commits go to its backing store (caches are looked through), so
   the guarantee is the backing store's.
-- Anything else (``ReplicatedStore``, wrapper stores): the store's own
-  ``set_if_not_exists``. zarr's default and ``ReplicatedStore``'s are ``exists`` then
-  ``set`` (racy between two writers), so these are ``"store-defined"``.
+- ``ReplicatedStore``: an atomic conditional create on every replica (the above per
+  backend); a writer wins with a write quorum (a majority), which at most one writer
+  can gather. Atomic.
+- Anything else (wrapper stores): the store's own ``set_if_not_exists``. zarr's default
+  is ``exists`` then ``set`` (racy between two writers), so these are
+  ``"store-defined"``.
 
 A put is always whole-or-nothing against a crash (temp file + rename, one PUT), so a
 kill -9 never leaves a partial manifest; the conditional part only matters when two
@@ -53,7 +56,9 @@ def commit_guarantee(store: Store) -> Guarantee:
     Caches (``TieredStore``) are looked through: commits go to the store beneath.
     """
     store = control_store(store)
-    if _is_s3(store) or isinstance(store, LocalStore):
+    from swarmstore.storage import ReplicatedStore
+
+    if _is_s3(store) or isinstance(store, LocalStore | ReplicatedStore):
         return "atomic"
     if isinstance(store, MemoryStore | ManifestStore):
         return "atomic-in-process"

@@ -119,6 +119,17 @@ def _local_commit(tmp: Path, path: Path, fsync: bool) -> None:
             os.close(dfd)
 
 
+def _local_create(path: Path, data: bytes, record: Record, fsync: bool) -> bool:
+    tmp = _local_prepare(path, data, record, fsync)
+    try:
+        os.link(tmp, path)  # fails if the name exists: an atomic conditional create
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 class LocalNode(Node):
     """A directory. Each file's checksum record is its ``user.swarmstore.xxh3`` xattr.
 
@@ -171,6 +182,9 @@ class LocalNode(Node):
             _local_commit(_local_prepare(path, data, record, self.fsync), path, self.fsync)
 
         await asyncio.to_thread(_write)
+
+    async def create(self, key: str, data: bytes, record: Record) -> bool:
+        return await asyncio.to_thread(_local_create, self._path(key), data, record, self.fsync)
 
     async def delete(self, key: str) -> None:
         await self.store.delete(check_key(key))
@@ -258,6 +272,12 @@ class MemoryNode(Node):
     async def abort(self, pending: Pending) -> None:
         return None
 
+    async def create(self, key: str, data: bytes, record: Record) -> bool:
+        if check_key(key) in self.store._store_dict:
+            return False
+        await self.commit(Pending(key, bytes(data), record))  # no await before: atomic
+        return True
+
     async def delete(self, key: str) -> None:
         self.store._store_dict.pop(check_key(key), None)
         self.records.pop(key, None)
@@ -318,7 +338,7 @@ class S3Node(Node):
     async def _call(self, method: str, **kwargs: Any) -> Any:
         try:
             return await self.fs._call_s3(method, **kwargs)
-        except (FileNotFoundError, PermissionError):
+        except (FileNotFoundError, FileExistsError, PermissionError):
             raise
         except OSError as e:
             raise NodeUnavailable(f"{self.name}: {method} failed: {e}") from e
@@ -375,6 +395,32 @@ class S3Node(Node):
 
     async def abort(self, pending: Pending) -> None:
         return None
+
+    async def create(self, key: str, data: bytes, record: Record) -> bool:
+        """One ``PutObject`` with ``IfNoneMatch="*"``: S3 refuses it if the key exists."""
+        bucket, k = self._loc(key)
+        try:
+            await self._call(
+                "put_object",
+                Bucket=bucket,
+                Key=k,
+                Body=bytes(data),
+                Metadata={S3_META: record.encode()},
+                IfNoneMatch="*",
+            )
+        except FileExistsError:
+            return False
+        finally:
+            self.fs.invalidate_cache(f"{bucket}/{k}")
+        return True
+
+    async def list_prefix(self, prefix: str) -> list[str]:
+        self.fs.invalidate_cache(self.path)  # other processes write too: list afresh
+        return await super().list_prefix(prefix)
+
+    async def list_dir(self, prefix: str) -> list[str]:
+        self.fs.invalidate_cache(self.path)
+        return await super().list_dir(prefix)
 
     async def delete(self, key: str) -> None:
         bucket, k = self._loc(key)

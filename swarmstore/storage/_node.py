@@ -129,6 +129,17 @@ class Node(ABC):
         """Prepare and commit in one go."""
         await self.commit(await self.prepare(key, data, record))
 
+    async def create(self, key: str, data: bytes, record: Record) -> bool:
+        """Write ``key`` only if absent; True if this call created it.
+
+        Backends override this with an atomic conditional create; this fallback checks
+        then writes (racy between writers).
+        """
+        if await self.head(key) is not None:
+            return False
+        await self.write(key, data, record)
+        return True
+
     @abstractmethod
     async def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are fine."""

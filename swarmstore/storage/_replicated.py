@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import random
 from typing import TYPE_CHECKING, Any, Self
 
 import xxhash
@@ -421,10 +422,45 @@ class ReplicatedStore(Store):
                 self._spawn(self._replay(n))  # the node answers again: catch it up
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        """Write ``value`` unless ``key`` exists (check-then-write: not atomic across clients)."""
+        """Write ``value`` unless ``key`` exists; of racing writers exactly one wins.
+
+        Each replica does an atomic conditional create (``os.link``, S3 ``IfNoneMatch``,
+        a dict check); a writer wins with ``write_quorum`` creations, which at most one
+        writer can gather when the quorum is a majority. A writer that falls short takes
+        its creations back; after a split vote (nobody won) the writers retry after a
+        random pause.
+        """
         self._check_writable()
-        if not await self.exists(key):
-            await self.set(key, value)
+        await self._ensure_open()
+        check_key(key)
+        data = value.to_bytes()
+        record = Record.of(data, self.min_block)
+        targets = self.targets(key)
+        for attempt in range(8):
+            results = await asyncio.gather(
+                *(
+                    self.router.send(n, lambda n: n.create(key, data, record), name=_name)
+                    for n in targets
+                ),
+                return_exceptions=True,
+            )
+            created = [n for n, r in zip(targets, results, strict=True) if r is True]
+            existed = [n for n, r in zip(targets, results, strict=True) if r is False]
+            failures = {n: r for n, r in zip(targets, results, strict=True) if _failed(r)}
+            _reraise_bugs(failures.values())
+            if len(created) >= self.write_quorum:
+                self._note_outcome(key, "set", created, {**failures, **dict.fromkeys(existed)})
+                return
+            await asyncio.gather(
+                *(self.router.send(n, lambda n: n.delete(key), name=_name) for n in created),
+                return_exceptions=True,
+            )
+            if len(existed) >= self.write_quorum:
+                return  # somebody else's value holds a quorum: the key exists
+            if len(created) + len(existed) < self.write_quorum:
+                raise QuorumError(key, len(created), self.write_quorum, _whys(failures))
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # split vote
+        raise QuorumError(key, 0, self.write_quorum, {"*": "conditional create kept colliding"})
 
     async def delete(self, key: str) -> None:
         # docstring inherited

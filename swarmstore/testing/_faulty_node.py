@@ -54,6 +54,10 @@ class FaultyNode(Node):
         await self.faults.before("set", self.name, write=True)
         await self.inner.write(key, data, record)
 
+    async def create(self, key: str, data: bytes, record: Record) -> bool:
+        await self.faults.before("set", self.name, write=True)
+        return await self.inner.create(key, data, record)
+
     async def delete(self, key: str) -> None:
         await self.faults.before("delete", self.name, write=True)
         await self.inner.delete(key)

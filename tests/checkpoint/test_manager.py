@@ -102,14 +102,22 @@ def test_saving_a_committed_step_again_is_refused(plain_store):
     assert mgr.restore(1)["a"].shape == (3,)
 
 
-def test_two_writers_racing_for_one_step_exactly_one_commits(plain_store):
+@pytest.fixture(params=["memory", "local", "s3", "replicated"])
+def racing_store(request, tmp_path):
+    """Every store kind whose manifest commit is atomic (ReplicatedStore: by quorum)."""
+    from conftest import make_store
+
+    return make_store(request.param, tmp_path, request)
+
+
+def test_two_writers_racing_for_one_step_exactly_one_commits(racing_store):
     import asyncio
 
     from zarr.core.sync import sync
 
     from swarmstore.checkpoint import put_if_absent
 
-    store = plain_store
+    store = racing_store
     assert commit_guarantee(store) in ("atomic", "atomic-in-process")
 
     async def race():
@@ -151,7 +159,7 @@ def test_commit_guarantee_per_store_type(tmp_path, s3_store):
     assert commit_guarantee(zarr.storage.MemoryStore()) == "atomic-in-process"
     rs = ReplicatedStore([f"file://{tmp_path}/n{i}" for i in range(2)], replicas=2,
                          state_dir=str(tmp_path / "s"))
-    assert commit_guarantee(rs) == "store-defined"
+    assert commit_guarantee(rs) == "atomic"  # quorum of atomic conditional creates
 
 
 def test_save_a_zarr_group_copies_its_encoded_bytes(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import shutil
@@ -357,3 +358,41 @@ async def test_cache_token_follows_the_value(tmp_path):
     await store.set("k", buf(b"bbbb"))  # same size, new bytes
     second = await store.cache_token("k")
     assert first and second and first != second
+
+
+@pytest.mark.parametrize("backend", ["local", "memory"])
+async def test_set_if_not_exists_racing_writers_exactly_one_wins(tmp_path, backend):
+    if backend == "local":
+        urls = [f"file://{tmp_path}/r{i}" for i in range(3)]
+    else:
+        urls = [f"memory://race-{tmp_path.name}-{i}" for i in range(3)]
+    writers = [ReplicatedStore(urls, replicas=3, state_dir=tmp_path / f"s{i}") for i in range(8)]
+    values = [f"writer-{i}".encode() for i in range(8)]
+    for round_ in range(5):
+        key = f"manifest-{round_}"
+        await asyncio.gather(
+            *(w.set_if_not_exists(key, buf(v)) for w, v in zip(writers, values, strict=True))
+        )
+        for w in writers:
+            await w.replay_hints()
+        held = set()
+        for node in writers[0].nodes:
+            got = await node.read(key)
+            assert got is not None
+            held.add(got[0])
+        assert len(held) == 1 and held <= set(values)  # one winner, on every replica
+        winner = held.pop()
+        for w in writers:
+            assert (await w.get(key, PROTO)).to_bytes() == winner
+
+
+async def test_set_if_not_exists_keeps_an_existing_value_and_needs_quorum(tmp_path):
+    store, faults = make(tmp_path, n=3, replicas=3, write_quorum=2)
+    await store.set("k", buf(b"first"))
+    await store.set_if_not_exists("k", buf(b"second"))
+    assert (await store.get("k", PROTO)).to_bytes() == b"first"
+    faults[0].down = faults[1].down = True
+    with pytest.raises(QuorumError):
+        await store.set_if_not_exists("new", buf(b"x"))
+    faults[0].down = faults[1].down = False
+    assert await store.get("new", PROTO) is None  # the lone creation was taken back

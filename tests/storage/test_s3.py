@@ -73,3 +73,20 @@ async def test_object_replaced_behind_its_back_keeps_failing_the_checksum(counte
         fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"evil bytes", Metadata=meta)
     with pytest.raises(ReplicaUnavailable, match="checksum"):
         await store.get("k", PROTO)
+
+
+async def test_conditional_create_on_s3_nodes_has_one_winner(s3_store_factory, tmp_path):
+    import asyncio
+
+    stores = [s3_store_factory(f"cas{i}") for i in range(3)]
+    writers = [ReplicatedStore(stores, replicas=3, state_dir=tmp_path / f"w{i}") for i in range(4)]
+    await asyncio.gather(
+        *(
+            w.set_if_not_exists("m", PROTO.buffer.from_bytes(f"w{i}".encode()))
+            for i, w in enumerate(writers)
+        )
+    )
+    for w in writers:
+        await w.replay_hints()
+    held = {(await n.read("m"))[0] for n in writers[0].nodes}
+    assert len(held) == 1
