@@ -197,6 +197,7 @@ class SwarmPlugin(SchedulerPlugin):
         self._pc: PeriodicCallback | None = None
         self._reported: set[Any] = set()
         self._fuse_changed = False
+        self._unsat_since: dict[Any, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -434,6 +435,7 @@ class SwarmPlugin(SchedulerPlugin):
             if finish == "forgotten":
                 del self.held[key]
         if finish == "forgotten":
+            self._unsat_since.pop(key, None)
             self.requirements.pop(key, None)
             self.pinned.pop(key, None)
             self._reported.discard(key)
@@ -583,16 +585,22 @@ class SwarmPlugin(SchedulerPlugin):
         scheduler = self.scheduler
         if scheduler is None or self.unsatisfiable_timeout is None or not scheduler.unrunnable:
             return
+        self._sync_workers(scheduler)  # resources may have changed (Worker.set_resources)
         now = monotonic()
         stimulus_id = f"swarmstore-unsatisfiable-{time()}"
         recs: dict[Any, str] = {}
         failed = []
-        for ts, since in list(scheduler.unrunnable.items()):
-            if now - since <= self.unsatisfiable_timeout:
-                break  # insertion-ordered: the rest waited less
+        unsat = self._unsat_since
+        for ts in list(scheduler.unrunnable):
             needs = ts.resource_restrictions
             if not needs or self.placer.capable(needs):
-                continue  # someone could run it: busy or restricted, not ours to fail
+                unsat.pop(ts.key, None)
+                continue  # someone could run it: busy, held or restricted, not ours to fail
+            # counted from when we first saw no capable worker, not from entering no-worker:
+            # a held GPU task may have waited long for a slot before its workers went away
+            since = unsat.setdefault(ts.key, now)
+            if now - since <= self.unsatisfiable_timeout:
+                continue
             msg = (
                 f"task {ts.key!r} needs resources {dict(needs)} but no worker of "
                 f"{len(scheduler.workers)} declares them (waited "
@@ -607,6 +615,7 @@ class SwarmPlugin(SchedulerPlugin):
                 )
             )
             failed.append(ts.key)
+            unsat.pop(ts.key, None)
             logger.error("%s", msg)
         if failed:
             scheduler.transitions(recs, stimulus_id)
