@@ -181,6 +181,104 @@ def _router_figures(store: Any) -> Any:
     return {}
 
 
+def _checkpoint_store(args: argparse.Namespace) -> Any:
+    """The store checkpoints live in: ``--store URL``, else the replicated store."""
+    if args.store:
+        return _plain_store(args.store, args)
+    return _store_from(args)
+
+
+def _plain_store(url: str, args: argparse.Namespace) -> Any:
+    from swarmstore.dataset import resolve_store
+
+    options = None
+    if getattr(args, "storage_options", None):
+        try:
+            options = json.loads(args.storage_options)
+        except ValueError as e:
+            raise CLIError(f"--storage-options is not JSON: {e}") from e
+    try:
+        return resolve_store(url, storage_options=options)
+    except (ValueError, ImportError) as e:
+        raise CLIError(f"cannot open store {url!r}: {e}") from e
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from swarmstore.checkpoint import CheckpointManager
+    from swarmstore.errors import CheckpointNotFoundError
+
+    mgr = CheckpointManager(_checkpoint_store(args))
+    try:
+        if args.action == "list":
+            rows = [dataclasses.asdict(info) for info in mgr.list()]
+            if args.json:
+                print(json.dumps(rows, indent=2, default=str))
+            else:
+                _table(
+                    f"{len(rows)} checkpoints",
+                    ["step", "keys", "bytes", "metadata"],
+                    [[r["step"], r["nkeys"], r["nbytes"], json.dumps(r["metadata"])] for r in rows],
+                )
+            return 0
+        if args.action == "gc":
+            _emit(args, "checkpoint gc", dataclasses.asdict(mgr.collect_garbage()))
+            return 0
+        if args.action == "verify":
+            steps = [args.step] if args.step is not None else mgr.steps()
+            checked = {str(step): mgr.verify_step(step) for step in steps}
+            _emit(args, "checkpoint verify (objects checked)", checked)
+            return 0
+        if not args.to:
+            raise CLIError(f"checkpoint {args.action} needs --to URL")
+        dest = _plain_store(args.to, args)
+        step = args.step if args.step is not None else _latest_step(mgr)
+        if args.action == "archive":
+            report = mgr.archive(step, to=dest)
+            _emit(args, f"checkpoint archive {step}", dataclasses.asdict(report))
+            return 0
+        src = mgr.open_store(step)
+        copied = _with_progress(args, "restore", lambda cb: _copy_all(src, dest, cb))
+        _emit(args, f"checkpoint restore {step}", {"step": step, "keys": copied, "to": args.to})
+        return 0
+    except CheckpointNotFoundError as e:
+        raise CLIError(str(e)) from e
+
+
+def _latest_step(mgr: Any) -> int:
+    latest = mgr.latest()
+    if latest is None:
+        raise CLIError("the store holds no checkpoint")
+    return int(latest.step)
+
+
+async def _copy_all(src: Any, dest: Any, progress: Any) -> int:
+    """Copy every key of ``src`` into ``dest`` (a plain zarr copy of a checkpoint)."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    keys = [k async for k in src.list()]
+    for i, key in enumerate(keys):
+        value = await src.get(key, default_buffer_prototype())
+        if value is not None:
+            await dest.set(key, value)
+        if progress is not None:
+            progress(i + 1, len(keys))
+    return len(keys)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*map(str, row))
+    Console().print(table)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from swarmstore._demo import run_demo
 
@@ -213,6 +311,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "rebalance":
             p.add_argument("--limit", type=int, help="stop after N keys (resume by rerunning)")
         p.set_defaults(func=_cmd_status if name == "status" else _cmd_maintenance)
+
+    ckpt = sub.add_parser("checkpoint", help="list, restore, verify, gc or archive checkpoints")
+    ckpt.add_argument("action", choices=["list", "restore", "verify", "gc", "archive"])
+    ckpt.add_argument("--store", help="URL of the checkpoint store (else --node/--config)")
+    ckpt.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    ckpt.add_argument("--to", help="destination store URL (restore, archive)")
+    ckpt.add_argument("--storage-options", help="fsspec options for the URLs, as JSON")
+    store_args(ckpt)
+    ckpt.set_defaults(func=_cmd_checkpoint)
     return parser
 
 

@@ -99,3 +99,62 @@ def test_demo_exits_zero_when_every_check_holds(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all checks held" in proc.stdout
+
+
+def test_checkpoint_list_verify_restore_archive_gc(tmp_path, capsys):
+    from swarmstore.checkpoint import CheckpointManager
+
+    ckpt = tmp_path / "ckpt"
+    mgr = CheckpointManager(zarr.storage.LocalStore(ckpt))
+    mgr.save({"w": np.arange(100, dtype="f4")}, step=3, metadata={"loss": 0.5})
+    mgr.save({"w": np.arange(100, dtype="f4") * 2}, step=7, metadata={"loss": 0.25})
+    code, out, _ = run(capsys, "checkpoint", "list", "--store", str(ckpt), "--json")
+    assert code == 0 and [r["step"] for r in json.loads(out)] == [3, 7]
+    code, out, _ = run(capsys, "checkpoint", "verify", "--store", str(ckpt), "--json")
+    assert code == 0 and set(json.loads(out)) == {"3", "7"}
+    code, out, _ = run(
+        capsys,
+        "checkpoint",
+        "restore",
+        "--store",
+        str(ckpt),
+        "--step",
+        "3",
+        "--to",
+        str(tmp_path / "out"),
+        "--json",
+    )
+    assert code == 0
+    np.testing.assert_array_equal(
+        zarr.open_group(tmp_path / "out", mode="r")["w"][:], np.arange(100)
+    )
+    code, out, _ = run(
+        capsys,
+        "checkpoint",
+        "archive",
+        "--store",
+        str(ckpt),
+        "--to",
+        str(tmp_path / "cold"),
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["step"] == 7
+    assert [
+        i.step for i in CheckpointManager(zarr.storage.LocalStore(tmp_path / "cold")).list()
+    ] == [7]
+    code, out, _ = run(capsys, "checkpoint", "gc", "--store", str(ckpt), "--json")
+    assert code == 0 and json.loads(out)["kept"] == [3, 7]
+    code, _, err = run(
+        capsys,
+        "checkpoint",
+        "restore",
+        "--store",
+        str(ckpt),
+        "--step",
+        "99",
+        "--to",
+        str(tmp_path / "x"),
+    )
+    assert code == 2 and "99" in err
+    code, _, err = run(capsys, "checkpoint", "archive", "--store", str(ckpt))
+    assert code == 2 and "--to" in err
