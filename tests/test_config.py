@@ -100,3 +100,18 @@ def test_errors_inherit_builtins():
     assert issubclass(errors.ReplicaUnavailable, OSError)
     e = errors.ReplicaUnavailable("a/c/0", {"n0": "checksum mismatch"})
     assert "a/c/0" in str(e) and "n0" in str(e)
+
+
+def test_every_config_key_is_read_by_the_code():
+    """A documented key that nothing reads is a setting that silently does nothing."""
+    import pathlib
+
+    source = "\n".join(
+        p.read_text() for p in pathlib.Path(config.__file__).parent.rglob("*.py")
+    )
+    unused = [
+        path
+        for path in _schema_leaves(config.schema())
+        if path.rsplit(".", 1)[-1] not in source
+    ]
+    assert not unused, unused
