@@ -104,6 +104,7 @@ class ReplicatedStore(Store):
         self.min_block = config.get_bytes("storage.verify-block-size", min_block) or 1 << 20
         self.ring = Rendezvous(Member(n.name, n.weight, n.zone) for n in self.nodes)
         self._by_name = {n.name: n for n in self.nodes}
+        self._rank_cache: dict[str, tuple[tuple[Node, ...], tuple[Node, ...]]] = {}
         self.router = router if router is not None else TransferRouter()
         self._state_dir = state_dir
         self.hints = HintLog(self._default_state_dir() if state_dir is None else state_dir)
@@ -176,11 +177,19 @@ class ReplicatedStore(Store):
     # --- placement ---------------------------------------------------------------------------
     def targets(self, key: str) -> list[Node]:
         """The nodes that should hold ``key``, most preferred first."""
-        return [self._by_name[m.name] for m in self.ring.choose(key, self.replicas)]
+        return list(self._ranked(key)[0])
 
-    def _ranked(self, key: str) -> tuple[list[Node], list[Node]]:
-        ranked = [self._by_name[m.name] for m in self.ring.rank(key)]
-        return ranked[: self.replicas], ranked[self.replicas :]
+    def _ranked(self, key: str) -> tuple[tuple[Node, ...], tuple[Node, ...]]:
+        """(the key's replica nodes, the other nodes), both in preference order; cached,
+        since zarr reads the same chunk keys again and again."""
+        got = self._rank_cache.get(key)
+        if got is None:
+            ranked = [self._by_name[m.name] for m in self.ring.rank(key)]
+            got = (tuple(ranked[: self.replicas]), tuple(ranked[self.replicas :]))
+            if len(self._rank_cache) >= 65536:
+                self._rank_cache.clear()
+            self._rank_cache[key] = got
+        return got
 
     # --- background work -----------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
