@@ -79,10 +79,11 @@ def _check_type(where: str, value: Any, sub: dict[str, Any]) -> None:
     raise ConfigError(f"{where} must be {' or '.join(names)}, got {value!r}")
 
 
-def _install_defaults() -> None:
+def _install_defaults() -> dict[str, Any]:
     defaults = _load_yaml(_DEFAULTS_FILE)
     validate(defaults)
     dask.config.update_defaults(defaults)
+    return defaults
 
 
 def load_file(path: str | pathlib.Path) -> dict[str, Any]:
@@ -95,9 +96,24 @@ def load_file(path: str | pathlib.Path) -> dict[str, Any]:
     return data
 
 
+_MISSING = object()
+
+
 def get(key: str, default: Any = None) -> Any:
-    """``dask.config.get("swarmstore." + key)``."""
-    return dask.config.get(f"swarmstore.{key}", default=default)
+    """``dask.config.get("swarmstore." + key)``, falling back to the packaged default.
+
+    The fallback matters where dask's config was reset after swarmstore was imported
+    (``distributed.utils_test`` restores a snapshot taken at its own import, for one).
+    """
+    value = dask.config.get(f"swarmstore.{key}", default=_MISSING)
+    if value is not _MISSING:
+        return value
+    node: Any = _DEFAULTS.get("swarmstore", {})
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def get_bytes(key: str, override: int | str | None = None) -> int | None:
@@ -122,4 +138,4 @@ def get_seconds(key: str, override: float | str | None = None) -> float | None:
         raise ConfigError(f"swarmstore.{key}: {value!r} is not a duration") from e
 
 
-_install_defaults()
+_DEFAULTS = _install_defaults()

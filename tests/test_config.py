@@ -115,3 +115,13 @@ def test_every_config_key_is_read_by_the_code():
         if path.rsplit(".", 1)[-1] not in source
     ]
     assert not unused, unused
+
+
+def test_get_falls_back_to_packaged_defaults_when_dask_config_was_reset():
+    saved = dask.config.config.pop("swarmstore")
+    try:
+        assert config.get("storage.replicas") == 2
+        assert config.get("replication.default-replicas") == 2
+        assert config.get("storage.nope", "fallback") == "fallback"
+    finally:
+        dask.config.config["swarmstore"] = saved
