@@ -125,3 +125,11 @@ def test_get_falls_back_to_packaged_defaults_when_dask_config_was_reset():
         assert config.get("storage.nope", "fallback") == "fallback"
     finally:
         dask.config.config["swarmstore"] = saved
+
+
+def test_readme_configuration_table_lists_every_key():
+    import pathlib
+
+    readme = (pathlib.Path(config.__file__).parent.parent / "README.md").read_text()
+    for path in _schema_leaves(config.schema()):
+        assert f"| `{path.removeprefix('swarmstore.')}` |" in readme, path
