@@ -39,3 +39,9 @@ def any_store(request, tmp_path):
 def plain_store(request, tmp_path):
     """A fresh plain zarr store of each kind."""
     return make_store(request.param, tmp_path, request)
+
+
+@pytest.fixture(params=["memory", "local", "s3", "replicated"])
+def racing_store(request, tmp_path):
+    """Every store kind whose manifest commit is atomic (ReplicatedStore: by quorum)."""
+    return make_store(request.param, tmp_path, request)

@@ -102,14 +102,6 @@ def test_saving_a_committed_step_again_is_refused(plain_store):
     assert mgr.restore(1)["a"].shape == (3,)
 
 
-@pytest.fixture(params=["memory", "local", "s3", "replicated"])
-def racing_store(request, tmp_path):
-    """Every store kind whose manifest commit is atomic (ReplicatedStore: by quorum)."""
-    from conftest import make_store
-
-    return make_store(request.param, tmp_path, request)
-
-
 def test_two_writers_racing_for_one_step_exactly_one_commits(racing_store):
     import asyncio
 
