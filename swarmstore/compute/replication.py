@@ -37,7 +37,7 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time
 
-from swarmstore import config
+from swarmstore import _events, config
 from swarmstore.errors import PlacementError
 
 if TYPE_CHECKING:
@@ -267,6 +267,8 @@ class ReplicationController:
         self.inflight: dict[Key, dict[str, float]] = {}
         #: Replica requests sent by the fast path (a counter for tests and dashboards)
         self.fast_requests = 0
+        #: Tracked keys that lost every copy while still wanted (so they are recomputed)
+        self.lost = 0
         self.policy = HonourReplicaCounts(self)
         self.manager: ActiveMemoryManagerExtension | None = None
         self._removed: list[ActiveMemoryManagerPolicy] = []
@@ -324,6 +326,8 @@ class ReplicationController:
                 self._queue(key)
         elif finish in ("released", "erred", "forgotten"):
             self.inflight.pop(key, None)
+            if start == "memory" and key in self.desired:
+                self._note_lost(key)
             if finish == "forgotten":
                 self.desired.pop(key, None)
 
@@ -335,7 +339,10 @@ class ReplicationController:
         """Forget replicas in flight to ``worker``; re-replicate keys that lost a copy now."""
         for targets in self.inflight.values():
             targets.pop(worker, None)
-        self._queue_under_replicated()
+        short = self._queue_under_replicated()
+        if short:
+            msg = {"worker": worker, "under_replicated": short}
+            _events.emit("replicas-lost", msg, server=scheduler)
 
     def valid_workers_downscaling(
         self, scheduler: Scheduler, workers: list[WorkerState]
@@ -409,11 +416,41 @@ class ReplicationController:
         # after the current batch of transitions, never from inside one
         self._flush_handle = loop.call_soon(self._flush)
 
-    def _queue_under_replicated(self) -> None:
+    def _queue_under_replicated(self) -> int:
+        queued = 0
         for key, n in self.desired.items():
             ts = self.scheduler.tasks.get(key)
             if ts is not None and ts.state == "memory" and len(ts.who_has or ()) < n:
                 self._queue(key)
+                queued += 1
+        return queued
+
+    def _note_lost(self, key: Key) -> None:
+        """A tracked key left memory: lost, if a client or a dependent still wants it."""
+        ts = self.scheduler.tasks.get(key)
+        if ts is None or not (ts.who_wants or ts.waiters):
+            return  # released because nobody needs it any more
+        self.lost += 1
+        msg = {"key": key, "replicas": self.desired[key]}
+        _events.emit("critical-key-lost", msg, server=self.scheduler)
+
+    def figures(self) -> dict[str, int]:
+        """Tracked keys, under-replicated keys and their missing copies, replicas
+        requested by the fast path, keys lost (read by :mod:`swarmstore.metrics`)."""
+        under = missing = 0
+        tasks = self.scheduler.tasks
+        for key, n in self.desired.items():
+            ts = tasks.get(key)
+            if ts is not None and ts.state == "memory" and len(ts.who_has or ()) < n:
+                under += 1
+                missing += n - len(ts.who_has or ())
+        return {
+            "tracked": len(self.desired),
+            "under_replicated": under,
+            "missing": missing,
+            "requested": self.fast_requests,
+            "lost": self.lost,
+        }
 
     def _flush(self) -> None:
         self._flush_handle = None

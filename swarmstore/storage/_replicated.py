@@ -18,7 +18,7 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer
 
-from swarmstore import config
+from swarmstore import _events, config
 from swarmstore.errors import ChecksumMismatch, ConfigError, QuorumError, ReplicaUnavailable
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
@@ -268,8 +268,10 @@ class ReplicatedStore(Store):
         unreachable = [n for n, e in failures.items() if not isinstance(e, _Missing)]
         corrupt = [n for n, e in failures.items() if isinstance(e, ChecksumMismatch)]
         if corrupt or (unreachable and len(unreachable) >= self.write_quorum):
+            _events.emit("replica-unavailable", {"key": key, "tried": _whys(failures)})
             raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
         if failures and not any(isinstance(e, _Missing) for e in failures.values()):
+            _events.emit("replica-unavailable", {"key": key, "tried": _whys(failures)})
             raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
 
     async def get(
@@ -310,6 +312,8 @@ class ReplicatedStore(Store):
             if n in primary and isinstance(e, (_Missing, ChecksumMismatch))
         ]
         if bad:
+            why = {n.name: _why(failures[n]) for n in bad}
+            _events.emit("read-repair", {"key": key, "nodes": why})
             self._spawn(self._repair_key(key, bad, full))
 
     async def _repair_key(
@@ -407,6 +411,7 @@ class ReplicatedStore(Store):
         _reraise_bugs(failures.values())
         if len(ready) < self.write_quorum:
             await asyncio.gather(*(n.abort(p) for n, p in ready), return_exceptions=True)
+            _events.emit("quorum-missed", self._missed(key, "set", len(ready), failures))
             raise QuorumError(key, len(ready), self.write_quorum, _whys(failures))
         done = await asyncio.gather(
             *(self.router.send(n, lambda n, p=p: n.commit(p), name=_name) for n, p in ready),
@@ -417,8 +422,16 @@ class ReplicatedStore(Store):
         _reraise_bugs(failures.values())
         self._note_outcome(key, "set", acked, failures)
         if len(acked) < self.write_quorum:
+            _events.emit("quorum-missed", self._missed(key, "set", len(acked), failures))
             raise QuorumError(key, len(acked), self.write_quorum, _whys(failures))
         return acked
+
+    def _missed(
+        self, key: str, op: str, acked: int, failures: dict[Node, BaseException], needed: int = 0
+    ) -> dict[str, Any]:
+        """The fields of a ``quorum-missed`` event (swarmstore._events)."""
+        needed = needed or self.write_quorum
+        return {"key": key, "op": op, "acked": acked, "needed": needed, "failures": _whys(failures)}
 
     def _note_outcome(
         self, key: str, op: str, acked: list[Node], failures: dict[Node, BaseException]
@@ -467,8 +480,10 @@ class ReplicatedStore(Store):
             if len(existed) >= self.write_quorum:
                 return  # somebody else's value holds a quorum: the key exists
             if len(created) + len(existed) < self.write_quorum:
+                _events.emit("quorum-missed", self._missed(key, "create", len(created), failures))
                 raise QuorumError(key, len(created), self.write_quorum, _whys(failures))
             await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # split vote
+        _events.emit("quorum-missed", self._missed(key, "create", 0, {}))
         raise QuorumError(key, 0, self.write_quorum, {"*": "conditional create kept colliding"})
 
     async def delete(self, key: str) -> None:
@@ -505,6 +520,7 @@ class ReplicatedStore(Store):
         needed = self.write_quorum if op == "delete" else 1
         primary = set(self.targets(key)) if op == "delete" else set(self.nodes)
         if len([n for n in acked if n in primary]) < min(needed, len(primary)):
+            _events.emit("quorum-missed", self._missed(key, op, len(acked), failures, needed))
             raise QuorumError(key, len(acked), needed, _whys(failures))
 
     # --- hinted handoff --------------------------------------------------------------------------
@@ -525,6 +541,9 @@ class ReplicatedStore(Store):
                     done += 1
         finally:
             self._replaying.discard(node.name)
+        if done:
+            left = len(self.hints.pending(node.name))
+            _events.emit("hints-replayed", {"node": node.name, "replayed": done, "pending": left})
         return done
 
     async def _replay_one(self, node: Node, key: str, op: str) -> None:
