@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
-from swarmstore import config
+from swarmstore import config, metrics
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._identity import store_identity
 from swarmstore.cache._memory import MemoryTier
@@ -134,6 +134,7 @@ class TieredCachePlugin(WorkerPlugin):
 
     def setup(self, worker: Worker) -> None:
         self.registry = CacheRegistry(**self.options)
+        metrics.track_worker(worker, self)
         logger.info("swarmstore cache on %s: %r", worker.address, self.registry)
 
     def teardown(self, worker: Worker) -> None:

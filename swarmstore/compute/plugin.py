@@ -48,7 +48,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import pickle
 from tornado.ioloop import PeriodicCallback
 
-from swarmstore import config
+from swarmstore import config, metrics
 from swarmstore.compute.placement import (
     FEEDER_BOOST,
     HOLD,
@@ -198,6 +198,8 @@ class SwarmPlugin(SchedulerPlugin):
         self._reported: set[Any] = set()
         self._fuse_changed = False
         self._unsat_since: dict[Any, float] = {}
+        #: Placement decisions counted for ``/metrics`` (see :mod:`swarmstore.metrics`)
+        self.placements = metrics.PlacementCounts()
 
     def __repr__(self) -> str:
         return (
@@ -229,6 +231,7 @@ class SwarmPlugin(SchedulerPlugin):
         self._pc = PeriodicCallback(self._periodic, interval * 1000)
         scheduler.periodic_callbacks["swarmstore"] = self._pc
         self._pc.start()
+        metrics.track_scheduler(self)
         logger.debug("SwarmPlugin started: %r", self)
 
     def _keep_annotations(self) -> None:
@@ -250,6 +253,7 @@ class SwarmPlugin(SchedulerPlugin):
         )
 
     async def close(self) -> None:
+        metrics.untrack_scheduler(self)
         if self._fuse_changed:
             dask.config.set({"optimization.fuse.active": None})
             self._fuse_changed = False
@@ -373,6 +377,7 @@ class SwarmPlugin(SchedulerPlugin):
             ts.resource_restrictions = {**(ts.resource_restrictions or {}), **d.resources}
         if ts.worker_restrictions or ts.host_restrictions:  # workers= from the user wins
             d = replace(d, workers=None, hold=False)
+        self.placements.decided(d, self.placer.cpu_pool)
         if d.workers is not None:
             ts.worker_restrictions = set(d.workers)
             ts.loose_restrictions = d.loose
@@ -524,6 +529,7 @@ class SwarmPlugin(SchedulerPlugin):
             ts.worker_restrictions = {addr}
             self.charged[key] = (addr, needs)
             recs[key] = "processing"
+            self.placements.dispatched(addr)
         for item in skipped:
             heapq.heappush(self._ready, item)
         if not recs:
@@ -619,6 +625,7 @@ class SwarmPlugin(SchedulerPlugin):
             logger.error("%s", msg)
         if failed:
             scheduler.transitions(recs, stimulus_id)
+            self.placements.failed(len(failed))
             scheduler.log_event(
                 "swarmstore", {"action": "unsatisfiable-failed", "keys": failed}
             )
