@@ -5,11 +5,11 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick lint venv clean
+.PHONY: demo test bench bench-quick lint venv clean lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@set -e; \
 	if [ ! -x "$(VPY)" ]; then \
 	  py="$$(bash .ci/find-python)"; \
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	  "$$py" -m venv "$(VENV)"; \
 	fi; \
 	"$(VPY)" -m pip install -q --upgrade pip; \
-	"$(VPY)" -m pip install -q -e '.[test]'; \
+	"$(VPY)" -m pip install -q -e '.[test]' -c constraints.txt; \
 	touch "$(STAMP)"
 
 demo: $(STAMP)
@@ -36,6 +36,12 @@ bench-quick: $(STAMP)
 lint: $(STAMP)
 	$(VPY) -m ruff check swarmstore plugins tests benchmarks examples
 	$(VPY) -m ruff format --check swarmstore plugins tests benchmarks examples
+
+lock: $(STAMP)
+	@{ echo "# Versions the suite is known to pass with (pip freeze of a working .venv)."; \
+	  echo "# The Makefile installs with -c constraints.txt: a fast, repeatable resolution."; \
+	  echo "# Refresh with: make lock"; \
+	  "$(VPY)" -m pip freeze --exclude-editable | grep -v '^swarmstore'; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .swarmstore-demo
