@@ -175,7 +175,6 @@ class ChunkReader:
         self.metadata = metadata
         self.cached = cached
         self._local = local
-        self._array: zarr.Array | None = None
 
     def __reduce__(self) -> Any:
         return (ChunkReader, (self.backing, self.path, self.metadata, self.cached))
@@ -194,9 +193,9 @@ class ChunkReader:
         return self.backing
 
     def array(self) -> zarr.Array:
-        if self._array is None:
-            self._array = _array_for(self.store(), self.path, self.metadata)
-        return self._array
+        # Resolved per call, not kept on the reader: in-process workers share one unpickled
+        # reader, and each must read through its own cache (``_array_for`` caches per store).
+        return _array_for(self.store(), self.path, self.metadata)
 
     def __call__(self, selection: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         return np.asarray(self.array()[selection])

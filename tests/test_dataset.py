@@ -191,3 +191,32 @@ async def test_chunk_reads_go_to_their_hash_owner(c, s, *workers) -> None:
     for w in workers:
         stats = w.plugins["swarmstore-cache"].stats()["backing"]
         assert sum(b["reads"] for b in stats.values()) == owners[w.address]
+
+
+def _backing_reads(dask_worker: Any) -> int:
+    stats = dask_worker.plugins["swarmstore-cache"].stats()
+    return sum(b["reads"] for b in stats.get("backing", {}).values())
+
+
+def test_in_process_workers_each_read_through_their_own_cache(tmp_path: pathlib.Path) -> None:
+    """Regression: in-process workers share one unpickled reader; each must still use the
+    cache of the worker running the task (it once kept the first worker's)."""
+    from distributed import Client, LocalCluster
+
+    from swarmstore.cache import TieredCachePlugin
+    from swarmstore.compute import SwarmPlugin
+    from swarmstore.dataset import affinity_config, open_array
+
+    zarr.create_array(str(tmp_path / "a"), shape=(64, 64), chunks=(8, 8), dtype="f4")[:] = 1
+    with (
+        LocalCluster(
+            n_workers=3, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(SwarmPlugin())
+        client.register_plugin(TieredCachePlugin(memory_bytes="64MiB"))
+        with affinity_config():
+            assert float(open_array(str(tmp_path / "a"), dask=True).sum().compute()) == 4096
+        reads = sorted(client.run(_backing_reads).values())
+    assert sum(reads) >= 64 and min(reads) > 0, reads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import os
 import threading
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import xxhash
 from dask.utils import format_bytes
 from zarr.abc.store import Store
+from zarr.core.sync import sync
 
 from swarmstore import config
 from swarmstore.cache._disk import DiskTier
@@ -232,7 +234,9 @@ class TieredStore(Store):
             self.disk.flush()
         backing_flush = getattr(self.backing, "flush", None)
         if callable(backing_flush):
-            backing_flush()
+            result = backing_flush()
+            if inspect.isawaitable(result):  # ReplicatedStore.flush is async
+                sync(result)
 
     def close(self) -> None:
         """Flush, close the disk tier's index and the backing store."""

@@ -283,7 +283,9 @@ class SwarmAdaptive(Adaptive):
         if plan.retire:
             logger.info("SwarmAdaptive: retiring %s", plan.retire)
             retired = await self.cluster.scheduler_comm.retire_workers(
-                names=plan.retire, remove=True, close_workers=True
+                # the cluster closes retired workers itself (SpecCluster._correct_state);
+                # closing them here too raced it (closing -> closing_gracefully errors)
+                names=plan.retire, remove=True, close_workers=False
             )
             # a retirement the scheduler refused (no recipient for a unique key) stays up
             for name in {str(info.get("name")) for info in (retired or {}).values()}:

@@ -369,9 +369,12 @@ class Placer:
             return Decision(resources=resources, priority=priority, unsatisfiable=True)
         if req is not None and req.chunk is not None and self.affinity and self.workers:
             owner = self.owner(req.chunk, needs)
+            # Strict: a loose pin lets work stealing move a slow read (S3 reads take longer
+            # than stealing's 5 ms floor) off the worker whose cache holds the chunk. A pin
+            # whose owner leaves is re-pinned to the new owner (SwarmPlugin.remove_worker).
             return Decision(
                 workers=frozenset([owner]) if owner else None,
-                loose=not needs,
+                loose=False,
                 resources=resources,
                 priority=priority,
             )

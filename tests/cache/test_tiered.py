@@ -376,3 +376,19 @@ def test_over_replicated_store(tmp_path: pathlib.Path) -> None:
     z2[:100] = -1
     np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:100], -np.ones(100))
     store.close()
+
+
+async def test_flush_waits_for_a_replicated_backing_store(tmp_path):
+    """Regression: ReplicatedStore.flush is async; TieredStore.flush must await it."""
+    import warnings
+
+    from swarmstore.storage import ReplicatedStore
+
+    backing = ReplicatedStore(
+        [f"file://{tmp_path}/n{i}" for i in range(2)], replicas=2, state_dir=tmp_path / "s"
+    )
+    tiered = TieredStore(backing, memory_bytes=2**20)
+    await tiered.set("k", default_buffer_prototype().buffer.from_bytes(b"v"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await asyncio.to_thread(tiered.flush)
