@@ -213,9 +213,8 @@ def test_chunk_affinity_is_rendezvous_owner():
     for i in range(50):
         d = p.decide(Requirements(chunk=f"x/c/{i}"))
         assert d.workers == {ring.owner(f"x/c/{i}").name}
-        assert (
-            not d.loose
-        )  # strict: stealing must not move it off its cache (re-pinned if the owner leaves)
+        # strict: stealing must not move it off its cache (re-pinned if the owner leaves)
+        assert not d.loose
     assert cluster(cpu=3, gpu=0, affinity=False).decide(Requirements(chunk="k")).workers is None
 
 
