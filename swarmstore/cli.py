@@ -119,7 +119,78 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_figures(dask_scheduler: Any) -> list[dict[str, Any]]:
+    """Runs on the scheduler: SwarmPlugin's placement, GPU and replication samples."""
+    from swarmstore.metrics import scheduler_samples
+
+    plugin = dask_scheduler.plugins.get("swarmstore")
+    if plugin is None:
+        return []
+    return [
+        {"name": s.name, "labels": dict(s.labels), "value": s.value}
+        for s in scheduler_samples(plugin)
+    ]
+
+
+def _worker_figures(dask_worker: Any) -> dict[str, Any]:
+    """Runs on each worker: its cache and router figures."""
+    from swarmstore.metrics import worker_figures
+
+    plugin = dask_worker.plugins.get("swarmstore-cache")
+    return worker_figures(plugin) if plugin is not None else {}
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    """Figures of a running cluster: placements and replication on the scheduler, cache
+    and router figures on every worker."""
+    from distributed import Client
+
+    try:
+        client = Client(args.scheduler, timeout="10s")
+    except OSError as e:
+        raise CLIError(f"cannot reach the scheduler at {args.scheduler}: {e}") from e
+    with client:
+        result = {
+            "scheduler": client.run_on_scheduler(_scheduler_figures),
+            "workers": client.run(_worker_figures),
+        }
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    rows = []
+    for addr, figures in result["workers"].items():
+        cache = figures.get("cache", {})
+        mem, disk, back = cache.get("memory", {}), cache.get("disk", {}), cache.get("backing", {})
+        p99 = [
+            src.get("quantiles", {}).get("0.99")
+            for src in figures.get("router", {}).get("sources", {}).values()
+        ]
+        worst = max((q for q in p99 if q is not None), default=None)
+        rows.append(
+            [
+                addr,
+                f"{mem.get('hits', 0)}/{mem.get('misses', 0)}",
+                f"{disk.get('hits', 0)}/{disk.get('misses', 0)}" if disk else "-",
+                f"{back.get('bytes', 0) / 2**20:.1f}",
+                "-" if worst is None else f"{worst * 1e3:.1f}",
+            ]
+        )
+    _table(
+        "workers",
+        ["worker", "RAM hits/misses", "disk hits/misses", "remote MiB", "router p99 ms"],
+        rows,
+    )
+    sched = [
+        [f["name"], ",".join(f"{k}={v}" for k, v in f["labels"].items()), f"{f['value']:g}"]
+        for f in result["scheduler"]
+    ]
+    _table("scheduler (SwarmPlugin)", ["figure", "labels", "value"], sched)
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.scheduler:
+        return _cluster_status(args)
     store = _store_from(args)
 
     async def go() -> dict[str, Any]:
@@ -310,6 +381,10 @@ def _parser() -> argparse.ArgumentParser:
         store_args(p)
         if name == "rebalance":
             p.add_argument("--limit", type=int, help="stop after N keys (resume by rerunning)")
+        if name == "status":
+            p.add_argument(
+                "--scheduler", help="address of a running cluster: show its swarmstore figures"
+            )
         p.set_defaults(func=_cmd_status if name == "status" else _cmd_maintenance)
 
     ckpt = sub.add_parser("checkpoint", help="list, restore, verify, gc or archive checkpoints")

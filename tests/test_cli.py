@@ -158,3 +158,29 @@ def test_checkpoint_list_verify_restore_archive_gc(tmp_path, capsys):
     assert code == 2 and "99" in err
     code, _, err = run(capsys, "checkpoint", "archive", "--store", str(ckpt))
     assert code == 2 and "--to" in err
+
+
+def test_status_of_a_running_cluster(tmp_path, capsys):
+    from distributed import Client, LocalCluster
+
+    from swarmstore.cache import TieredCachePlugin
+    from swarmstore.compute import SwarmPlugin, annotate
+
+    with (
+        LocalCluster(
+            n_workers=2, processes=False, dashboard_address="127.0.0.1:0", resources={"GPU": 1}
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(SwarmPlugin())
+        client.register_plugin(TieredCachePlugin(memory_bytes="16MiB"))
+        with annotate(gpu=1):
+            assert client.submit(sum, [1, 2], key="gpu-sum").result() == 3
+        code, out, _ = run(capsys, "status", "--scheduler", cluster.scheduler_address, "--json")
+        figures = json.loads(out)
+        assert code == 0 and len(figures["workers"]) == 2
+        assert all("cache" in w and "router" in w for w in figures["workers"].values())
+        names = {f["name"] for f in figures["scheduler"]}
+        assert any("gpu" in n for n in names), names
+        code, out, _ = run(capsys, "status", "--scheduler", cluster.scheduler_address)
+        assert code == 0 and "workers" in out and "SwarmPlugin" in out
