@@ -57,7 +57,7 @@ class Prober:
     async def _probe(self, src: Any, nm: str) -> None:
         cls = self.router.classes[-1]
         try:
-            await self.router._attempt(src, self.fn, nm, None, {}, cls)
+            await self.router._attempt(src, self.fn, nm, None, cls)
         except Exception as e:
             logger.debug("Probe of %s failed: %r", nm, e)
         finally:

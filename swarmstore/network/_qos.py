@@ -124,7 +124,9 @@ class Lanes:
         self.granted = dict.fromkeys(self.classes, 0)
         self._waiting: dict[str, deque[_Waiter]] = {c: deque() for c in self.classes}
         self._higher = {c: self.classes[:i] for i, c in enumerate(self.classes)}
-        self._rank = {c: i for i, c in enumerate(self.classes)}
+        # Reserves of the classes above each class: with at least this many slots left free
+        # after a take, no higher reserve can be short, whatever is in use (a fast path).
+        self._above = {c: sum(self.reserved[h] for h in self._higher[c]) for c in self.classes}
         self._busy = 0  # slots in use, all classes
         self._queued = 0  # waiters, all classes
         self._lock = threading.Lock()
@@ -151,23 +153,36 @@ class Lanes:
         if self.capacity is None:
             return True
         free = self.capacity - self._busy
+        if free - 1 >= self._above[cls]:
+            return True
         return free >= 1 and free - 1 >= sum(self._unused(c) for c in self._higher[cls])
 
     def _dispatch(self) -> None:
         """Grant slots to waiters while any may take one: under-reserve classes first."""
         while self._queued:
-            ranked = sorted(
-                (c for c in self.classes if self._waiting[c]),
-                key=lambda c: (self.in_use[c] >= self.reserved[c], self._rank[c]),
-            )
-            cls = next((c for c in ranked if self._admits(c)), None)
+            cls = self._next_class()
             if cls is None:
                 return
             waiter = self._waiting[cls].popleft()
             self._queued -= 1
             self._take(cls)
             waiter.granted = True
-            waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+            if waiter.loop is asyncio._get_running_loop():
+                _wake(waiter.future)  # its own loop's thread: no need to wake the selector
+            else:
+                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+
+    def _next_class(self) -> str | None:
+        """The class whose first waiter gets the next slot: the highest-priority class
+        still under its reserve, else the highest-priority class; None if none admits."""
+        over = None
+        for c in self.classes:
+            if self._waiting[c] and self._admits(c):
+                if self.in_use[c] < self.reserved[c]:
+                    return c
+                if over is None:
+                    over = c
+        return over
 
     def _take(self, cls: str) -> None:
         self.in_use[cls] += 1
@@ -179,6 +194,27 @@ class Lanes:
         if cls not in self.in_use:
             raise ConfigError(f"unknown QoS class {cls!r}; known: {', '.join(self.classes)}")
         return cls
+
+    def try_acquire(self, cls: str) -> bool:
+        """Take a slot of class ``cls`` now if one is free to it (nobody queued); no waiting.
+
+        The uncontended path of :meth:`acquire`, without a coroutine: callers try this
+        first and await :meth:`acquire` only when it returns False.
+        """
+        in_use = self.in_use
+        if cls not in in_use:
+            self.check(cls)
+        with self._lock:
+            if self._queued:
+                return False
+            cap = self.capacity
+            if cap is not None and cap - self._busy <= self._above[cls]:  # else: admitted
+                if not self._admits(cls):
+                    return False
+            in_use[cls] += 1
+            self.granted[cls] += 1
+            self._busy += 1
+        return True
 
     async def acquire(self, cls: str) -> None:
         """Wait for a slot of class ``cls``."""
@@ -208,16 +244,18 @@ class Lanes:
             self._release_locked(cls)
 
     def _release_locked(self, cls: str) -> None:
-        if self.in_use[cls] <= 0:
+        if self.in_use.get(cls, 0) <= 0:
             raise RuntimeError(f"release of a {cls!r} slot that was never acquired")
         self.in_use[cls] -= 1
         self._busy -= 1
-        self._dispatch()
+        if self._queued:
+            self._dispatch()
 
     @contextlib.asynccontextmanager
     async def slot(self, cls: str) -> AsyncIterator[None]:
         """``async with lanes.slot("bulk"):`` hold one slot for the block."""
-        await self.acquire(cls)
+        if not self.try_acquire(cls):
+            await self.acquire(cls)
         try:
             yield
         finally:
@@ -226,6 +264,21 @@ class Lanes:
     def queued(self, cls: str | None = None) -> int:
         """Requests waiting for a slot (of ``cls``, or of every class)."""
         return len(self._waiting[cls]) if cls is not None else self._queued
+
+    def would_queue(self, cls: str) -> int:
+        """Requests of ``cls`` that would be ahead of a new one, counting itself; 0: none.
+
+        A lock-free estimate (the router orders sources by it): a request queues when
+        others already wait or when no slot is free to its class.
+        """
+        cap, queued = self.capacity, self._queued
+        if cap is None:
+            return 0
+        if queued:
+            return queued + 1
+        if cap - self._busy <= self._above[self.check(cls)] and not self._admits(cls):
+            return 1
+        return 0
 
     def busy(self) -> int:
         """Slots in use, all classes together."""

@@ -17,7 +17,6 @@ coroutine function; the router decides where to go and when to try a second sour
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import threading
@@ -28,12 +27,12 @@ from swarmstore import config
 from swarmstore.errors import ConfigError, NodeUnavailable
 from swarmstore.network._circuit import Circuit
 from swarmstore.network._probe import Prober
-from swarmstore.network._qos import Lanes, current_qos, qos_classes
-from swarmstore.network._race import _Race
+from swarmstore.network._qos import _QOS, Lanes, qos_classes
+from swarmstore.network._race import _Hedge, _Watch
 from swarmstore.network._stats import SourceStats
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 __all__ = ["SourceStats", "TransferRouter", "default_router", "reset_default_router"]
 
@@ -46,6 +45,17 @@ _SLACK_FLOOR = 0.002  # a near source keeps its preference while within 2 ms of 
 
 def _cfg(value: Any, key: str) -> Any:
     return config.get(f"network.{key}") if value is None else value
+
+
+class _Source:
+    """What the router keeps per source name, looked up once per attempt."""
+
+    __slots__ = ("circuit", "lanes", "stats")
+
+    def __init__(self, stats: SourceStats, circuit: Circuit, lanes: Lanes) -> None:
+        self.stats = stats
+        self.circuit = circuit
+        self.lanes = lanes
 
 
 class TransferRouter:
@@ -79,7 +89,13 @@ class TransferRouter:
     -----
     All state is per process. Figures and circuits are plain attributes updated under the
     GIL; lanes are thread-safe and serve any event loop, so one router can be shared by
-    every store of a worker.
+    every store of a worker. The QoS class of a transfer is the innermost
+    :func:`~swarmstore.network.qos` block, else ``network.qos-default`` as it was when the
+    router was built.
+
+    The common path is kept cheap: a free lane slot is taken without awaiting, and a
+    hedgeable fetch runs its first attempt in the caller's task with a timer armed; only
+    when the timer finds the attempt late does a second task start (see ``_race.py``).
 
     Examples
     --------
@@ -139,6 +155,7 @@ class TransferRouter:
 
         self.qos = qos
         self.classes = qos_classes() if qos else ["all"]
+        self.default_class = str(config.get("network.qos-default")) if qos else "all"
         self.shares = dict(config.get("network.qos-shares") or {}) if qos else {}
         cap = int(_cfg(concurrency, "concurrency") or 0)
         self.source_concurrency = int(_cfg(source_concurrency, "source-concurrency") or 0) or None
@@ -147,6 +164,8 @@ class TransferRouter:
         self.sources: dict[str, SourceStats] = {}
         self.circuits: dict[str, Circuit] = {}
         self.source_lanes: dict[str, Lanes] = {}
+        self._entries: dict[str, _Source] = {}
+        self._watch: _Watch | None = None  # the hedge watch of the loop used last
         self.fetches = 0
         self.hedges = 0
         self.failovers = 0
@@ -184,31 +203,33 @@ class TransferRouter:
             self.source_lanes[name] = lanes
         return lanes
 
+    def _entry(self, name: str) -> _Source:
+        e = self._entries.get(name)
+        if e is None:
+            e = _Source(self._stats(name), self._circuit(name), self._source_lanes(name))
+            self._entries[name] = e
+        return e
+
     def observe(self, name: str, seconds: float, nbytes: int = 0, ok: bool = True) -> None:
         """Fold one finished transfer into ``name``'s figures and circuit."""
-        st = self._stats(name)
+        self._fold(self._stats(name), self._circuit(name), name, seconds, nbytes, ok)
+
+    def _fold(
+        self, st: SourceStats, circuit: Circuit, name: str, seconds: float, nbytes: int, ok: bool
+    ) -> None:
         st.requests += 1
         if not ok:
             st.failures += 1
-            if self._circuit(name).failure(self.clock()):
+            if circuit.failure(self.clock()):
                 logger.info("Circuit of %s opened after %d failures", name, self.circuit_failures)
             return
         st.fold(seconds, nbytes, self.alpha)
-        circuit = self._circuit(name)
         if circuit.opened_at is not None:
             logger.info("Circuit of %s closed", name)
-        circuit.success()
+        if circuit.consecutive or circuit.opened_at is not None or circuit.trial:
+            circuit.success()
 
     # --- ordering ----------------------------------------------------------------------------
-    def _tier(self, src: Any) -> int:
-        host = getattr(src, "host", None)
-        if host is not None and host == self.host:
-            return _SAME_HOST
-        zone = getattr(src, "zone", None)
-        if zone is not None and zone == self.zone:
-            return _SAME_ZONE
-        return _ELSEWHERE
-
     def _is_stale(self, st: SourceStats, now: float) -> bool:
         return bool(
             self.explore_interval
@@ -217,61 +238,90 @@ class TransferRouter:
         )
 
     def _expected(self, name: str, nbytes: int | None, now: float) -> float:
-        st = self._stats(name)
-        if self._is_stale(st, now):
+        return self._expect(self._entry(name), nbytes, now, self._class())
+
+    def _expect(self, e: _Source, nbytes: int | None, now: float, cls: str) -> float:
+        """Expected seconds of a request of ``nbytes`` in class ``cls`` to ``e``: its
+        figures, plus its queue when the source's lanes have no slot free to ``cls``."""
+        st = e.stats
+        latency = st.latency
+        if latency is None:
+            return 0.0  # never measured: tried first so it gets measured
+        explore = self.explore_interval
+        if explore and st.last_tried is not None and now - st.last_tried > explore:
             return 0.0  # stale: worth one real request to measure again
-        t = st.expected(nbytes)
-        lanes = self.source_lanes.get(name)
-        if lanes is not None and lanes.capacity:
-            waiting = lanes.busy() + lanes.queued() + 1 - lanes.capacity
-            t += max(0, waiting) / lanes.capacity * (st.latency or 0.0)
+        t = latency
+        if nbytes and st.bandwidth and st.size is not None and nbytes > st.size:
+            t += (nbytes - st.size) / st.bandwidth
+        lanes = e.lanes
+        cap = lanes.capacity
+        # Fast path: slots enough are free that no reserve above ``cls`` can stand in its way.
+        if cap and (lanes._queued or cap - lanes._busy <= lanes._above.get(cls, 0)):
+            ahead = lanes.would_queue(cls) if cls in lanes.in_use else 0
+            t += ahead / cap * latency
         return t
 
     def _plan[S](
-        self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None
+        self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None, cls: str
     ) -> tuple[list[S], int]:
-        """Sources in the order to try them, and how many lead with an admitting circuit."""
+        """Sources in the order to try them, and how many lead with an admitting circuit.
+
+        Rows sort as ``(not admitted, tier, expected time, position)``; the position is
+        unique, so sources themselves are never compared.
+        """
         now = self.clock()
+        entries, host, zone = self._entries, self.host, self.zone
         rows = []
-        for i, src in enumerate(sources):
+        best = -1.0
+        admitted = 0
+        tiers = 0  # bit t set: some source is in tier t
+        i = 0
+        for src in sources:
             nm = name(src)
-            rows.append(
-                (
-                    src,
-                    self._circuit(nm).admits(now),
-                    self._tier(src),
-                    self._expected(nm, nbytes, now),
-                    i,
-                )
-            )
-        admitted = [r for r in rows if r[1]]
-        best = min((r[3] for r in admitted), default=0.0)
-        slack = self.topology_slack * best
-
-        def key(row: tuple[Any, bool, int, float, int]) -> tuple[bool, int, float, int]:
-            _, ok, tier, t, i = row
-            if best > 0 and t > slack and t - best > _SLACK_FLOOR:
-                tier = _ELSEWHERE  # a near source that is far slower loses its preference
-            return (not ok, tier, t, i)
-
-        rows.sort(key=key)
-        return [r[0] for r in rows], len(admitted)
+            e = entries.get(nm) or self._entry(nm)
+            c = e.circuit
+            ok = c.opened_at is None or c.admits(now)
+            t = 0.0 if e.stats.latency is None else self._expect(e, nbytes, now, cls)
+            tier = _ELSEWHERE
+            h = getattr(src, "host", None)
+            if h is not None and h == host:
+                tier = _SAME_HOST
+            elif zone is not None and getattr(src, "zone", None) == zone:
+                tier = _SAME_ZONE
+            tiers |= 1 << tier
+            rows.append((not ok, tier, t, i, src))
+            i += 1
+            if ok:
+                admitted += 1
+                if best < 0 or t < best:
+                    best = t
+        if i < 2:
+            return [r[4] for r in rows], admitted
+        if tiers & (tiers - 1) and best > 0:
+            # A near source that is far slower loses its preference. With one tier for all,
+            # demoting changes nothing: the demoted are the slowest anyway.
+            slack = self.topology_slack * best
+            rows = [
+                (bad, _ELSEWHERE, t, i, src)
+                if t > slack and t - best > _SLACK_FLOOR
+                else (bad, tier, t, i, src)
+                for bad, tier, t, i, src in rows
+            ]
+        rows.sort()
+        return [r[4] for r in rows], admitted
 
     def order[S](
         self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None = None
     ) -> list[S]:
         """``sources`` in the order :meth:`fetch` tries them (ties keep the caller's order)."""
-        return self._plan(sources, name, nbytes)[0]
+        return self._plan(sources, name, nbytes, self._class())[0]
 
     # --- transfers ---------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _slot(self, nm: str, cls: str) -> AsyncIterator[None]:
-        # The source's lanes first: a request queued at a busy source holds no global slot.
-        async with self._source_lanes(nm).slot(cls), self.lanes.slot(cls):
-            yield
-
     def _class(self) -> str:
-        return current_qos() if self.qos else "all"
+        if not self.qos:
+            return "all"
+        cls = _QOS.get()
+        return self.default_class if cls is None else cls
 
     async def _attempt[S, T](
         self,
@@ -279,36 +329,62 @@ class TransferRouter:
         attempt: Callable[[S], Awaitable[T]],
         nm: str,
         size: Callable[[T], int] | None,
-        started: dict[str, float],
-        cls: str | None = None,
+        cls: str,
+        nbytes: int = 0,
+        race: _Hedge[Any, Any] | None = None,
     ) -> T:
-        """One attempt inside a lane slot, with its outcome folded into the figures."""
-        async with self._slot(nm, cls or self._class()):
-            st = self._stats(nm)
-            circuit = self._circuit(nm)
-            st.last_tried = self.clock()
-            circuit.begin(st.last_tried)
-            started[nm] = t0 = time.perf_counter()
+        """One attempt inside a lane slot, with its outcome folded into the figures.
+
+        It holds a slot of the source's lanes, then one of the global lanes (a request
+        queued at a busy source holds no global slot); a free slot is taken without
+        awaiting. ``race``, when given, learns when the request itself started.
+        """
+        e = self._entries.get(nm) or self._entry(nm)
+        own = e.lanes
+        if not own.try_acquire(cls):
+            await own.acquire(cls)
+        try:
+            lanes = self.lanes
+            if not lanes.try_acquire(cls):
+                await lanes.acquire(cls)
             try:
-                result = await attempt(src)
-            except KeyError:
-                st.requests += 1
-                st.missing += 1
-                circuit.abandon()
-                raise
-            except asyncio.CancelledError:
-                st.cancelled += 1
-                st.floor(time.perf_counter() - t0, self.alpha)
-                circuit.abandon()
-                raise
-            except Exception:
-                self.observe(nm, time.perf_counter() - t0, ok=False)
-                raise
-            self.observe(nm, time.perf_counter() - t0, size(result) if size is not None else 0)
-            return result
+                st, circuit = e.stats, e.circuit
+                st.last_tried = now = self.clock()
+                if circuit.opened_at is not None:
+                    circuit.begin(now)
+                t0 = time.perf_counter()
+                if race is not None:
+                    race.t0 = t0
+                try:
+                    result = await attempt(src)
+                except BaseException as exc:
+                    self._failed(e, nm, time.perf_counter() - t0, exc)
+                    raise
+                seconds = time.perf_counter() - t0
+                nbytes = size(result) if size is not None else nbytes
+                self._fold(st, circuit, nm, seconds, nbytes, True)
+                return result
+            finally:
+                lanes.release(cls)
+        finally:
+            own.release(cls)
+
+    def _failed(self, e: _Source, nm: str, seconds: float, exc: BaseException) -> None:
+        """Record an attempt that raised: missing key, cancelled (a hedge loser) or failed."""
+        st, circuit = e.stats, e.circuit
+        if isinstance(exc, KeyError):  # the replica lacks the key: no verdict on its health
+            st.requests += 1
+            st.missing += 1
+            circuit.abandon()
+        elif isinstance(exc, asyncio.CancelledError):  # it took at least this long
+            st.cancelled += 1
+            st.floor(seconds, self.alpha)
+            circuit.abandon()
+        elif isinstance(exc, Exception):
+            self._fold(st, circuit, nm, seconds, 0, False)
 
     def _hedge_delay(
-        self, first: str, others: list[str], nbytes: int | None, own: bool = True
+        self, first: str, others: Iterable[str], nbytes: int | None, own: bool = True
     ) -> float | None:
         """Seconds after which a request to ``first`` counts as slow, or None if unknown.
 
@@ -325,7 +401,18 @@ class TransferRouter:
                 return None
         elif nbytes and st.bandwidth and st.size is not None and nbytes > st.size:
             q += (nbytes - st.size) / st.bandwidth
-        return max(q, _MIN_HEDGE_DELAY)
+        return q if q > _MIN_HEDGE_DELAY else _MIN_HEDGE_DELAY
+
+    def _delay[S](
+        self, nm: str, rest: Sequence[S], name: Callable[[S], str], nbytes: int | None
+    ) -> float | None:
+        """The hedge delay of an attempt at ``nm`` with ``rest`` left to try."""
+        st = self._stats(nm)
+        last, explore = st.last_tried, self.explore_interval
+        own = st.latency is not None and not (
+            explore and last is not None and self.clock() - last > explore
+        )
+        return self._hedge_delay(nm, map(name, rest), nbytes, own)
 
     def _take_hedge_token(self) -> bool:
         if self._tokens < 1:
@@ -351,38 +438,44 @@ class TransferRouter:
         """
         self.fetches += 1
         # Each fetch earns ``hedge_budget`` of a hedge; a small cap bounds bursts.
-        self._tokens = min(self._tokens + self.hedge_budget, 1 + 20 * self.hedge_budget)
-        ordered, admitted = self._plan(sources, name, nbytes)
+        tokens = self._tokens + self.hedge_budget
+        cap = 1 + 20 * self.hedge_budget
+        self._tokens = tokens = tokens if tokens < cap else cap
+        cls = self._class()
+        ordered, admitted = self._plan(sources, name, nbytes, cls)
         if self.prober is not None:
             self.prober.maybe(ordered[1:], name)  # the first is measured by the read itself
-        if not self.hedge or self._tokens < 1 or admitted < 2:
-            return await self._one_by_one(ordered, attempt, name, size)  # no hedge possible
-        now = self.clock()
-        measured = {
-            name(s)
-            for s in ordered
-            if self._stats(name(s)).latency is not None
-            and not self._is_stale(self._stats(name(s)), now)
-        }
-        race = _Race(self, ordered, admitted, measured, attempt, name, nbytes, size)
-        return await race.run()
-
-    async def _one_by_one[S, T](
-        self,
-        ordered: list[S],
-        attempt: Callable[[S], Awaitable[T]],
-        name: Callable[[S], str],
-        size: Callable[[T], int] | None,
-    ) -> tuple[S | None, T | None, dict[S, BaseException]]:
-        """Plain failover in order, without a task per attempt (the common, cheap path)."""
+        # One hedge decision per fetch, for an attempt whose next source admits requests;
+        # outside a task (a bare coroutine) there is none.
+        task = None
+        if self.hedge and tokens >= 1 and admitted >= 2:
+            task = asyncio.current_task()
         failures: dict[S, BaseException] = {}
-        for src in ordered:
+        i, n = 0, len(ordered)
+        while i < n:
+            src = ordered[i]
+            i += 1
             if failures:
                 self.failovers += 1
-            try:
-                return src, await self._attempt(src, attempt, name(src), size, {}), failures
-            except Exception as e:
-                failures[src] = e
+            nm = name(src)
+            delay = None
+            if task is not None and i < admitted:
+                delay = self._delay(nm, ordered[i:], name, nbytes)
+            if delay is None:
+                try:
+                    return src, await self._attempt(src, attempt, nm, size, cls), failures
+                except Exception as e:
+                    failures[src] = e
+                    continue
+            assert task is not None
+            race = _Hedge(self, task, delay, ordered[i], attempt, name, size, cls)
+            won = await race.run(src, nm, failures)
+            if won is not None:
+                return won[0], won[1], failures
+            if race.fired:
+                task = None
+            if race.hedge is not None:
+                i += 1  # the hedge's source was tried too, and failed
         return None, None, failures
 
     async def send[S, T](
@@ -400,9 +493,11 @@ class TransferRouter:
         :class:`NodeUnavailable` instead of being tried.
         """
         nm = name(source)
-        if skip_open and not self._circuit(nm).admits(self.clock()):
-            raise NodeUnavailable(f"{nm}: circuit open after repeated failures; not tried")
-        return await self._attempt(source, attempt, nm, lambda _: nbytes, {})
+        if skip_open:
+            circuit = self._entry(nm).circuit
+            if circuit.opened_at is not None and not circuit.admits(self.clock()):
+                raise NodeUnavailable(f"{nm}: circuit open after repeated failures; not tried")
+        return await self._attempt(source, attempt, nm, None, self._class(), nbytes)
 
     async def close(self) -> None:
         """Cancel background probes started from this event loop."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -14,7 +15,9 @@ class SourceStats:
 
     ``latency`` is the EWMA of whole request durations and ``size`` the EWMA of their
     payloads, so :meth:`expected` adds only the transfer time of bytes *beyond* a typical
-    request. Quantiles come from the last ``window`` successful requests.
+    request. Quantiles come from the last ``window`` successful requests, kept sorted as they
+    arrive (a quantile is read on every hedged fetch; sorting the window each time cost more
+    than the rest of the fetch).
     """
 
     latency: float | None = None  #: EWMA seconds per successful request
@@ -29,7 +32,7 @@ class SourceStats:
     last_tried: float | None = None  #: clock time the last attempt started
     window: int = 256
     samples: deque[float] = field(default_factory=deque, repr=False)
-    _sorted: list[float] | None = field(default=None, repr=False)
+    _sorted: list[float] = field(default_factory=list, repr=False)
 
     def fold(self, seconds: float, nbytes: int, alpha: float) -> None:
         """Fold one successful request into the averages and the sample window."""
@@ -39,10 +42,13 @@ class SourceStats:
         if nbytes > 0 and seconds > 0:
             bw = nbytes / seconds
             self.bandwidth = bw if self.bandwidth is None else (1 - a) * self.bandwidth + a * bw
-        self.samples.append(seconds)
-        while len(self.samples) > self.window:
-            self.samples.popleft()
-        self._sorted = None
+        samples, ranked = self.samples, self._sorted
+        if len(ranked) != len(samples):  # samples set from outside: rank them again
+            ranked[:] = sorted(samples)
+        samples.append(seconds)
+        insort(ranked, seconds)
+        while len(samples) > self.window:
+            del ranked[bisect_left(ranked, samples.popleft())]
 
     def floor(self, seconds: float, alpha: float) -> None:
         """A request took *at least* ``seconds`` (it was cancelled): raise the average to it."""
@@ -63,6 +69,7 @@ class SourceStats:
         n = len(self.samples)
         if n == 0 or n < min_samples:
             return None
-        if self._sorted is None:
-            self._sorted = sorted(self.samples)
-        return self._sorted[min(n - 1, int(q * n))]
+        ranked = self._sorted
+        if len(ranked) != n:  # samples set from outside: rank them again
+            ranked[:] = sorted(self.samples)
+        return ranked[min(n - 1, int(q * n))]
