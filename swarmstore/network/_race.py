@@ -29,6 +29,7 @@ and awaited on every way out, and its exception, if any, is retrieved.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import weakref
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from swarmstore.network._router import TransferRouter
 
 __all__ = ["_Hedge", "_Watch"]
+
+logger = logging.getLogger(__name__)
 
 
 class _Hedge[S, T]:
@@ -243,10 +246,21 @@ class _Watch:
 
     def _fire(self, due: float) -> None:
         self.armed.remove(due)
+        loop = self.loop()
+        if loop is not None:
+            # Look one step later: an attempt whose own timer fired in this same step (its
+            # sleep or I/O ended just before the due time) gets to finish first.
+            loop.call_soon(self._scan)
+
+    def _scan(self) -> None:
         now = time.perf_counter()
         following = math.inf
         for race in list(self.races):
-            nxt = race.check(now) if race.due <= now else race.due
+            try:
+                nxt = race.check(now) if race.due <= now else race.due
+            except Exception:  # a ``name`` that raises: no hedge for it, the others go on
+                logger.exception("Hedge check failed; that attempt runs unhedged")
+                nxt = None
             if nxt is None:
                 self.races.discard(race)
             elif nxt < following:

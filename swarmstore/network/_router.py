@@ -262,13 +262,15 @@ class TransferRouter:
         return t
 
     def _plan[S](
-        self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None, cls: str
+        self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None
     ) -> tuple[list[S], int]:
         """Sources in the order to try them, and how many lead with an admitting circuit.
 
         Rows sort as ``(not admitted, tier, expected time, position)``; the position is
-        unique, so sources themselves are never compared.
+        unique, so sources themselves are never compared. (A subclass may override this
+        to order sources some other way, as ``benchmarks/bench_network.py`` does.)
         """
+        cls = self._class()
         now = self.clock()
         entries, host, zone = self._entries, self.host, self.zone
         rows = []
@@ -314,7 +316,7 @@ class TransferRouter:
         self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None = None
     ) -> list[S]:
         """``sources`` in the order :meth:`fetch` tries them (ties keep the caller's order)."""
-        return self._plan(sources, name, nbytes, self._class())[0]
+        return self._plan(sources, name, nbytes)[0]
 
     # --- transfers ---------------------------------------------------------------------------
     def _class(self) -> str:
@@ -441,10 +443,10 @@ class TransferRouter:
         tokens = self._tokens + self.hedge_budget
         cap = 1 + 20 * self.hedge_budget
         self._tokens = tokens = tokens if tokens < cap else cap
-        cls = self._class()
-        ordered, admitted = self._plan(sources, name, nbytes, cls)
+        ordered, admitted = self._plan(sources, name, nbytes)
         if self.prober is not None:
             self.prober.maybe(ordered[1:], name)  # the first is measured by the read itself
+        cls = self._class()
         # One hedge decision per fetch, for an attempt whose next source admits requests;
         # outside a task (a bare coroutine) there is none.
         task = None

@@ -172,3 +172,29 @@ def test_qos_follows_zarr_sync_into_its_io_loop():
     with qos("bulk"):
         cls, thread = sync(inner())
     assert cls == "bulk" and thread is not threading.current_thread()
+
+
+def test_try_acquire_takes_a_free_slot_at_once_and_keeps_the_reserves():
+    ln = lanes(8)  # reserves: interactive 2, normal 1, bulk 1
+    assert all(ln.try_acquire("bulk") for _ in range(5))
+    assert not ln.try_acquire("bulk")  # 3 free, all held for interactive and normal
+    assert ln.would_queue("bulk") == 1 and ln.would_queue("interactive") == 0
+    assert ln.try_acquire("normal") and not ln.try_acquire("normal")
+    assert ln.try_acquire("interactive") and ln.try_acquire("interactive")
+    assert not ln.try_acquire("interactive") and ln.busy() == 8
+    assert ln.figures()["bulk"] == {"in_flight": 5, "queued": 0, "reserved": 1, "granted": 5}
+    with pytest.raises(ConfigError, match="unknown QoS class"):
+        ln.try_acquire("urgent")
+    assert Lanes(None, CLASSES).try_acquire("bulk")
+
+
+async def test_try_acquire_never_jumps_the_queue():
+    ln = Lanes(2, ["all"])
+    assert ln.try_acquire("all") and ln.try_acquire("all")
+    waiter = asyncio.create_task(ln.acquire("all"))
+    await asyncio.sleep(0.01)
+    assert ln.would_queue("all") == 2
+    ln.release("all")  # the slot goes to the waiter, not to a newcomer
+    assert not ln.try_acquire("all")
+    await waiter
+    assert ln.busy() == 2 and ln.queued() == 0

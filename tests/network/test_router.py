@@ -138,7 +138,11 @@ async def test_hedge_rescues_a_slow_primary_and_cancels_the_loser(sources):
     r = router(hedge=True, hedge_min_samples=20)
     sources[0].faults.latency = 0.001
     sources[1].faults.latency = 0.03
-    await warm(r, sources[:2], 30)  # learn n0's p95 (~1-2 ms) and earn hedge tokens
+    # Learn n0's p95 (~1-2 ms) and earn hedge tokens, with hedging off meanwhile: a warm-up
+    # read that runs past the p95 (a CPU stall) would rightly spend the token on a hedge.
+    r.hedge = False
+    await warm(r, sources[:2], 30)
+    r.hedge = True
     assert r.order(sources[:2], name)[0] is sources[0]
     sources[0].faults.latency = 2.0  # n0 stalls
     before = r.sources["n0"].latency
@@ -211,6 +215,22 @@ async def test_queueing_at_a_busy_source_sends_reads_elsewhere(sources):
         t.cancel()
     await asyncio.gather(*busy, return_exceptions=True)
     assert r.figures()["sources"]["n0"]["in_flight"] == 0
+
+
+async def test_a_source_with_no_slot_free_to_the_class_comes_later(sources):
+    """Bulk at its limit at n0 sends bulk reads to n1; interactive still has room at n0."""
+    r = router(source_concurrency=8)  # per source: interactive 2, normal 1, bulk 1 reserved
+    r.observe("n0", 0.0020)
+    r.observe("n1", 0.0021)
+    assert r.order(sources[:2], name)[0] is sources[0]
+    lanes = r.source_lanes["n0"]
+    assert all(lanes.try_acquire("bulk") for _ in range(5))  # no slot left to bulk
+    with qos("interactive"):
+        assert r.order(sources[:2], name)[0] is sources[0]
+    with qos("bulk"):
+        assert r.order(sources[:2], name)[0] is sources[1]
+        src, _, _ = await r.fetch(sources[:2], reader("k"), name=name)
+        assert src is sources[1]
 
 
 async def test_stale_source_is_measured_again(sources):

@@ -1,3 +1,6 @@
+import random
+from collections import deque
+
 import pytest
 
 from swarmstore.network import Circuit, SourceStats
@@ -26,6 +29,19 @@ def test_quantile_window_and_minimum_samples():
     few = SourceStats()
     few.fold(0.01, 0, 0.2)
     assert few.quantile(0.95, min_samples=20) is None
+
+
+def test_quantiles_follow_the_window_exactly():
+    """The window is kept sorted as samples come and go (duplicates included)."""
+    rng = random.Random(1)
+    st = SourceStats(window=50)
+    for _ in range(500):
+        st.fold(rng.choice([0.001, 0.002, rng.random()]), 0, alpha=0.2)
+        ranked = sorted(st.samples)
+        for q in (0.0, 0.5, 0.95):
+            assert st.quantile(q) == ranked[min(len(ranked) - 1, int(q * len(ranked)))]
+    st.samples = deque([0.3, 0.1, 0.2])  # replaced from outside: ranked again
+    assert st.quantile(0.5) == 0.2
 
 
 def test_floor_only_raises_the_average():
