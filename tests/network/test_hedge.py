@@ -7,6 +7,7 @@ failures on either side are reported, and that nothing is left running or unretr
 
 import asyncio
 import gc
+import threading
 import weakref
 
 import pytest
@@ -245,3 +246,39 @@ def test_the_hedge_watch_keeps_no_event_loop_alive():
     asyncio.run(main())
     gc.collect()
     assert loops[0]() is None
+
+
+def test_one_router_hedges_on_two_event_loops_at_once():
+    """A worker's loop and zarr's I/O loop share the process router: one watch per loop."""
+    r = TransferRouter(hedge=True, hedge_min_samples=5, hedge_budget=1.0, host="here")
+    for _ in range(30):
+        r.observe("n0", 0.001)
+        r.observe("n1", 0.01)
+    hedged: dict[int, int] = {}
+
+    async def reads(k: int) -> None:
+        sources = await make_sources(2)
+        racing = set()  # n0 attempts of this loop in flight
+
+        async def attempt(src):
+            if src.name == "n1" and racing:
+                hedged[k] = hedged.get(k, 0) + 1
+            if src.name == "n0":
+                racing.add(id(src))
+                try:
+                    await asyncio.sleep(0.02)  # n0 is always late
+                finally:
+                    racing.discard(id(src))
+            return src.name
+
+        for _ in range(5):
+            src, _, _ = await r.fetch(sources, attempt, name=name)
+            assert src.name == "n1"
+
+    threads = [threading.Thread(target=asyncio.run, args=(reads(k),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert hedged[0] >= 1 and hedged[1] >= 1  # each loop's watch hedged its own reads
+    assert r.hedges == hedged[0] + hedged[1] and idle(r)
