@@ -250,6 +250,7 @@ class Placer:
         self._cpu_pool: frozenset[str] | None = None
         self._owners: dict[tuple[str, frozenset[tuple[str, float]] | None], str] = {}
         self._pools: dict[frozenset[tuple[str, float]] | None, tuple[tuple[str, int], ...]] = {}
+        self._rings: dict[frozenset[tuple[str, float]] | None, Rendezvous] = {}
 
     def __repr__(self) -> str:
         return f"Placer(workers={len(self.workers)}, gpu_workers={len(self.gpu)})"
@@ -271,6 +272,7 @@ class Placer:
     def _changed(self, leaving: str | None = None) -> None:
         self._cpu_pool = None
         self._pools.clear()
+        self._rings.clear()
         if leaving is None:
             self._owners.clear()
         else:  # rendezvous: only the chunks the leaver owned change owner
@@ -335,7 +337,11 @@ class Placer:
             members = self.capable(needs)
             if not members:
                 return None
-            addr = _ring(members).owner(chunk).name
+            shape = cache_key[1]
+            ring = self._rings.get(shape)
+            if ring is None:  # one ring per pool until membership changes: hashing a
+                ring = self._rings[shape] = _ring(members)  # 1,000-tuple per call costs more
+            addr = ring.owner(chunk).name
             if len(self._owners) > 1_000_000:
                 self._owners.clear()
             self._owners[cache_key] = addr
