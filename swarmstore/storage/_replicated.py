@@ -22,9 +22,12 @@ from swarmstore import _events, config
 from swarmstore.errors import ChecksumMismatch, ConfigError, QuorumError, ReplicaUnavailable
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
+from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import Node, check_key, node_from
+from swarmstore.storage._verified import Missing as _Missing
+from swarmstore.storage._verified import fetch_full, fetch_range
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
@@ -32,10 +35,6 @@ if TYPE_CHECKING:
     from zarr.core.buffer import BufferPrototype
 
 __all__ = ["ReplicatedStore"]
-
-
-class _Missing(KeyError):
-    """This replica does not hold the key (try the next; not a health failure)."""
 
 
 def _name(node: Node) -> str:
@@ -204,51 +203,10 @@ class ReplicatedStore(Store):
 
     # --- reads ----------------------------------------------------------------------------------
     async def _fetch_full(self, node: Node, key: str) -> tuple[bytes, Record | None]:
-        got = await node.read(key)
-        if got is None:
-            raise _Missing(key)
-        data, record, _ = got
-        if record is not None:
-            record.verify(data, what=f"{node.name}/{key}")
-        return data, record
+        return await fetch_full(node, key)
 
     async def _fetch_range(self, node: Node, key: str, byte_range: ByteRequest) -> bytes:
-        what = f"{node.name}/{key}"
-        if isinstance(byte_range, (RangeByteRequest, OffsetByteRequest)):
-            # One request: guess the block size; right for objects up to 128 blocks.
-            start = (
-                byte_range.start if isinstance(byte_range, RangeByteRequest) else byte_range.offset
-            )
-            a = (start // self.min_block) * self.min_block
-            b = None
-            if isinstance(byte_range, RangeByteRequest):
-                b = -(-byte_range.end // self.min_block) * self.min_block
-            got = await node.read(key, a, b)
-            if got is None:
-                raise _Missing(key)
-            data, record, size = got
-            stop = size if b is None else min(byte_range.end, size)  # type: ignore[union-attr]
-            if record is None:
-                return data[start - a : stop - a]
-            if record.block == self.min_block and (a < size or size == 0):
-                record.verify(data, a, size if b is None else min(b, size), what)
-                return data[start - a : max(start, stop) - a]
-        head = await node.head(key)
-        if head is None:
-            raise _Missing(key)
-        size, record = head
-        start, stop = _resolve(byte_range, size)
-        if record is None:
-            got = await node.read(key, start, stop)
-            if got is None:
-                raise _Missing(key)
-            return got[0]
-        a, b = record.span(start, stop)
-        got = await node.read(key, a, b) if b > a else (b"", record, size)
-        if got is None:
-            raise _Missing(key)
-        record.verify(got[0], a, b, what)
-        return got[0][start - a : stop - a]
+        return await fetch_range(node, key, byte_range, self.min_block)
 
     async def _locate(
         self, key: str, attempt: Any
@@ -526,48 +484,7 @@ class ReplicatedStore(Store):
     # --- hinted handoff --------------------------------------------------------------------------
     async def _replay(self, node: Node) -> int:
         """Apply ``node``'s missed operations from healthy replicas; returns hints replayed."""
-        if node.name in self._replaying:
-            return 0
-        self._replaying.add(node.name)
-        done = 0
-        try:
-            with _bulk():
-                for key, op in sorted(self.hints.pending(node.name).items()):
-                    try:
-                        await self._replay_one(node, key, op)
-                    except OSError:
-                        break  # still down: keep the rest for later
-                    self.hints.discard(node.name, key)
-                    done += 1
-        finally:
-            self._replaying.discard(node.name)
-        if done:
-            left = len(self.hints.pending(node.name))
-            _events.emit("hints-replayed", {"node": node.name, "replayed": done, "pending": left})
-        return done
-
-    async def _replay_one(self, node: Node, key: str, op: str) -> None:
-        send = self.router.send
-        if op == "delete":
-            await send(node, lambda n: n.delete(key), name=_name)
-            return
-        if op == "delete_dir":
-            await send(node, lambda n: n.delete_dir(key), name=_name)
-            return
-        others = [
-            n for n in self.nodes if n is not node and not self.hints.blocks_read(n.name, key)
-        ]
-        src, full, failures = await self.router.fetch(
-            others, lambda n: self._fetch_full(n, key), name=_name
-        )
-        if src is None:
-            if all(isinstance(e, _Missing) for e in failures.values()):
-                await send(node, lambda n: n.delete(key), name=_name)  # deleted since
-                return
-            raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
-        data, record = full
-        record = record or Record.of(data, self.min_block)
-        await send(node, lambda n: n.write(key, data, record), name=_name, nbytes=len(data))
+        return await replay(self, node)
 
     async def replay_hints(self) -> int:
         """Replay every pending hint whose node is reachable; returns how many were applied."""
@@ -634,18 +551,6 @@ def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedSt
     from swarmstore.network import default_router
 
     return cls(**kwargs, router=default_router())
-
-
-def _resolve(byte_range: ByteRequest | None, size: int) -> tuple[int, int]:
-    if byte_range is None:
-        return 0, size
-    if isinstance(byte_range, RangeByteRequest):
-        return min(byte_range.start, size), min(max(byte_range.end, byte_range.start), size)
-    if isinstance(byte_range, OffsetByteRequest):
-        return min(byte_range.offset, size), size
-    if isinstance(byte_range, SuffixByteRequest):
-        return max(0, size - byte_range.suffix), size
-    raise TypeError(f"Unexpected byte_range, got {byte_range}.")
 
 
 def _failed(result: object) -> bool:
