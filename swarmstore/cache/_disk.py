@@ -39,6 +39,9 @@ _KEEP_INVALIDATIONS_NS = 3600 * 10**9
 _READ_ALL = 4 << 20  # files up to this size are read in one call; larger ones block by block
 _HEAD_GUESS = 64 << 10
 _BATCH = 64  # background fills published per index transaction
+_GATHER = 0.05  # seconds the fill thread waits for more fills to share a transaction
+_LINGER = 2.0  # seconds an idle fill thread waits for work before it exits
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -86,7 +89,9 @@ class DiskTier:
     lock serialises, across threads and processes, the renames, evictions and
     invalidations. A fill records when its fetch began and is dropped if the key was
     invalidated since, so a slow reader cannot put back a value a writer just replaced.
-    Access times are batched (about once a second), so the LRU order is approximate.
+    Access times are kept in memory and written by the fill thread about once a second
+    (with the next fill batch if any), so a hit never waits for the index lock; the LRU
+    order is accurate to about a second.
     The index survives restarts; if it is lost, the files are re-indexed from their
     headers on open, and the byte bound is enforced again on open.
 
@@ -121,9 +126,16 @@ class DiskTier:
         self._data = str(self.path / "data")
         self._subdirs: set[str] = set()
         self._tmp_seq = 0
-        self._cond = threading.Condition(self._lock)
+        # The fill queue has its own lock: a read or a submit never waits behind an index
+        # transaction (which may itself wait for another process's lock).
+        self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[_Fill] = collections.deque()
-        self._draining = False
+        self._thread: threading.Thread | None = None
+        self._busy = False  # the fill thread is writing a batch
+        self._hurry = 0  # flush() calls waiting: write what is queued without gathering more
+        self._want_touch = False  # access times are due: the fill thread writes them
+        self._stop = False  # close(): an idle fill thread exits at once
+        self._touch_lock = threading.Lock()
         self._pending_bytes = 0
         self._invalidations = 0
         self.hits = self.misses = self.evictions = self.corrupt = 0
@@ -188,10 +200,14 @@ class DiskTier:
         return any(os.path.exists(self._file(_name(ns, key, s))) for s in names)
 
     def _read_file(self, path: str, ns: str, key: str, stored: Span, want: Span) -> Entry | None:
-        with open(path, "rb", buffering=0) as f:
-            size_on_disk = os.fstat(f.fileno()).st_size
+        # One open, one fstat and (for files up to _READ_ALL) one pread of exactly the
+        # file's size: no FileIO object, no separate header read, no EOF probe. The fd pins
+        # the inode, so a concurrent rename shows this reader the whole old file.
+        fd = os.open(path, _O_READ)
+        try:
+            size_on_disk = os.fstat(fd).st_size
             small = size_on_disk <= _READ_ALL
-            raw = f.read() if small else f.read(_HEAD_GUESS)
+            raw = _pread(fd, size_on_disk if small else min(_HEAD_GUESS, size_on_disk), 0)
             if len(raw) < _PREFIX.size:
                 raise _Corrupt("truncated header")
             magic, hlen = _PREFIX.unpack_from(raw)
@@ -199,7 +215,7 @@ class DiskTier:
             if magic != _MAGIC or base > size_on_disk:
                 raise _Corrupt("bad magic")
             if len(raw) < base:
-                raw += f.read(base - len(raw))
+                raw += _pread(fd, base - len(raw), len(raw))
             try:
                 head = json.loads(raw[_PREFIX.size : base])
             except (ValueError, UnicodeDecodeError) as e:
@@ -219,8 +235,11 @@ class DiskTier:
             if small:
                 body = memoryview(raw)[base + lo : base + hi]
             else:
-                f.seek(base + lo)
-                body = memoryview(f.read(hi - lo))
+                body = memoryview(_pread(fd, hi - lo, base + lo))
+        finally:
+            os.close(fd)
+        if len(body) != hi - lo:
+            raise _Corrupt("file shorter than its header says")
         for i in range(first, last + 1):
             if (
                 xxhash.xxh3_64_intdigest(body[(i - first) * block : (i - first + 1) * block])
@@ -276,28 +295,52 @@ class DiskTier:
                 return
             self._queue.append(item)
             self._pending_bytes += item.nbytes
-            if self._draining:
+        self._wake()
+
+    def _wake(self) -> None:
+        """Notify the fill thread, starting one if none is alive (it lingers briefly when
+        idle, so a stream of misses does not pay a thread start each)."""
+        with self._cond:
+            if self._thread is not None:
+                self._cond.notify_all()
                 return
-            self._draining = True
-        thread = threading.Thread(target=self._drain, name="swarmstore-disk-fill", daemon=True)
+            thread = self._thread = threading.Thread(
+                target=self._drain, name="swarmstore-disk-fill", daemon=True
+            )
         thread.start()
 
     def _drain(self) -> None:
         while True:
             with self._cond:
+                deadline = time.monotonic() + _LINGER
+                while not self._queue and not self._want_touch:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._stop:
+                        self._thread = None
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait(left)
+                if 0 < len(self._queue) < _BATCH and not self._hurry:
+                    # gather: fills arriving together share one transaction (and fsync pass)
+                    self._cond.wait_for(
+                        lambda: len(self._queue) >= _BATCH or self._hurry != 0, _GATHER
+                    )
                 batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-                if not batch:
-                    self._draining = False
-                    self._cond.notify_all()
-                    return
+                self._want_touch = False
+                self._busy = True
             try:
-                self._write_batch(batch)
+                if batch:
+                    self._write_batch(batch)  # access times go in the same transaction
+                else:
+                    self._flush_touches()
             except (OSError, sqlite3.Error) as e:
                 self.errors += 1
                 self._degraded(f"disk cache writes to {self.path} failed ({e})")
             finally:
                 with self._cond:
                     self._pending_bytes -= sum(item.nbytes for item in batch)
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _write_batch(self, batch: list[_Fill]) -> list[bool]:
         """Write temp files, then publish them all in one index transaction."""
@@ -326,6 +369,7 @@ class DiskTier:
             if not staged:
                 return done
             with self._transaction() as db:
+                self._flush_touches(db)
                 fresh = {}  # name -> (index, tmp, size); the last fill of a name wins
                 for i, name, tmp, size in staged:
                     item = batch[i]
@@ -421,7 +465,12 @@ class DiskTier:
     def flush(self, timeout: float | None = None) -> None:
         """Wait for background writes and write out batched access times."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._draining, timeout=timeout)
+            self._hurry += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: not self._queue and not self._busy, timeout=timeout)
+            finally:
+                self._hurry -= 1
         try:
             self._flush_touches()
         except (OSError, sqlite3.Error) as e:
@@ -430,6 +479,14 @@ class DiskTier:
     def close(self) -> None:
         """Flush, then release the index connection (reopened on next use)."""
         self.flush()
+        with self._cond:  # let an idle fill thread exit now rather than linger
+            thread = self._thread
+            self._stop = True
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        with self._cond:
+            self._stop = False
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -601,18 +658,22 @@ class DiskTier:
             self._degraded(f"could not drop corrupt disk cache file {name} ({e})")
 
     def _touch(self, name: str) -> None:
-        self._touched[name] = time.time()
-        if time.monotonic() - self._last_touch > _TOUCH_EVERY:
-            try:
-                self._flush_touches()
-            except (OSError, sqlite3.Error) as e:
-                self._degraded(f"disk cache index at {self.path} failed ({e})")
+        """Note an access; the fill thread writes access times about once a second (with
+        the fill batches when there are any), so a hit never waits on the index."""
+        with self._touch_lock:
+            self._touched[name] = time.time()
+        if time.monotonic() - self._last_touch > _TOUCH_EVERY and not self._want_touch:
+            with self._cond:
+                self._want_touch = True
+            self._last_touch = time.monotonic()
+            self._wake()
 
     def _flush_touches(self, db: sqlite3.Connection | None = None) -> None:
         self._last_touch = time.monotonic()
         if not self._touched:
             return
-        touched, self._touched = self._touched, {}
+        with self._touch_lock:
+            touched, self._touched = self._touched, {}
         rows = [(t, n) for n, t in touched.items()]
         if db is not None:
             db.executemany("UPDATE entries SET atime = ? WHERE name = ?", rows)
@@ -667,6 +728,22 @@ def _encode(item: _Fill) -> _Blob:
         head["absent"] = True
     header = json.dumps(head, separators=(",", ":")).encode()
     return _Blob((_PREFIX.pack(_MAGIC, len(header)), header, view))
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """``n`` bytes of ``fd`` from ``offset`` (fewer only at end of file)."""
+    data = os.pread(fd, n, offset)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = os.pread(fd, n - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _statements() -> list[str]:

@@ -282,7 +282,10 @@ class TieredStore(Store):
             and sh.disk.might_have(self.namespace, key, span)
         ):
             started = time.time_ns()
-            entry = await asyncio.to_thread(sh.disk.read, self.namespace, key, span)
+            # run_in_executor, not to_thread: a hit need not copy the context
+            entry = await asyncio.get_running_loop().run_in_executor(
+                None, sh.disk.read, self.namespace, key, span
+            )
             if entry is not None:
                 if await self._fresh(key, entry):
                     self._fill_memory(key, span, entry, started)

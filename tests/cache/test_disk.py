@@ -197,3 +197,92 @@ def test_full_disk_reads_still_work_with_a_warning(tmp_path: pathlib.Path) -> No
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "True"], out.stdout
+
+
+def test_hits_and_fills_never_wait_for_a_locked_index(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the index's write lock (a long eviction, say) must not stall
+    a read: hits keep their access times in memory and fills queue for the fill thread."""
+    import sqlite3
+
+    from swarmstore.cache import _disk
+
+    monkeypatch.setattr(_disk, "_TOUCH_EVERY", 0.0)  # every hit wants its access time written
+    tier = DiskTier(tmp_path / "c", max_bytes=2**24, fsync=False)
+    tier.write("ns", "a", None, b"x" * 1000, started_ns=0)
+    other = sqlite3.connect(tmp_path / "c" / "index.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # hold the write lock, as another worker would
+    done: list[bytes] = []
+
+    def reader() -> None:
+        for _ in range(3):
+            entry = tier.read("ns", "a", None)
+            assert entry is not None
+            done.append(bytes(entry.data))
+            time.sleep(0.01)
+        tier.submit("ns", "b", None, b"y" * 1000, started_ns=time.time_ns())
+        done.append(b"submitted")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    thread.join(timeout=10)
+    alive = thread.is_alive()
+    other.execute("COMMIT")  # release the lock whatever happened, then judge
+    thread.join()
+    other.close()
+    assert not alive, "a hit or a submit waited for the index lock"
+    assert done == [b"x" * 1000] * 3 + [b"submitted"]
+    tier.flush()
+    assert bytes(tier.read("ns", "b", None).data) == b"y" * 1000  # the fill landed after
+    tier.close()
+
+
+def test_access_times_reach_the_index_without_fills(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hits alone (no fills to ride along with) still update the LRU order."""
+    from swarmstore.cache import _disk
+
+    monkeypatch.setattr(_disk, "_TOUCH_EVERY", 0.0)
+    writer = DiskTier(tmp_path / "c", max_bytes=3000, fsync=False)
+    for key in ("old", "mid"):
+        writer.write("ns", key, None, b"v" * 1000, started_ns=0)
+        time.sleep(0.01)
+    reader = DiskTier(tmp_path / "c", max_bytes=3000, fsync=False)
+    assert reader.read("ns", "old", None) is not None  # "old" is now the most recent
+    reader.flush()
+    writer.write("ns", "new", None, b"v" * 1500, started_ns=0)  # evicts "mid", not "old"
+    assert reader.read("ns", "old", None) is not None
+    assert reader.read("ns", "mid", None) is None
+    reader.close()
+    writer.close()
+
+
+def test_fill_thread_batches_and_exits_on_close(tmp_path: pathlib.Path) -> None:
+    tier = DiskTier(tmp_path / "c", max_bytes=2**24, fsync=False)
+    for i in range(20):
+        tier.submit("ns", f"k{i}", None, bytes([i]) * 100, started_ns=time.time_ns())
+    tier.flush()
+    assert tier.stats()["writes"] == 20
+    assert all(bytes(tier.read("ns", f"k{i}", None).data) == bytes([i]) * 100 for i in range(20))
+    tier.close()
+    assert not [t for t in threading.enumerate() if t.name == "swarmstore-disk-fill"]
+    tier.submit("ns", "again", None, b"z", started_ns=time.time_ns())  # usable after close
+    tier.close()
+    assert bytes(tier.read("ns", "again", None).data) == b"z"
+    tier.close()
+
+
+def test_a_truncated_file_is_corrupt_never_returned(tmp_path: pathlib.Path) -> None:
+    tier = DiskTier(tmp_path / "c", max_bytes=2**25, fsync=False)
+    small, big = b"s" * 5000, np.random.default_rng(1).bytes(5 * 2**20)  # big: read in parts
+    tier.write("ns", "small", None, small, started_ns=0)
+    tier.write("ns", "big", None, big, started_ns=0)
+    for path in (p for p in (tmp_path / "c" / "data").rglob("*") if p.is_file()):
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 7)
+    assert tier.read("ns", "small", None) is None
+    assert tier.read("ns", "big", ("r", 0, 10)) is None
+    assert tier.stats()["corrupt"] == 2
+    tier.close()
