@@ -36,8 +36,7 @@ _BLOCK = 1 << 20  # each block of a value carries its own xxh3-64, so ranges ver
 _TOUCH_EVERY = 1.0  # seconds between batched access-time updates
 _STALE_TMP = 600.0  # temp files older than this were left by a crashed writer
 _KEEP_INVALIDATIONS_NS = 3600 * 10**9
-_READ_ALL = 4 << 20  # files up to this size are read in one call; larger ones block by block
-_HEAD_GUESS = 64 << 10
+_HEAD_GUESS = 4096  # first read: the header of any value up to ~200 MiB (and tiny files)
 _BATCH = 64  # background fills published per index transaction
 _GATHER = 0.05  # seconds the fill thread waits for more fills to share a transaction
 _LINGER = 2.0  # seconds an idle fill thread waits for work before it exits
@@ -200,14 +199,14 @@ class DiskTier:
         return any(os.path.exists(self._file(_name(ns, key, s))) for s in names)
 
     def _read_file(self, path: str, ns: str, key: str, stored: Span, want: Span) -> Entry | None:
-        # One open, one fstat and (for files up to _READ_ALL) one pread of exactly the
-        # file's size: no FileIO object, no separate header read, no EOF probe. The fd pins
-        # the inode, so a concurrent rename shows this reader the whole old file.
+        # One open, one fstat, one small pread for the header (the whole file if tiny) and
+        # one pread of exactly the blocks wanted, into their own bytes object: a whole-value
+        # hit is returned (and kept in RAM) without another copy. No FileIO object, no EOF
+        # probe. The fd pins the inode: a concurrent rename shows this reader the old file.
         fd = os.open(path, _O_READ)
         try:
             size_on_disk = os.fstat(fd).st_size
-            small = size_on_disk <= _READ_ALL
-            raw = _pread(fd, size_on_disk if small else min(_HEAD_GUESS, size_on_disk), 0)
+            raw = _pread(fd, min(_HEAD_GUESS, size_on_disk), 0)
             if len(raw) < _PREFIX.size:
                 raise _Corrupt("truncated header")
             magic, hlen = _PREFIX.unpack_from(raw)
@@ -232,22 +231,24 @@ class DiskTier:
                 return Entry(b"", float(head["t"]), head.get("tok"))
             first, last = start // block, (stop - 1) // block
             lo, hi = first * block, min(size, (last + 1) * block)
-            if small:
+            body: bytes | memoryview
+            if base + hi <= len(raw):  # a tiny file: the header read got it all
                 body = memoryview(raw)[base + lo : base + hi]
             else:
-                body = memoryview(_pread(fd, hi - lo, base + lo))
+                body = _pread(fd, hi - lo, base + lo)
         finally:
             os.close(fd)
         if len(body) != hi - lo:
             raise _Corrupt("file shorter than its header says")
+        view = memoryview(body)
         for i in range(first, last + 1):
             if (
-                xxhash.xxh3_64_intdigest(body[(i - first) * block : (i - first + 1) * block])
+                xxhash.xxh3_64_intdigest(view[(i - first) * block : (i - first + 1) * block])
                 != (hashes[i])
             ):
                 raise _Corrupt(f"block {i} fails its checksum")
-        data = body[start - lo : stop - lo]
-        return Entry(data, float(head["t"]), head.get("tok"))  # type: ignore[arg-type]
+        data = body if (start, stop) == (lo, hi) else view[start - lo : stop - lo]
+        return Entry(data, float(head["t"]), head.get("tok"))
 
     # -- writes -------------------------------------------------------------------------
 
