@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 type DiskLike = DiskTier | str | os.PathLike[str] | Literal[False] | None
 
 _KEEP_INVALIDATIONS_NS = 3600 * 10**9
+#: a disk hit's view of its file is kept in RAM as is (no copy) when the rest of the file
+#: (the header) is at most this many bytes; a smaller range is copied out
+_VIEW_SLACK = 64 << 10
 
 
 class _LeaderCancelled(Exception):
@@ -364,7 +367,9 @@ class TieredStore(Store):
         if not sh.memory.admits(len(entry.data) if entry.data is not None else 0):
             sh.memory.rejected += 1
             return
-        data = None if entry.data is None else bytes(entry.data)  # no view into a larger file
+        data = entry.data
+        if isinstance(data, memoryview) and _view_overhead(data) > _VIEW_SLACK:
+            data = bytes(data)  # a range of a larger file: do not pin the whole file in RAM
         with sh.lock:
             if not sh.invalidated_since(key, started_ns):
                 sh.memory.put(self._prefix + key, span, Entry(data, entry.filled_at, entry.token))
@@ -515,6 +520,14 @@ def _as_bytes(buf: Buffer) -> bytes:
     if isinstance(base, bytes) and len(base) == array.nbytes and array.flags.c_contiguous:
         return base
     return array.tobytes()
+
+
+def _view_overhead(view: memoryview) -> int:
+    """Bytes a view keeps alive beyond its own (a disk hit's view also holds the header)."""
+    try:
+        return len(view.obj) - view.nbytes  # type: ignore[arg-type]
+    except TypeError:
+        return 1 << 62
 
 
 def _make_disk(disk: DiskLike) -> DiskTier | None:
