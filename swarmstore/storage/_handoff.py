@@ -42,6 +42,7 @@ async def replay(store: ReplicatedStore, node: Node) -> int:
                 except OSError:
                     break  # still down: keep the rest for later
                 store.hints.discard(node.name, key)
+                store.hints_replayed += 1
                 done += 1
     finally:
         store._replaying.discard(node.name)

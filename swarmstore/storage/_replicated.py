@@ -109,6 +109,7 @@ class ReplicatedStore(Store):
         self.hints = HintLog(self._default_state_dir() if state_dir is None else state_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._replaying: set[str] = set()
+        self.hints_replayed = 0  # hints applied by this store since it was built
 
     # --- identity, pickling ----------------------------------------------------------------
     def _default_state_dir(self) -> pathlib.Path:
@@ -487,13 +488,18 @@ class ReplicatedStore(Store):
         return await replay(self, node)
 
     async def replay_hints(self) -> int:
-        """Replay every pending hint whose node is reachable; returns how many were applied."""
+        """Replay every pending hint whose node is reachable; returns how many were applied.
+
+        Replays already running in the background are waited for (and counted), so on
+        return every reachable node has caught up.
+        """
+        before = self.hints_replayed
         await self._ensure_open()
-        total = 0
+        await self.flush()
         for name in self.hints.nodes():
             if name in self._by_name:
-                total += await self._replay(self._by_name[name])
-        return total
+                await self._replay(self._by_name[name])
+        return self.hints_replayed - before
 
     # --- listing ---------------------------------------------------------------------------------
     async def _union(self, op: str, prefix: str) -> list[str]:
