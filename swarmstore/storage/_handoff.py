@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from swarmstore import _events
 from swarmstore.errors import ReplicaUnavailable
+from swarmstore.network import qos
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._verified import Missing, fetch_full
 
@@ -28,14 +29,12 @@ def _name(node: Node) -> str:
 
 async def replay(store: ReplicatedStore, node: Node) -> int:
     """Apply ``node``'s pending hints; returns how many were applied."""
-    from swarmstore.storage._replicated import _bulk
-
     if node.name in store._replaying:
         return 0
     store._replaying.add(node.name)
     done = 0
     try:
-        with _bulk():
+        with qos("bulk"):
             for key, op in sorted(store.hints.pending(node.name).items()):
                 try:
                     await _replay_one(store, node, key, op)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from swarmstore.errors import ChecksumMismatch
+from swarmstore.network import qos
 from swarmstore.storage._integrity import Record
 
 if TYPE_CHECKING:
@@ -82,12 +83,6 @@ class RebalanceReport:
         return asdict(self)
 
 
-def _bulk() -> Any:
-    from swarmstore.storage._replicated import _bulk as bulk
-
-    return bulk()
-
-
 async def inventory(store: ReplicatedStore) -> tuple[dict[str, set[Node]], list[str]]:
     """``{key: nodes listing it}`` over reachable nodes, and the names of unreachable ones."""
     results = await asyncio.gather(
@@ -149,7 +144,7 @@ async def _walk(keys: list[str], fn: Callable[[str], Awaitable[None]], progress:
 async def scrub(store: ReplicatedStore, progress: Progress = None) -> ScrubReport:
     """Read and verify every replica of every key; change nothing."""
     report = ScrubReport()
-    with _bulk():
+    with qos("bulk"):
         holders, report.unreachable = await inventory(store)
         report.keys = len(holders)
 
@@ -194,7 +189,7 @@ def _best(results: list[tuple[Node, tuple[str, bytes | None, Record | None]]]) -
 async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairReport:
     """Give every key ``replicas`` verified, current copies on its target nodes."""
     report = RepairReport()
-    with _bulk():
+    with qos("bulk"):
         report.hints_replayed = await store.replay_hints()
         holders, report.unreachable = await inventory(store)
         report.keys = len(holders)
@@ -262,7 +257,7 @@ async def rebalance(
     if journal.exists():
         cursor = json.loads(journal.read_text()).get("cursor")
         report.resumed_after = cursor
-    with _bulk():
+    with qos("bulk"):
         holders, report.unreachable = await inventory(store)
         keys = [k for k in sorted(holders) if cursor is None or k > cursor]
         if limit is not None and limit < len(keys):

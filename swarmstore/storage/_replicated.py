@@ -21,7 +21,7 @@ from zarr.core.buffer import Buffer
 from swarmstore import _events, config
 from swarmstore.errors import ChecksumMismatch, ConfigError, QuorumError, ReplicaUnavailable
 from swarmstore.hashing import Member, Rendezvous
-from swarmstore.network import TransferRouter
+from swarmstore.network import TransferRouter, qos
 from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
 from swarmstore.storage._integrity import Record
@@ -39,16 +39,6 @@ __all__ = ["ReplicatedStore"]
 
 def _name(node: Node) -> str:
     return node.name
-
-
-def _bulk() -> Any:
-    """The bulk QoS lane for background work, when the network layer provides lanes."""
-    import contextlib
-
-    from swarmstore import network
-
-    qos = getattr(network, "qos", None)
-    return qos("bulk") if qos is not None else contextlib.nullcontext()
 
 
 class ReplicatedStore(Store):
@@ -279,7 +269,7 @@ class ReplicatedStore(Store):
         self, key: str, bad: list[Node], full: tuple[bytes, Record | None] | None = None
     ) -> int:
         """Rewrite ``key`` on ``bad`` nodes from a verified copy; returns copies written."""
-        with _bulk():
+        with qos("bulk"):
             if full is None or full[1] is None:
                 src, full, _ = await self._locate(key, lambda n: self._fetch_full(n, key))
                 if src is None:
