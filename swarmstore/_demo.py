@@ -58,11 +58,11 @@ class Demo:
         self.console.print(f"  {text}")
 
     @contextlib.contextmanager
-    def progress(self, label: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    def progress(self, label: str) -> Iterator[Callable[[int, int], None]]:
         """A progress bar; yields a ``progress(done, total)`` callback."""
         columns = (TextColumn(f"  {label}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(label, total=total)
+            task = bar.add_task(label, total=None)
             yield lambda done, total_: bar.update(task, completed=done, total=total_)
 
     @property
@@ -145,12 +145,8 @@ async def _bytes_match(store: Any, node_dir: Path) -> tuple[bool, str]:
 
 
 def _run(method: Callable[..., Any], demo: Demo, label: str) -> Any:
-    async def go() -> Any:
-        holders = await method.__self__._union("prefix", "")  # type: ignore[attr-defined]
-        with demo.progress(label, len(holders)) as cb:
-            return await method(progress=cb)
-
-    return sync(go())
+    with demo.progress(label) as cb:  # the callback brings the total
+        return sync(method(progress=cb))
 
 
 _CRASH_WRITER = """
