@@ -22,6 +22,8 @@ __all__ = [
     "ReplicaUnavailable",
     "SwarmError",
     "UnsatisfiableRequirements",
+    "as_node_unavailable",
+    "is_transport_error",
 ]
 
 
@@ -101,3 +103,81 @@ class CheckpointNotFoundError(SwarmError, FileNotFoundError):
 
 class CheckpointExistsError(SwarmError, FileExistsError):
     """A checkpoint of that step is already committed (another writer won the commit)."""
+
+
+#: modules whose exceptions mean "the node could not be reached or did not answer in time"
+_TRANSPORT_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "obstore", "requests")
+#: builtin errors that mean the same, whatever module raised them
+_TRANSPORT_TYPES: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means a node was unreachable, rather than a bad key or a bug.
+
+    Classified by meaning, not by one library's types: connection and timeout errors of any
+    backend (botocore, aiohttp, obstore, urllib3, OS sockets), and OS errors of the I/O kind
+    (``EIO``, ``ENOTCONN``, ``EHOSTUNREACH``, ...), but never a missing key
+    (``FileNotFoundError``), a refusal (``PermissionError``), an existing key
+    (``FileExistsError``) or a full disk (``ENOSPC``, which is a node's answer, not silence).
+    Imports none of those libraries: it looks at the exception's type and module.
+    """
+    if isinstance(exc, (NodeUnavailable, *_TRANSPORT_TYPES)):
+        return True
+    if isinstance(exc, SwarmError):  # a checksum mismatch or a quorum error is an answer
+        return False
+    if isinstance(exc, FileNotFoundError | FileExistsError | PermissionError | IsADirectoryError):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSPORT_ERRNOS or exc.errno is None
+    if type(exc).__name__ in _NOT_TRANSPORT:
+        return False
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore's ClientError: an answer
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(response["Error"].get("Code", ""))
+        return status >= 500 or code in _UNHEALTHY_CODES
+    return any(
+        (cls.__module__ or "").split(".", 1)[0] in _TRANSPORT_MODULES for cls in type(exc).__mro__
+    )
+
+
+def _errnos() -> frozenset[int]:
+    import errno
+
+    names = (
+        "EIO",
+        "ENOTCONN",
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "ECONNABORTED",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "ETIMEDOUT",
+        "EPIPE",
+        "ESTALE",
+        "EHOSTDOWN",
+        "ENODEV",
+        "ENXIO",
+        "ESHUTDOWN",
+    )
+    return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
+
+
+_TRANSPORT_ERRNOS = _errnos()
+#: S3 error codes that mean "the node is unhealthy", though it answered
+_UNHEALTHY_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
+)
+#: library error types that are answers (bad request, missing key), not silence
+_NOT_TRANSPORT = frozenset(
+    {"NoSuchKey", "NoSuchBucket", "ParamValidationError", "NotFoundError", "PreconditionFailed"}
+)
+
+
+def as_node_unavailable(exc: BaseException, where: str) -> BaseException:
+    """``exc`` as a :class:`NodeUnavailable` naming ``where`` when it is a transport error,
+    else ``exc`` unchanged. Use as ``raise as_node_unavailable(e, node.name) from e``."""
+    if isinstance(exc, NodeUnavailable) or not is_transport_error(exc):
+        return exc
+    return NodeUnavailable(f"{where}: {type(exc).__name__}: {exc}")
