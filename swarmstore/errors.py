@@ -14,6 +14,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
+    "DeadlineExceeded",
     "InvalidKeyError",
     "ManifestError",
     "NodeUnavailable",
@@ -41,6 +42,13 @@ class InvalidKeyError(SwarmError, ValueError):
 
 class NodeUnavailable(SwarmError, ConnectionError):
     """A backing node could not be reached (outage, timeout, open circuit)."""
+
+
+class DeadlineExceeded(NodeUnavailable, TimeoutError):
+    """A node did not answer within the deadline the router gave the attempt.
+
+    The router then tries the next replica and counts the miss against the node's circuit.
+    """
 
 
 class ChecksumMismatch(SwarmError, OSError):
