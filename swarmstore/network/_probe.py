@@ -12,7 +12,7 @@ nothing is read):
   less often; when the best slows down, the others' intervals shrink with it.
 
 A probe is an attempt like any other (lanes in the lowest QoS class, a deadline, figures,
-circuit), run by the router's ``run(source, name)``.
+circuit), run through the router's :class:`~swarmstore.network._attempt.Runner`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from swarmstore.network._attempt import Job
+from swarmstore.network._hedge import Race
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from swarmstore.network._attempt import Runner
     from swarmstore.network._source import Source
 
 __all__ = ["Prober"]
@@ -36,17 +40,23 @@ class Prober:
 
     def __init__(
         self,
-        run: Callable[[Any, str], Awaitable[Any]],
+        runner: Runner,
         lookup: Callable[[str], Source],
+        deadline: Callable[[Source, int], float],
+        cls: str,
+        probe: Callable[[Any], Awaitable[Any]] | bool,
         interval: float,
         max_interval: float,
-        accepts: Callable[[Any], bool] = lambda src: True,
     ) -> None:
-        self.run = run
+        self.runner = runner
         self.lookup = lookup
+        self.deadline = deadline  #: seconds a probe of a source may take
+        self.cls = cls  #: the QoS class probes run in
+        self.fn = probe if callable(probe) else _ping
+        #: whether a source can be probed: with ``probe=True``, if it has a ``ping()``
+        self.accepts = (lambda _src: True) if callable(probe) else _has_ping
         self.interval = interval
         self.max_interval = max(interval, max_interval)
-        self.accepts = accepts  #: whether a source can be probed at all
         self.probing: set[str] = set()
         self.started = 0  #: probes started
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,6 +99,17 @@ class Prober:
         finally:
             self.probing.discard(nm)
 
+    async def run(self, src: Any, nm: str) -> None:
+        """One probe of ``src``: a small request in the probe class, with a deadline."""
+        e = self.lookup(nm)
+        e.stats.probes += 1
+        job = Job(self.runner, self.fn, self.cls, 0, size=_nothing)
+        task = asyncio.current_task()
+        assert task is not None
+        failures: dict[Any, BaseException] = {}
+        if await Race(job.run, task, src, nm, deadline=self.deadline(e, 0)).run(failures) is None:
+            logger.debug("Probe of %s failed: %r", nm, failures.get(src))
+
     async def close(self) -> None:
         """Cancel the probes started from this event loop and wait for them."""
         loop = asyncio.get_running_loop()
@@ -96,3 +117,15 @@ class Prober:
         for t in mine:
             t.cancel()
         await asyncio.gather(*mine, return_exceptions=True)
+
+
+async def _ping(src: Any) -> None:
+    await src.ping()
+
+
+def _has_ping(src: Any) -> bool:
+    return callable(getattr(src, "ping", None))
+
+
+def _nothing(_result: Any) -> int:
+    return 0

@@ -28,9 +28,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.errors import NodeUnavailable
+from swarmstore.network._attempt import Job, Runner
 from swarmstore.network._circuit import Circuit
-from swarmstore.network._hedge import HedgeBudget, Race, Track
-from swarmstore.network._model import SourceStats, size_class
+from swarmstore.network._hedge import HedgeBudget, Race
+from swarmstore.network._model import SourceStats
 from swarmstore.network._order import Planner
 from swarmstore.network._probe import Prober
 from swarmstore.network._qos import _QOS, Lanes
@@ -44,45 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["SourceStats", "TransferRouter", "default_router", "reset_default_router"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Job:
-    """One fetch or send: what every attempt of it shares."""
-
-    __slots__ = ("attempt", "cls", "fixed", "nbytes", "router", "size")
-
-    def __init__(
-        self,
-        router: TransferRouter,
-        attempt: Callable[[Any], Awaitable[Any]],
-        cls: str,
-        nbytes: int | None,
-        size: Callable[[Any], int] | None = None,
-        fixed: int | None = None,
-    ) -> None:
-        self.router = router
-        self.attempt = attempt
-        self.cls = cls
-        self.nbytes = nbytes  #: the size the request was planned for
-        self.size = size
-        self.fixed = fixed  #: bytes moved, when known up front (a write)
-
-    def run(self, src: Any, nm: str, track: Track | None) -> Awaitable[Any]:
-        return self.router._attempt(self, src, nm, track)
-
-    def measure(self, result: Any) -> int:
-        """Bytes the attempt moved: ``size(result)``, else the length of a bytes result (or
-        of the first item of a tuple result, as storage's ``(data, record)``)."""
-        if self.fixed is not None:
-            return self.fixed
-        if self.size is not None:
-            return int(self.size(result))
-        if isinstance(result, tuple | list) and result:
-            result = result[0]
-        if isinstance(result, bytes | bytearray | memoryview):
-            return len(result)
-        n = getattr(result, "nbytes", None)
-        return n if isinstance(n, int) else int(self.nbytes or 0)
 
 
 class TransferRouter:
@@ -174,13 +136,13 @@ class TransferRouter:
         self.classes = list(s.classes)
         self.lanes = Lanes(s.concurrency, self.classes, s.shares)
         self.budget = HedgeBudget(s.hedge_budget)
-        self._probe_fn = probe if callable(probe) else _ping
+        self.runner = Runner(self.lanes, self._entry, clock, s.alpha)
         self.prober: Prober | None = None
         if s.probe:
-            accepts = (lambda _src: True) if callable(probe) else _has_ping
             self.prober = Prober(
-                self._probe, self._entry, s.probe_interval, s.probe_interval_max, accepts
-            )
+                self.runner, self._entry, self._deadline, self.classes[-1],
+                probe if callable(probe) else True, s.probe_interval, s.probe_interval_max,
+            )  # fmt: skip
         explore = None if self.prober is not None else s.explore_interval
         self.planner = Planner(
             s.host, s.zone, s.topology_slack, trials=self.prober is None, explore=explore
@@ -191,7 +153,9 @@ class TransferRouter:
         self.source_lanes: dict[str, Lanes] = {}
         self.fetches = 0
         self.failovers = 0
-        self._typical: int | None = None  # bytes of a typical read, for fetches without nbytes
+        self.runner.typical: int | None = (
+            None  # bytes of a typical read, for fetches without nbytes
+        )
 
     def __reduce__(self) -> Any:
         """Pickle the settings, not the figures: the process default stays the default there."""
@@ -234,14 +198,7 @@ class TransferRouter:
             e.circuit.success(self.clock())
         else:
             e.stats.failures += 1
-            self._strike(e)
-
-    def _strike(self, e: Source) -> None:
-        if e.circuit.failure(self.clock()):
-            logger.info(
-                "Ejected %s after %d strikes, for %.1f s", e.name, e.circuit.consecutive,
-                e.circuit.reset,
-            )  # fmt: skip
+            self.runner.strike(e)
 
     # --- ordering ----------------------------------------------------------------------------
     def _class(self) -> str:
@@ -254,7 +211,7 @@ class TransferRouter:
         self, sources: Sequence[S], name: Callable[[S], str], nbytes: int | None = None
     ) -> list[S]:
         """``sources`` in the order :meth:`fetch` tries them (ties keep the caller's order)."""
-        size = self._typical if nbytes is None else nbytes
+        size = self.runner.typical if nbytes is None else nbytes
         return self.planner.plan(
             sources, name, self._entry, size, self._class(), self.clock()
         ).sources
@@ -302,12 +259,12 @@ class TransferRouter:
         hedging = self.hedge and earned
         cls = self._class()
         now = self.clock()
-        planned = self._typical if nbytes is None else nbytes
+        planned = self.runner.typical if nbytes is None else nbytes
         plan = self.planner.plan(sources, name, self._entry, planned, cls, now)
         ordered, entries, admitted, n = plan.sources, plan.entries, plan.admitted, len(plan.sources)
         if self.prober is not None and n > 1:
             self.prober.maybe(ordered[1:], name, entries[0].stats.expected(0), now)
-        job = _Job(self, attempt, cls, planned, size)
+        job = Job(self.runner, attempt, cls, planned, size)
         task = asyncio.current_task()  # None outside a task: no hedge, no deadline
         failures: dict[S, BaseException] = {}
         i = 0
@@ -322,7 +279,7 @@ class TransferRouter:
                 delay = self._hedge_delay(e, entries[i:], planned)
             if deadline is None and delay is None:
                 try:
-                    return src, await self._attempt(job, src, e.name, None), failures
+                    return src, await self.runner.run(job, src, e.name, None), failures
                 except Exception as exc:
                     if verdict(exc) == "fatal":
                         raise
@@ -341,7 +298,7 @@ class TransferRouter:
 
     def _race[S](
         self,
-        job: _Job,
+        job: Job,
         task: asyncio.Task[Any],
         src: S,
         e: Source,
@@ -370,120 +327,6 @@ class TransferRouter:
         else:
             st.hedges += 1
 
-    async def _attempt(self, job: _Job, src: Any, nm: str, track: Track | None) -> Any:
-        """One attempt inside a slot of the source's lanes, then of the global lanes (a
-        request queued at a busy source holds no global slot); a free slot is taken
-        without awaiting."""
-        e = self._entries.get(nm) or self._entry(nm)
-        cls = job.cls
-        own = e.lanes
-        if not own.try_acquire(cls):
-            await own.acquire(cls)
-        try:
-            lanes = self.lanes
-            if not lanes.try_acquire(cls):
-                await lanes.acquire(cls)
-            try:
-                if job.fixed is not None:
-                    return await self._write(job, src, e)
-                return await self._read(job, src, e, track)
-            finally:
-                lanes.release(cls)
-        finally:
-            own.release(cls)
-
-    async def _read(self, job: _Job, src: Any, e: Source, track: Track | None) -> Any:
-        """A read attempt, with its outcome folded into the cost model and the circuit."""
-        st, circuit = e.stats, e.circuit
-        st.last_tried = now = self.clock()
-        if circuit.opened_at is not None:
-            circuit.begin(now)
-        before = st.expected(job.nbytes)
-        exploring = size_class(job.nbytes) if before is None else None
-        if exploring is not None:
-            e.exploring.add(exploring)
-        setup = not st.warm
-        t0 = time.perf_counter()
-        if track is not None:
-            track.t0 = t0
-        try:
-            result = await job.attempt(src)
-        except BaseException as exc:
-            self._failed(e, time.perf_counter() - t0, exc, track, job.nbytes)
-            raise
-        finally:
-            if exploring is not None:
-                e.exploring.discard(exploring)
-        seconds = time.perf_counter() - t0
-        moved = job.measure(result)
-        st.requests += 1
-        st.fold(seconds, moved, setup=setup)
-        if before is not None:
-            st.compare(before, seconds, self.settings.alpha)
-        self._typical = moved if self._typical is None else (self._typical * 7 + moved) // 8
-        if circuit.consecutive or circuit.opened_at is not None or circuit.trial:
-            if circuit.opened_at is not None:
-                logger.info("Circuit of %s closed", e.name)
-            circuit.success(now)
-        return result
-
-    async def _write(self, job: _Job, src: Any, e: Source) -> Any:
-        """A write attempt: counted and judged by its circuit, not folded into read figures."""
-        st, circuit = e.stats, e.circuit
-        if circuit.opened_at is not None:
-            circuit.begin(self.clock())
-        try:
-            result = await job.attempt(src)
-        except BaseException as exc:
-            self._failed(e, 0.0, exc, None, job.nbytes)
-            raise
-        st.requests += 1
-        if circuit.consecutive or circuit.opened_at is not None or circuit.trial:
-            circuit.success(self.clock())
-        return result
-
-    def _failed(
-        self, e: Source, seconds: float, exc: BaseException, track: Track | None, nbytes: Any
-    ) -> None:
-        """Record an attempt that raised, by what the exception says about the source."""
-        st, circuit = e.stats, e.circuit
-        if isinstance(exc, asyncio.CancelledError):
-            reason = None if track is None else track.reason
-            if reason == "deadline":  # cut: it did not answer in time
-                st.requests += 1
-                st.failures += 1
-                st.deadline_misses += 1
-                self._strike(e)
-                return
-            st.cancelled += 1
-            if reason == "overtaken":  # a hedge answered first: it took at least this long
-                st.floor(seconds, nbytes)
-                self._strike(e)
-            else:  # the caller gave up: no verdict
-                circuit.abandon()
-            return
-        v = verdict(exc) if isinstance(exc, Exception) else "fatal"
-        if v == "fatal":  # the caller's error, not the source's
-            circuit.abandon()
-            return
-        st.requests += 1
-        if v == "missing":  # the replica lacks the key: no verdict on its health
-            st.missing += 1
-            circuit.abandon()
-            return
-        st.failures += 1
-        self._strike(e)
-
-    async def _probe(self, src: Any, nm: str) -> None:
-        """One probe of ``src`` (the prober's runner): a small read, with a deadline."""
-        e = self._entry(nm)
-        e.stats.probes += 1
-        job = _Job(self, self._probe_fn, self.classes[-1], 0, size=_nothing)
-        task = asyncio.current_task()
-        assert task is not None
-        race = Race(job.run, task, src, nm, deadline=self._deadline(e, 0))
-        await race.run({})
-
     async def send[S, T](
         self,
         source: S,
@@ -504,8 +347,8 @@ class TransferRouter:
             circuit = self._entry(nm).circuit
             if not circuit.admits(self.clock()):
                 raise NodeUnavailable(f"{nm}: circuit open after repeated failures; not tried")
-        job = _Job(self, attempt, self._class(), nbytes, fixed=nbytes)
-        result: T = await self._attempt(job, source, nm, None)
+        job = Job(self.runner, attempt, self._class(), nbytes, fixed=nbytes)
+        result: T = await self.runner.run(job, source, nm, None)
         return result
 
     async def close(self) -> None:
@@ -537,18 +380,6 @@ class TransferRouter:
         }
 
     stats = figures
-
-
-async def _ping(src: Any) -> None:
-    await src.ping()
-
-
-def _has_ping(src: Any) -> bool:
-    return callable(getattr(src, "ping", None))
-
-
-def _nothing(_result: Any) -> int:
-    return 0
 
 
 _DEFAULT: dict[str, TransferRouter] = {}
