@@ -86,7 +86,7 @@ def test_bad_config_values_are_refused(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("store:\n  nodes: [file:///tmp/x]\n  replicas: 1\nstorage:\n  replicas: lots\n")
     code, _, err = run(capsys, "scrub", "--config", str(cfg))
-    assert code == 2 and "storage.replicas must be integer" in err
+    assert code == 2 and "storage.replicas must be an integer" in err
 
 
 @pytest.mark.slow
