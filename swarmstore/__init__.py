@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from swarmstore import config as config
 from swarmstore.errors import *  # noqa: F403
 from swarmstore.errors import __all__ as _errors_all
 
@@ -41,10 +40,12 @@ _LAZY: dict[str, str] = {
     "open_group": "swarmstore.dataset",
 }
 
-__all__ = ["__version__", "config", *_errors_all, *_LAZY]
+__all__ = ["__version__", "config", *_errors_all, *_LAZY]  # noqa: F405 (config is lazy)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "config":  # imports dask.config: not needed for ``swarmstore --help``
+        return importlib.import_module("swarmstore.config")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'swarmstore' has no attribute {name!r}")
