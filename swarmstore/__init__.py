@@ -9,7 +9,13 @@ Four capabilities, each usable alone and all composing on one Dask cluster:
 - network: :class:`TransferRouter` and QoS lanes for the I/O swarmstore owns
 - checkpoint: :class:`CheckpointManager`, atomic, versioned, incremental checkpoints
 
-Public names are imported lazily so ``import swarmstore`` stays cheap.
+Public names are imported lazily so ``import swarmstore`` stays cheap: at import it reads
+only :mod:`swarmstore.errors`; ``swarmstore.config`` (dask's config, the packaged defaults)
+and each capability load on first use.
+
+Imports: what each room may import is said in its package docstring; the shared modules
+(``errors``, ``config``, ``hashing``, ``_clock``, ``_sync``, ``_events``, ``metrics``) import no
+capability. ``tests/test_imports.py`` checks the rules and that no import circle exists.
 """
 
 from __future__ import annotations
