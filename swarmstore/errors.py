@@ -19,6 +19,7 @@ __all__ = [
     "LeaseLostError",
     "ManifestError",
     "ManifestVersionError",
+    "NodeRefused",
     "NodeUnavailable",
     "PlacementError",
     "QuorumError",
@@ -44,6 +45,11 @@ class InvalidKeyError(SwarmError, ValueError):
 
 class NodeUnavailable(SwarmError, ConnectionError):
     """A backing node could not be reached (outage, timeout, open circuit)."""
+
+
+class NodeRefused(SwarmError, OSError):
+    """A node answered but refused the operation (no such bucket, access denied, a value
+    that kept changing under a conditional write): an answer, not an outage."""
 
 
 class ChecksumMismatch(SwarmError, OSError):
