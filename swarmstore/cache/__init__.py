@@ -9,9 +9,8 @@ on a Dask cluster.
   per Dask worker, used by every task there, invalidated across the cluster on writes
   (imported lazily: they need ``distributed``)
 
-May import: zarr, dask, xxhash, ``swarmstore.config``, ``swarmstore.errors``,
-``swarmstore._clock``, ``swarmstore.metrics``; never ``swarmstore.compute``, never
-``swarmstore.testing``.
+Imports: errors, config, hashing, _events, _clock, _sync, metrics (to register its figures)
+and network; never compute, checkpoint or testing.
 """
 
 from __future__ import annotations

@@ -82,12 +82,10 @@ class DiskTier(SyncTier):
         claim_timeout: float | str | None = None,
     ) -> None:
         self.path = pathlib.Path(path).expanduser().absolute()
-        self.max_bytes = int(config.get_bytes("cache.disk-bytes", max_bytes) or 0)
-        self.fsync = bool(config.get("cache.disk-fsync") if fsync is None else fsync)
-        self.pending_limit = int(config.get_bytes("cache.disk-pending-bytes", pending_bytes) or 0)
-        self.claim_timeout = float(
-            config.get_seconds("cache.disk-claim-timeout", claim_timeout) or 0
-        )
+        self.max_bytes = int(config.value("cache.disk-bytes", max_bytes))
+        self.fsync = bool(config.value("cache.disk-fsync", fsync))
+        self.pending_limit = int(config.value("cache.disk-pending-bytes", pending_bytes))
+        self.claim_timeout = float(config.value("cache.disk-claim-timeout", claim_timeout))
         self._engine = Engine(self.path, self.max_bytes, self.fsync, self.pending_limit)
         self._finalizer = weakref.finalize(self, self._engine.close, flush=False)
 

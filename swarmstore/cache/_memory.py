@@ -63,7 +63,7 @@ class MemoryTier(SyncTier):
             raise ValueError(f"admission_fraction must be in (0, 1], got {admission_fraction}")
         self.max_bytes = int(max_bytes)
         self.admission_fraction = float(admission_fraction)
-        self.policy = str(config.get("cache.memory-policy") if policy is None else policy)
+        self.policy = str(config.value("cache.memory-policy", policy))
         self._lock = threading.RLock()
         self._map = make_policy(self.policy, self.max_bytes, self._on_evict)
         self._spans: dict[tuple[str, str], set[Span]] = {}

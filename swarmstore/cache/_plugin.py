@@ -45,10 +45,10 @@ class CacheRegistry:
         ttl: float | str | None = None,
         validate: bool | None = None,
     ) -> None:
-        memory_bytes = int(config.get_bytes("cache.memory-bytes", memory_bytes) or 0)
-        fraction = float(config.get("cache.memory-admission-fraction"))
+        memory_bytes = int(config.value("cache.memory-bytes", memory_bytes))
+        fraction = float(config.value("cache.memory-admission-fraction"))
         self.memory = MemoryTier(memory_bytes, fraction)
-        disk_dir = disk_dir if disk_dir is not None else config.get("cache.disk-dir")
+        disk_dir = disk_dir if disk_dir is not None else config.value("cache.disk-dir")
         self.disk = DiskTier(disk_dir, max_bytes=disk_bytes) if disk_dir else None
         self.ttl = ttl
         self.validate = validate
@@ -178,7 +178,7 @@ class TieredCachePlugin(WorkerPlugin):
         metrics.track_worker(worker, self)
         coherent = self.coherence
         if coherent is None:
-            coherent = bool(config.get("cache.coherence"))
+            coherent = bool(config.value("cache.coherence"))
         if coherent:
             await self._join_coherence(worker, registry)
         logger.info("swarmstore cache on %s: %r", worker.address, registry)

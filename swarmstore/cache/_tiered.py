@@ -131,13 +131,11 @@ class TieredStore(ReadPath, Store):
     ) -> None:
         super().__init__(read_only=read_only)
         self.backing = backing
-        self.ttl = config.get_seconds("cache.ttl", ttl)
-        self.validate = bool(config.get("cache.validate") if validate is None else validate)
-        self.sync_io = bool(config.get("cache.sync-io") if sync_io is None else sync_io)
+        self.ttl = config.value("cache.ttl", ttl)
+        self.validate = bool(config.value("cache.validate", validate))
+        self.sync_io = bool(config.value("cache.sync-io", sync_io))
         self.admission_fraction = float(
-            config.get("cache.memory-admission-fraction")
-            if admission_fraction is None
-            else admission_fraction
+            config.value("cache.memory-admission-fraction", admission_fraction)
         )
         self.namespace = namespace or xxhash.xxh3_64_hexdigest(store_identity(backing).encode())
         self._explicit_tiers = tiers is not None
@@ -152,7 +150,7 @@ class TieredStore(ReadPath, Store):
         self, memory_bytes: int | str | None, disk: DiskLike, memory: MemoryTier | None
     ) -> list[Tier]:
         if memory is None:
-            budget = int(config.get_bytes("cache.memory-bytes", memory_bytes) or 0)
+            budget = int(config.value("cache.memory-bytes", memory_bytes))
             memory = MemoryTier(budget, self.admission_fraction)
         out: list[Tier] = [memory]
         disk_tier = _make_disk(disk)
@@ -473,7 +471,7 @@ def _make_disk(disk: DiskLike) -> DiskTier | None:
     if isinstance(disk, DiskTier):
         return disk
     if disk is None:
-        disk = config.get("cache.disk-dir")
+        disk = config.value("cache.disk-dir")
         if disk is None:
             return None
     return DiskTier(disk)

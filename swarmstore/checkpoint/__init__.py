@@ -4,6 +4,9 @@
 objects (xxh3-128 of the encoded chunk bytes; unchanged chunks are never written again)
 and commits each checkpoint with one conditional put of its manifest. Restores are lazy
 read-only zarr stores (:class:`ManifestStore`) that plain zarr, dask and xarray read.
+
+Imports: errors, config, hashing, _events, _sync; never storage or cache: it asks a store
+for what it can do by attribute (``supports_atomic_create``), never by type.
 """
 
 from swarmstore.checkpoint._commit import commit_guarantee, put_if_absent
