@@ -85,6 +85,9 @@ class TieredStore(ReadPath, Store):
         Refuse writes.
     sync_io : bool, optional
         Offer zarr's sync path (``get_sync``...). Default: ``swarmstore.cache.sync-io``.
+    coherence : bool, optional
+        On a Dask worker with TieredCachePlugin, announce each write to every worker
+        (``_coherence``). Default: ``swarmstore.cache.coherence``.
 
     Notes
     -----
@@ -126,6 +129,7 @@ class TieredStore(ReadPath, Store):
         memory: MemoryTier | None = None,
         read_only: bool = False,
         sync_io: bool | None = None,
+        coherence: bool | None = None,
         _shared: _Shared | None = None,
         _announce: Callable[..., Any] | None = None,
     ) -> None:
@@ -134,6 +138,7 @@ class TieredStore(ReadPath, Store):
         self.ttl = config.value("cache.ttl", ttl)
         self.validate = bool(config.value("cache.validate", validate))
         self.sync_io = bool(config.value("cache.sync-io", sync_io))
+        self.coherent = bool(config.value("cache.coherence", coherence))
         self.admission_fraction = float(
             config.value("cache.memory-admission-fraction", admission_fraction)
         )
@@ -189,6 +194,7 @@ class TieredStore(ReadPath, Store):
             "namespace": self.namespace,
             "read_only": self.read_only,
             "sync_io": self.sync_io,
+            "coherence": self.coherent,
         }
         if self._explicit_tiers:
             out["tiers"] = self.tiers
@@ -407,7 +413,8 @@ class TieredStore(ReadPath, Store):
                 except Exception as e:
                     self._distrust(tier, key, e)
         sh.flights.drop(key, prefix=prefix)
-        await _coherence.announce(self._announce, self.namespace, key, prefix, self.disk)
+        if self.coherent:
+            await _coherence.announce(self._announce, self.namespace, key, prefix, self.disk)
 
     def _invalidate_sync(self, key: str, *, prefix: bool = False) -> None:
         sh = self._shared
@@ -418,7 +425,8 @@ class TieredStore(ReadPath, Store):
                 except Exception as e:
                     self._distrust(tier, key, e)
         sh.flights.drop(key, prefix=prefix)
-        _coherence.announce_sync(self._announce, self.namespace, key, prefix, self.disk)
+        if self.coherent:
+            _coherence.announce_sync(self._announce, self.namespace, key, prefix, self.disk)
 
     def _distrust(self, tier: Tier, key: str, e: Exception) -> None:
         # The tier may still hold the old value: never read from it again.
