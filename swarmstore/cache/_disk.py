@@ -10,8 +10,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import swarmstore.cache._diskformat as fmt
 from swarmstore import _clock, config
-from swarmstore.cache import _diskformat as fmt
 from swarmstore.cache._diskengine import Engine
 from swarmstore.cache._diskfill import Fill
 from swarmstore.cache._disklocks import Backoff, Claim

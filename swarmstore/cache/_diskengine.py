@@ -30,8 +30,8 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import swarmstore.cache._diskformat as fmt
 from swarmstore import _clock
-from swarmstore.cache import _diskformat as fmt
 from swarmstore.cache._diskevict import Space
 from swarmstore.cache._diskfill import Fill, FillQueue
 from swarmstore.cache._diskindex import Index, Ticket

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
+import swarmstore.cache._coherence as _coherence
 from swarmstore import config, metrics
-from swarmstore.cache import _coherence
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._identity import store_identity
 from swarmstore.cache._memory import MemoryTier

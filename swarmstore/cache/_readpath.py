@@ -17,8 +17,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+import swarmstore.cache._syncio as _syncio
 from swarmstore import _clock
-from swarmstore.cache import _syncio
 from swarmstore.cache._flight import Flights, LeaderCancelled
 from swarmstore.cache._identity import version_token
 from swarmstore.cache._tier import Entry

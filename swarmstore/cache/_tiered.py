@@ -15,8 +15,9 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+import swarmstore.cache._coherence as _coherence
+import swarmstore.cache._syncio as _syncio
 from swarmstore import config
-from swarmstore.cache import _coherence, _syncio
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._flight import Flights
 from swarmstore.cache._identity import store_identity
