@@ -193,7 +193,7 @@ def test_value_normalises_sizes_durations_and_types():
     assert config.value("replication.interval") == 2.0
     assert config.value("compute.unsatisfiable-timeout") == 30.0
     assert config.value("network.explore-interval") == 30.0
-    assert config.value("checkpoint.lease") == 3600.0
+    assert config.value("checkpoint.lease") == 45.0
     assert config.value("cache.ttl") is None
     assert config.value("storage.read-repair") is True
     assert config.value("network.qos-classes") == ["interactive", "normal", "bulk"]
