@@ -129,6 +129,7 @@ def _readers(tmp_path):
         "cache.disk-bytes": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-fsync": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-pending-bytes": lambda: DiskTier(tmp_path / "d"),
+        "cache.disk-claim-timeout": lambda: DiskTier(tmp_path / "d"),
         "compute": lambda: SwarmPlugin(),
         "compute.detect-gpus": lambda: detect(),
         "replication": lambda: ReplicationController(None),
