@@ -5,6 +5,9 @@
 - :class:`MemoryTier`: the RAM tier (byte-bounded LRU on ``zict.LRU``, with admission)
 - :class:`TieredCachePlugin` and :func:`worker_cache`: one TieredStore per backing store
   per Dask worker, used by every task there (imported lazily: they need ``distributed``)
+
+Imports: errors, config, hashing, _events, _clock, _sync, metrics (to register its figures)
+and network; never compute, checkpoint or testing.
 """
 
 from __future__ import annotations

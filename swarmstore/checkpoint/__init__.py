@@ -7,9 +7,9 @@ content-addressed manifest pieces, and commits it by one conditional put of a sm
 branch ref. Restores are lazy read-only zarr stores (:class:`ManifestStore`) that plain
 zarr, dask and xarray read; sessions (:class:`Session`) are writable ones.
 
-May import: zarr, dask, numpy, xxhash, ``swarmstore.errors``, ``swarmstore.config``,
-``swarmstore._clock``. Never imports ``storage`` or ``cache``: it asks stores for
-capabilities (``supports_atomic_create``, ``is_cache``, zarr's sync surface).
+Imports: errors, config, hashing, _clock, _events, _sync; never storage or cache: it asks a
+store for what it can do by attribute (``supports_atomic_create``, ``is_cache``, zarr's sync
+surface), never by type.
 """
 
 from swarmstore.checkpoint._commit import commit_guarantee, put_if_absent

@@ -3,6 +3,9 @@
 ``TransferRouter`` decides where each read goes and when to hedge; ``qos`` sets the class
 of the transfers issued inside a block (``with swarmstore.qos("bulk"): ...``); ``Lanes``
 is the shared concurrency budget those classes draw from.
+
+Imports: errors, config, _events, _clock, metrics; never another capability (storage,
+cache, compute, checkpoint) or testing: stores call the router, not the other way round.
 """
 
 from swarmstore.network._circuit import Circuit

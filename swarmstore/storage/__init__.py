@@ -1,4 +1,8 @@
-"""Storage: ReplicatedStore, a Zarr v3 store over several nodes with verified replicas."""
+"""Storage: ReplicatedStore, a Zarr v3 store over several nodes with verified replicas.
+
+Imports: errors, config, hashing, _events, _clock, _sync and network (reads and writes go
+through the transfer router); never compute, cache, checkpoint or testing.
+"""
 
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._maintenance import (
