@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import swarmstore.checkpoint._trace as trace
 from swarmstore import _clock
-from swarmstore.checkpoint import _trace as trace
 from swarmstore.checkpoint._lease import Lease, LeaseTerms, is_dead, read_doc
 from swarmstore.checkpoint._manifest import GC_LOCK, INFLIGHT, MANIFESTS, OBJECTS, manifest_key
 from swarmstore.checkpoint._refs import KEEP_VERSIONS

@@ -14,8 +14,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from swarmstore.checkpoint import _json
-from swarmstore.checkpoint import _ops as ops
+import swarmstore.checkpoint._json as _json
+import swarmstore.checkpoint._ops as ops
 from swarmstore.checkpoint._gc import GCReport, collect_garbage
 from swarmstore.checkpoint._info import (
     ArchiveReport,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from swarmstore.checkpoint import _json
+import swarmstore.checkpoint._json as _json
 from swarmstore.errors import InvalidKeyError, ManifestError, ManifestVersionError
 
 __all__ = [

@@ -13,7 +13,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zarr
 from zarr.core.buffer import default_buffer_prototype
@@ -38,8 +38,33 @@ if TYPE_CHECKING:
     from zarr.abc.store import Store
 
     from swarmstore.checkpoint._info import CheckpointInfo
-    from swarmstore.checkpoint._manager import CheckpointManager
+    from swarmstore.checkpoint._lease import LeaseTerms
+    from swarmstore.checkpoint._repo import Repo
     from swarmstore.checkpoint._snapshot import Snapshot
+
+
+class CheckpointManager(Protocol):
+    """What these actions use of a manager (``_manager`` imports this module, not back)."""
+
+    store: Store
+    repo: Repo
+    terms: LeaseTerms
+    concurrency: int
+    verify: bool
+
+    def snapshot(
+        self,
+        step: int | None = None,
+        *,
+        snapshot: str | None = None,
+        tag: str | None = None,
+        branch: str | None = None,
+    ) -> Snapshot: ...
+
+    def steps(self, branch: str | None = None) -> list[int]: ...
+
+    def _info(self, snap: Snapshot, branch: str, **extra: Any) -> CheckpointInfo: ...
+
 
 __all__ = ["archive", "diff", "restore_to", "tag", "verify"]
 

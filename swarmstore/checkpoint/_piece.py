@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from swarmstore.checkpoint import _json
+import swarmstore.checkpoint._json as _json
 from swarmstore.errors import ManifestError
 
 if TYPE_CHECKING:

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+import swarmstore.checkpoint._json as _json
+import swarmstore.checkpoint._trace as trace
 from swarmstore import _clock
-from swarmstore.checkpoint import _json
-from swarmstore.checkpoint import _trace as trace
 from swarmstore.checkpoint._diff import diff_trees
 from swarmstore.checkpoint._lease import Lease, LeaseTerms
 from swarmstore.checkpoint._manifest import INFLIGHT, check_step, is_metadata_key

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from swarmstore.checkpoint import _json
+import swarmstore.checkpoint._json as _json
 from swarmstore.checkpoint._manifest import FORMAT, MAX_STEP, check_key, content_hash
 from swarmstore.checkpoint._piece import PieceRef
 from swarmstore.errors import InvalidKeyError, ManifestError, ManifestVersionError
