@@ -184,7 +184,6 @@ def test_storage_and_cache_never_import_compute():
     assert _edges(("storage", "cache"), ("compute",)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint room: asks stores with isinstance (issue 22)")
 def test_checkpoint_never_imports_storage_or_cache():
     assert _edges(("checkpoint",), ("storage", "cache")) == []
 
