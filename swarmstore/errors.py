@@ -9,13 +9,16 @@ from __future__ import annotations
 
 __all__ = [
     "CacheWarning",
+    "CheckpointConflictError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
     "InvalidKeyError",
+    "LeaseLostError",
     "ManifestError",
+    "ManifestVersionError",
     "NodeUnavailable",
     "PlacementError",
     "QuorumError",
@@ -103,6 +106,28 @@ class CheckpointNotFoundError(SwarmError, FileNotFoundError):
 
 class CheckpointExistsError(SwarmError, FileExistsError):
     """A checkpoint of that step is already committed (another writer won the commit)."""
+
+
+class ManifestVersionError(ManifestError):
+    """A checkpoint document was written by a newer swarmstore: upgrade to read it.
+
+    Garbage collection never sweeps beside one, since it cannot tell what it names.
+    """
+
+
+class CheckpointConflictError(CheckpointExistsError):
+    """Another writer moved the branch (or took the step) first.
+
+    Its ``rebase`` hint says whether the two commits touched disjoint chunks, so the
+    losing session can ``rebase()`` onto the new tip and commit again.
+    """
+
+
+class LeaseLostError(SwarmError, TimeoutError):
+    """A save or collection stopped renewing its lease long enough to be declared dead.
+
+    Another process may have removed what it wrote; nothing was committed. Save again.
+    """
 
 
 #: modules whose exceptions mean "the node could not be reached or did not answer in time"

@@ -3,12 +3,13 @@
 :class:`RetentionPolicy` is a plain decision object: given the committed checkpoints it
 returns the steps to keep. :func:`collect_garbage` acts on a store:
 
-1. take ``locks/gc.json`` with a conditional put (one collection at a time; a lock older
-   than the lease is considered abandoned and broken);
+1. take ``locks/gc.json`` with a conditional put (one collection at a time) and renew it
+   (``_lease``); a lock whose holder stopped renewing for a lease is broken;
 2. delete the manifests retention drops;
 3. list ``objects/``;
-4. list ``inflight/``: if any save is in flight (its marker younger than the lease),
-   stop here: the sweep is deferred, manifests are still pruned;
+4. list ``inflight/``: if any save is in flight (its marker renewed within the lease),
+   stop here: the sweep is deferred, manifests are still pruned. Dead markers are
+   deleted, and the sweep waits for the next collection;
 5. list the manifests again and collect every hash they name;
 6. delete each object listed in 3 that no manifest names.
 
@@ -18,22 +19,26 @@ seen in 4 nothing is swept. If it was already gone, the save committed before 4,
 its manifest is read in 5 and its objects are live. If it appears after 4, every object
 the save writes comes after the listing in 3 and is not a candidate, and the parent
 manifest it reuses objects from was read after 2 and, collections being serialised by
-the lock, is still there in 5. The one assumption: a save finishes within the lease.
+the lock, is still there in 5. A save declared dead (no heartbeat for a lease) finds its
+marker gone when it checks, right before committing, and gives up.
+
+Damaged manifests are skipped and reported (``GCReport.damaged``); a manifest of a newer
+schema defers the sweep, since this version cannot tell which objects it names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-import uuid
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._commit import put_if_absent
+from swarmstore import _clock
+from swarmstore.checkpoint import _trace as trace
+from swarmstore.checkpoint._lease import Lease, LeaseTerms, is_dead, read_doc
 from swarmstore.checkpoint._manifest import (
     GC_LOCK,
     INFLIGHT,
@@ -43,7 +48,7 @@ from swarmstore.checkpoint._manifest import (
     manifest_key,
     step_from_manifest_key,
 )
-from swarmstore.errors import ConfigError, ManifestError
+from swarmstore.errors import ConfigError, ManifestError, ManifestVersionError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable, Sequence
@@ -53,6 +58,10 @@ if TYPE_CHECKING:
 __all__ = ["GCReport", "KeepBest", "RetentionPolicy", "collect_garbage"]
 
 logger = logging.getLogger(__name__)
+
+#: LocalStore's temporary file of an interrupted manifest write (``<name>.<uuid>.partial``):
+#: the only names under ``manifests/`` a collection deletes besides dropped steps.
+_TEMP_NAME = re.compile(r"manifests/\d{20}\.[0-9a-f]{32}\.partial")
 
 
 class _HasStep(Protocol):
@@ -135,6 +144,8 @@ class GCReport:
     deleted_objects: int = 0
     deferred: bool = False
     reason: str = ""
+    #: Steps whose manifests are unreadable (damaged): skipped, kept, reported.
+    damaged: list[int] = field(default_factory=list)
 
 
 async def _limited(aws: Iterable[Awaitable[Any]], limit: int) -> list[Any]:
@@ -151,23 +162,6 @@ async def _keys(store: Store, prefix: str) -> list[str]:
     return [k async for k in store.list_prefix(prefix)]
 
 
-async def read_json(store: Store, key: str) -> dict[str, Any] | None:
-    """A small JSON object from the store; None when absent or not a JSON object."""
-    buf = await store.get(key, default_buffer_prototype())
-    if buf is None:
-        return None
-    try:
-        doc = json.loads(buf.to_bytes())
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _expired(doc: dict[str, Any] | None, lease: float, now: float) -> bool:
-    started = doc.get("started") if doc else None
-    return not isinstance(started, int | float) or now - started > lease
-
-
 @dataclass
 class Listing:
     """The manifests under ``manifests/``: valid ones, invalid steps, vanished steps, strays."""
@@ -176,6 +170,8 @@ class Listing:
     bad: list[int]
     gone: list[int]
     strays: list[str]
+    #: Steps whose manifests have a newer schema version than this swarmstore reads.
+    newer: list[int] = field(default_factory=list)
 
 
 async def load_manifests(
@@ -189,89 +185,98 @@ async def load_manifests(
     proto = default_buffer_prototype()
     known = known or {}
 
-    async def load(step: int) -> Manifest | bool | None:
+    async def load(step: int) -> Manifest | str:
         if step in known:
             return known[step]
         buf = await store.get(manifest_key(step), proto)
         if buf is None and forget_listings(store):
             buf = await store.get(manifest_key(step), proto)
         if buf is None:
-            return False  # listed, then gone
+            return "gone"  # listed, then deleted
         try:
             return Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
-        except ManifestError as e:
+        except ManifestVersionError as e:
             logger.warning("%s", e)
-            return None
+            return "newer"
+        except ManifestError as e:
+            logger.warning("Skipping a damaged checkpoint: %s", e)
+            return "bad"
 
     loaded = await _limited((load(s) for s in steps), limit)
+    pairs = list(zip(steps, loaded, strict=True))
     return Listing(
         manifests=[m for m in loaded if isinstance(m, Manifest)],
-        bad=[s for s, m in zip(steps, loaded, strict=True) if m is None],
-        gone=[s for s, m in zip(steps, loaded, strict=True) if m is False],
-        strays=[k for k in keys if step_from_manifest_key(k) is None],
+        bad=[s for s, m in pairs if m == "bad"],
+        gone=[s for s, m in pairs if m == "gone"],
+        strays=[k for k in keys if _TEMP_NAME.fullmatch(k)],
+        newer=[s for s, m in pairs if m == "newer"],
     )
 
 
-async def _take_lock(store: Store, lease: float) -> str | None:
-    token = uuid.uuid4().hex
-    body = json.dumps({"id": token, "started": time.time()}).encode()
-    for _ in range(2):
-        if await put_if_absent(store, GC_LOCK, body):
-            return token
-        held = await read_json(store, GC_LOCK)
-        if not _expired(held, lease, time.time()):
-            return None
-        logger.warning("Breaking an abandoned garbage-collection lock %s", held)
-        await store.delete(GC_LOCK)
-    return None
-
-
 async def collect_garbage(
-    store: Store, policy: RetentionPolicy, *, lease: float, limit: int = 32
+    store: Store, policy: RetentionPolicy, *, terms: LeaseTerms, limit: int = 32
 ) -> GCReport:
     """Apply ``policy`` to the checkpoints in ``store`` and delete unnamed objects."""
-    token = await _take_lock(store, lease)
-    if token is None:
+    lock = Lease(store, GC_LOCK, {"what": "garbage collection"}, terms)
+    if not await lock.acquire():
         return GCReport(deferred=True, reason="another garbage collection holds locks/gc.json")
     try:
-        return await _collect(store, policy, lease, limit)
+        trace.point("gc:locked")
+        return await _collect(store, policy, terms, limit, lock)
     finally:
-        held = await read_json(store, GC_LOCK)
-        if held is not None and held.get("id") == token:
-            await store.delete(GC_LOCK)
+        await lock.release()
+        trace.point("gc:unlocked")
 
 
-async def _collect(store: Store, policy: RetentionPolicy, lease: float, limit: int) -> GCReport:
+async def _markers(store: Store, terms: LeaseTerms, limit: int) -> tuple[int, int]:
+    """Live and dead save markers; dead ones are deleted (their saves can never commit)."""
+    keys = await _keys(store, INFLIGHT)
+    docs = await _limited((read_doc(store, k) for k in keys), limit)
+    now = _clock.wall()
+    dead = [
+        k for k, d in zip(keys, docs, strict=True) if d is not None and is_dead(d, terms.lease, now)
+    ]
+    await _limited((store.delete(k) for k in dead), limit)
+    live = sum(d is not None for d in docs) - len(dead)
+    return live, len(dead)
+
+
+async def _collect(
+    store: Store, policy: RetentionPolicy, terms: LeaseTerms, limit: int, lock: Lease
+) -> GCReport:
     first = await load_manifests(store, limit)
     keep = policy.select(first.manifests)
     drop = [m.step for m in first.manifests if m.step not in keep]
     await _limited((store.delete(manifest_key(s)) for s in drop), limit)
-    report = GCReport(kept=sorted(keep | set(first.bad)), deleted_manifests=drop)
+    trace.point("gc:pruned")
+    report = GCReport(kept=sorted(keep), deleted_manifests=drop, damaged=first.bad)
     candidates = await _keys(store, OBJECTS)
-    now = time.time()
-    markers = await _keys(store, INFLIGHT)
-    docs = await _limited((read_json(store, k) for k in markers), limit)
-    live_markers = [k for k, d in zip(markers, docs, strict=True) if not _expired(d, lease, now)]
-    await _limited(
-        (store.delete(k) for k, d in zip(markers, docs, strict=True) if _expired(d, lease, now)),
-        limit,
-    )
-    if live_markers:
-        report.deferred, report.reason = True, f"{len(live_markers)} save(s) in flight"
+    live, dead = await _markers(store, terms, limit)
+    if live or dead:
+        report.deferred = True
+        report.reason = (
+            f"{live} save(s) in flight"
+            if live
+            else (f"removed {dead} dead save marker(s); the sweep waits for the next collection")
+        )
         return report
     # Manifests are create-only and only collections (serialised by the lock) delete them,
     # so a step read above and not dropped is still the same manifest: no need to re-read.
     kept = {m.step: m for m in first.manifests if m.step in keep}
     second = await load_manifests(store, limit, known=kept)
-    if second.bad or second.gone:
-        unreadable = second.bad + second.gone
+    if second.newer or second.gone or not await lock.held():
         report.deferred = True
-        report.reason = f"unreadable manifests {unreadable}: cannot tell which objects they name"
+        report.reason = (
+            f"manifests {second.newer} are of a newer schema: cannot tell what they name"
+            if second.newer
+            else "manifests vanished or the lock was lost while collecting"
+        )
         return report
-    live = set().union(*(m.hashes() for m in second.manifests))
-    doomed = [k for k in candidates if k[len(OBJECTS) :].replace("/", "", 1) not in live]
-    # temporary files of interrupted commits (LocalStore writes name.<uuid>.partial first)
-    doomed += second.strays
+    report.damaged = second.bad
+    live_hashes = set().union(*(m.hashes() for m in second.manifests))
+    doomed = [k for k in candidates if k[len(OBJECTS) :].replace("/", "", 1) not in live_hashes]
+    doomed += second.strays  # temporary files of interrupted commits
+    trace.point("gc:sweeping")
     await _limited((store.delete(k) for k in doomed), limit)
     report.deleted_objects = len(doomed)
     logger.debug("GC kept %s, dropped %s, deleted %d objects", keep, drop, len(doomed))

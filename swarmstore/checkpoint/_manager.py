@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +17,9 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from swarmstore import config
+from swarmstore import _clock, config
+from swarmstore.checkpoint import _json
+from swarmstore.checkpoint import _trace as trace
 from swarmstore.checkpoint._commit import put_if_absent
 from swarmstore.checkpoint._gc import (
     GCReport,
@@ -29,16 +29,19 @@ from swarmstore.checkpoint._gc import (
     collect_garbage,
     load_manifests,
 )
+from swarmstore.checkpoint._lease import Lease, LeaseTerms
 from swarmstore.checkpoint._manifest import (
     INFLIGHT,
     MANIFESTS,
     Manifest,
+    check_step,
     content_hash,
     is_metadata_key,
     manifest_key,
     object_key,
     step_from_manifest_key,
 )
+from swarmstore.checkpoint._objects import existing
 from swarmstore.checkpoint._store import ManifestStore, control_store, forget_listings
 from swarmstore.checkpoint._write import write_data
 from swarmstore.errors import (
@@ -46,6 +49,7 @@ from swarmstore.errors import (
     CheckpointNotFoundError,
     ChecksumMismatch,
     ConfigError,
+    LeaseLostError,
     ManifestError,
 )
 
@@ -98,7 +102,8 @@ class CheckpointDiff:
 def _nodes_of(keys: set[str], entries: Mapping[str, Any]) -> list[str]:
     nodes = sorted(
         (k.rsplit("/", 1)[0] if "/" in k else "" for k in entries if is_metadata_key(k)),
-        key=len, reverse=True,
+        key=len,
+        reverse=True,
     )
     found = set()
     for key in keys:
@@ -126,6 +131,39 @@ def _keep_best(value: Any) -> KeepBest | None:
     raise ConfigError(f"keep_best must be a metric name, a mapping or KeepBest, got {value!r}")
 
 
+def _terms(lease: float | str | None, heartbeat: float | str | None) -> LeaseTerms:
+    """Validated lease terms: both positive, renewals at least twice per lease."""
+    values = {}
+    for name, given in (("lease", lease), ("heartbeat", heartbeat)):
+        value = config.get_seconds(f"checkpoint.{name}", given)
+        if value is None or not value > 0:
+            raise ConfigError(
+                f"swarmstore.checkpoint.{name} must be a positive duration, "
+                f"got {given if given is not None else value!r}"
+            )
+        values[name] = value
+    if values["heartbeat"] * 2 > values["lease"]:
+        raise ConfigError(
+            f"swarmstore.checkpoint.heartbeat ({values['heartbeat']:g} s) must be at most half "
+            f"the lease ({values['lease']:g} s), or live savers would look dead"
+        )
+    return LeaseTerms(**values)
+
+
+def _flag(name: str, given: bool | None) -> bool:
+    value = config.get(f"checkpoint.{name}") if given is None else given
+    if not isinstance(value, bool):
+        raise ConfigError(f"swarmstore.checkpoint.{name} must be true or false, got {value!r}")
+    return value
+
+
+def _count(name: str, given: int | None) -> int:
+    value = config.get(f"checkpoint.{name}") if given is None else given
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"swarmstore.checkpoint.{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _snapshot(data: Any) -> Any:
     """Copy numpy arrays now, so a loop that mutates them in place cannot tear a save."""
     if isinstance(data, np.ndarray):
@@ -151,7 +189,10 @@ class CheckpointManager:
         Also keep the best checkpoints by a metric in their metadata
         (``"loss"`` or ``{"metric": "acc", "n": 3, "mode": "max"}``).
     lease : float or str, optional
-        How long a save (or collection) may run before others treat it as abandoned.
+        How long a save (or collection) may go without renewing its marker (lock) before
+        others treat it as dead (config ``checkpoint.lease``, default 45 s).
+    heartbeat : float or str, optional
+        How often saves and collections renew their markers (``checkpoint.heartbeat``).
     verify : bool, optional
         Check every whole-object read of a restore against its xxh3-128.
     concurrency : int, optional
@@ -189,6 +230,7 @@ class CheckpointManager:
         lease: float | str | None = None,
         verify: bool | None = None,
         concurrency: int | None = None,
+        heartbeat: float | str | None = None,
     ) -> None:
         self.store = store
         #: Where manifests, markers and locks go: the store under any cache (TieredStore),
@@ -201,9 +243,9 @@ class CheckpointManager:
             else config.get("checkpoint.keep-every"),
             keep_best=_keep_best(keep_best or config.get("checkpoint.keep-best")),
         )
-        self.lease = float(config.get_seconds("checkpoint.lease", lease) or 0.0)
-        self.verify = bool(config.get("checkpoint.verify") if verify is None else verify)
-        self.concurrency = int(concurrency or config.get("checkpoint.concurrency"))
+        self.terms = _terms(lease, heartbeat)
+        self.verify = _flag("verify", verify)
+        self.concurrency = _count("concurrency", concurrency)
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
@@ -229,10 +271,9 @@ class CheckpointManager:
         is already committed.
         """
         meta = dict(metadata or {})
-        try:
-            json.dumps(meta, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ManifestError(f"checkpoint metadata must be plain JSON: {e}") from e
+        _json.check_plain(meta, "checkpoint metadata")
+        if step is not None:
+            step = check_step(step)
         with self._lock:
             info = self._save(data, step, meta, encoding or {})
         if self.policy.keeps_all:
@@ -266,43 +307,62 @@ class CheckpointManager:
         self, data: Any, step: int | None, metadata: dict[str, Any], encoding: Any
     ) -> CheckpointInfo:
         save_id = uuid.uuid4().hex
-        marker = f"{INFLIGHT}{save_id}.json"
-        body = json.dumps({"id": save_id, "step": step, "started": time.time()}).encode()
-        sync(self._control.set(marker, default_buffer_prototype().buffer.from_bytes(body)))
+        marker = Lease(self._control, f"{INFLIGHT}{save_id}.json", {"step": step}, self.terms)
+        sync(marker.write())
+        trace.point("save:marker")
         try:
-            steps = self.steps()
-            if step is None:
-                step = steps[-1] + 1 if steps else 0
-            elif not (isinstance(step, int | np.integer) and step >= 0):
-                raise ValueError(f"step must be a non-negative integer, got {step!r}")
-            elif int(step) in steps:
-                raise CheckpointExistsError(f"step {step} is already committed in {self.store!r}")
-            step = int(step)
-            parent = self._newest_valid(steps)
-            ms = ManifestStore(
-                self.store, known=parent.hashes() if parent else frozenset(), verify=self.verify
-            )
-            write_data(ms, data, encoding, self.concurrency)
-            manifest = Manifest(
-                step, dict(ms.entries), metadata, parent.step if parent else None,
-                time.time(), save_id,
-            )
-            if not sync(put_if_absent(self._control, manifest_key(step), manifest.to_bytes())):
-                raise CheckpointExistsError(
-                    f"step {step} was committed by another writer while this one saved"
+            ms, manifest = self._write(data, step, metadata, encoding, save_id)
+            trace.point("save:written")
+            if not sync(marker.held()):
+                raise LeaseLostError(
+                    f"the save of step {manifest.step} went without a heartbeat for longer "
+                    f"than the {self.terms.lease:g} s lease and may have lost objects; "
+                    "nothing was committed: save again"
                 )
+            if not sync(
+                put_if_absent(self._control, manifest_key(manifest.step), manifest.to_bytes())
+            ):
+                raise CheckpointExistsError(
+                    f"step {manifest.step} was committed by another writer while this one saved"
+                )
+            trace.point("save:committed")
         finally:
             try:
-                sync(self._control.delete(marker))
+                sync(marker.release())
             except Exception:
-                logger.warning("Could not remove save marker %s", marker, exc_info=True)
-        logger.debug("Committed step %d: %d objects written", step, ms.written_objects)
+                logger.warning("Could not remove save marker %s", marker.key, exc_info=True)
+        trace.point("save:done")
+        logger.debug("Committed step %d: %d objects written", manifest.step, ms.written_objects)
         return CheckpointInfo.of(
             manifest,
             written_objects=ms.written_objects,
             written_bytes=ms.written_bytes,
             reused_objects=ms.reused_objects,
         )
+
+    def _write(
+        self, data: Any, step: int | None, metadata: dict[str, Any], encoding: Any, save_id: str
+    ) -> tuple[ManifestStore, Manifest]:
+        steps = self.steps()
+        if step is None:
+            step = steps[-1] + 1 if steps else 0
+        elif step in steps:
+            raise CheckpointExistsError(f"step {step} is already committed in {self.store!r}")
+        parent = self._newest_valid(steps)
+        # reuse only the parent's objects that are really there: a lost one is rewritten
+        claimed = parent.hashes() if parent else set()
+        known = sync(existing(self._control, claimed, self.concurrency))
+        ms = ManifestStore(self.store, known=frozenset(known), verify=self.verify)
+        write_data(ms, data, encoding, self.concurrency)
+        manifest = Manifest(
+            step,
+            dict(ms.entries),
+            metadata,
+            parent.step if parent else None,
+            _clock.wall(),
+            save_id,
+        )
+        return ms, manifest
 
     # -- reading --------------------------------------------------------------------------
 
@@ -370,7 +430,8 @@ class CheckpointManager:
         new = {e for e in eb.values() if isinstance(e, tuple) and e[0] not in old}
         changed = {k for k in ea.keys() & eb.keys() if ea[k] != eb[k]}
         return CheckpointDiff(
-            a, b,
+            a,
+            b,
             added=sorted(eb.keys() - ea.keys()),
             removed=sorted(ea.keys() - eb.keys()),
             changed=sorted(changed),
@@ -402,7 +463,7 @@ class CheckpointManager:
         """Apply retention, then delete objects no kept manifest names (see ``_gc``)."""
         forget_listings(self._control)
         return sync(
-            collect_garbage(self._control, self.policy, lease=self.lease, limit=self.concurrency)
+            collect_garbage(self._control, self.policy, terms=self.terms, limit=self.concurrency)
         )
 
     def archive(self, step: int, to: Store, *, verify_written: bool = True) -> ArchiveReport:
@@ -418,8 +479,17 @@ class CheckpointManager:
         if raw is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
         manifest = Manifest.from_bytes(raw.to_bytes(), where=f"manifest of step {step}")
-        return sync(_archive(self.store, to, manifest, raw.to_bytes(), verify_written,
-                             self.concurrency))
+        return sync(
+            _archive(
+                self.store,
+                to,
+                manifest,
+                raw.to_bytes(),
+                verify_written,
+                self.concurrency,
+                self.terms,
+            )
+        )
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -433,22 +503,29 @@ class CheckpointManager:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
 
 
 async def _archive(
-    src: Store, dst: Store, manifest: Manifest, raw: bytes, verify_written: bool, limit: int
+    src: Store,
+    dst: Store,
+    manifest: Manifest,
+    raw: bytes,
+    verify_written: bool,
+    limit: int,
+    terms: LeaseTerms,
 ) -> ArchiveReport:
     proto = default_buffer_prototype()
     copied: list[int] = []
     skipped: list[str] = []
     control = control_store(dst)
-    marker = f"{INFLIGHT}{uuid.uuid4().hex}.json"
-    body = json.dumps({"archive": manifest.step, "started": time.time()}).encode()
-    await control.set(marker, proto.buffer.from_bytes(body))
+    marker = Lease(control, f"{INFLIGHT}{uuid.uuid4().hex}.json", {"archive": manifest.step}, terms)
+    await marker.write()
 
     async def copy_one(digest: str) -> None:
         key = object_key(digest)
@@ -476,5 +553,5 @@ async def _archive(
                     f"{dst!r} already holds a different checkpoint of step {manifest.step}"
                 )
     finally:
-        await control.delete(marker)
+        await marker.release()
     return ArchiveReport(manifest.step, len(copied), sum(copied), len(skipped))

@@ -50,8 +50,9 @@ def write_data(ms: ManifestStore, data: Any, encoding: Encoding, limit: int) -> 
         _write_array(ms, "", data, encoding.get("", {}), limit)
 
 
-def _write_tree(ms: ManifestStore, tree: Mapping[Any, Any], prefix: str, encoding: Encoding,
-                limit: int) -> None:
+def _write_tree(
+    ms: ManifestStore, tree: Mapping[Any, Any], prefix: str, encoding: Encoding, limit: int
+) -> None:
     for name, value in tree.items():
         if not isinstance(name, str) or "/" in name:
             raise InvalidKeyError(f"checkpoint member names are strings without '/', got {name!r}")
@@ -65,8 +66,9 @@ def _write_tree(ms: ManifestStore, tree: Mapping[Any, Any], prefix: str, encodin
             _write_array(ms, path, value, encoding.get(path, {}), limit)
 
 
-def _write_array(ms: ManifestStore, path: str, value: Any, enc: Mapping[str, Any],
-                 limit: int) -> None:
+def _write_array(
+    ms: ManifestStore, path: str, value: Any, enc: Mapping[str, Any], limit: int
+) -> None:
     if isinstance(value, zarr.Array):
         if value.metadata.zarr_format == 3 and not enc:
             sync(_copy_raw(value.store, value.path, ms, path, limit))
@@ -77,7 +79,10 @@ def _write_array(ms: ManifestStore, path: str, value: Any, enc: Mapping[str, Any
         return
     value = np.asarray(value)
     arr = zarr.create_array(
-        store=ms, name=path or None, shape=value.shape, dtype=value.dtype,
+        store=ms,
+        name=path or None,
+        shape=value.shape,
+        dtype=value.dtype,
         **{"chunks": "auto", **enc},
     )
     arr[...] = value
@@ -107,7 +112,10 @@ def _aligned(chunks: tuple[int, ...], unit: int) -> bool:
 def _write_dask(ms: ManifestStore, path: str, darr: da.Array, enc: Mapping[str, Any]) -> None:
     chunks = enc.get("chunks") or tuple(max(c) if c else 1 for c in darr.chunks)
     arr = zarr.create_array(
-        store=ms, name=path or None, shape=darr.shape, dtype=darr.dtype,
+        store=ms,
+        name=path or None,
+        shape=darr.shape,
+        dtype=darr.dtype,
         **{**enc, "chunks": chunks},
     )
     unit = arr.shards or arr.chunks
@@ -140,8 +148,13 @@ def _write_dask(ms: ManifestStore, path: str, darr: da.Array, enc: Mapping[str, 
 
 
 def _write_block(
-    block: np.ndarray, backing: Store, path: str, meta: Entry, region: tuple[slice, ...],
-    known: frozenset[str], verify: bool,
+    block: np.ndarray,
+    backing: Store,
+    path: str,
+    meta: Entry,
+    region: tuple[slice, ...],
+    known: frozenset[str],
+    verify: bool,
 ) -> dict[str, Any]:
     """Runs on a worker: encode and store the chunks of one block; return their entries."""
     ms = ManifestStore(backing, {_join(path, "zarr.json"): meta}, known=known, verify=verify)

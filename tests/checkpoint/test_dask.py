@@ -15,7 +15,10 @@ from swarmstore.checkpoint import CheckpointManager
 def client():
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
             worker_dashboard_address=None,
         ) as cluster,
         Client(cluster) as c,

@@ -149,8 +149,9 @@ def test_commit_guarantee_per_store_type(tmp_path, s3_store):
     assert commit_guarantee(zarr.storage.LocalStore(tmp_path)) == "atomic"
     assert commit_guarantee(s3_store) == "atomic"
     assert commit_guarantee(zarr.storage.MemoryStore()) == "atomic-in-process"
-    rs = ReplicatedStore([f"file://{tmp_path}/n{i}" for i in range(2)], replicas=2,
-                         state_dir=str(tmp_path / "s"))
+    rs = ReplicatedStore(
+        [f"file://{tmp_path}/n{i}" for i in range(2)], replicas=2, state_dir=str(tmp_path / "s")
+    )
     assert commit_guarantee(rs) == "atomic"  # quorum of atomic conditional creates
 
 
@@ -320,8 +321,11 @@ def test_caches_are_looked_through_for_the_committed_state(tmp_path):
     from swarmstore.cache import DiskTier, TieredStore
 
     def tiered(name):
-        return TieredStore(zarr.storage.LocalStore(tmp_path / "ckpt"), memory_bytes="4MiB",
-                           disk=DiskTier(tmp_path / name, max_bytes="8MiB"))
+        return TieredStore(
+            zarr.storage.LocalStore(tmp_path / "ckpt"),
+            memory_bytes="4MiB",
+            disk=DiskTier(tmp_path / name, max_bytes="8MiB"),
+        )
 
     a = CheckpointManager(tiered("a"))
     b = CheckpointManager(tiered("b"), keep_last=1)
@@ -335,8 +339,13 @@ def test_caches_are_looked_through_for_the_committed_state(tmp_path):
 
 
 def test_zarr_v2_arrays_are_saved_as_v3(tmp_path):
-    v2 = zarr.create_array(zarr.storage.LocalStore(tmp_path / "v2"), shape=(12,), chunks=(4,),
-                           dtype="i2", zarr_format=2)
+    v2 = zarr.create_array(
+        zarr.storage.LocalStore(tmp_path / "v2"),
+        shape=(12,),
+        chunks=(4,),
+        dtype="i2",
+        zarr_format=2,
+    )
     v2[:] = np.arange(12)
     mgr = CheckpointManager(zarr.storage.MemoryStore())
     mgr.save({"old": v2})
@@ -365,8 +374,9 @@ def test_fill_value_chunks_are_not_stored_and_read_back_as_fill():
 
 
 @settings(max_examples=25, deadline=None)
-@given(edits=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11), st.floats(-9, 9)),
-                      max_size=6))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11), st.floats(-9, 9)), max_size=6)
+)
 def test_incremental_saves_write_exactly_the_changed_chunks(edits):
     mgr = CheckpointManager(zarr.storage.MemoryStore())
     x = np.arange(144, dtype="f8").reshape(12, 12)
