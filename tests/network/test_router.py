@@ -337,7 +337,7 @@ async def test_sources_are_ordered_by_expected_time_for_the_request_size(sources
     """A low-latency node behind a thin link wins small reads and loses large ones."""
     a, b = sources[:2]
     links = {"n0": (0.002, 2e6), "n1": (0.02, 200e6)}  # (latency, bytes/s)
-    small, large = b"s" * 16_000, b"L" * 2_000_000
+    small, large = b"s" * 16_000, b"L" * 400_000
 
     async def attempt(src):
         data = large if want["size"] == len(large) else small
