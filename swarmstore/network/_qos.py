@@ -203,7 +203,7 @@ class Lanes:
     def _admits(self, cls: str) -> bool:
         if self.capacity is None:
             return True
-        if self.limits and self._yields(cls):
+        if cls in self.limits and self._yields(cls):
             return False
         free = self.capacity - self._busy
         if free - 1 >= self._above[cls]:
@@ -241,8 +241,6 @@ class Lanes:
         self.in_use[cls] += 1
         self.granted[cls] += 1
         self._busy += 1
-        if cls in self._watched:
-            self._active_until[cls] = time.monotonic() + self.window
 
     # --- public API ------------------------------------------------------------------------
     def check(self, cls: str) -> str:
@@ -266,9 +264,11 @@ class Lanes:
             if cap is not None and cap - self._busy <= self._above[cls]:  # else: admitted
                 if not self._admits(cls):
                     return False
-            elif self.limits and self._yields(cls):
+            elif cls in self.limits and self._yields(cls):
                 return False
-            self._take(cls)
+            in_use[cls] += 1
+            self.granted[cls] += 1
+            self._busy += 1
         return True
 
     async def acquire(self, cls: str) -> None:
@@ -335,7 +335,7 @@ class Lanes:
             return queued + 1
         if cap - self._busy <= self._above[self.check(cls)] and not self._admits(cls):
             return 1
-        if self.limits and self._yields(cls):
+        if cls in self.limits and self._yields(cls):
             return 1
         return 0
 

@@ -318,7 +318,11 @@ class TransferRouter:
         nxt_name = entries[i].name if nxt is not None else ""
         hedge_deadline = None
         if nxt is not None and i + 1 < len(ordered):
-            hedge_deadline = self._deadline(entries[i], job.nbytes)
+            e_next, size = entries[i], job.nbytes
+
+            def hedge_deadline() -> float:
+                return self._deadline(e_next, size)
+
         return Race(
             job.run, task, src, e.name, delay=delay, deadline=deadline, nxt=nxt,
             nxt_name=nxt_name, hedge_deadline=hedge_deadline,

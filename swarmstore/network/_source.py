@@ -46,7 +46,7 @@ class Source:
         cap = lanes.capacity
         # Fast path: slots enough are free that no reserve above ``cls`` stands in the way.
         if cap and (
-            lanes.queued() or lanes.limits or cap - lanes.busy() <= lanes.reserve_above(cls)
+            lanes.queued() or cls in lanes.limits or cap - lanes.busy() <= lanes.reserve_above(cls)
         ):
             ahead = lanes.would_queue(cls)
             t += ahead / cap * t
