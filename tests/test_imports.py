@@ -52,7 +52,10 @@ def _imported(module: str, path: pathlib.Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            names = [f"{base}.{a.name}" for a in node.names] + [base]
+            mods = modules()
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
+            ]
         else:
             continue
         for name in names:

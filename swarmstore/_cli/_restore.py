@@ -37,19 +37,29 @@ async def _copy(
     keys = [k async for k in src.list()]
     sem = asyncio.Semaphore(_CONCURRENCY)
     done = 0
+    failed = False
 
     async def one(key: str) -> None:
-        nonlocal done
+        nonlocal done, failed
         async with sem:
-            value = await src.get(key, default_buffer_prototype())
-            if value is not None:
-                written.append(key)
-                await dest.set(key, value)
+            if failed:
+                return
+            try:
+                value = await src.get(key, default_buffer_prototype())
+                if value is not None and not failed:
+                    written.append(key)
+                    await dest.set(key, value)
+            except BaseException:
+                failed = True  # start nothing new; what is in flight finishes, then undo
+                raise
             done += 1
             if progress is not None:
                 progress(done, len(keys))
 
-    await asyncio.gather(*(one(k) for k in keys))
+    results = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
     return len(keys)
 
 
