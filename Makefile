@@ -28,9 +28,11 @@ test: $(STAMP)
 	$(VPY) -m pytest $(ARGS)
 
 bench: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py $(ARGS)
 
 bench-quick: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py --quick
 
 lint: $(STAMP)
