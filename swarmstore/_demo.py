@@ -8,66 +8,25 @@ held. Sections are small functions taking the shared :class:`Demo` context.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from zarr.core.sync import sync
 
+from swarmstore._demo_cluster import cluster_sections
+from swarmstore._demo_context import Demo
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 __all__ = ["Demo", "run_demo"]
-
-
-@dataclass
-class Check:
-    section: str
-    what: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
-class Demo:
-    """Shared state of one demo run: where it works, what it checked, how to print."""
-
-    root: Path
-    console: Console
-    s3: Any = None  # swarmstore.testing.S3Endpoint
-    checks: list[Check] = field(default_factory=list)
-    section: str = ""
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def check(self, what: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(self.section, what, bool(ok), detail))
-        mark = "[green]✔[/green]" if ok else "[red]✘[/red]"
-        self.console.print(f"  {mark} {what}" + (f" [dim]({detail})[/dim]" if detail else ""))
-        return bool(ok)
-
-    def say(self, text: str) -> None:
-        self.console.print(f"  {text}")
-
-    @contextlib.contextmanager
-    def progress(self, label: str) -> Iterator[Callable[[int, int], None]]:
-        """A progress bar; yields a ``progress(done, total)`` callback."""
-        columns = (TextColumn(f"  {label}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=self.console, transient=True) as bar:
-            task = bar.add_task(label, total=None)
-            yield lambda done, total_: bar.update(task, completed=done, total=total_)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
 
 
 def _flip_on_disk(path: Path) -> None:
@@ -214,13 +173,7 @@ def checkpoint_section(demo: Demo) -> None:
     )
 
 
-def _cluster_sections(demo: Demo) -> None:
-    from swarmstore._demo_cluster import cluster_sections
-
-    cluster_sections(demo)
-
-
-SECTIONS: list[Callable[[Demo], None]] = [storage_section, _cluster_sections, checkpoint_section]
+SECTIONS: list[Callable[[Demo], None]] = [storage_section, cluster_sections, checkpoint_section]
 
 
 def run_demo(workdir: str | None = None, keep: bool = False) -> int:

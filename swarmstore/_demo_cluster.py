@@ -18,7 +18,7 @@ import numpy as np
 from distributed import SchedulerPlugin
 
 if TYPE_CHECKING:
-    from swarmstore._demo import Demo
+    from swarmstore._demo_context import Demo
 
 __all__ = ["cluster_sections"]
 

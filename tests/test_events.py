@@ -268,3 +268,15 @@ async def test_unsatisfiable_events_keep_their_topic_and_are_counted(c, s, a) ->
     counts = s.plugins["swarmstore"].placements
     assert (counts.unsatisfiable_waiting, counts.unsatisfiable_failed) == (1, 1)
     assert s.plugins["swarmstore-events"].counts["unsatisfiable-failed"] == 1
+
+
+def test_a_bad_events_setting_is_named_once_and_never_breaks_the_caller(caplog) -> None:
+    import dask.config
+
+    with dask.config.set({"swarmstore.metrics.events": "off"}):
+        with caplog.at_level("WARNING", logger="swarmstore._events"):
+            assert _events.emit("example") is False
+            assert _events.emit("example") is False
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "swarmstore.metrics.events must be true or false" in warnings[0].getMessage()

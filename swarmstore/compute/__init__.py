@@ -7,6 +7,9 @@
 - :func:`annotate`: ``dask.annotate(swarm={...})`` validated on the client.
 
 See ``docs/compute.md``.
+
+Imports: errors, config, hashing, _events, metrics, and the capabilities it places work
+for (cache, storage, network); never checkpoint or testing.
 """
 
 from swarmstore.compute.inventory import GPUInfo, Inventory, InventoryPlugin, detect
