@@ -190,10 +190,12 @@ def run_demo(workdir: str | None = None, keep: bool = False) -> int:
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
             demo = Demo(root=root, console=console, s3=s3)
             for section in SECTIONS:
+                started = time.perf_counter()
                 try:
                     section(demo)
                 except Exception as e:  # a crashed section is a failed check, and we go on
                     demo.check(f"{section.__name__} ran to the end", False, repr(e))
+                demo.say(f"[dim]({time.perf_counter() - started:.1f} s)[/dim]")
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
