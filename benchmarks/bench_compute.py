@@ -197,9 +197,7 @@ def placement_cost(tasks: int) -> None:
 
     per_task(10)  # warm up
     runs = [{n: per_task(n) for n in (10, 100, 1000)} for _ in range(3)]
-    costs = {
-        n: {k: min(r[n][k] for r in runs) for k in runs[0][n]} for n in (10, 100, 1000)
-    }
+    costs = {n: {k: min(r[n][k] for r in runs) for k in runs[0][n]} for n in (10, 100, 1000)}
     for kind in ("gpu", "cpu", "chunk-again", "chunk-first"):
         ratio = costs[1000][kind] / costs[10][kind]
         print(f"placement-cost-{kind}: {ratio:.2f}x (goal <= 2.0)")
@@ -244,13 +242,16 @@ def affinity(quick: bool) -> None:
             z = zarr.create_array(store, shape=(n_chunks * chunk,), chunks=(chunk,), dtype="f8")
             z[:] = rng.random(n_chunks * chunk)
         results = {}
-        with LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            host="127.0.0.1",
-        ) as cluster, Client(cluster) as c:
+        with (
+            LocalCluster(
+                n_workers=3,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                host="127.0.0.1",
+            ) as cluster,
+            Client(cluster) as c,
+        ):
             c.register_plugin(TieredCachePlugin(memory_bytes="256MiB"))
             for plugin in (False, True):  # stock first, then the same cluster with SwarmPlugin
                 if plugin:

@@ -15,10 +15,12 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
+    "DeadlineExceeded",
     "InvalidKeyError",
     "LeaseLostError",
     "ManifestError",
     "ManifestVersionError",
+    "NodeRefused",
     "NodeUnavailable",
     "PlacementError",
     "QuorumError",
@@ -44,6 +46,18 @@ class InvalidKeyError(SwarmError, ValueError):
 
 class NodeUnavailable(SwarmError, ConnectionError):
     """A backing node could not be reached (outage, timeout, open circuit)."""
+
+
+class NodeRefused(SwarmError, OSError):
+    """A node answered but refused the operation (no such bucket, access denied, a value
+    that kept changing under a conditional write): an answer, not an outage."""
+
+
+class DeadlineExceeded(NodeUnavailable, TimeoutError):
+    """A node did not answer within the deadline the router gave the attempt.
+
+    The router then tries the next replica and counts the miss against the node's circuit.
+    """
 
 
 class ChecksumMismatch(SwarmError, OSError):

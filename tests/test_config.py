@@ -129,6 +129,7 @@ def _readers(tmp_path):
         "cache.disk-bytes": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-fsync": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-pending-bytes": lambda: DiskTier(tmp_path / "d"),
+        "cache.disk-claim-timeout": lambda: DiskTier(tmp_path / "d"),
         "compute": lambda: SwarmPlugin(),
         "compute.detect-gpus": lambda: detect(),
         "replication": lambda: ReplicationController(None),
@@ -192,7 +193,7 @@ def test_value_normalises_sizes_durations_and_types():
     assert config.value("replication.interval") == 2.0
     assert config.value("compute.unsatisfiable-timeout") == 30.0
     assert config.value("network.explore-interval") == 30.0
-    assert config.value("checkpoint.lease") == 3600.0
+    assert config.value("checkpoint.lease") == 45.0
     assert config.value("cache.ttl") is None
     assert config.value("storage.read-repair") is True
     assert config.value("network.qos-classes") == ["interactive", "normal", "bulk"]

@@ -97,9 +97,12 @@ async def test_router_figures_quantiles_counts_circuits_and_lanes() -> None:
     assert down["circuit"] == "open" and down["failures"] == 2 and down["quantiles"] == {}
     assert set(f["classes"]) == {"interactive", "normal", "bulk"}
     samples = metrics.router_samples("h:1", f)
-    assert values(samples, "router_circuit")[
-        (("process", "h:1"), ("source", "down"), ("state", "open"))
-    ] == 1.0
+    assert (
+        values(samples, "router_circuit")[
+            (("process", "h:1"), ("source", "down"), ("state", "open"))
+        ]
+        == 1.0
+    )
     assert total(samples, "router_circuit", source="down") == 1.0  # one state at a time
     assert total(samples, "router_requests", source="up") == 5
 
@@ -271,8 +274,12 @@ async def test_scheduler_metrics_endpoint_shows_swarmstore_families(tmp_path: pa
         writer[:] = np.arange(40)
         async with (
             LocalCluster(
-                processes=False, n_workers=1, threads_per_worker=1, resources={"GPU": 1},
-                dashboard_address="127.0.0.1:0", asynchronous=True,
+                processes=False,
+                n_workers=1,
+                threads_per_worker=1,
+                resources={"GPU": 1},
+                dashboard_address="127.0.0.1:0",
+                asynchronous=True,
             ) as cluster,
             Worker(cluster.scheduler_address, nthreads=1) as cpu,
             Client(cluster, asynchronous=True) as c,

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from zarr.core.buffer import default_buffer_prototype
 
+import swarmstore.checkpoint._json as _json
 from swarmstore import _clock
-from swarmstore.checkpoint import _json
 from swarmstore.errors import ManifestError
 
 if TYPE_CHECKING:

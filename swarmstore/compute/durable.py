@@ -91,8 +91,7 @@ class ResultStore:
         self.store: Store = store
         self.prefix = prefix.strip("/")
         self.allow_pickle = bool(
-            config.get("replication.allow-pickle", False) if allow_pickle is None
-            else allow_pickle
+            config.get("replication.allow-pickle", False) if allow_pickle is None else allow_pickle
         )
 
     def __repr__(self) -> str:
@@ -112,7 +111,10 @@ class ResultStore:
         fmt, data = self._encode(value)
         await zasync.open_group(store=self.store, path=self.prefix, mode="a")
         arr = await zasync.create_array(
-            self.store, name=self._path(token), data=data, overwrite=True,
+            self.store,
+            name=self._path(token),
+            data=data,
+            overwrite=True,
             attributes={_ATTR: {"complete": False}},
         )
         meta = {
@@ -284,8 +286,9 @@ def graph_tokens(dsk: Mapping[Key, Any]) -> dict[Key, str]:
                 stack.extend(todo)
                 continue
             stack.pop()
-            subs = {d: TaskRef(f"swarm-token-{tokens[d]}") for d in node.dependencies
-                    if d in tokens}
+            subs = {
+                d: TaskRef(f"swarm-token-{tokens[d]}") for d in node.dependencies if d in tokens
+            }
             code: list[bytes] = []
             _callables(node, code)
             stable = node.substitute(subs, key="swarm") if subs else node.substitute({}, "swarm")

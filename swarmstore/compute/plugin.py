@@ -42,13 +42,13 @@ from dataclasses import replace
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
-import dask.config
 from dask._task_spec import Task
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import pickle
 from tornado.ioloop import PeriodicCallback
 
 from swarmstore import config, metrics
+from swarmstore.compute._fusion import AnnotationGuard
 from swarmstore.compute.placement import (
     FEEDER_BOOST,
     HOLD,
@@ -57,7 +57,13 @@ from swarmstore.compute.placement import (
     WorkerInfo,
     gpu_ancestors,
 )
-from swarmstore.compute.requirements import GPU, GPU_MEMORY, Requirements, from_annotations
+from swarmstore.compute.requirements import (
+    GPU,
+    GPU_MEMORY,
+    Requirements,
+    from_annotations,
+    managed_needs,
+)
 from swarmstore.errors import PlacementError, UnsatisfiableRequirements
 
 if TYPE_CHECKING:
@@ -122,9 +128,10 @@ class SwarmPlugin(SchedulerPlugin):
         GPU work sent to a GPU worker beyond its GPUs, in multiples of its GPUs (default
         ``swarmstore.compute.gpu-prefetch``, 1: one task waits ready behind each running one).
     keep_annotations : bool, optional
-        Turn off dask's low-level fusion on the scheduler (when the operator left
-        ``optimization.fuse.active`` unset) so annotations on dask arrays reach placement;
-        default ``swarmstore.compute.keep-annotations``.
+        Materialise dask.array graphs that carry ``swarm`` or ``resources`` annotations
+        without linear fusion, on this scheduler and for those graphs only, so the
+        annotations reach placement (:mod:`swarmstore.compute._fusion`); default
+        ``swarmstore.compute.keep-annotations``.
 
     Notes
     -----
@@ -196,7 +203,7 @@ class SwarmPlugin(SchedulerPlugin):
         self._hooks: dict[str, list[Any]] = {h: [] for h in _HOOKS}
         self._pc: PeriodicCallback | None = None
         self._reported: set[Any] = set()
-        self._fuse_changed = False
+        self._guard = AnnotationGuard()
         self._unsat_since: dict[Any, float] = {}
         #: Placement decisions counted for ``/metrics`` (see :mod:`swarmstore.metrics`)
         self.placements = metrics.PlacementCounts()
@@ -211,7 +218,8 @@ class SwarmPlugin(SchedulerPlugin):
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._loop = asyncio.get_running_loop()
-        self._keep_annotations()
+        if self.keep_annotations:
+            self._guard.install(scheduler)
         self._sync_workers(scheduler)
         for spec in self.extension_specs:
             cls = _load(spec)
@@ -234,29 +242,9 @@ class SwarmPlugin(SchedulerPlugin):
         metrics.track_scheduler(self)
         logger.debug("SwarmPlugin started: %r", self)
 
-    def _keep_annotations(self) -> None:
-        """Stop low-level fusion on this scheduler from dropping annotations.
-
-        The scheduler materialises collections (``expr.__dask_graph__()``), running their
-        low-level optimiser with *its* config; dask.array's default linear fusion flattens
-        the graph to a dict and drops every layer annotation (dask/dask#7036), so ``swarm``
-        and ``resources`` annotations on dask arrays would never arrive. Unless the operator
-        chose a value for ``optimization.fuse.active``, set it to False in this process.
-        """
-        if not self.keep_annotations or dask.config.get("optimization.fuse.active") is not None:
-            return
-        dask.config.set({"optimization.fuse.active": False})
-        self._fuse_changed = True
-        logger.info(
-            "swarmstore: optimization.fuse.active set to False on the scheduler so that task "
-            "annotations survive graph materialisation (swarmstore.compute.keep-annotations)"
-        )
-
     async def close(self) -> None:
         metrics.untrack_scheduler(self)
-        if self._fuse_changed:
-            dask.config.set({"optimization.fuse.active": None})
-            self._fuse_changed = False
+        self._guard.uninstall()
         if self._pc is not None:
             self._pc.stop()
             if self.scheduler is not None:
@@ -387,18 +375,29 @@ class SwarmPlugin(SchedulerPlugin):
             ts.priority = (-d.priority, *ts.priority[1:])
         if d.hold:
             self.held[ts.key] = dict(d.resources or {})
-        if d.unsatisfiable and ts.key not in self._reported:
-            self._reported.add(ts.key)
-            scheduler.log_event(
-                "swarmstore",
-                {
-                    "action": "unsatisfiable-waiting",
-                    "key": ts.key,
-                    "resources": dict(d.resources or {}),
-                    "timeout": self.unsatisfiable_timeout,
-                },
-            )
+        if d.unsatisfiable:
+            self._report_waiting(scheduler, ts.key, dict(d.resources or {}))
         task_logger.debug("placed %s: %s", ts.key, d)
+
+    def _report_waiting(self, scheduler: Scheduler, key: Any, needs: dict[str, float]) -> None:
+        """One log line and one event per distinct unsatisfiable requirement."""
+        shape = frozenset(needs.items())
+        if shape in self._reported:
+            return
+        self._reported.add(shape)
+        managed = bool(managed_needs(needs))
+        timeout = self.unsatisfiable_timeout if managed else None
+        logger.warning(
+            "swarmstore: no worker declares resources %s (first task %r); such tasks wait "
+            "for one to join%s",
+            needs,
+            key,
+            f" and fail after {timeout:g}s" if timeout is not None else "",
+        )
+        scheduler.log_event(
+            "swarmstore",
+            {"action": "unsatisfiable-waiting", "key": key, "resources": needs, "timeout": timeout},
+        )
 
     @staticmethod
     def _boost(scheduler: Scheduler, ts: TaskState) -> None:
@@ -443,7 +442,6 @@ class SwarmPlugin(SchedulerPlugin):
             self._unsat_since.pop(key, None)
             self.requirements.pop(key, None)
             self.pinned.pop(key, None)
-            self._reported.discard(key)
         for fn in self._hooks["transition"]:
             try:
                 fn(key, start, finish, *args, **kwargs)
@@ -454,6 +452,7 @@ class SwarmPlugin(SchedulerPlugin):
         ws = scheduler.workers.get(worker)
         if ws is not None:
             self.placer.add_worker(_info(ws))
+            self._reported.clear()  # a requirement may be met now: say it again if not
             if self._ready:
                 self._schedule_dispatch()
         return self._forward("add_worker", scheduler, worker)
@@ -587,45 +586,56 @@ class SwarmPlugin(SchedulerPlugin):
             logger.info("swarmstore re-placed %d task(s) of %s", len(moved), worker)
 
     def check_unsatisfiable(self) -> None:
-        """Fail tasks that waited past the timeout for resources no worker declares."""
+        """Fail tasks that waited past the timeout for GPU resources no worker declares.
+
+        Only resources swarmstore manages (``GPU``, ``GPU_MEMORY``) count: a task asking for
+        any other resource nobody declares waits for a worker to join, as in stock Dask.
+        One log line and one event per distinct requirement, however many tasks share it.
+        """
         scheduler = self.scheduler
         if scheduler is None or self.unsatisfiable_timeout is None or not scheduler.unrunnable:
             return
         self._sync_workers(scheduler)  # resources may have changed (Worker.set_resources)
         now = monotonic()
-        stimulus_id = f"swarmstore-unsatisfiable-{time()}"
-        recs: dict[Any, str] = {}
-        failed = []
+        failed: dict[frozenset[tuple[str, float]], list[Any]] = {}
         unsat = self._unsat_since
         for ts in list(scheduler.unrunnable):
-            needs = ts.resource_restrictions
+            needs = managed_needs(ts.resource_restrictions)
             if not needs or self.placer.capable(needs):
                 unsat.pop(ts.key, None)
                 continue  # someone could run it: busy, held or restricted, not ours to fail
             # counted from when we first saw no capable worker, not from entering no-worker:
             # a held GPU task may have waited long for a slot before its workers went away
             since = unsat.setdefault(ts.key, now)
-            if now - since <= self.unsatisfiable_timeout:
-                continue
-            msg = (
-                f"task {ts.key!r} needs resources {dict(needs)} but no worker of "
-                f"{len(scheduler.workers)} declares them (waited "
-                f"{self.unsatisfiable_timeout:g}s; swarmstore.compute.unsatisfiable-timeout). "
-                "Start workers with those resources, or install swarmstore's worker plugin "
-                "(plugins/worker.py) so GPUs and CPUs are declared."
-            )
-            exc = pickle.dumps(UnsatisfiableRequirements(msg))
+            if now - since > self.unsatisfiable_timeout:
+                failed.setdefault(frozenset(needs.items()), []).append(ts)
+        for shape, tasks in failed.items():
+            self._fail_unsatisfiable(scheduler, dict(shape), tasks)
+
+    def _fail_unsatisfiable(
+        self, scheduler: Scheduler, needs: dict[str, float], tasks: list[TaskState]
+    ) -> None:
+        msg = (
+            f"needs resources {needs} but no worker of {len(scheduler.workers)} declares them "
+            f"(waited {self.unsatisfiable_timeout:g}s; swarmstore.compute.unsatisfiable-timeout)."
+            " Start workers with those resources, or install swarmstore's worker plugin "
+            "(plugins/worker.py) so GPUs are declared."
+        )
+        stimulus_id = f"swarmstore-unsatisfiable-{time()}"
+        recs: dict[Any, str] = {}
+        for ts in tasks:
+            exc = pickle.dumps(UnsatisfiableRequirements(f"task {ts.key!r} {msg}"))
             recs.update(
                 scheduler.transition(
                     ts.key, "erred", exception=exc, cause=ts.key, stimulus_id=stimulus_id
                 )
             )
-            failed.append(ts.key)
-            unsat.pop(ts.key, None)
-            logger.error("%s", msg)
-        if failed:
-            scheduler.transitions(recs, stimulus_id)
-            self.placements.failed(len(failed))
-            scheduler.log_event(
-                "swarmstore", {"action": "unsatisfiable-failed", "keys": failed}
-            )
+            self._unsat_since.pop(ts.key, None)
+        scheduler.transitions(recs, stimulus_id)
+        keys = [ts.key for ts in tasks]
+        self.placements.failed(len(keys))
+        logger.error("%d task(s) failed: each %s", len(keys), msg)
+        scheduler.log_event(
+            "swarmstore",
+            {"action": "unsatisfiable-failed", "resources": needs, "keys": keys},
+        )

@@ -26,10 +26,12 @@ from swarmstore.errors import PlacementError
 
 __all__ = [
     "KNOWN_KEYS",
+    "MANAGED",
     "PRIORITY_NAMES",
     "Requirements",
     "annotate",
     "from_annotations",
+    "managed_needs",
     "parse",
 ]
 
@@ -44,6 +46,18 @@ KNOWN_KEYS: frozenset[str] = frozenset(
 
 #: Dask resource names swarmstore declares on workers and restricts tasks with.
 GPU, GPU_MEMORY, CPU = "GPU", "GPU_MEMORY", "CPU"
+
+#: Resources swarmstore manages: only a request for these can be failed as unsatisfiable
+MANAGED: frozenset[str] = frozenset({GPU, GPU_MEMORY})
+
+
+def managed_needs(needs: Mapping[str, float] | None) -> dict[str, float]:
+    """The part of a resource request that swarmstore manages (GPUs).
+
+    >>> managed_needs({"GPU": 1, "X": 2})
+    {'GPU': 1}
+    """
+    return {r: n for r, n in (needs or {}).items() if r in MANAGED}
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,6 +280,11 @@ class Lanes:
             return 1
         return 0
 
+    def reserve_above(self, cls: str) -> int:
+        """Slots held for the classes above ``cls`` (free slots at most this many may be
+        closed to ``cls``)."""
+        return self._above.get(cls, 0)
+
     def busy(self) -> int:
         """Slots in use, all classes together."""
         return self._busy

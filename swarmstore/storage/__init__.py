@@ -14,21 +14,25 @@ from swarmstore.storage._maintenance import (
     repair,
     scrub,
 )
-from swarmstore.storage._node import Node, NodeSpec, check_key, node_from
+from swarmstore.storage._node import Node, NodeWrapper, State, check_key
 from swarmstore.storage._replicated import ReplicatedStore
+from swarmstore.storage._spec import NodeSpec, node_from, s3_config_kwargs
 
 __all__ = [
     "Node",
     "NodeSpec",
+    "NodeWrapper",
     "RebalanceReport",
     "Record",
     "RepairReport",
     "ReplicatedStore",
     "ScrubReport",
+    "State",
     "check_key",
     "inventory",
     "node_from",
     "rebalance",
     "repair",
+    "s3_config_kwargs",
     "scrub",
 ]

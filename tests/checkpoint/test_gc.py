@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zarr
+from distributed.utils_test import poll_for
 from hypothesis import given
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from distributed.utils_test import poll_for
 from zarr.storage import WrapperStore
 
 from swarmstore.checkpoint import CheckpointManager, KeepBest, RetentionPolicy

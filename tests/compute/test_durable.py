@@ -45,8 +45,11 @@ class Opaque:
 
 
 def _chunk_files(root: pathlib.Path, token: str) -> list[pathlib.Path]:
-    return [p for p in (root / "swarm-results" / token).rglob("*") if p.is_file()
-            and p.name != "zarr.json"]
+    return [
+        p
+        for p in (root / "swarm-results" / token).rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    ]
 
 
 # ------------------------------------------------------------------ ResultStore
@@ -330,7 +333,10 @@ def test_reuse_across_two_cluster_processes(tmp_path):
     def run(n: int) -> str:
         out = subprocess.run(
             [sys.executable, str(script), root, str(marker), str(n)],
-            capture_output=True, text=True, timeout=90, check=True,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=True,
         )
         return out.stdout.strip().splitlines()[-1]
 

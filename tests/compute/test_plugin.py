@@ -9,7 +9,7 @@ import dask
 import pytest
 from distributed import Event, Worker, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.utils_test import async_poll_for, gen_cluster
+from distributed.utils_test import async_poll_for, captured_logger, gen_cluster
 
 from swarmstore.compute import SwarmPlugin, annotate
 from swarmstore.compute.placement import FEEDER_BOOST
@@ -361,9 +361,9 @@ async def test_default_extension_is_replication(c, s, a):
 async def test_hooks_direct(s, a, b):
     """update_graph's work, without a client: the scheduler swallows hook errors."""
     plugin = SwarmPlugin(extensions=())
-    assert dask.config.get("optimization.fuse.active") is None
     await plugin.start(s)
-    assert dask.config.get("optimization.fuse.active") is False  # annotations survive
+    assert dask.config.get("optimization.fuse.active") is None  # no process-wide change
+    assert s.stream_handlers["update-graph"] == plugin._guard.update_graph
     assert set(plugin.placer.workers) == {a.address, b.address}
     # nothing of ours -> nothing happens, even with GPU workers and no tasks
     plugin.update_graph(s, keys=set(), tasks=[], annotations={})
@@ -376,7 +376,7 @@ async def test_hooks_direct(s, a, b):
     plugin.add_worker(s, b.address)
     assert plugin.placer.has_gpu_workers
     await plugin.close()
-    assert dask.config.get("optimization.fuse.active") is None  # put back
+    assert s.stream_handlers["update-graph"] == s.update_graph  # put back
 
 
 def test_plugin_is_a_scheduler_plugin():
@@ -411,3 +411,56 @@ async def test_dataset_read_tasks_follow_their_chunks(c, s, *workers):
     for key, owner in owners.items():
         assert {ws.address for ws in s.tasks[key].who_has} == {owner}
     assert await c.compute(x.sum()) == sum(range(40))
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_unmanaged_resource_waits_for_a_worker_past_the_timeout(c, s, a):
+    """Only GPU requests are failed; {"X": 1} waits for a worker as in stock Dask."""
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="100ms"))
+    x = c.submit(inc, 1, resources={"X": 1}, key="needs-x")
+    with dask.annotate(swarm={"gpu": 1}):
+        g = c.submit(inc, 2, key="needs-gpu")
+    with pytest.raises(UnsatisfiableRequirements):
+        await g  # the timeout has passed, and the checks ran
+    assert s.tasks["needs-x"].state == "no-worker"
+    async with Worker(s.address, nthreads=1, resources={"X": 1}):
+        assert await x == 2
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_one_log_line_per_unsatisfiable_requirement(c, s, a):
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="100ms"))
+    with captured_logger("swarmstore.compute.plugin") as log:
+        with dask.annotate(swarm={"gpu": 1}):
+            futs = c.map(inc, range(10), key=[f"g-{i}" for i in range(10)])
+        for f in futs:
+            with pytest.raises(UnsatisfiableRequirements, match="no worker of 1 declares"):
+                await f
+    lines = log.getvalue().splitlines()
+    assert len([ln for ln in lines if "no worker declares resources" in ln]) == 1
+    assert len([ln for ln in lines if "failed: each" in ln]) == 1
+    actions = [m["action"] for _, m in s.get_events("swarmstore")]
+    assert actions.count("unsatisfiable-waiting") == 1
+    assert actions.count("unsatisfiable-failed") == 1
+
+
+@gen_cluster(client=True, nthreads=[CPU, CPU])
+async def test_fusion_changes_for_annotated_graphs_on_the_scheduler_only(c, s, a, b):
+    """distributed's test_task_group_non_tuple_key with SwarmPlugin: stock fusion for graphs
+    without our annotations, annotations kept for graphs with them, config untouched."""
+    np = pytest.importorskip("numpy")
+    da = pytest.importorskip("dask.array")
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    assert dask.config.get("optimization.fuse.active", None) is None
+    y = await c.persist((da.arange(100, chunks=(20,)) + 1).sum())
+    assert s.task_prefixes["sum"].states["released"] == 4  # fused as stock fuses
+    await c.submit(np.sum, [1, 2, 3])
+    assert s.task_prefixes["sum"].states["memory"] == 1
+    with dask.annotate(swarm={"priority": 3}):
+        z = da.ones(40, chunks=10).map_blocks(lambda b: b * 2, name="annotated")
+    assert await c.compute(z.sum()) == 80
+    plugin = plugin_of(s)
+    assert sum(1 for k in plugin.requirements if k[0].startswith("annotated")) == 4
+    assert plugin._guard.graphs_kept == 1
+    assert dask.config.get("optimization.fuse.active", None) is None  # nothing process-wide
+    del y

@@ -3,6 +3,7 @@ import threading
 
 import dask.config
 import pytest
+from distributed.utils_test import async_poll_for
 from zarr.core.sync import sync
 
 import swarmstore
@@ -67,11 +68,11 @@ async def test_freed_slot_goes_to_classes_under_reserve_then_by_priority():
         order.append(cls)
 
     tasks = [asyncio.create_task(want(c)) for c in ["interactive", "bulk", "normal"]]
-    await asyncio.sleep(0.01)
-    assert ln.queued() == 3 and not order
-    for _ in range(3):
+    await async_poll_for(lambda: ln.queued() == 3, timeout=30, period=0.001)
+    assert not order
+    for i in range(3):
         ln.release("interactive")
-        await asyncio.sleep(0.01)
+        await async_poll_for(lambda i=i: len(order) == i + 1, timeout=30, period=0.001)
     # normal and bulk are below their reserves, interactive is not
     assert order == ["normal", "bulk", "interactive"]
     await asyncio.gather(*tasks)
@@ -88,7 +89,7 @@ async def test_fifo_within_a_class_and_cancelled_waiters_leave():
             await asyncio.sleep(0)
 
     tasks = [asyncio.create_task(want(i)) for i in range(4)]
-    await asyncio.sleep(0.01)
+    await async_poll_for(lambda: ln.queued() == 4, timeout=30, period=0.001)
     tasks[1].cancel()
     ln.release("all")
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -121,8 +122,8 @@ def test_lanes_serve_waiters_on_other_event_loops():
 
     async def waiter():
         task = asyncio.ensure_future(ln.acquire("all"))
-        await asyncio.sleep(0.02)
-        assert not task.done()
+        await async_poll_for(lambda: ln.queued() == 1, timeout=30, period=0.001)
+        assert not task.done()  # the slot is held on the other loop
         release.set()
         await asyncio.wait_for(task, 5)
         ln.release("all")
@@ -192,7 +193,7 @@ async def test_try_acquire_never_jumps_the_queue():
     ln = Lanes(2, ["all"])
     assert ln.try_acquire("all") and ln.try_acquire("all")
     waiter = asyncio.create_task(ln.acquire("all"))
-    await asyncio.sleep(0.01)
+    await async_poll_for(lambda: ln.queued() == 1, timeout=30, period=0.001)
     assert ln.would_queue("all") == 2
     ln.release("all")  # the slot goes to the waiter, not to a newcomer
     assert not ln.try_acquire("all")
