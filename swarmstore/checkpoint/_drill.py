@@ -9,11 +9,13 @@ store that keeps data through the loss passes, any other fails.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from zarr.core.sync import sync
 
 from swarmstore.checkpoint._manager import CheckpointManager
 
@@ -45,6 +47,16 @@ def _state(step: int, shape: tuple[int, int], chunk: int) -> np.ndarray:
     return x
 
 
+def _settle(store: Store) -> None:
+    """Let the store finish writes it acknowledged early (a quorum write returns at W copies
+    and hands the rest to the background): ``flush()``, when the store has one."""
+    flush = getattr(store, "flush", None)
+    if callable(flush):
+        result = flush()
+        if inspect.isawaitable(result):
+            sync(result)
+
+
 def node_loss_drill(
     store: Store,
     lose: Callable[[], Any],
@@ -57,7 +69,9 @@ def node_loss_drill(
     """Save ``steps`` checkpoints into ``store``, call ``lose()``, restore and check them all.
 
     ``store`` is a fresh (empty) store, typically a ``ReplicatedStore`` with R replicas;
-    ``lose`` takes R-1 of its nodes away. Raises nothing for lost data: the report says.
+    ``lose`` takes R-1 of its nodes away; before that the store is flushed (if it has
+    ``flush``), since a quorum write may return before its last copies are written.
+    Raises nothing for lost data: the report says.
     """
     say = progress or (lambda _msg: None)
     mgr = CheckpointManager(store)
@@ -67,6 +81,7 @@ def node_loss_drill(
         info = mgr.save({"x": _state(step, shape, chunk)}, encoding={"x": {"chunks": (chunk,) * 2}})
         saved += info.written_bytes
         say(f"saved step {info.step}: {info.written_objects} new objects")
+    _settle(store)
     t1 = time.perf_counter()
     say("taking nodes away")
     lose()

@@ -12,8 +12,11 @@ from swarmstore.storage import ReplicatedStore
 
 
 def _replicated(tmp_path, n=3, replicas=3):
+    """R replicas written to all R (W = R), so that any one survivor can answer a read."""
     nodes = [f"file://{tmp_path}/node{i}" for i in range(n)]
-    return ReplicatedStore(nodes, replicas=replicas, write_quorum=2, state_dir=str(tmp_path / "st"))
+    return ReplicatedStore(
+        nodes, replicas=replicas, write_quorum=replicas, state_dir=str(tmp_path / "st")
+    )
 
 
 def test_the_drill_restores_every_step_after_losing_r_minus_1_nodes(tmp_path):
