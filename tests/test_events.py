@@ -38,8 +38,7 @@ def events(s: Any, action: str | None = None) -> list[dict[str, Any]]:
 def make_store(tmp_path: pathlib.Path, n: int = 3, replicas: int = 2, **kwargs: Any):
     faults = [Faults() for _ in range(n)]
     nodes = [
-        FaultyStore(LocalStore(tmp_path / f"node{i}"), faults[i], name=f"node{i}")
-        for i in range(n)
+        FaultyStore(LocalStore(tmp_path / f"node{i}"), faults[i], name=f"node{i}") for i in range(n)
     ]
     store = ReplicatedStore(nodes, replicas=replicas, state_dir=tmp_path / "state", **kwargs)
     return store, faults

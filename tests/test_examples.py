@@ -31,6 +31,13 @@ def test_notebook_runs(path, tmp_path):
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
+    noise = [
+        out.get("text", "")
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("name") == "stderr" or out.get("output_type") == "error"
+    ]
+    assert not noise, "quiet on success: stderr in the outputs:\n" + "".join(noise)[:3000]
 
 
 @pytest.mark.slow
@@ -40,3 +47,4 @@ def test_script_runs(path, tmp_path):
         [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr == "", proc.stderr[-3000:]  # quiet on success

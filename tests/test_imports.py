@@ -53,9 +53,7 @@ def _imported(module: str, path: pathlib.Path) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             mods = modules()
-            names = [
-                f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
-            ]
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
         else:
             continue
         for name in names:
@@ -155,7 +153,6 @@ def test_metrics_and_plugins_form_no_circle():
     assert _circle_of("metrics", "compute.plugin") is None
 
 
-@pytest.mark.xfail(strict=True, reason="network room: _race/_probe call the router's privates")
 def test_router_modules_form_no_circle():
     assert _circle_of("network._router", "network._race") is None
 
@@ -165,7 +162,6 @@ def test_replicated_store_modules_form_no_circle():
     assert _circle_of("storage._replicated", "storage._maintenance") is None
 
 
-@pytest.mark.xfail(strict=True, reason="storage room: _node and _backends import each other")
 def test_node_modules_form_no_circle():
     assert _circle_of("storage._node", "storage._backends") is None
 
