@@ -130,9 +130,9 @@ def test_allow_pickle_is_a_strict_boolean(tmp_path, value):
     # refused as config ("no", "off", 0 ...), or read as the boolean it spells ("False")
     refused = (ConfigError, PermissionError)
     with dask.config.set({"swarmstore.replication.allow-pickle": value}):
-        with pytest.raises(refused, match="allow-pickle|refusing to unpickle"):
+        with pytest.raises(refused, match=r"allow-pickle|refusing to unpickle"):
             ResultStore(LocalStore(tmp_path / "r")).load("t")
-    with pytest.raises(refused, match="allow-pickle|refusing to unpickle"):
+    with pytest.raises(refused, match=r"allow-pickle|refusing to unpickle"):
         ResultStore(LocalStore(tmp_path / "r"), allow_pickle=value).load("t")
     with pytest.raises(PermissionError, match="refusing to unpickle"):
         ResultStore(LocalStore(tmp_path / "r")).load("t")
