@@ -108,8 +108,14 @@ def _load(spec: str | type) -> type | None:
         return None
 
 
+def _identity(ws: WorkerState) -> str:
+    """A worker's stable name for chunk affinity: its name, unless that is its address."""
+    name = str(ws.name)
+    return "" if name == ws.address else f"name:{name}"
+
+
 def _info(ws: WorkerState) -> WorkerInfo:
-    return WorkerInfo(ws.address, ws.nthreads, dict(ws.resources))
+    return WorkerInfo(ws.address, ws.nthreads, dict(ws.resources), _identity(ws))
 
 
 class SwarmPlugin(SchedulerPlugin):
