@@ -30,10 +30,12 @@ test: $(STAMP)
 
 # a full run starts benchmarks/results/latest.jsonl afresh; the tables follow from it
 bench: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py $(ARGS)
 	$(VPY) benchmarks/tables.py
 
 bench-quick: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py --quick
 
 lint: $(STAMP)

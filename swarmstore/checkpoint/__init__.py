@@ -13,6 +13,7 @@ surface), never by type.
 """
 
 from swarmstore.checkpoint._commit import commit_guarantee, put_if_absent
+from swarmstore.checkpoint._drill import DrillReport, node_loss_drill
 from swarmstore.checkpoint._gc import GCReport, collect_garbage
 from swarmstore.checkpoint._info import (
     ArchiveReport,
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointDiff",
     "CheckpointInfo",
     "CheckpointManager",
+    "DrillReport",
     "GCReport",
     "KeepBest",
     "Manifest",
@@ -46,5 +48,6 @@ __all__ = [
     "collect_garbage",
     "commit_guarantee",
     "content_hash",
+    "node_loss_drill",
     "put_if_absent",
 ]

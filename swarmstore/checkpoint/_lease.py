@@ -87,6 +87,7 @@ class Lease:
         self.id = uuid.uuid4().hex
         self._doc = {**doc, "id": self.id, "beat": 0}
         self._task: asyncio.Task[None] | None = None
+        self._exclusive = False  # a lock (acquire), not a marker whose key is ours alone
         #: True once a renewal found the key gone or someone else's.
         self.lost = False
 
@@ -106,6 +107,7 @@ class Lease:
 
         for _ in range(2):
             if await put_if_absent(self.store, self.key, self._body()):
+                self._exclusive = True
                 self._start()
                 return True
             held = await read_doc(self.store, self.key)
@@ -144,5 +146,5 @@ class Lease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if await self.held():
+        if not self._exclusive or await self.held():  # a lock may be someone else's by now
             await self.store.delete(self.key)

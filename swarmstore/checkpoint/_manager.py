@@ -151,8 +151,9 @@ class CheckpointManager:
         """
         branch = check_name(branch or self.branch)
         sync(self.repo.fresh())
-        tip = sync(self.repo.refs.tip(branch))
         history = sync(self.repo.history(branch))
+        seen = self.repo.refs_seen.get(branch)
+        tip = seen[-1] if seen else None  # the newest readable version, from that listing
         try:
             base = sync(self.repo.snapshot(tip.snapshot)) if tip else self._readable(history)
         except (ManifestError, CheckpointNotFoundError):

@@ -266,6 +266,10 @@ def restore_to(
     return _restore_store(src, target, keys, snap.step, force, mgr.concurrency)
 
 
+async def _delete(store: Store, keys: set[str], *, quiet: bool) -> None:
+    await asyncio.gather(*(store.delete(k) for k in keys), return_exceptions=quiet)
+
+
 async def _all_keys(store: Store) -> list[str]:
     return [k async for k in store.list()]
 
@@ -298,10 +302,9 @@ def _restore_store(
     try:
         nbytes = sync(_copy_keys(src, dst, keys, limit))
     except BaseException:
-        fresh = set(keys) - set(before)
-        sync(asyncio.gather(*(dst.delete(k) for k in fresh), return_exceptions=True))
+        sync(_delete(dst, set(keys) - set(before), quiet=True))
         raise
-    sync(asyncio.gather(*(dst.delete(k) for k in set(before) - set(keys))))
+    sync(_delete(dst, set(before) - set(keys), quiet=False))
     return RestoreReport(step, len(keys), nbytes, repr(dst))
 
 

@@ -180,9 +180,11 @@ def split(items: Iterable[Item]) -> list[Piece]:
     """Pieces of ``items`` (sorted by key, no duplicates), cut at content-defined boundaries."""
     pieces: list[Piece] = []
     run: list[Item] = []
+    hash64 = xxhash.xxh3_64_intdigest
     for item in items:
         run.append(item)
-        if len(run) >= MAX or (len(run) >= MIN and _boundary(item[0])):
+        n = len(run)
+        if n >= MAX or (n >= MIN and hash64(item[0].encode()) % TARGET == 0):
             pieces.append(Piece.of(run))
             run = []
     if run:

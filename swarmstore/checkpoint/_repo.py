@@ -32,6 +32,8 @@ from swarmstore.errors import CheckpointNotFoundError, ManifestError
 if TYPE_CHECKING:
     from zarr.abc.store import Store
 
+    from swarmstore.checkpoint._snapshot import Ref
+
 __all__ = ["Commit", "Repo"]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,9 @@ class Repo:
         self.refs = Refs(self.control, limit)
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._legacy: dict[str, Manifest] = {}
+        self._no_legacy = False
+        #: the readable refs the last ``history`` of each branch listed (its tip is last)
+        self.refs_seen: dict[str, list[Ref]] = {}
 
     async def fresh(self) -> None:
         """Start from fresh listings (s3fs caches them; other processes change the store)."""
@@ -70,8 +75,12 @@ class Repo:
     # -- schema 1 --------------------------------------------------------------------------
 
     async def legacy_steps(self) -> list[int]:
+        if self._no_legacy:
+            return []  # schema-1 manifests are never written any more, only deleted
         keys = await _keys(self.control, MANIFESTS)
-        return sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
+        steps = sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
+        self._no_legacy = not keys
+        return steps
 
     async def legacy(self, step: int) -> Manifest:
         buf = await self.control.get(manifest_key(step), default_buffer_prototype())
@@ -105,6 +114,7 @@ class Repo:
         refs, listed = await asyncio.gather(
             self.refs.history(branch), _keys(self.control, SNAPSHOTS)
         )
+        self.refs_seen[branch] = refs
         present = {k[len(SNAPSHOTS) : -len(".json")] for k in listed}
         commits = [
             Commit(r.step, r.snapshot, r.parent, r.created, r.version)

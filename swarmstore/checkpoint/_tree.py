@@ -252,15 +252,22 @@ async def merge(
     inline = dict(base.inline)
     nodes = {n: r for n, r in base.nodes.items() if n not in set(dropped)}
     grouped: dict[str, dict[str, Entry | None]] = {}
+    chunks = []
     for key, e in changes.items():
-        inline.pop(key, None)
         if isinstance(e, str):
             inline[key] = e
+        else:
+            inline.pop(key, None)
+            chunks.append((key, e))
     meta_nodes = _meta_nodes(inline) | set(nodes)
-    for key, e in changes.items():
-        if not isinstance(e, str):
+    memo: dict[str, tuple[str, int, dict[str, Entry | None]]] = {}  # folder -> node, cut, edits
+    for key, e in chunks:
+        folder = key.rpartition("/")[0]
+        held = memo.get(folder)
+        if held is None:  # chunk keys share folders: one lookup per folder
             node = node_of(key, meta_nodes)
-            grouped.setdefault(node, {})[_suffix(key, node)] = e
+            held = memo[folder] = (node, len(node) + 1 if node else 0, grouped.setdefault(node, {}))
+        held[2][key[held[1] :]] = e
     new: list[tuple[PieceRef, bytes]] = []
     for node, edits in grouped.items():
         refs = await _merge_node(base, nodes.get(node, ()), edits, new)
@@ -284,9 +291,12 @@ async def _merge_node(
 ) -> tuple[PieceRef, ...]:
     firsts = [r.first for r in refs]
     touched: dict[int, dict[str, Entry | None]] = {}
-    for suffix, e in edits.items():
-        i = max(bisect.bisect_right(firsts, suffix) - 1, 0) if refs else 0
-        touched.setdefault(i, {})[suffix] = e
+    if len(refs) <= 1:
+        touched[0] = edits  # one piece or none: every edit falls in it
+    else:
+        for suffix, e in edits.items():
+            i = max(bisect.bisect_right(firsts, suffix) - 1, 0)
+            touched.setdefault(i, {})[suffix] = e
     out: list[PieceRef] = []
     i = 0
     while i < max(len(refs), 1):
@@ -314,11 +324,13 @@ async def _rewrite(
 ) -> list[PieceRef]:
     pieces = await asyncio.gather(*map(base.loader.load, run))
     current = {k: (d, s) for p in pieces for k, d, s in p.items()}
+    raw: dict[str, bytes] = {}  # equal digests (fill-like chunks) are converted once
     for suffix, e in patch.items():
         if e is None:
             current.pop(suffix, None)
         else:
-            current[suffix] = (bytes.fromhex(e[0]), e[1])  # type: ignore[index]
+            digest = raw.get(e[0]) or raw.setdefault(e[0], bytes.fromhex(e[0]))  # type: ignore[index]
+            current[suffix] = (digest, e[1])  # type: ignore[index]
     refs = []
     for piece in split((k, d, s) for k, (d, s) in sorted(current.items())):
         data = piece.encode()

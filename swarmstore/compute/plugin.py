@@ -48,6 +48,7 @@ from distributed.protocol import pickle
 from tornado.ioloop import PeriodicCallback
 
 from swarmstore import config, metrics
+from swarmstore.compute._figures import PLACEMENT_FAMILIES, PlacementCounts
 from swarmstore.compute._fusion import AnnotationGuard
 from swarmstore.compute.placement import (
     FEEDER_BOOST,
@@ -206,13 +207,28 @@ class SwarmPlugin(SchedulerPlugin):
         self._guard = AnnotationGuard()
         self._unsat_since: dict[Any, float] = {}
         #: Placement decisions counted for ``/metrics`` (see :mod:`swarmstore.metrics`)
-        self.placements = metrics.PlacementCounts()
+        self.placements = PlacementCounts()
 
     def __repr__(self) -> str:
         return (
             f"SwarmPlugin({self.placer!r}, tracked={len(self.requirements)}, "
             f"extensions={[type(e).__name__ for e in self.extensions]})"
         )
+
+    def figures(self) -> dict[str, Any]:
+        """Placement counts, GPU tasks queued, tracked tasks, GPU slots and load per worker
+        (this plugin's :mod:`swarmstore.metrics` source)."""
+        if self.scheduler is None:
+            return {}
+        out = self.placements.figures()
+        queued = {k for _, _, k in self._ready if k in self.held and k not in self.charged}
+        out["placement_gpu_queued"] = len(queued)
+        out["placement_tracked_tasks"] = len(self.requirements)
+        gpu = self.placer.gpu
+        caps = list(gpu.capacity.items())
+        out["gpu_slots"] = {addr: gpus for addr, (gpus, _mem) in caps}
+        out["gpu_committed"] = {addr: gpu.used.get(addr, (0.0,))[0] for addr, _ in caps}
+        return out
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, scheduler: Scheduler) -> None:
@@ -239,11 +255,15 @@ class SwarmPlugin(SchedulerPlugin):
         self._pc = PeriodicCallback(self._periodic, interval * 1000)
         scheduler.periodic_callbacks["swarmstore"] = self._pc
         self._pc.start()
-        metrics.track_scheduler(self)
+        metrics.register_source(
+            f"placement@{id(self)}", self.figures, PLACEMENT_FAMILIES, owner=scheduler
+        )
+        metrics.watch_scheduler(scheduler)
+        metrics.count_events(scheduler)
         logger.debug("SwarmPlugin started: %r", self)
 
     async def close(self) -> None:
-        metrics.untrack_scheduler(self)
+        metrics.unregister_source(f"placement@{id(self)}")
         self._guard.uninstall()
         if self._pc is not None:
             self._pc.stop()

@@ -27,7 +27,8 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time
 
-from swarmstore import _events, config
+from swarmstore import _events, config, metrics
+from swarmstore.compute._figures import REPLICATION_FAMILIES
 from swarmstore.compute._replica_policy import (
     Candidate,
     HonourReplicaCounts,
@@ -140,6 +141,12 @@ class ReplicationController:
     async def start(self) -> None:
         """Track keys that predate us; the policy joins the AMM with the first tracked key."""
         self._started = True
+        metrics.register_source(
+            f"replication@{id(self)}",
+            self._metric_figures,
+            REPLICATION_FAMILIES,
+            owner=self.scheduler,
+        )
         for ts in list(self.scheduler.tasks.values()):
             self._track(ts.key)
         logger.debug("Replication started: %s", self)
@@ -147,6 +154,7 @@ class ReplicationController:
     async def close(self) -> None:
         """Leave the AMM; its ``ReduceReplicas`` sees every key again."""
         self._started = False
+        metrics.unregister_source(f"replication@{id(self)}")
         self._leave()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -258,6 +266,16 @@ class ReplicationController:
             "missing": missing,
             "requested": self.fast_requests,
             "lost": self.lost,
+        }
+
+    def _metric_figures(self) -> dict[str, Any]:
+        f = self.figures()
+        return {
+            "replication_tracked_keys": f["tracked"],
+            "replication_under_replicated_keys": f["under_replicated"],
+            "replication_missing_replicas": f["missing"],
+            "replication_requested": f["requested"],
+            "replication_keys_lost": f["lost"],
         }
 
     # ---- internals

@@ -32,7 +32,7 @@ _QOS: contextvars.ContextVar[str | None] = contextvars.ContextVar("swarmstore_qo
 
 def qos_classes() -> list[str]:
     """The configured QoS classes, highest priority first (``swarmstore.network.qos-classes``)."""
-    classes = config.get("network.qos-classes")
+    classes = config.value("network.qos-classes")
     if not classes or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"swarmstore.network.qos-classes must list class names, got {classes!r}")
     return list(classes)
@@ -64,7 +64,7 @@ def qos(cls: str) -> Iterator[str]:
 def current_qos() -> str:
     """The ambient QoS class: the innermost :func:`qos` block, else ``network.qos-default``."""
     cls = _QOS.get()
-    return cls if cls is not None else str(config.get("network.qos-default"))
+    return cls if cls is not None else str(config.value("network.qos-default"))
 
 
 class _Waiter:

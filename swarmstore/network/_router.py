@@ -35,6 +35,7 @@ from swarmstore.network._model import SourceStats
 from swarmstore.network._order import Planner
 from swarmstore.network._probe import Prober
 from swarmstore.network._qos import _QOS, Lanes
+from swarmstore.network._s3 import _kwargs as _s3_kwargs
 from swarmstore.network._settings import Settings
 from swarmstore.network._source import Source
 from swarmstore.network._verdict import verdict
@@ -350,6 +351,13 @@ class TransferRouter:
         job = Job(self.runner, attempt, self._class(), nbytes, fixed=nbytes)
         result: T = await self.runner.run(job, source, nm, None)
         return result
+
+    def s3_config_kwargs(self) -> dict[str, Any]:
+        """botocore ``config_kwargs`` for S3 nodes read through this router: the pool as
+        large as this router's per-source lanes, no retries (see
+        :func:`swarmstore.network.s3_config_kwargs`)."""
+        s = self.settings
+        return _s3_kwargs(s.source_concurrency, s.s3_connect_timeout, s.s3_read_timeout)
 
     async def close(self) -> None:
         """Cancel background probes started from this event loop."""

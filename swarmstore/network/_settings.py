@@ -13,12 +13,8 @@ from swarmstore.network._qos import qos_classes
 __all__ = ["Settings"]
 
 
-def _cfg(value: Any, key: str) -> Any:
-    return config.get(f"network.{key}") if value is None else value
-
-
-def _seconds(value: Any, key: str) -> float | None:
-    return config.get_seconds(f"network.{key}", value)
+def _v(key: str, given: Any = None) -> Any:
+    return config.value(f"network.{key}", given)
 
 
 @dataclass(frozen=True)
@@ -49,37 +45,40 @@ class Settings:
     probe: bool
     probe_interval: float
     probe_interval_max: float
+    s3_connect_timeout: float
+    s3_read_timeout: float
 
     @classmethod
     def load(cls, qos: bool = True, probe: Any = None, **given: Any) -> Settings:
         """Resolve ``given`` (router constructor arguments; None: from config)."""
         g = given.get
         s = cls(
-            alpha=float(_cfg(g("alpha"), "ewma-alpha")),
-            hedge=bool(_cfg(g("hedge"), "hedge")),
-            hedge_quantile=float(_cfg(g("hedge_quantile"), "hedge-quantile")),
-            hedge_budget=float(_cfg(g("hedge_budget"), "hedge-budget")),
-            hedge_min_samples=int(_cfg(g("hedge_min_samples"), "hedge-min-samples")),
-            circuit_failures=int(_cfg(g("circuit_failures"), "circuit-failures")),
-            circuit_reset=_seconds(g("circuit_reset"), "circuit-reset") or 0.0,
-            circuit_reset_max=_seconds(g("circuit_reset_max"), "circuit-reset-max") or 0.0,
-            deadline_factor=float(_cfg(g("deadline_factor"), "deadline-factor")),
-            deadline_floor=_seconds(g("deadline_floor"), "deadline-floor") or 0.0,
-            deadline_cold=_seconds(g("deadline_cold"), "deadline-cold") or 0.0,
-            concurrency=int(_cfg(g("concurrency"), "concurrency") or 0) or None,
-            source_concurrency=int(_cfg(g("source_concurrency"), "source-concurrency") or 0)
-            or None,
+            alpha=_v("ewma-alpha", g("alpha")),
+            hedge=_v("hedge", g("hedge")),
+            hedge_quantile=_v("hedge-quantile", g("hedge_quantile")),
+            hedge_budget=_v("hedge-budget", g("hedge_budget")),
+            hedge_min_samples=_v("hedge-min-samples", g("hedge_min_samples")),
+            circuit_failures=_v("circuit-failures", g("circuit_failures")),
+            circuit_reset=_v("circuit-reset", g("circuit_reset")),
+            circuit_reset_max=_v("circuit-reset-max", g("circuit_reset_max")),
+            deadline_factor=_v("deadline-factor", g("deadline_factor")),
+            deadline_floor=_v("deadline-floor", g("deadline_floor")),
+            deadline_cold=_v("deadline-cold", g("deadline_cold")),
+            concurrency=_v("concurrency", g("concurrency")) or None,
+            source_concurrency=_v("source-concurrency", g("source_concurrency")) or None,
             qos=qos,
             classes=tuple(qos_classes()) if qos else ("all",),
-            default_class=str(config.get("network.qos-default")) if qos else "all",
-            shares=dict(config.get("network.qos-shares") or {}) if qos else {},
-            host=_cfg(g("host"), "host") or socket.gethostname(),
-            zone=_cfg(g("zone"), "zone"),
-            topology_slack=float(_cfg(g("topology_slack"), "topology-slack")),
-            explore_interval=_seconds(g("explore_interval"), "explore-interval"),
-            probe=bool(config.get("network.probe")) if probe is None else bool(probe),
-            probe_interval=_seconds(g("probe_interval"), "probe-interval") or 0.0,
-            probe_interval_max=_seconds(g("probe_interval_max"), "probe-interval-max") or 0.0,
+            default_class=_v("qos-default") if qos else "all",
+            shares=dict(_v("qos-shares") or {}) if qos else {},
+            host=_v("host", g("host")) or socket.gethostname(),
+            zone=_v("zone", g("zone")),
+            topology_slack=_v("topology-slack", g("topology_slack")),
+            explore_interval=_v("explore-interval", g("explore_interval")),
+            probe=_v("probe") if probe is None else bool(probe),
+            probe_interval=_v("probe-interval", g("probe_interval")),
+            probe_interval_max=_v("probe-interval-max", g("probe_interval_max")),
+            s3_connect_timeout=_v("s3-connect-timeout"),
+            s3_read_timeout=_v("s3-read-timeout"),
         )
         s.check()
         return s

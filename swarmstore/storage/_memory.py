@@ -1,9 +1,14 @@
 """MemoryNode: an in-process dict (a zarr ``MemoryStore``); records, tombstones and the
 metadata area live in dicts beside it. Every operation runs without an ``await`` between
-its compare and its swap, so it is atomic within the process."""
+its compare and its swap, so it is atomic within the process.
+
+Records are kept encoded (the text an xattr would hold) and decoded against the key on
+every read, so a memory node fails exactly as a directory does when a record is swapped,
+stripped or flipped (the state machine's faults)."""
 
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from swarmstore.errors import ChecksumMismatch
+from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import (
     META,
     Node,
@@ -26,7 +33,7 @@ from swarmstore.storage._node import (
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
-    from swarmstore.storage._integrity import Record, Version
+    from swarmstore.storage._integrity import Version
 
 __all__ = ["MemoryNode"]
 
@@ -35,8 +42,8 @@ __all__ = ["MemoryNode"]
 class _Side:
     """What a memory node keeps beside zarr's dict."""
 
-    records: dict[str, tuple[Any, Record]] = field(default_factory=dict)
-    tombs: dict[str, Record] = field(default_factory=dict)
+    records: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    tombs: dict[str, str] = field(default_factory=dict)
     meta: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -92,24 +99,33 @@ class MemoryNode(Node):
         return self.store._store_dict  # type: ignore[no-any-return]
 
     # --- sync core -----------------------------------------------------------------------
-    def _record(self, key: str, buf: Any) -> Record | None:
+    def _record(self, key: str, buf: Any) -> tuple[Record | None, str | None]:
         entry = self.side.records.get(key)
-        return entry[1] if entry is not None and entry[0] is buf else None
+        if entry is None or entry[0] is not buf:
+            return None, None
+        return _decoded(entry[1], key, False)
 
     def read_now(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
         buf = self._data.get(check_key(key))
         if buf is None:
             return None
+        record, why = self._record(key, buf)
+        if why is not None:
+            raise ChecksumMismatch(f"{self.name}/{key}: {why}")
         data = buf.to_bytes()
-        return Read(data[start:end], self._record(key, buf), len(data))
+        return Read(data[start:end], record, len(data))
 
     def state_now(self, key: str, *, tomb: bool | None = None) -> State:
         buf = self._data.get(check_key(key))
         size = None if buf is None else len(buf)
-        record = None if buf is None else self._record(key, buf)
-        if tomb is False or (tomb is None and buf is not None):
-            return State(size, record, None, tomb_known=False)
-        return State(size, record, self.side.tombs.get(key))
+        record, corrupt = (None, None) if buf is None else self._record(key, buf)
+        if tomb is False or (tomb is None and buf is not None and corrupt is None):
+            return State(size, record, None, tomb_known=False, corrupt=corrupt)
+        text = self.side.tombs.get(key)
+        t, why = (None, None) if text is None else _decoded(text, key, True)
+        if why is not None and (size is None or corrupt is not None):
+            corrupt = corrupt or why
+        return State(size, record, t, corrupt=corrupt)
 
     # --- async API -----------------------------------------------------------------------
     async def read(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
@@ -138,7 +154,7 @@ class MemoryNode(Node):
             return "superseded"
         buf = default_buffer_prototype().buffer.from_bytes(pending.data)
         self._data[key] = buf
-        self.side.records[key] = (buf, record)
+        self.side.records[key] = (buf, record.encode(key))
         if cur.tomb is not None and cur.tomb.version < record.version:
             del self.side.tombs[key]
         return "written"
@@ -152,11 +168,11 @@ class MemoryNode(Node):
             return "superseded"
         self._data.pop(key, None)
         self.side.records.pop(key, None)
-        self.side.tombs[key] = tomb
+        self.side.tombs[key] = tomb.encode(key)
         return "written"
 
     async def unbury(self, key: str, tomb: Record) -> None:
-        held = self.side.tombs.get(check_key(key))
+        held = self.state_now(key, tomb=True).tomb
         if held is not None and held.version == tomb.version:
             del self.side.tombs[key]
 
@@ -164,7 +180,7 @@ class MemoryNode(Node):
         buf = self._data.get(check_key(key))
         if buf is None:
             return False
-        record = self._record(key, buf)
+        record, _ = self._record(key, buf)
         if version is not None and (record.version if record else None) != version:
             return False
         del self._data[key]
@@ -194,6 +210,18 @@ class MemoryNode(Node):
         lead = f"{base}/" if base else ""
         names = {k[len(lead) :].split("/", 1)[0] for k in list(self._data) if k.startswith(lead)}
         return sorted(n for n in names if n and not (not base and n == META))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decoded(text: str, key: str, tomb: bool) -> tuple[Record | None, str | None]:
+    """(record, None) or (None, why it cannot be trusted); cached (texts repeat)."""
+    try:
+        record = Record.decode(text, key)
+    except ValueError as e:
+        return None, f"unreadable checksum record ({e})"
+    if record.deleted != tomb:
+        return None, "a record of the wrong kind"
+    return record, None
 
 
 def _named_node(name: str, attrs: dict[str, Any]) -> MemoryNode:

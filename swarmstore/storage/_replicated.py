@@ -18,11 +18,11 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer
 
-from swarmstore import _events, config
+from swarmstore import _events, _sync, config
 from swarmstore.errors import ConfigError, QuorumError
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
-from swarmstore.storage import _listing, _repairs
+from swarmstore.storage import _listing, _maintenance, _repairs
 from swarmstore.storage._create import create
 from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from zarr.core.buffer import BufferPrototype
 
     from swarmstore.storage._integrity import Record, Version
+    from swarmstore.storage._maintenance import RebalanceReport, RepairReport, ScrubReport
     from swarmstore.storage._node import Node
 
 __all__ = ["ReplicatedStore"]
@@ -128,31 +129,21 @@ class ReplicatedStore(Store):
         read_repair: bool | None,
         min_block: int | str | None,
     ) -> None:
-        self.replicas = _int("storage.replicas", replicas)
+        self.replicas = config.value("storage.replicas", replicas)
         if not 1 <= self.replicas <= len(self.nodes):
             raise ConfigError(f"replicas={self.replicas} needs 1..{len(self.nodes)} (the nodes)")
-        wq = config.get("storage.write-quorum") if write_quorum is None else write_quorum
-        self.write_quorum = _int("storage.write-quorum", wq) if wq is not None else None
-        if self.write_quorum is None:
-            self.write_quorum = self.replicas // 2 + 1
+        wq = config.value("storage.write-quorum", write_quorum)
+        self.write_quorum = self.replicas // 2 + 1 if wq is None else wq
         if not 1 <= self.write_quorum <= self.replicas:
             raise ConfigError(f"write_quorum={self.write_quorum} needs 1..replicas")
-        rq = config.get("storage.read-quorum") if read_quorum is None else read_quorum
-        self.read_quorum = (
-            self.replicas - self.write_quorum + 1 if rq is None else _int("storage.read-quorum", rq)
-        )
+        rq = config.value("storage.read-quorum", read_quorum)
+        self.read_quorum = self.replicas - self.write_quorum + 1 if rq is None else rq
         if not 1 <= self.read_quorum <= self.replicas:
             raise ConfigError(f"read_quorum={self.read_quorum} needs 1..replicas")
-        rr = config.get("storage.read-repair") if read_repair is None else read_repair
-        if not isinstance(rr, bool):
-            raise ConfigError(f"swarmstore.storage.read-repair must be true or false, got {rr!r}")
-        self.read_repair = rr
-        block = config.get_bytes("storage.verify-block-size", min_block) or 1 << 20
-        if block < 1:
-            raise ConfigError(f"swarmstore.storage.verify-block-size must be >= 1, got {block}")
-        self.min_block = block
-        self._grace_cap = config.get_seconds("storage.write-grace") or 1.0
-        self.create_patience = config.get_seconds("storage.create-patience") or 2.0
+        self.read_repair = config.value("storage.read-repair", read_repair)
+        self.min_block = config.value("storage.verify-block-size", min_block)
+        self._grace_cap = config.value("storage.write-grace")
+        self.create_patience = config.value("storage.create-patience")
 
     def _allow_create(self, create: bool | None) -> None:
         """Explicit ``create`` sets every node's flag; None allows it for a brand-new store
@@ -166,7 +157,7 @@ class ReplicatedStore(Store):
 
     # --- identity, pickling ----------------------------------------------------------------
     def _default_state_dir(self) -> pathlib.Path:
-        base = config.get("storage.state-dir")
+        base = config.value("storage.state-dir")
         root = (
             pathlib.Path(base)
             if base
@@ -219,7 +210,8 @@ class ReplicatedStore(Store):
             self._spawn(replay(self))
 
     async def aclose(self) -> None:
-        """Finish background work and release node connections (S3 HTTP sessions)."""
+        """Finish background work and release node connections (S3 HTTP sessions, each
+        closed on its own loop)."""
         await self.flush()
         for n in self.nodes:
             await n.aclose()
@@ -283,11 +275,17 @@ class ReplicatedStore(Store):
             task.exception()  # retrieved: node errors of background work are not news
 
     async def flush(self) -> None:
-        """Wait for background repairs, hint replays and laggard writes started so far.
+        """Wait for background repairs and hint replays started so far (on this loop and on
+        zarr's I/O loop). Laggard writes to a frozen node are not waited for.
 
         Waits on a snapshot of the tasks (``asyncio.wait``, so their done-callbacks run),
         again only while new ones appeared; never spins.
         """
+        await self._flush_here()
+        if not _sync.on_io_loop():
+            await _sync.hop(self._flush_here())
+
+    async def _flush_here(self) -> None:
         loop = asyncio.get_running_loop()
         waited: set[asyncio.Future[Any]] = set()
         while True:
@@ -460,9 +458,12 @@ class ReplicatedStore(Store):
         """Replay pending hints, this host's and (``scan=True``, one listing per node) those
         any host left on the nodes; returns how many were applied. Background replays are
         waited for first, so on return every reachable node has caught up."""
+        return await _sync.hop(self._replay_hints(scan))
+
+    async def _replay_hints(self, scan: bool) -> int:
         await self._ensure_open()
         before = self.hints_replayed
-        await self.flush()
+        await self._flush_here()
         await replay(self, scan=scan)
         return self.hints_replayed - before
 
@@ -483,35 +484,44 @@ class ReplicatedStore(Store):
             yield key
 
     # --- maintenance (swarmstore.storage._maintenance) ------------------------------------------
-    async def scrub(self, progress: Any = None) -> Any:
+    # Maintenance runs on zarr's I/O loop (swarmstore._sync), where zarr's sync API runs the
+    # store and an S3 node's session lives: awaitable from any loop, with sync forms.
+    async def scrub(self, progress: Any = None) -> ScrubReport:
         """Verify every replica of every key; see :func:`swarmstore.storage.scrub`."""
-        from swarmstore.storage._maintenance import scrub
+        return await _sync.hop(_maintenance.scrub(self, progress=progress))
 
-        return await scrub(self, progress=progress)
-
-    async def repair(self, progress: Any = None) -> Any:
+    async def repair(self, progress: Any = None) -> RepairReport:
         """Restore ``replicas`` healthy copies of every key (:func:`swarmstore.storage.repair`)."""
-        from swarmstore.storage._maintenance import repair
+        return await _sync.hop(_maintenance.repair(self, progress=progress))
 
-        return await repair(self, progress=progress)
-
-    async def rebalance(self, progress: Any = None, *, limit: int | None = None) -> Any:
+    async def rebalance(self, progress: Any = None, *, limit: int | None = None) -> RebalanceReport:
         """Move keys where placement says after nodes joined or left; resumable."""
-        from swarmstore.storage._maintenance import rebalance
+        return await _sync.hop(_maintenance.rebalance(self, progress=progress, limit=limit))
 
-        return await rebalance(self, progress=progress, limit=limit)
+    def scrub_sync(self, progress: Any = None) -> ScrubReport:
+        """:meth:`scrub` from synchronous code (scripts, notebook cells, threads)."""
+        return _sync.run(_maintenance.scrub(self, progress=progress))
+
+    def repair_sync(self, progress: Any = None) -> RepairReport:
+        """:meth:`repair` from synchronous code."""
+        return _sync.run(_maintenance.repair(self, progress=progress))
+
+    def rebalance_sync(self, progress: Any = None, *, limit: int | None = None) -> RebalanceReport:
+        """:meth:`rebalance` from synchronous code."""
+        return _sync.run(_maintenance.rebalance(self, progress=progress, limit=limit))
+
+    def replay_hints_sync(self, *, scan: bool = True) -> int:
+        """:meth:`replay_hints` from synchronous code."""
+        return _sync.run(self._replay_hints(scan))
+
+    def flush_sync(self) -> None:
+        """:meth:`flush` from synchronous code."""
+        _sync.run(self._flush_here())
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _int(key: str, value: Any) -> int:
-    value = config.get(key) if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"swarmstore.{key} must be an integer, got {value!r}")
-    return value
 
 
 def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedStore:

@@ -12,6 +12,8 @@ a dead node from the router for seconds, and every error is classified here inst
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from zarr.storage import FsspecStore
@@ -89,6 +91,10 @@ class S3Node(Node):
         self.store = FsspecStore(fs, path=self.path)
         self.bucket, _, prefix = self.path.partition("/")
         self.prefix = f"{prefix}/" if prefix else ""
+        #: one filesystem (one HTTP session) per event loop: a session belongs to its loop
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -101,6 +107,10 @@ class S3Node(Node):
     def __hash__(self) -> int:
         return hash(self.name)
 
+    def __reduce__(self) -> Any:
+        attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
+        return (_rebuild, (self.fs, self.path, attrs))
+
     def _loc(self, key: str) -> tuple[str, str]:
         return self.bucket, self.prefix + check_key(key)
 
@@ -108,10 +118,25 @@ class S3Node(Node):
         return f"{self.prefix}{META}/{name}"
 
     # --- one request ---------------------------------------------------------------------
+    def _fs_here(self) -> Any:
+        """This loop's filesystem: a clone of ``fs`` (same options), so a store used from a
+        notebook's loop and from zarr's I/O loop never shares a session across loops."""
+        loop = asyncio.get_running_loop()
+        fs = self._by_loop.get(loop)
+        if fs is None:
+            options = dict(getattr(self.fs, "storage_options", {}) or {})
+            options.pop("asynchronous", None)
+            options.pop("skip_instance_cache", None)
+            options.pop("loop", None)
+            fs = type(self.fs)(asynchronous=True, skip_instance_cache=True, loop=loop, **options)
+            self._by_loop[loop] = fs
+        return fs
+
     async def _call(self, method: str, **kwargs: Any) -> Any:
         try:
-            await self.fs.set_session()
-            client = await self.fs.get_s3(self.bucket)
+            fs = self._fs_here()
+            await fs.set_session()
+            client = await fs.get_s3(self.bucket)
             return await getattr(client, method)(Bucket=self.bucket, **kwargs)
         except Exception as e:
             raise _classify(e, f"{self.name}: {method}") from e
@@ -317,11 +342,24 @@ class S3Node(Node):
         return None
 
     async def aclose(self) -> None:
-        """Close the s3fs client's HTTP session (on the loop that opened it)."""
-        client = getattr(self.fs, "_s3", None)
-        if client is not None:
-            await client.close()
-            self.fs._s3 = None
+        """Close every HTTP session this node opened, each on the loop that opened it."""
+        here = asyncio.get_running_loop()
+        for loop, fs in list(self._by_loop.items()):
+            client = getattr(fs, "_s3", None)
+            if client is None:
+                continue
+            if loop is here:
+                await client.close()
+            elif loop.is_running():
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.close(), loop))
+            else:
+                continue  # its loop is gone: nothing can close it now
+            fs._s3 = None
+            del self._by_loop[loop]
+
+
+def _rebuild(fs: Any, path: str, attrs: dict[str, Any]) -> S3Node:
+    return S3Node(fs, path, **attrs)
 
 
 def _expect(etag: str | None, *, put: bool = True) -> dict[str, str]:

@@ -54,6 +54,8 @@ class Faults:
     - ``half``: operations that do half their work and then raise ("bury": the data is
       removed, the tombstone never written; "prepare": staged, the answer lost)
     - ``frozen``: every request waits (a SIGSTOPped node) until it is cleared
+    - ``hold_next``: ``{op: n}`` holds the next ``n`` requests of ``op`` while ``gate`` is
+      closed (a laggard that lands late, after later writes)
     """
 
     latency: float = 0.0
@@ -68,6 +70,8 @@ class Faults:
     crash_after: set[str] = field(default_factory=set)
     half: set[str] = field(default_factory=set)
     frozen: bool = False
+    hold_next: dict[str, int] = field(default_factory=dict)
+    gate: bool = False
     seed: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -100,6 +104,10 @@ class Faults:
             await asyncio.sleep(d)
         while self.frozen:
             await asyncio.sleep(0.005)
+        if self.hold_next.get(op):
+            self.hold_next[op] -= 1
+            while self.gate:
+                await asyncio.sleep(0.002)
         if self.down:
             raise NodeUnavailable(f"{name} is down (injected outage)")
         if write:

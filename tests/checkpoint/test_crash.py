@@ -200,7 +200,7 @@ def test_kill_9_between_every_two_steps_s3(forkserver, s3_endpoint, s3_bucket, m
         "options": s3_endpoint.storage_options(),
     }
     store = crash_writer.open_store(spec)
-    _campaign(forkserver, spec, store, _plan((1,), ["save:marker", "gc:pruned"]))
+    _campaign(forkserver, spec, store, _plan((1,), ["save:marker"]))
     _retention_resumes(store, monkeypatch)
 
 
