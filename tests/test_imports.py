@@ -148,7 +148,6 @@ def test_demo_modules_form_no_circle():
     assert _circle_of("_demo", "_demo_cluster") is None
 
 
-@pytest.mark.xfail(strict=True, reason="compute room: metrics imports the plugins (issue 22)")
 def test_metrics_and_plugins_form_no_circle():
     assert _circle_of("metrics", "compute.plugin") is None
 
@@ -171,7 +170,6 @@ def test_faulty_modules_form_no_circle():
     assert _circle_of("testing._faulty", "testing._faulty_node") is None
 
 
-@pytest.mark.xfail(strict=True, reason="compute room: metrics imports capabilities (issue 22)")
 def test_metrics_and_events_import_no_capability():
     assert _edges(("metrics", "_events"), CAPABILITIES) == []
 
