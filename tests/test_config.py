@@ -151,8 +151,6 @@ def _readers(tmp_path):
 #: keys no component reads yet (or whose reader fails first), with the room that owns them
 NOT_READ_YET = {
     "swarmstore.replication.interval": "compute room: the replication policy no longer reads it",
-    "swarmstore.storage.state-dir": "storage room: ReplicatedStore reads storage.write-grace, "
-    "which is not in the schema on main yet",
 }
 
 
