@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick lint venv clean lock
+.PHONY: demo test bench bench-quick lint venv clean lock peer-tests
 
 venv: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/swarmstore demo
 
+# The peers' own test sources (zarr, xarray: PyPI sdists; distributed: its release tag) at
+# the versions in .venv, cached in .peer-tests/ (ignored). `make test` goes on without a
+# peer it cannot fetch (tests/peers then skips it, saying why); `make peer-tests` fails.
+peer-tests: $(STAMP)
+	$(VPY) tests/peers/fetch_sources.py
+
 test: $(STAMP)
+	-$(VPY) tests/peers/fetch_sources.py
 	$(VPY) -m ruff check swarmstore plugins tests benchmarks examples
 	$(VPY) -m pytest $(ARGS)
 
@@ -44,4 +51,4 @@ lock: $(STAMP)
 	  "$(VPY)" -m pip freeze --exclude-editable | grep -v '^swarmstore'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .swarmstore-demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache .swarmstore-demo .peer-tests
