@@ -209,6 +209,7 @@ class CheckpointManager:
             written_objects=w.written_objects,
             written_bytes=w.written_bytes,
             reused_objects=w.reused_objects,
+            manifest_bytes=session.manifest_bytes,
         )
 
     def save_async(

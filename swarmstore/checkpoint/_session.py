@@ -113,6 +113,7 @@ class Session:
         self._kept: set[str] = set()
         self._pending: dict[str, Entry | None] | None = None
         self._claimed: set[str] = set()
+        self.manifest_bytes = 0
         self._done = False
         #: written (and renewed) by ``open_session`` before anything else
         self._marker = Lease(repo.control, f"{INFLIGHT}{new_id()}.json", {"branch": branch}, terms)
@@ -277,6 +278,8 @@ class Session:
             message,
         )
         body = proto.buffer.from_bytes(snap.to_bytes())
+        #: bytes of manifest pieces and snapshot the (last) commit attempt wrote
+        self.manifest_bytes = len(body) + sum(len(d) for _, d in merged.new)
         _, held = await asyncio.gather(
             self.repo.control.set(snapshot_key(snap.id), body), self._marker.held()
         )
