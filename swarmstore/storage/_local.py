@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import socket
 import stat
@@ -62,6 +63,13 @@ def _decoded(raw: bytes | None, key: str, *, tomb: bool) -> tuple[Record | None,
     """(record, None) or (None, why it cannot be trusted)."""
     if raw is None:
         return None, ("tombstone without a record" if tomb else None)
+    return _decode_cached(raw, key, tomb)
+
+
+@functools.lru_cache(maxsize=16384)
+def _decode_cached(raw: bytes, key: str, tomb: bool) -> tuple[Record | None, str | None]:
+    """Decoding checks a 128-bit hash over the key and fields: cached, since zarr reads the
+    same chunks again and again (a changed record is a different ``raw``)."""
     try:
         record = Record.decode(raw, key)
     except ValueError as e:
@@ -76,6 +84,7 @@ class _Dir:
 
     def __init__(self, root: Path, name: str, fsync: bool) -> None:
         self.root = root
+        self.base = os.fspath(root)  # string paths on the hot paths (Path joins cost µs)
         self.name = name
         self.fsync = fsync
         self.create = False
@@ -109,7 +118,7 @@ class _Dir:
 
     # --- reads ---------------------------------------------------------------------------
     def read(self, key: str, start: int, end: int | None) -> Read | None:
-        path = self.root / key
+        path = f"{self.base}/{key}"
         try:
             fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
@@ -144,7 +153,7 @@ class _Dir:
         return State(size, record, t, corrupt=corrupt)
 
     def _data_state(self, key: str) -> tuple[int | None, Record | None, str | None]:
-        path = self.root / key
+        path = f"{self.base}/{key}"
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):

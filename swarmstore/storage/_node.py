@@ -15,6 +15,7 @@ regresses a newer value.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -60,6 +61,22 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     key longer than 1024 bytes (UTF-8), and the reserved metadata area ``.swarmstore/``.
     ``prefix=True`` also accepts ``""`` and a trailing ``/`` (listing prefixes).
     """
+    if type(key) is str and _valid(key, prefix):
+        return key
+    return _check_key(key, prefix=prefix)
+
+
+@functools.lru_cache(maxsize=65536)
+def _valid(key: str, prefix: bool) -> bool:
+    """Whether ``key`` passes (cached: zarr asks about the same keys again and again)."""
+    try:
+        _check_key(key, prefix=prefix)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+def _check_key(key: str, *, prefix: bool = False) -> str:
     if not isinstance(key, str):
         raise InvalidKeyError(f"store keys are str, got {type(key).__name__}")
     body = key
