@@ -109,6 +109,11 @@ def _check_key(key: str, *, prefix: bool = False) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=4096)
+def _name_hash(name: str) -> int:
+    return hash(name)  # nodes are dict keys on every read: their hash is asked for often
+
+
 def tomb_name(key: str) -> str:
     """The metadata-area name of ``key``'s tombstone (hashed: any key fits any backend)."""
     return f"t/{xxhash.xxh3_128_hexdigest(key.encode())}"
@@ -242,7 +247,7 @@ class Node(ABC):
         )
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return _name_hash(self.name)
 
     # --- reads ---------------------------------------------------------------------------
     @abstractmethod
@@ -404,7 +409,7 @@ class NodeWrapper(Node):
         return type(other) is type(self) and self.inner == other.inner  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return _name_hash(self.name)
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":

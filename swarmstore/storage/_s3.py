@@ -22,6 +22,7 @@ from swarmstore.errors import ChecksumMismatch, ConfigError, NodeRefused, as_nod
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import (
     META,
+    _name_hash,
     Node,
     Outcome,
     Pending,
@@ -105,7 +106,7 @@ class S3Node(Node):
         )
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return _name_hash(self.name)
 
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
