@@ -22,12 +22,12 @@ from swarmstore.errors import ChecksumMismatch, ConfigError, NodeRefused, as_nod
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import (
     META,
-    _name_hash,
     Node,
     Outcome,
     Pending,
     Read,
     State,
+    _name_hash,
     check_key,
     hidden,
     may_replace,
