@@ -12,7 +12,7 @@ from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
-from swarmstore.errors import InvalidKeyError, QuorumError, ReplicaUnavailable
+from swarmstore.errors import InvalidKeyError, QuorumError
 from swarmstore.storage import NodeSpec, ReplicatedStore
 from swarmstore.storage._local import XATTR
 from swarmstore.testing import Faults, FaultyStore, flip_byte
@@ -171,8 +171,9 @@ async def test_suffix_reads_check_the_size_against_the_record(tmp_path):
     store, _ = make(tmp_path, replicas=3, min_block=1024)
     payload = os.urandom(4096)  # whole blocks: the extra bytes start a block of their own
     await store.set("shard", buf(payload))
-    with open(tmp_path / "node1" / "shard", "ab") as f:  # same inode: the xattr stays
-        f.write(b"\0" * 8)
+    fd = os.open(tmp_path / "node1" / "shard", os.O_WRONLY | os.O_APPEND)  # same inode: xattr
+    os.write(fd, b"\0" * 8)
+    os.close(fd)
     for _ in range(6):
         reader = prefer(foreign(tmp_path, min_block=1024), "node1")
         got = await reader.get("shard", PROTO, SuffixByteRequest(16))
