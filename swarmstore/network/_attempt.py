@@ -178,10 +178,11 @@ class Runner:
         st, circuit = e.stats, e.circuit
         if isinstance(exc, asyncio.CancelledError):
             reason = None if track is None else track.reason
-            if reason == "deadline":  # cut: it did not answer in time
+            if reason == "deadline":  # cut: it did not answer in time, so it took longer
                 st.requests += 1
                 st.failures += 1
                 st.deadline_misses += 1
+                st.floor(seconds, nbytes)
                 self.strike(e)
                 return
             st.cancelled += 1

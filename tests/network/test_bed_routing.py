@@ -46,19 +46,19 @@ def keys(n):
 
 
 def test_reads_follow_a_slowdown_to_the_truly_next_best_node(bed, host):
-    one_way(bed, 0.005, 0.04, 0.15)
+    one_way(bed, 0.0, 0.06, 0.25)  # far apart: a loaded machine reorders no pair
     host.run(bedreads.start)
     warm = host.run(bedreads.read, keys(30))
     assert warm[-10:].count("node0") >= 8
-    bed.link(0, 0).set("down", latency=0.4)  # the fastest node slows to worse than node1
+    bed.link(0, 0).set("down", latency=0.5)  # the fastest node slows to worse than node1
     after = host.run(bedreads.read, keys(12))
-    moved = max(i for i, nm in enumerate(after) if nm != "node1") + 1
+    moved = max((i for i, nm in enumerate(after) if nm != "node1"), default=-1) + 1
     assert moved <= 6, after  # within 10 reads, and to node1 for good (issue 15)
     assert "node2" not in after, after  # never to the node behind it
 
 
 def test_a_frozen_node_is_cut_ejected_and_back_after_thaw(bed, host):
-    one_way(bed, 0.002, 0.03, 0.03)
+    one_way(bed, 0.0, 0.1, 0.1)  # far apart: node0 is first however loaded the machine
     host.run(bedreads.start, deadline_floor=0.3, circuit_failures=3)
     host.run(bedreads.read, keys(20))
     bed.link(0, 0).freeze()  # accepts and holds every byte: a SIGSTOPped node
@@ -75,9 +75,9 @@ def test_a_frozen_node_is_cut_ejected_and_back_after_thaw(bed, host):
 
 
 def test_a_dead_node_costs_one_connection_per_request_and_is_left_alone(bed, host):
-    one_way(bed, 0.002, 0.03, 0.03)
+    one_way(bed, 0.0, 0.1, 0.1)  # far apart: node0 is first however loaded the machine
     host.run(bedreads.start, circuit_failures=3)
-    host.run(bedreads.read, keys(20))
+    assert host.run(bedreads.read, keys(20))[-5:].count("node0") >= 4  # node0 serves
     link = bed.link(0, 0)
     link.kill()  # every connection reset: a dead node
     served = host.run(bedreads.read, keys(30))

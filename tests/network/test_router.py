@@ -307,6 +307,21 @@ async def test_an_attempt_past_its_deadline_is_cut_and_counts_as_a_failure(sourc
     assert figs["circuit"] == "open"  # ejected on deadline misses alone
 
 
+async def test_deadline_misses_raise_the_estimate_so_reads_move_before_any_ejection(sources):
+    """A node slower than its deadline never finishes a read: without this, its estimate
+    stayed fast and every read paid the deadline until the circuit opened (and again after
+    each probe brought it back)."""
+    r = router(deadline_floor=0.05, circuit_failures=100)
+    sources[1].faults.latency = 0.01
+    await served(r, sources[:2], 10)
+    assert r.order(sources[:2], name)[0] is sources[0]
+    sources[0].faults.latency = 600
+    served_by = await served(r, sources[:2], 8)
+    assert served_by == ["n1"] * 8
+    assert r.sources["n0"].deadline_misses <= 5  # the median moved; then reads left it
+    assert r.circuits["n0"].opened_at is None and r.order(sources[:2], name)[0] is sources[1]
+
+
 async def test_the_last_source_has_no_deadline(sources):
     r = router(deadline_floor=0.01)
     await served(r, sources[:1], 10)  # learned: ~0 ms
