@@ -223,8 +223,8 @@ class Session:
         changes = await self._changes()
         for _ in range(ATTEMPTS):
             number = self._step(step)
-            snap = await self._write(changes, number, metadata, message)
-            if not await self._marker.held():
+            snap, held = await self._write(changes, number, metadata, message)
+            if not held:
                 raise LeaseLostError(
                     f"the save of step {number} went without a heartbeat for longer than "
                     f"the {self._marker.terms.lease:g} s lease and may have lost objects; "
@@ -240,7 +240,8 @@ class Session:
 
     async def _write(
         self, changes: dict[str, Entry | None], step: int, metadata: dict[str, Any], message: str
-    ) -> Snapshot:
+    ) -> tuple[Snapshot, bool]:
+        """Pieces, then the snapshot; returns it and whether the marker is still ours."""
         merged = await merge(self.tree, changes, self.store.dropped)
         proto = default_buffer_prototype()
         sem = asyncio.Semaphore(self.repo.limit)
@@ -261,9 +262,12 @@ class Session:
             merged.nodes,
             message,
         )
-        await self.repo.control.set(snapshot_key(snap.id), proto.buffer.from_bytes(snap.to_bytes()))
+        body = proto.buffer.from_bytes(snap.to_bytes())
+        _, held = await asyncio.gather(
+            self.repo.control.set(snapshot_key(snap.id), body), self._marker.held()
+        )
         trace.point("save:snapshot")
-        return snap
+        return snap, held
 
     async def _rebase(
         self, changes: dict[str, Entry | None], rebase: bool, step: int | None

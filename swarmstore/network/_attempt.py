@@ -66,6 +66,8 @@ class Job:
             return self.fixed
         if self.size is not None:
             return int(self.size(result))
+        if type(result) is bytes:
+            return len(result)
         if isinstance(result, tuple | list) and result:
             result = result[0]
         if isinstance(result, bytes | bytearray | memoryview):

@@ -86,14 +86,15 @@ class Race[S, T]:
 
     ``run(source, name, track)`` is the router's attempt (lanes, figures, circuit).
     ``delay`` (seconds, or None: no hedge) and ``deadline`` (None: none) apply to the first
-    attempt, on ``src``; ``hedge_deadline`` to a hedge on ``nxt``. ``on_hedge(name, won)``
+    attempt, on ``src``; ``hedge_deadline()`` (called when the hedge starts) to a hedge on
+    ``nxt``. ``on_hedge(name, won)``
     is told when a hedge starts (``won=False``) and when it answers first (``won=True``).
     """
 
     __slots__ = (
-        "budget", "cut", "deadline", "delay", "done", "due", "failures", "fired", "first",
-        "hedge", "hedge_cut", "hedge_deadline", "hedge_track", "name", "nxt", "nxt_name",
-        "on_hedge", "run_attempt", "task", "track", "watch", "won",
+        "_hedge_deadline", "budget", "cut", "deadline", "delay", "done", "due", "failures",
+        "fired", "first", "hedge", "hedge_cut", "hedge_deadline", "hedge_track", "name", "nxt",
+        "nxt_name", "on_hedge", "run_attempt", "task", "track", "watch", "won",
     )  # fmt: skip
 
     def __init__(
@@ -107,7 +108,7 @@ class Race[S, T]:
         deadline: float | None = None,
         nxt: S | None = None,
         nxt_name: str = "",
-        hedge_deadline: float | None = None,
+        hedge_deadline: Callable[[], float | None] | None = None,
         budget: HedgeBudget | None = None,
         on_hedge: Callable[[str, bool], None] | None = None,
     ) -> None:
@@ -118,7 +119,8 @@ class Race[S, T]:
         self.nxt, self.nxt_name = nxt, nxt_name
         self.delay = None if delay is None else max(delay, _MIN_DELAY)
         self.deadline = deadline
-        self.hedge_deadline = hedge_deadline
+        self.hedge_deadline: float | None = None  #: set when the hedge starts
+        self._hedge_deadline = hedge_deadline
         self.budget = budget
         self.on_hedge = on_hedge
         self.track = Track()
@@ -264,6 +266,8 @@ class Race[S, T]:
             return
         if self.on_hedge is not None:
             self.on_hedge(self.nxt_name, False)
+        if self._hedge_deadline is not None:
+            self.hedge_deadline = self._hedge_deadline()
         coro = self.run_attempt(self.nxt, self.nxt_name, self.hedge_track)
         # The hedge runs in a copy of the caller's context, as a task it created would.
         self.hedge = self.task.get_loop().create_task(coro, context=self.task.get_context().copy())
@@ -289,6 +293,7 @@ class Race[S, T]:
 
 
 _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watch] = weakref.WeakKeyDictionary()
+_LAST: list[Watch | None] = [None]  # the watch used last (it holds its loop weakly)
 
 
 class Watch:
@@ -310,10 +315,14 @@ class Watch:
 
     @staticmethod
     def of(loop: asyncio.AbstractEventLoop) -> Watch:
-        """The watch of ``loop``."""
+        """The watch of ``loop`` (the last one asked for is kept at hand, weakly)."""
+        last = _LAST[0]
+        if last is not None and last.loop() is loop:
+            return last
         watch = _WATCHES.get(loop)
         if watch is None:
             watch = _WATCHES[loop] = Watch(loop)
+        _LAST[0] = watch
         return watch
 
     def add(self, race: Race[Any, Any]) -> None:

@@ -103,6 +103,7 @@ class SourceStats:
     warm: bool = False  #: the setup request has been seen
     predicted: float | None = None  #: moving average of expected seconds of served reads
     observed: float | None = None  #: moving average of their observed seconds
+    _fit: tuple[float | None, float] | None = field(default=None, repr=False)
 
     def fold(self, seconds: float, nbytes: int = 0, *, setup: bool = False) -> None:
         """Fold one successful request; ``setup=True`` for a first request (not sampled)."""
@@ -117,12 +118,14 @@ class SourceStats:
             w = self.classes[c] = _Window()
         w.add(seconds, nbytes)
         self.samples.append(seconds)
+        self._fit = None
 
     def floor(self, seconds: float, nbytes: int = 0) -> None:
         """A request took *at least* ``seconds`` (it was cancelled): raise the estimate to it."""
         w = self.classes.get(size_class(nbytes))
         if w is not None and seconds > w.estimate:
             w.nudge(seconds)
+            self._fit = None
 
     def known(self, nbytes: int | None) -> bool:
         """Whether requests of this size class have been measured here."""
@@ -159,18 +162,26 @@ class SourceStats:
         """Bytes/s fitted through the smallest and largest size classes measured."""
         if len(self.classes) < 2:
             return None
+        if self._fit is None:
+            self._fit = self._fitted()
+        return self._fit[0]
+
+    def _fitted(self) -> tuple[float | None, float]:
+        """(bandwidth, latency floor), recomputed after an estimate changed."""
         pts = self._points()
         (s0, t0), (s1, t1) = pts[0], pts[-1]
         if s1 <= s0 or t1 <= t0:
-            return None  # the larger requests were no slower: no transfer cost to see
-        return (s1 - s0) / (t1 - t0)
+            return None, t0  # the larger requests were no slower: no transfer cost to see
+        bw = (s1 - s0) / (t1 - t0)
+        return bw, max(0.0, t0 - s0 / bw)
 
     def latency_floor(self) -> float:
         """Seconds of a request that moves no bytes (the fitted intercept, >= 0)."""
-        pts = self._points()
-        s0, t0 = pts[0]
-        bw = self.bandwidth
-        return max(0.0, t0 - s0 / bw) if bw else t0
+        if len(self.classes) < 2:
+            return min(self._points())[1]
+        if self._fit is None:
+            self._fit = self._fitted()
+        return self._fit[1]
 
     @property
     def latency(self) -> float | None:
@@ -196,8 +207,10 @@ class SourceStats:
         ``factor`` times the class's p99, at least ``floor``; ``cold`` for a size class
         never measured here (it may include setting up a client).
         """
-        p99 = self.quantile(0.99, 1, nbytes)
-        if p99 is None:
+        w = self.classes.get(size_class(nbytes))
+        if w is None:
             est = self.expected(nbytes)
             return cold if est is None else max(floor, factor * 2 * est)
-        return max(floor, factor * p99)
+        ranked = w.ranked
+        p99 = ranked[min(len(ranked) - 1, int(0.99 * len(ranked)))]
+        return floor if factor * p99 < floor else factor * p99

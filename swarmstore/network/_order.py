@@ -70,15 +70,25 @@ class Planner:
         cls: str,
         now: float,
     ) -> Plan[S]:
+        if len(sources) == 1:  # nothing to order
+            (src,) = sources
+            e = lookup(name(src))
+            ok = e.circuit.admits(now, self.trials)
+            return Plan([src], [e], [0.0], int(ok))
         rows = []
         best = -1.0
         admitted = 0
         tiers = 0  # bit t set: some source is in tier t
+        trials, explore, tier_of = self.trials, self.explore, self._tier
         for i, src in enumerate(sources):
             e = lookup(name(src))
-            ok = e.circuit.admits(now, self.trials)
-            t = self._expected(e, nbytes, cls, now)
-            tier = self._tier(src)
+            c = e.circuit
+            ok = c.opened_at is None or c.admits(now, trials)
+            if explore:
+                t = self._expected(e, nbytes, cls, now)
+            else:
+                t = e.expected(nbytes, cls)
+            tier = tier_of(src)
             tiers |= 1 << tier
             rows.append((not ok, tier, t, i, src, e))
             if ok:

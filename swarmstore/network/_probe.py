@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.network._attempt import Job
@@ -59,6 +60,7 @@ class Prober:
         self.max_interval = max(interval, max_interval)
         self.probing: set[str] = set()
         self.started = 0  #: probes started
+        self._next_look = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
 
     def due(self, e: Source, best: float | None, now: float) -> bool:
@@ -78,9 +80,13 @@ class Prober:
     def maybe[S](
         self, sources: Sequence[S], name: Callable[[S], str], best: float | None, now: float
     ) -> None:
-        """Start a probe of the first of ``sources`` that needs one, unless one is running."""
-        if self.probing:
+        """Start a probe of the first of ``sources`` that needs one, unless one is running.
+
+        Looked at most every ``interval / 10`` (a fetch stream does not pay for it each time).
+        """
+        if self.probing or now < self._next_look:
             return
+        self._next_look = now + self.interval / 10
         for src in sources:
             nm = name(src)
             if self.accepts(src) and self.due(self.lookup(nm), best, now):

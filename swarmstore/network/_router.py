@@ -69,6 +69,9 @@ class TransferRouter:
         Slots of the global lanes and of each source's lanes; 0 means unlimited.
     qos : bool
         False puts every request in one FIFO class (same limits, no priorities).
+    qos_yield : float, optional
+        Fraction of the slots the lowest class may hold while a higher class is active
+        (``network.qos-yield``).
     host, zone : str, optional
         Where this router runs; sources with the same ``.host`` / ``.zone`` are preferred.
     probe : callable or bool, optional
@@ -118,6 +121,7 @@ class TransferRouter:
         concurrency: int | None = None,
         source_concurrency: int | None = None,
         qos: bool = True,
+        qos_yield: float | None = None,
         host: str | None = None,
         zone: Any = None,
         topology_slack: float | None = None,
@@ -135,7 +139,7 @@ class TransferRouter:
         self.host, self.zone, self.hedge = s.host, s.zone, s.hedge
         self.hedge_quantile, self.hedge_min_samples = s.hedge_quantile, s.hedge_min_samples
         self.classes = list(s.classes)
-        self.lanes = Lanes(s.concurrency, self.classes, s.shares)
+        self.lanes = Lanes(s.concurrency, self.classes, s.shares, s.yields, s.yield_window)
         self.budget = HedgeBudget(s.hedge_budget)
         self.runner = Runner(self.lanes, self._entry, clock, s.alpha)
         self.prober: Prober | None = None
@@ -182,7 +186,7 @@ class TransferRouter:
             s = self.settings
             stats = self.sources.setdefault(name, SourceStats())
             circuit = Circuit(s.circuit_failures, s.circuit_reset, s.circuit_reset_max)
-            lanes = Lanes(s.source_concurrency, self.classes, s.shares)
+            lanes = Lanes(s.source_concurrency, self.classes, s.shares, s.yields, s.yield_window)
             self.circuits[name], self.source_lanes[name] = circuit, lanes
             e = self._entries[name] = Source(name, stats, circuit, lanes)
         return e
@@ -314,7 +318,11 @@ class TransferRouter:
         nxt_name = entries[i].name if nxt is not None else ""
         hedge_deadline = None
         if nxt is not None and i + 1 < len(ordered):
-            hedge_deadline = self._deadline(entries[i], job.nbytes)
+            e_next, size = entries[i], job.nbytes
+
+            def hedge_deadline() -> float:
+                return self._deadline(e_next, size)
+
         return Race(
             job.run, task, src, e.name, delay=delay, deadline=deadline, nxt=nxt,
             nxt_name=nxt_name, hedge_deadline=hedge_deadline,

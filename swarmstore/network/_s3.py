@@ -32,7 +32,7 @@ def s3_config_kwargs(source_concurrency: int | None = None) -> dict[str, Any]:
     Examples
     --------
     >>> kw = s3_config_kwargs(source_concurrency=16)
-    >>> kw["max_pool_connections"], kw["retries"]["max_attempts"]
+    >>> kw["max_pool_connections"], kw["retries"]["total_max_attempts"]
     (16, 1)
     """
     lanes = config.value("network.source-concurrency", source_concurrency)
@@ -46,5 +46,5 @@ def _kwargs(lanes: int | None, connect: float, read: float) -> dict[str, Any]:
         "max_pool_connections": lanes or _UNLIMITED_POOL,
         "connect_timeout": connect,
         "read_timeout": read,
-        "retries": {"max_attempts": 1, "mode": "standard"},
+        "retries": {"total_max_attempts": 1, "mode": "standard"},  # the initial request only
     }

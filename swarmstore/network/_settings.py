@@ -17,6 +17,12 @@ def _v(key: str, given: Any = None) -> Any:
     return config.value(f"network.{key}", given)
 
 
+def _yields(qos: bool, fraction: float | None) -> dict[str, float]:
+    """The lowest class yields (the others do not), when there are classes to yield to."""
+    classes = qos_classes() if qos else []
+    return {classes[-1]: fraction} if fraction and len(classes) > 1 else {}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of a :class:`~swarmstore.network.TransferRouter`, resolved."""
@@ -38,6 +44,8 @@ class Settings:
     classes: tuple[str, ...]
     default_class: str
     shares: dict[str, float]
+    yields: dict[str, float]
+    yield_window: float
     host: str
     zone: Any
     topology_slack: float
@@ -70,6 +78,8 @@ class Settings:
             classes=tuple(qos_classes()) if qos else ("all",),
             default_class=_v("qos-default") if qos else "all",
             shares=dict(_v("qos-shares") or {}) if qos else {},
+            yields=_yields(qos, _v("qos-yield", g("qos_yield"))),
+            yield_window=_v("qos-yield-window"),
             host=_v("host", g("host")) or socket.gethostname(),
             zone=_v("zone", g("zone")),
             topology_slack=_v("topology-slack", g("topology_slack")),

@@ -45,7 +45,9 @@ class Source:
         lanes = self.lanes
         cap = lanes.capacity
         # Fast path: slots enough are free that no reserve above ``cls`` stands in the way.
-        if cap and (lanes.queued() or cap - lanes.busy() <= lanes.reserve_above(cls)):
+        if cap and (
+            lanes.queued() or cls in lanes.limits or cap - lanes.busy() <= lanes.reserve_above(cls)
+        ):
             ahead = lanes.would_queue(cls)
             t += ahead / cap * t
         return t

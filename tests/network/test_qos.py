@@ -1,5 +1,6 @@
 import asyncio
 import threading
+import time
 
 import dask.config
 import pytest
@@ -199,3 +200,29 @@ async def test_try_acquire_never_jumps_the_queue():
     assert not ln.try_acquire("all")
     await waiter
     assert ln.busy() == 2 and ln.queued() == 0
+
+
+def test_the_lowest_class_yields_while_a_higher_one_is_active():
+    ln = Lanes(16, CLASSES, {"interactive": 0.25, "normal": 0.15, "bulk": 0.1}, {"bulk": 0.125}, 0)
+    assert ln.limits == {"bulk": 2}
+    assert ln.try_acquire("interactive")
+    assert ln.try_acquire("bulk") and ln.try_acquire("bulk")
+    assert not ln.try_acquire("bulk")  # 13 slots free, but interactive is active here
+    assert ln.would_queue("bulk") == 1
+    ln.release("interactive")  # quiet again (window 0): bulk has its whole budget back
+    assert sum(ln.try_acquire("bulk") for _ in range(20)) == 8  # 10 in all, as without yield
+
+
+async def test_yielded_waiters_go_once_the_higher_class_is_quiet():
+    ln = Lanes(16, CLASSES, {"interactive": 0.25}, {"bulk": 0.125}, window=0.05)
+    assert ln.try_acquire("interactive") and ln.try_acquire("bulk") and ln.try_acquire("bulk")
+    waiting = [asyncio.ensure_future(ln.acquire("bulk")) for _ in range(3)]
+    await async_poll_for(lambda: ln.queued() == 3, timeout=30, period=0.001)
+    ln.release("interactive")  # quiet, but recently active: bulk still yields
+    t_quiet = time.monotonic()
+    await async_poll_for(lambda: time.monotonic() > t_quiet + 0.05, timeout=30, period=0.01)
+    ln.release("bulk")  # the window is over: this one release lets every waiter in
+    await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    assert ln.figures()["bulk"]["in_flight"] == 4
+    with pytest.raises(ConfigError, match="yields"):
+        Lanes(8, CLASSES, None, {"bulk": 1.5})
