@@ -50,10 +50,10 @@ def storage_section(demo: Demo) -> None:
     nodes.append(NodeSpec(FsspecStore(s3fs_async, path=f"{bucket}/node3"), zone="s3"))
     store = ReplicatedStore(nodes, replicas=3, write_quorum=2, state_dir=demo.root / "state")
     demo.facts["store"] = store
-    data = np.random.default_rng(42).standard_normal((2048, 2048)).astype("f4")
+    data = np.random.default_rng(42).standard_normal((1024, 1024)).astype("f4")
     t0 = time.perf_counter()
     root = zarr.open_group(store, mode="w")
-    arr = root.create_array("temperature", shape=data.shape, chunks=(256, 256), dtype="f4")
+    arr = root.create_array("temperature", shape=data.shape, chunks=(128, 128), dtype="f4")
     arr[:] = data
     dt = time.perf_counter() - t0
     nchunks = 64

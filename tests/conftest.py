@@ -45,6 +45,34 @@ def _children() -> list[psutil.Process]:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _io_loop_started_before_any_test() -> None:
+    """zarr's I/O loop (where swarmstore's store coroutines run, ``swarmstore._sync``) and
+    its default executor live as long as the process. Started here, every executor thread
+    included, so distributed's per-test thread-leak check (``gen_cluster``) never counts
+    them against whichever test happens to use them first."""
+    import asyncio
+    import threading
+
+    from swarmstore import _sync
+
+    workers = min(32, (os.cpu_count() or 1) + 4)  # the default executor's size
+    barrier = threading.Barrier(workers + 1)
+
+    async def occupy() -> Any:
+        loop = asyncio.get_running_loop()
+        return asyncio.gather(
+            *(loop.run_in_executor(None, barrier.wait, 60) for _ in range(workers))
+        )
+
+    async def finish(waits: Any) -> None:
+        await waits
+
+    waits = _sync.run(occupy())
+    barrier.wait(60)  # every executor thread exists now, blocked here; all go on together
+    _sync.run(finish(waits))
+
+
 @pytest.fixture(autouse=True)
 def _note_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     yield

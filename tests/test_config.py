@@ -113,7 +113,7 @@ def _readers(tmp_path):
     from swarmstore.compute.durable import ResultStore, _as_result_store
     from swarmstore.compute.inventory import detect
     from swarmstore.compute.replication import ReplicationController
-    from swarmstore.metrics import _Heartbeat
+    from swarmstore.metrics._core import _Heartbeat
     from swarmstore.network import TransferRouter
     from swarmstore.network._qos import current_qos, qos_classes
     from swarmstore.network._s3 import s3_config_kwargs
@@ -144,15 +144,13 @@ def _readers(tmp_path):
         "checkpoint": lambda: CheckpointManager(MemoryStore()),
         "metrics.events": events,
         "metrics.event-rate": events,
-        "metrics.interval": lambda: _Heartbeat(None),
+        "metrics.interval": lambda: _Heartbeat(),
     }
 
 
 #: keys no component reads yet (or whose reader fails first), with the room that owns them
 NOT_READ_YET = {
     "swarmstore.replication.interval": "compute room: the replication policy no longer reads it",
-    "swarmstore.storage.state-dir": "storage room: ReplicatedStore reads storage.write-grace, "
-    "which is not in the schema on main yet",
 }
 
 

@@ -48,8 +48,6 @@ DIRECTIVE = re.compile(r"<!-- snippet: (?P<what>[a-z]+)(?::\s*(?P<arg>.*?))? -->
 
 #: (file, a line of the block) -> the room whose block does not run yet
 NOT_YET: dict[tuple[str, str], str] = {
-    # await store.scrub() with an S3 node: "Future attached to a different loop" (issue 14)
-    ("README.md", "await store.scrub()"): "storage",
     # fragments naming what the prose has not defined: add a setup (above) or a skip marker
     ("docs/cache.md", "store = TieredStore("): "cache",
     ("docs/cache.md", "with affinity_config():"): "cache",

@@ -134,7 +134,6 @@ def test_the_graph_sees_the_imports_it_should():
 def test_no_import_circles_outside_the_known_ones():
     """Every circle left is one a room still has to break (marked below)."""
     known = [
-        {"swarmstore.metrics", "swarmstore.compute.plugin"},
         {"swarmstore.network._router", "swarmstore.network._race"},
         {"swarmstore.storage._replicated", "swarmstore.storage._maintenance"},
         {"swarmstore.storage._node", "swarmstore.storage._backends"},
@@ -148,7 +147,6 @@ def test_demo_modules_form_no_circle():
     assert _circle_of("_demo", "_demo_cluster") is None
 
 
-@pytest.mark.xfail(strict=True, reason="compute room: metrics imports the plugins (issue 22)")
 def test_metrics_and_plugins_form_no_circle():
     assert _circle_of("metrics", "compute.plugin") is None
 
@@ -171,7 +169,6 @@ def test_faulty_modules_form_no_circle():
     assert _circle_of("testing._faulty", "testing._faulty_node") is None
 
 
-@pytest.mark.xfail(strict=True, reason="compute room: metrics imports capabilities (issue 22)")
 def test_metrics_and_events_import_no_capability():
     assert _edges(("metrics", "_events"), CAPABILITIES) == []
 

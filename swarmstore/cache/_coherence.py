@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -131,9 +132,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def current_announcer() -> Announcer | None:
     """The announcer of the worker running the current task, if it has the cache plugin."""
-    try:
-        from distributed import get_worker
+    if "distributed" not in sys.modules:  # no Dask here: no worker (and no costly import)
+        return None
+    from distributed import get_worker
 
+    try:
         worker = get_worker()
     except ValueError:
         return None

@@ -123,7 +123,7 @@ class DiskTier(SyncTier):
         self._engine.ensure_open(foreground=True)
 
     def ticket(self, ns: str, key: str) -> Any:
-        return self._engine.ticket()
+        return self._engine.ticket(ns, key)
 
     def get_sync(self, ns: str, key: str, span: Span) -> Entry | None:
         return self._engine.read(ns, key, span)
@@ -172,10 +172,10 @@ class DiskTier(SyncTier):
             "entries": entries,
             "evictions": space.evictions if space is not None else 0,
             "corrupt": e.corrupt,
-            "errors": e.errors,
+            "errors": e.errors + e.publisher.errors,
             "skipped": e.fills.skipped,
-            "cut": e.cut,
-            "writes": e.writes,
+            "cut": e.publisher.cut,
+            "writes": e.publisher.writes,
             "reclaimed_temp_files": space.reclaimed if space is not None else 0,
             "index_restarts": e.restarts,
             "max_bytes": self.max_bytes,
@@ -185,6 +185,7 @@ class DiskTier(SyncTier):
         """Wait for background fills and deferred invalidations; write access times."""
         self._engine.fills.want_housekeeping()
         self._engine.fills.flush(timeout)
+        self._engine.raise_warnings()
 
     def close(self) -> None:
         """Flush, then release the index, the fill thread and the locks (reopened on use)."""
@@ -252,7 +253,7 @@ class DiskTier(SyncTier):
         """
         ticket = self.ticket(ns, key) if ticket is None else ticket
         fill = Fill(ns, key, span, data, _clock.wall(), token, ticket)
-        self._engine.publish([fill])
+        self._engine.publisher.publish([fill])
         return fill.done
 
     def submit(self, ns: str, key: str, span: Span, data: bytes | None, *, ticket: Any) -> None:
@@ -270,13 +271,12 @@ class DiskTier(SyncTier):
     def clear(self) -> None:
         """Drop every file (of every namespace) and void every ticket."""
         e = self._engine
-        e.ensure_open(foreground=True)
+        e.invalidate("*", "", True)  # every key of every store: readers drop what is left
         with e.locked() as db:
             rows = db.execute("SELECT name, size FROM entries").fetchall()
             for name, _ in rows:
-                e._unlink(name)
+                e.unlink(name)
             e.index.delete(db, rows)
-            db.execute("UPDATE meta SET v = ? WHERE k = 'instance'", (os.urandom(16).hex(),))
 
     def disk_usage(self) -> int:
         """Bytes of everything under ``path``: files, temp files and the index."""

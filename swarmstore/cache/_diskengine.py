@@ -1,41 +1,43 @@
-"""The disk tier's machinery: open and restart, read, publish, invalidate, housekeeping.
+"""The disk tier's machinery: open and restart, read, invalidate, housekeeping.
 
 :class:`Engine` is everything a :class:`~swarmstore.cache.DiskTier` does, kept apart from
 it so the fill thread and the garbage-collection finalizer reference the engine, never
 the tier. Directory layout::
 
-    <path>/index.sqlite3   sizes, access order, generations (``_diskindex``)
-    <path>/data/xx/<name>  one file per cached value (``_diskformat``)
-    <path>/tmp/<owner>.<n> fills being written (counted against the bound)
-    <path>/owners/<owner>  liveness locks of the processes using the directory
-    <path>/claims/<name>   single-flight claims (``_disklocks``)
+    <path>/index.sqlite3     sizes, access order, reservations (``_diskindex``)
+    <path>/data/xxx/<name>   one file per cached value (``_diskformat``)
+    <path>/data/xxx/_gen     generations of the keys of that subdirectory (``_diskgens``)
+    <path>/data/_prefixes    prefix invalidations (``_diskgens``)
+    <path>/tmp/<owner>.<n>   fills being written (counted against the bound)
+    <path>/owners/<owner>    liveness locks of the processes using the directory
+    <path>/claims/<name>     single-flight claims (``_disklocks``)
 
-Mutations hold the directory lock and first check that the directory and the index are
-still the ones this process opened: a deleted index is reopened (rebuilt from the files
-when it is new, which also starts a new incarnation that voids every older ticket); a
-deleted cache directory stops this process's fills and is only re-created by a
-foreground call, with a :class:`~swarmstore.errors.CacheWarning`. Files are created,
-renamed and unlinked relative to the directory fds, so nothing is ever written into a
-directory that was deleted meanwhile.
+Mutations hold the directory lock and first check that the directory is still the one
+this process opened: a deleted cache directory stops this process's fills and is only
+re-created by a foreground call, with a :class:`~swarmstore.errors.CacheWarning`. Files
+are created, renamed and unlinked relative to the directory fds, so nothing is ever
+written into a directory that was deleted meanwhile. A replaced index is reopened (and
+rebuilt from the files when it is new); an unreadable one is rebuilt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import sqlite3
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import swarmstore.cache._diskformat as fmt
 from swarmstore import _clock
 from swarmstore.cache._diskevict import Space
-from swarmstore.cache._diskfill import Fill, FillQueue
-from swarmstore.cache._diskindex import Index, Ticket
+from swarmstore.cache._diskfill import FillQueue
+from swarmstore.cache._diskgens import Gens, Ticket, subdir
+from swarmstore.cache._diskindex import Index
 from swarmstore.cache._disklocks import Claims, DirLock, Owner
+from swarmstore.cache._diskpublish import Publisher
 from swarmstore.cache._span import WHOLE, Span
 from swarmstore.cache._tier import Entry
 from swarmstore.errors import CacheWarning
@@ -53,13 +55,6 @@ HOOKS: dict[str, Callable[[], None]] = {}
 _HOUSEKEEPING_EVERY = 1.0  # seconds between access-time writes and dead-owner sweeps
 _RETRY_BROKEN = 5.0  # seconds before a tier that could not open tries again
 _O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-
-
-def _at(point: str) -> None:
-    hook = HOOKS.get(point)
-    if hook is not None:
-        hook()
 
 
 class Gone(OSError):
@@ -75,30 +70,37 @@ class Engine:
         self.fsync = fsync
         self.data = str(path / "data")
         self.index = Index(path / "index.sqlite3")
-        self.fills = FillQueue(self.publish, self.housekeeping, pending)
+        self.publisher = Publisher(self)
+        self.gens = Gens(self.data, self.publisher.temp_name)
+        self.fills = FillQueue(self.publisher.publish, self.housekeeping, pending)
         self.lock: DirLock | None = None
         self.owner: Owner | None = None
         self.claims = Claims(str(path / "claims"))
         self.space: Space | None = None
-        self._tmp_fd = -1
-        self._seq = itertools.count()
+        self.tmp_fd = -1
         self._mutex = threading.RLock()
         self._touched: dict[str, None] = {}
         self._last_chores = _clock.monotonic()
         self._deferred: list[tuple[str, str, bool]] = []
         self._pending: dict[tuple[str, str, bool], int] = {}
         self._warned: set[str] = set()
+        self._later: list[str] = []
         self.state = "new"  # "open", "gone" (directory deleted), "broken", "closed"
         self._retry_at = 0.0
-        self.hits = self.misses = self.corrupt = self.errors = self.writes = 0
-        self.cut = self.restarts = 0
+        self.hits = self.misses = self.corrupt = self.errors = self.restarts = 0
+
+    @staticmethod
+    def at(point: str) -> None:
+        hook = HOOKS.get(point)
+        if hook is not None:
+            hook()
 
     # -- open, restart, close -----------------------------------------------------------
 
     def ensure_open(self, *, foreground: bool) -> bool:
         """Open (first use, or after close) or restart; False when this call may not.
 
-        Only a foreground call (a read or write by a caller) opens a directory that is
+        Only a foreground call (a read or write by a caller) creates a directory that is
         missing, and warns when it had been open before: the fill thread never does.
         """
         if self.state == "open" and (not foreground or self._still_there()):
@@ -138,9 +140,9 @@ class Engine:
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self.lock = DirLock(self.data)
         self.owner = Owner(str(self.path / "owners"))
-        self._tmp_fd = os.open(self.path / "tmp", _O_DIR)
+        self.tmp_fd = os.open(self.path / "tmp", _O_DIR)
         self.space = Space(
-            self.index, self.max_bytes, self._unlink, self._tmp_fd,
+            self.index, self.max_bytes, self.unlink, self.tmp_fd,
             str(self.path / "owners"), self.owner.token,
         )  # fmt: skip
         with self.lock.held():
@@ -168,10 +170,12 @@ class Engine:
             if not sub.is_dir():
                 continue
             for f in os.scandir(sub.path):
-                row = _describe(f.path, f.name)
+                if f.name == "_gen":
+                    continue
+                row = _describe(f.path, f.name, self.gens)
                 if row is None:
                     with contextlib.suppress(OSError):
-                        os.unlink(f.path)  # foreign, corrupt or an old format: never served
+                        os.unlink(f.path)  # foreign, corrupt, stale or an old format
                 else:
                     rows.append(row)
         with self.index.transaction() as db:
@@ -181,14 +185,12 @@ class Engine:
         """Write what is queued (if ``flush``), stop the fill thread, release everything."""
         if flush:
             self.fills.close()
-        else:
-            self.fills.flush(timeout=0)
-            self.fills.close(timeout=1)
+        else:  # garbage collection or exit: never wait on the disk or on other processes
+            self.fills.close(timeout=0)
         with self._mutex:
-            try:
-                self._write_touches()
-            except (OSError, sqlite3.Error):
-                pass
+            if flush:
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    self._write_touches()
             self.index.close()
             self._release_fds()
             if self.state == "open":
@@ -199,17 +201,13 @@ class Engine:
             if thing is not None:
                 thing.close()
         self.lock = self.owner = None
-        if self._tmp_fd >= 0:
-            os.close(self._tmp_fd)
-            self._tmp_fd = -1
+        if self.tmp_fd >= 0:
+            os.close(self.tmp_fd)
+            self.tmp_fd = -1
 
     @contextlib.contextmanager
-    def locked(self, after: list[Callable[[], None]] | None = None) -> Iterator[sqlite3.Connection]:
-        """The directory lock and an index transaction, after checking both are current.
-
-        ``after``: callables run once the transaction has committed, the lock still held
-        (publishing renames files in there: a row is committed before its file appears).
-        """
+    def held(self) -> Iterator[DirLock]:
+        """The directory lock, after checking the directory is still this process's."""
         lock = self.lock
         if lock is None or self.state != "open":
             raise Gone(f"disk cache {self.path} is not open")
@@ -217,6 +215,16 @@ class Engine:
             if not lock.is_current():
                 self.state = "gone"
                 raise Gone(f"disk cache directory {self.path} was removed")
+            yield lock
+
+    @contextlib.contextmanager
+    def locked(self, after: list[Callable[[], None]] | None = None) -> Iterator[sqlite3.Connection]:
+        """:meth:`held`, and an index transaction on the current index.
+
+        ``after``: callables run once the transaction has committed, the lock still held
+        (publishing renames files in there, so each published file has its row).
+        """
+        with self.held():
             if not self.index.is_current():
                 self.warn(f"disk cache index {self.index.path} was replaced; reopened")
                 self._open_index()
@@ -224,11 +232,10 @@ class Engine:
                 with self.index.transaction() as db:
                     yield db
             except sqlite3.DatabaseError as e:
-                if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-                    raise
-                self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
-                self.index.recreate()  # a new incarnation: every older ticket is void
-                self._reindex()
+                if not (isinstance(e, sqlite3.OperationalError) and "locked" in str(e)):
+                    self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
+                    self.index.recreate()
+                    self._reindex()
                 raise
             for fn in after or ():
                 fn()
@@ -236,7 +243,7 @@ class Engine:
     # -- reads --------------------------------------------------------------------------
 
     def file(self, name: str) -> str:
-        return f"{self.data}/{name[:2]}/{name}"
+        return f"{self.data}/{subdir(name)}/{name}"
 
     def might_have(self, ns: str, key: str, span: Span) -> bool:
         names = (WHOLE, span) if span is not WHOLE else (WHOLE,)
@@ -253,190 +260,111 @@ class Engine:
             except FileNotFoundError:
                 continue
             except fmt.Corrupt as e:
-                self.drop_corrupt(name, str(e))
+                self.drop(name, str(e))
                 continue
             except OSError as e:
                 self.warn(f"disk cache read of {key!r} failed ({e}); using the backing store")
                 continue
-            if got is not None:
-                head, data = got
-                self.hits += 1
-                self.touch(name)
-                return Entry(data, head.filled_at, head.token)
+            if got is None:
+                continue
+            head, data = got
+            if self.gens.covered(ns, key, head.prefixes):  # a delete_dir the index missed
+                self.drop(name, "under a prefix invalidated since it was filled")
+                continue
+            self.hits += 1
+            self.touch(name)
+            return Entry(data, head.filled_at, head.token)
         self.misses += 1
         return None
 
-    def drop_corrupt(self, name: str, why: str) -> None:
+    def drop(self, name: str, why: str) -> None:
+        """Delete a file that must not be served (corrupt, or stale)."""
         self.corrupt += 1
-        logger.warning("Corrupt disk cache file %s (%s); dropped and refetched", name, why)
+        logger.warning("Disk cache file %s dropped (%s); refetched", name, why)
         try:
             if not self.ensure_open(foreground=True):
                 return
             with self.locked() as db:
-                self._unlink(name)
+                self.unlink(name)
                 self.index.delete(db, list(self.index.sizes(db, [name]).items()))
         except (OSError, sqlite3.Error) as e:
-            self.warn(f"could not drop corrupt disk cache file {name} ({e})")
+            self.warn(f"could not drop disk cache file {name} ({e})")
 
-    # -- tickets and claims -------------------------------------------------------------
-
-    def ticket(self) -> Ticket | None:
-        """The ticket a fill takes before its fetch; None when the index is unusable."""
-        try:
-            if not self.ensure_open(foreground=True):
-                return None
-            return self.index.ticket()
-        except (OSError, sqlite3.Error) as e:
-            self.warn(f"disk cache index {self.index.path} is unreadable ({e})")
-            return None
-
-    # -- publishing fills ---------------------------------------------------------------
-
-    def publish(self, batch: list[Fill]) -> None:
-        """Write ``batch`` to temp files, then publish the fresh ones (fill thread or caller)."""
-        try:
-            if not self.ensure_open(foreground=False):
-                return
-            items = self._reserve(batch)
-            if not items:
-                return
-            try:
-                self._commit(self._stage(items))
-            except BaseException:
-                self._clear_reservation()
-                raise
-        except Gone:
-            logger.info("disk cache %s is gone; fills dropped", self.path)
-        except (OSError, sqlite3.Error) as e:
-            self.errors += 1
-            self.warn(f"disk cache writes to {self.path} failed ({e})")
-
-    def _reserve(self, batch: list[Fill]) -> list[tuple[Fill, tuple[Any, ...], int]]:
-        encoded = []
-        for fill in batch:
-            parts = fmt.encode(fill.ns, fill.key, fill.span, fill.data, fill.filled_at, fill.token)
-            encoded.append((fill, parts, sum(len(p) for p in parts)))
-        assert self.space is not None
-        with self.locked() as db:
-            fits = self.space.fit(db, [size for _, _, size in encoded])
-        self.cut += fits.count(False)
-        _at("reserved")
-        return [item for item, ok in zip(encoded, fits, strict=True) if ok]
-
-    def _stage(self, items: list[tuple[Fill, tuple[Any, ...], int]]) -> list[tuple[Fill, str, int]]:
-        """Write each value to a temp file; (fill, temp name, size) of those written."""
-        assert self.owner is not None
-        staged, fds = [], []
-        try:
-            for fill, parts, size in items:
-                tmp = f"{self.owner.token}.{next(self._seq)}"
-                fd = os.open(tmp, _O_TMP, 0o644, dir_fd=self._tmp_fd)
-                fds.append(fd)
-                staged.append((fill, tmp, size))
-                for part in parts:
-                    if os.write(fd, part) != len(part):
-                        raise OSError("short write to a disk cache temp file")
-            for fd in fds:
-                if self.fsync:
-                    os.fsync(fd)
-        except BaseException:
-            self._discard_temps(staged)
-            raise
-        finally:
-            for fd in fds:
-                os.close(fd)
-        _at("staged")
-        return staged
-
-    def _commit(self, staged: list[tuple[Fill, str, int]]) -> None:
-        """Rows first (committed), then renames, under one hold of the directory lock."""
-        assert self.owner is not None
-        fresh: dict[str, tuple[Fill, str, int]] = {}  # name -> ...; the last fill of a name wins
-        try:
-            with self.locked(after=[lambda: self._rename_all(fresh)]) as db:
-                for fill, tmp, size in staged:
-                    if fill.ticket is not None and self.index.current(
-                        db, fill.ns, fill.key, fill.ticket
-                    ):
-                        fresh[fmt.name_of(fill.ns, fill.key, fill.span)] = (fill, tmp, size)
-                rows = [(n, f.ns, f.key, size) for n, (f, _, size) in fresh.items()]
-                self.index.insert(db, rows)
-                self.index.set_reservation(db, self.owner.token, 0)
-                _at("inserted")
-        finally:
-            # dropped fills (stale tickets) and anything not renamed
-            self._discard_temps([s for s in staged if not s[0].done])
-
-    def _rename_all(self, fresh: dict[str, tuple[Fill, str, int]]) -> None:
-        _at("committed")
-        for name, (fill, tmp, _) in fresh.items():
-            self._rename(tmp, name)
-            fill.done = True
-            fill.release()
-            self.writes += 1
-            _at("renamed")
-
-    def _rename(self, tmp: str, name: str) -> None:
-        assert self.lock is not None
-        target = f"{name[:2]}/{name}"
-        try:
-            os.replace(tmp, target, src_dir_fd=self._tmp_fd, dst_dir_fd=self.lock.fd)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name[:2], dir_fd=self.lock.fd)
-            os.replace(tmp, target, src_dir_fd=self._tmp_fd, dst_dir_fd=self.lock.fd)
-
-    def _discard_temps(self, staged: list[tuple[Fill, str, int]]) -> None:
-        for _, tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self._tmp_fd)
-
-    def _clear_reservation(self) -> None:
-        if self.owner is None or self.state != "open":
-            return
-        with contextlib.suppress(OSError, sqlite3.Error):
-            with self.locked() as db:
-                self.index.set_reservation(db, self.owner.token, 0)
-
-    def _unlink(self, name: str) -> None:
+    def unlink(self, name: str) -> None:
         assert self.lock is not None
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.unlink(f"{name[:2]}/{name}", dir_fd=self.lock.fd)
+            os.unlink(f"{subdir(name)}/{name}", dir_fd=self.lock.fd)
+
+    def ticket(self, ns: str, key: str) -> Ticket | None:
+        """The ticket a fill takes before its fetch (None: this tier cannot take fills)."""
+        if self._later:
+            self.raise_warnings()
+        if not self.ensure_open(foreground=True):
+            return None
+        return self.gens.ticket(fmt.key_stem(ns, key))
 
     # -- invalidation -------------------------------------------------------------------
 
     def invalidate(self, ns: str, key: str, prefix: bool, *, foreground: bool = True) -> None:
-        """Drop every file of ``key`` (or prefix) and void tickets taken before now.
+        """Void the tickets of ``key`` (or prefix) taken before now and drop its files.
 
-        Raises OSError or sqlite3.Error if it could not, after dropping the files by name
-        (and restarting the index, which voids every ticket, when the index failed).
+        The generation files and the files' names decide, not the index, so this holds
+        whatever state the index is in. Raises OSError if the directory cannot be used.
         """
-        if not self.ensure_open(foreground=foreground):
-            if self.state == "broken":  # no index here, but other processes may read files
-                self._invalidate_blind(ns, key, prefix)
-            return  # this process reads nothing from the directory now
+        if self.ensure_open(foreground=foreground):
+            with self.held() as lock:
+                self._invalidate_in(lock.fd, self.tmp_fd, ns, key, prefix)
+                self.at("bumped")
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    self._drop_rows(ns, key, prefix)
+            return
+        if self.state != "broken" or not os.path.isdir(self.data):
+            return  # the directory is gone: nothing of it can be read
+        # no index here, but other processes may read the files: lock and drop them anyway
+        lock = DirLock(self.data)
         try:
-            with self.locked() as db:
-                self.index.bump(db, ns, key, prefix=prefix)
+            tmp_fd = os.open(self.path / "tmp", _O_DIR)
+            try:
+                with lock.held():
+                    self._invalidate_in(lock.fd, tmp_fd, ns, key, prefix)
+            finally:
+                os.close(tmp_fd)
+        finally:
+            lock.close()
+
+    def _invalidate_in(self, data_fd: int, tmp_fd: int, ns: str, key: str, prefix: bool) -> None:
+        if prefix:
+            self.gens.bump_prefix(data_fd, tmp_fd, ns, key)
+        else:
+            stem = fmt.key_stem(ns, key)
+            self.gens.bump(data_fd, tmp_fd, stem)
+            self._unlink_stem(data_fd, stem)
+
+    def _unlink_stem(self, data_fd: int, stem: str) -> None:
+        sub = subdir(stem)
+        try:
+            names = os.listdir(os.path.join(self.data, sub))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(stem):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{sub}/{name}", dir_fd=data_fd)
+
+    def _drop_rows(self, ns: str, key: str, prefix: bool) -> None:
+        """The index's side of an invalidation (held lock): unlink what it lists, drop rows."""
+        if not self.index.is_current():
+            self._open_index()
+        try:
+            with self.index.transaction() as db:
                 rows = self.index.rows_of(db, ns, key, prefix=prefix)
                 for name, _ in rows:  # files first, rows after
-                    self._unlink(name)
-                _at("unlinked")
+                    self.unlink(name)
                 self.index.delete(db, rows)
-        except (OSError, sqlite3.Error):
-            self._invalidate_blind(ns, key, prefix)
-            raise
-
-    def _invalidate_blind(self, ns: str, key: str, prefix: bool) -> None:
-        """Without the index: unlink the key's files by name (a prefix: every file)."""
-        stem = fmt.key_stem(ns, key)
-        with contextlib.suppress(OSError):
-            for sub in os.scandir(self.data):
-                if prefix or sub.name == stem[:2]:
-                    for f in os.scandir(sub.path):
-                        if prefix or f.name.startswith(stem):
-                            with contextlib.suppress(OSError):
-                                os.unlink(f.path)
+        except sqlite3.DatabaseError as e:
+            self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
+            self.index.recreate()
+            self._reindex()
 
     def defer(self, ns: str, key: str, prefix: bool) -> None:
         """Invalidate soon, in the fill thread; reads of the key miss until it is done."""
@@ -457,7 +385,7 @@ class Engine:
         for item in todo:
             try:
                 self.invalidate(*item, foreground=False)
-            except (OSError, sqlite3.Error) as e:
+            except OSError as e:
                 self.warn(f"disk cache could not drop {item[1]!r} ({e})")
             finally:
                 with self._mutex:
@@ -480,10 +408,8 @@ class Engine:
             self._run_deferred()
         try:
             self._write_touches()
-            if (
-                self.state == "open"
-                and _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY
-            ):
+            due = _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY
+            if self.state == "open" and due:
                 self._last_chores = _clock.monotonic()
                 with self.locked() as db:
                     assert self.space is not None
@@ -499,17 +425,26 @@ class Engine:
             self.index.touch(db, touched)
 
     def warn(self, message: str) -> None:
-        """Log ``message``; the first time, and on a caller's thread, a CacheWarning too."""
+        """Log ``message``; the first time of its kind, a CacheWarning too, on a caller's
+        thread (from the fill thread it waits for the next call: :meth:`raise_warnings`)."""
         logger.warning("%s", message)
         kind = message.split("(")[0]
-        if kind in self._warned or threading.current_thread().name == "swarmstore-disk-fill":
+        if kind in self._warned:
             return
         self._warned.add(kind)
-        warnings.warn(message, CacheWarning, stacklevel=4)
+        if threading.current_thread().name == "swarmstore-disk-fill":
+            self._later.append(message)
+        else:
+            warnings.warn(message, CacheWarning, stacklevel=4)
+
+    def raise_warnings(self) -> None:
+        """Issue the CacheWarnings the fill thread noted (on this, a caller's, thread)."""
+        while self._later:
+            warnings.warn(self._later.pop(0), CacheWarning, stacklevel=4)
 
 
-def _describe(path: str, name: str) -> tuple[str, str, str, int] | None:
-    """``(name, ns, key, size)`` of a well-formed cache file stored under its own name."""
+def _describe(path: str, name: str, gens: Gens) -> tuple[str, str, str, int] | None:
+    """``(name, ns, key, size)`` of a well-formed, current file stored under its own name."""
     try:
         with open(path, "rb") as f:
             raw = f.read(fmt.PREFIX.size)
@@ -519,5 +454,7 @@ def _describe(path: str, name: str) -> tuple[str, str, str, int] | None:
     except (OSError, fmt.Corrupt):
         return None
     if fmt.key_stem(head.ns, head.key) + fmt.span_digest(head.span) != name:
+        return None
+    if gens.covered(head.ns, head.key, head.prefixes):
         return None
     return name, head.ns, head.key, size

@@ -126,7 +126,8 @@ class FillQueue:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._cond:
-            self._stop = False
+            if self._thread is None:
+                self._stop = False
             dropped = list(self._queue)
             self._queue.clear()
             self.pending_bytes = 0
@@ -150,6 +151,7 @@ class FillQueue:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop:
                     self._thread = None
+                    self._stop = False
                     self._cond.notify_all()
                     return None
                 self._cond.wait(left)

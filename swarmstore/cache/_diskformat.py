@@ -6,12 +6,14 @@ A file is ``prefix | header | bytes``:
   any flipped bit in the header is caught before a field of it is believed;
 - header (JSON): the store namespace, key and span it holds (a reader compares them with
   what it asked for, so a file moved or swapped under another name is never served), the
-  value's size, fill time, version token, and one xxh3-64 per 1 MiB block;
+  value's size, fill time, version token, the prefix-invalidation mark at its fill
+  (``_diskgens``), and one xxh3-64 per 1 MiB block;
 - the bytes. A reader verifies the blocks it returns, so bad bytes are never returned.
 
-A file's name is derived from ``(ns, key, span)``: 16 hex digits of the key, then 16 of
-the span, in a subdirectory named by the first two, so every file of a key is found
-from the key alone (without the index) by listing one small directory.
+A file's name is derived from ``(ns, key, span)``: 16 hex digits of the key (its *stem*),
+then 16 of the span, in a subdirectory named by the first three (4096 of them), so every
+file of a key is found from the key alone (without the index) by listing one small
+directory.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Header:
     block: int
     hashes: tuple[int, ...]
     absent: bool
+    #: the prefix file's mark when the fill began (``_diskgens.Gens.prefix_mark``)
+    prefixes: str
     #: offset of the value's first byte in the file
     base: int
 
@@ -86,6 +90,7 @@ def encode(
     data: bytes | memoryview | None,
     filled_at: float,
     token: str | None,
+    mark: str = "",
 ) -> tuple[bytes | memoryview, ...]:
     """The parts of a cache file (written one after another): prefix, header, bytes."""
     view = memoryview(data if data is not None else b"")
@@ -99,6 +104,7 @@ def encode(
         "bs": BLOCK,
         "h": [xxhash.xxh3_64_intdigest(view[i : i + BLOCK]) for i in range(0, len(view), BLOCK)],
         "absent": data is None,
+        "pt": mark,
     }
     header = json.dumps(head, separators=(",", ":")).encode()
     prefix = PREFIX.pack(MAGIC, len(header), xxhash.xxh3_64_intdigest(header))
@@ -136,6 +142,7 @@ def decode_header(raw: bytes | memoryview, file_size: int) -> Header:
             block=_typed(h["bs"], int),
             hashes=tuple(_typed(x, int) for x in _typed(h["h"], list)),
             absent=_typed(h["absent"], bool),
+            prefixes=_typed(h["pt"], str),
             base=base,
         )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:

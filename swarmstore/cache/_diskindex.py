@@ -1,18 +1,14 @@
-"""The disk tier's index: sizes, access order and per-key generations, in one SQLite file.
+"""The disk tier's index: sizes, access order and reservations, in one SQLite file.
 
-The index is bookkeeping, never the only record of what the files hold: every file
-describes itself (``_diskformat``), so a lost or unreadable index is rebuilt from the
-files. Correctness rests on two rules the callers keep under the directory lock
-(``_disklocks.DirLock``): a file becomes visible only after its row is committed, and a
-file is unlinked before its row is deleted; so every file on disk has a row, and an
-invalidation that drops a key's rows reaches every file of it.
+The index is bookkeeping for the byte bound, never a record correctness rests on: which
+fills may be published is decided by the generation files (``_diskgens``), and an
+invalidation finds a key's files by name. So an index deleted or garbled under running
+processes costs accuracy of the bound until it is rebuilt from the files (each describes
+itself, ``_diskformat``), never a stale value. A process notices a replaced index by its
+own handle on the file (still linked, same inode) and reopens it; an unreadable one is
+deleted and rebuilt (a clean restart).
 
-Ordering is by counters, never clocks: ``clock`` counts invalidations (each records its
-count for the key or prefix, its *generation*) and ``tick`` counts access batches (the
-LRU order). A fill's ticket is ``(instance, clock)`` read before its fetch; it may be
-published only if the index is the same incarnation (``instance``) and no generation of
-its key is newer. The index uses a rollback journal (one file to watch: deleting it under
-running processes is detected by its inode). Reads (tickets, figures) use their own
+Access order is a counter (``tick``), never a clock. Reads (figures) use their own
 connection, so they never wait behind a writer waiting for the lock.
 """
 
@@ -22,29 +18,19 @@ import contextlib
 import os
 import sqlite3
 import threading
-import uuid
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pathlib
     from collections.abc import Iterable, Iterator
 
-__all__ = ["Index", "Ticket"]
-
-type Ticket = tuple[str, int]
-
-#: generations kept before the older half is forgotten (older tickets are then refused)
-_KEEP_GENS = 100_000
+__all__ = ["Index"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     name TEXT PRIMARY KEY, ns TEXT NOT NULL, key TEXT NOT NULL,
     size INTEGER NOT NULL, atime INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_key ON entries (ns, key);
 CREATE INDEX IF NOT EXISTS entries_atime ON entries (atime);
-CREATE TABLE IF NOT EXISTS gens (
-    ns TEXT NOT NULL, key TEXT NOT NULL, gen INTEGER NOT NULL, PRIMARY KEY (ns, key));
-CREATE TABLE IF NOT EXISTS prefix_gens (
-    ns TEXT NOT NULL, prefix TEXT NOT NULL, gen INTEGER NOT NULL, PRIMARY KEY (ns, prefix));
 CREATE TABLE IF NOT EXISTS reservations (owner TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v);
 """
@@ -55,18 +41,16 @@ class Index:
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        self.instance = ""
         self._conn: sqlite3.Connection | None = None  # writes, under the directory lock
         self._reader: sqlite3.Connection | None = None  # reads: never behind a writer's wait
-        self._ino: int | None = None
+        self._fd = -1  # our own handle on the file: is it still the one at ``path``?
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
-        self._bumps = 0
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def open(self) -> bool:
-        """Connect (creating the index if missing); True when it was created afresh.
+        """Connect (creating the index if missing); True when it is new (rebuild it then).
 
         Call with the directory lock held, so the identity taken is the file's.
         """
@@ -77,29 +61,24 @@ class Index:
             for statement in (s.strip() for s in _SCHEMA.split(";")):
                 if statement:
                     conn.execute(statement)
-            row = conn.execute("SELECT v FROM meta WHERE k = 'instance'").fetchone()
-            fresh = row is None
+            fresh = conn.execute("SELECT v FROM meta WHERE k = 'tick'").fetchone() is None
             if fresh:
-                self.instance = uuid.uuid4().hex
                 conn.execute("DELETE FROM meta")  # an index of an older format
-                conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [("instance", self.instance), ("clock", 0), ("floor", 0), ("total", 0),
-                     ("tick", 0)],
-                )  # fmt: skip
-            else:
-                self.instance = str(row[0])
+                conn.executemany("INSERT INTO meta VALUES (?, 0)", [("total",), ("tick",)])
             conn.execute("COMMIT")
-            self._ino = os.stat(self.path).st_ino
-            self._reader = _connect(self.path)
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._reader = _connect(self.path, create=False)
         except BaseException:
             conn.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             raise
         self._conn = conn
         return fresh
 
     def recreate(self) -> None:
-        """Delete the index files and start a new incarnation (a clean restart)."""
+        """Delete the index files and start afresh (a clean restart: rebuild it after)."""
         self.close()
         for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -112,17 +91,27 @@ class Index:
                 if conn is not None:
                     conn.close()
             self._conn = self._reader = None
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     @property
     def is_open(self) -> bool:
         return self._conn is not None
 
     def is_current(self) -> bool:
-        """Whether ``path`` is still the file this connection has open."""
-        try:
-            return self._conn is not None and os.stat(self.path).st_ino == self._ino
-        except FileNotFoundError:
+        """Whether ``path`` is still the file this connection has open.
+
+        Not by inode number alone: a deleted file's number is often reused at once by the
+        next file created, so the file we hold must also still be linked.
+        """
+        if self._conn is None or self._fd < 0:
             return False
+        try:
+            mine, there = os.fstat(self._fd), os.stat(self.path)
+        except OSError:
+            return False
+        return mine.st_nlink > 0 and (mine.st_ino, mine.st_dev) == (there.st_ino, there.st_dev)
 
     def nbytes(self) -> int:
         """Bytes of the index's files on disk (they count against the tier's bound)."""
@@ -149,17 +138,6 @@ class Index:
 
     # -- reads (no lock needed) ---------------------------------------------------------
 
-    def ticket(self) -> Ticket:
-        """``(instance, clock)`` now: take it before fetching a value to fill."""
-        with self._read_lock:
-            if self._reader is None:
-                raise sqlite3.OperationalError("the disk cache index is closed")
-            row = self._reader.execute(
-                "SELECT (SELECT v FROM meta WHERE k = 'instance'),"
-                " (SELECT v FROM meta WHERE k = 'clock')"
-            ).fetchone()
-        return str(row[0]), int(row[1])
-
     def totals(self) -> tuple[int, int]:
         """Bytes of the indexed files and their number."""
         with self._read_lock:
@@ -179,30 +157,6 @@ class Index:
     def add_meta(db: sqlite3.Connection, k: str, delta: int) -> int:
         db.execute("UPDATE meta SET v = v + ? WHERE k = ?", (delta, k))
         return Index.meta(db, k)
-
-    def bump(self, db: sqlite3.Connection, ns: str, key: str, *, prefix: bool) -> int:
-        """Record an invalidation of ``key`` (or of the prefix ``key``); its generation."""
-        gen = self.add_meta(db, "clock", 1)
-        table = "prefix_gens" if prefix else "gens"
-        db.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?)", (ns, key, gen))
-        self._bumps += 1
-        if self._bumps % 1024 == 0:
-            self._forget_old(db)
-        return gen
-
-    def current(self, db: sqlite3.Connection, ns: str, key: str, ticket: Ticket) -> bool:
-        """Whether no invalidation of ``key`` happened since ``ticket`` in this incarnation."""
-        instance, clock = ticket
-        now = db.execute("SELECT v FROM meta WHERE k = 'instance'").fetchone()[0]
-        if instance != now or clock < self.meta(db, "floor"):
-            return False
-        row = db.execute(
-            "SELECT 1 FROM gens WHERE ns = ? AND key = ? AND gen > ? UNION ALL "
-            "SELECT 1 FROM prefix_gens WHERE ns = ? AND gen > ? "
-            "AND substr(?, 1, length(prefix)) = prefix LIMIT 1",
-            (ns, key, clock, ns, clock, key),
-        ).fetchone()
-        return row is None
 
     @staticmethod
     def rows_of(
@@ -266,17 +220,6 @@ class Index:
         else:
             db.execute("DELETE FROM reservations WHERE owner = ?", (owner,))
 
-    def _forget_old(self, db: sqlite3.Connection) -> None:
-        for table in ("gens", "prefix_gens"):
-            count = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            if count <= (_KEEP_GENS if table == "gens" else _KEEP_GENS >> 6):
-                continue
-            cut = db.execute(
-                f"SELECT gen FROM {table} ORDER BY gen LIMIT 1 OFFSET ?", (count // 2,)
-            ).fetchone()[0]
-            db.execute(f"DELETE FROM {table} WHERE gen <= ?", (cut,))
-            db.execute("UPDATE meta SET v = max(v, ?) WHERE k = 'floor'", (cut + 1,))
-
     def reindex(self, db: sqlite3.Connection, rows: Iterable[tuple[str, str, str, int]]) -> None:
         """Replace every entry with ``rows`` (rebuilt from the files' headers)."""
         db.execute("DELETE FROM entries")
@@ -284,11 +227,14 @@ class Index:
         self.insert(db, list(rows))
 
 
-def _connect(path: pathlib.Path) -> sqlite3.Connection:
+def _connect(path: pathlib.Path, *, create: bool = True) -> sqlite3.Connection:
     """A connection in rollback-journal mode, unsynced: the index is rebuilt from the files
     if a power loss corrupts it, and a killed process cannot corrupt it (the journal is
     written before the pages). Writers are already serialised by the directory lock."""
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    target: str | pathlib.Path = path if create else f"file:{path}?mode=rw"
+    conn = sqlite3.connect(
+        target, timeout=30, isolation_level=None, check_same_thread=False, uri=not create
+    )
     conn.execute("PRAGMA journal_mode=DELETE")
     conn.execute("PRAGMA synchronous=OFF")
     return conn

@@ -408,11 +408,10 @@ class TieredStore(ReadPath, Store):
     async def _invalidate(self, key: str, *, prefix: bool = False) -> None:
         sh = self._shared
         for tier in reversed(sh.tiers):  # lowest first: an upper tier cannot refill from it
-            if tier.name not in sh.distrusted:
-                try:
-                    await tier.evict(self.namespace, key, prefix=prefix)
-                except Exception as e:
-                    self._distrust(tier, key, e)
+            try:  # distrusted tiers too: other processes may still read a shared one
+                await tier.evict(self.namespace, key, prefix=prefix)
+            except Exception as e:
+                self._distrust(tier, key, e)
         sh.flights.drop(key, prefix=prefix)
         if self.coherent:
             await _coherence.announce(self._announce, self.namespace, key, prefix, self.disk)
@@ -420,17 +419,18 @@ class TieredStore(ReadPath, Store):
     def _invalidate_sync(self, key: str, *, prefix: bool = False) -> None:
         sh = self._shared
         for tier in reversed(sh.tiers):
-            if tier.name not in sh.distrusted:
-                try:
-                    tier.evict_sync(self.namespace, key, prefix=prefix)
-                except Exception as e:
-                    self._distrust(tier, key, e)
+            try:
+                tier.evict_sync(self.namespace, key, prefix=prefix)
+            except Exception as e:
+                self._distrust(tier, key, e)
         sh.flights.drop(key, prefix=prefix)
         if self.coherent:
             _coherence.announce_sync(self._announce, self.namespace, key, prefix, self.disk)
 
     def _distrust(self, tier: Tier, key: str, e: Exception) -> None:
         # The tier may still hold the old value: never read from it again.
+        if tier.name in self._shared.distrusted:
+            return
         self._shared.distrusted.add(tier.name)
         msg = f"{tier!r} could not drop {key!r} ({e}); that tier is disabled for this store"
         logger.warning("%s", msg)

@@ -139,6 +139,12 @@ class Lease:
             except Exception:
                 logger.warning("Could not renew the lease %s", self.key, exc_info=True)
 
+    def abandon(self) -> None:
+        """Stop renewing, from any thread, without touching the store (the key then dies)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
     async def release(self) -> None:
         """Stop renewing and delete the key if it still holds this lease."""
         if self._task is not None:

@@ -25,14 +25,13 @@ from swarmstore.checkpoint._info import (
     VerifyReport,
 )
 from swarmstore.checkpoint._manifest import Manifest, check_step
-from swarmstore.checkpoint._objects import existing
 from swarmstore.checkpoint._repo import Repo
-from swarmstore.checkpoint._session import Session
+from swarmstore.checkpoint._session import Session, open_session
 from swarmstore.checkpoint._settings import retention, settings
 from swarmstore.checkpoint._snapshot import check_name
 from swarmstore.checkpoint._store import ManifestStore
 from swarmstore.checkpoint._write import Fingerprints, write_data
-from swarmstore.errors import CheckpointNotFoundError, ManifestError
+from swarmstore.errors import CheckpointNotFoundError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -150,40 +149,9 @@ class CheckpointManager:
         (4.0, [0, 1])
         """
         branch = check_name(branch or self.branch)
-        sync(self.repo.fresh())
-        history = sync(self.repo.history(branch))
-        seen = self.repo.refs_seen.get(branch)
-        tip = seen[-1] if seen else None  # the newest readable version, from that listing
-        try:
-            base = sync(self.repo.snapshot(tip.snapshot)) if tip else self._readable(history)
-        except (ManifestError, CheckpointNotFoundError):
-            if not full:
-                raise  # a session builds on the tip's content: it must read
-            base = self._readable(history)  # a full save only reuses its base's objects
-        known: set[str] = set()
-        if full and base is not None:
-            # reuse only the base's objects that are really there: a lost one is rewritten
-            claimed = sync(self.repo.tree(base).hashes())
-            known = sync(existing(self._control, claimed, self.concurrency))
-        return Session(
-            self.repo,
-            branch,
-            tip,
-            base,
-            history,
-            verify=self.verify,
-            terms=self.terms,
-            known=known,
-            full=full,
+        return sync(
+            open_session(self.repo, branch, full=full, verify=self.verify, terms=self.terms)
         )
-
-    def _readable(self, history: list[Any]) -> Snapshot | None:
-        for commit in reversed(history):
-            try:
-                return sync(self.repo.snapshot(commit.snapshot))
-            except Exception as e:
-                logger.warning("Skipping step %d: %s", commit.step, e)
-        return None
 
     def save(
         self,
@@ -241,6 +209,7 @@ class CheckpointManager:
             written_objects=w.written_objects,
             written_bytes=w.written_bytes,
             reused_objects=w.reused_objects,
+            manifest_bytes=session.manifest_bytes,
         )
 
     def save_async(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from zarr.core.buffer import default_buffer_prototype
@@ -35,10 +36,16 @@ from swarmstore import _clock
 from swarmstore.checkpoint._diff import diff_trees
 from swarmstore.checkpoint._lease import Lease, LeaseTerms
 from swarmstore.checkpoint._manifest import INFLIGHT, check_step, is_metadata_key
+from swarmstore.checkpoint._objects import existing
 from swarmstore.checkpoint._snapshot import Snapshot, new_id, piece_key, snapshot_key
 from swarmstore.checkpoint._store import ManifestStore
 from swarmstore.checkpoint._tree import merge
-from swarmstore.errors import CheckpointConflictError, LeaseLostError
+from swarmstore.errors import (
+    CheckpointConflictError,
+    CheckpointNotFoundError,
+    LeaseLostError,
+    ManifestError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping
@@ -47,7 +54,9 @@ if TYPE_CHECKING:
     from swarmstore.checkpoint._refs import Ref
     from swarmstore.checkpoint._repo import Commit, Repo
 
-__all__ = ["Session"]
+__all__ = ["Session", "open_session"]
+
+logger = logging.getLogger(__name__)
 
 ATTEMPTS = 8
 
@@ -104,10 +113,10 @@ class Session:
         self._kept: set[str] = set()
         self._pending: dict[str, Entry | None] | None = None
         self._claimed: set[str] = set()
+        self.manifest_bytes = 0
         self._done = False
+        #: written (and renewed) by ``open_session`` before anything else
         self._marker = Lease(repo.control, f"{INFLIGHT}{new_id()}.json", {"branch": branch}, terms)
-        sync(self._marker.write())
-        trace.point("save:marker")
 
     @property
     def parent(self) -> Snapshot | None:
@@ -176,6 +185,12 @@ class Session:
             sync(self._marker.release())
             trace.point("save:done")
 
+    def __del__(self) -> None:
+        # a session dropped without commit or close: stop its heartbeat so its marker dies
+        # within a lease (and no pending task is left for the interpreter to complain about)
+        if not getattr(self, "_done", True):
+            self._marker.abandon()
+
     def __enter__(self) -> Session:
         return self
 
@@ -223,8 +238,8 @@ class Session:
         changes = await self._changes()
         for _ in range(ATTEMPTS):
             number = self._step(step)
-            snap = await self._write(changes, number, metadata, message)
-            if not await self._marker.held():
+            snap, held = await self._write(changes, number, metadata, message)
+            if not held:
                 raise LeaseLostError(
                     f"the save of step {number} went without a heartbeat for longer than "
                     f"the {self._marker.terms.lease:g} s lease and may have lost objects; "
@@ -240,7 +255,8 @@ class Session:
 
     async def _write(
         self, changes: dict[str, Entry | None], step: int, metadata: dict[str, Any], message: str
-    ) -> Snapshot:
+    ) -> tuple[Snapshot, bool]:
+        """Pieces, then the snapshot; returns it and whether the marker is still ours."""
         merged = await merge(self.tree, changes, self.store.dropped)
         proto = default_buffer_prototype()
         sem = asyncio.Semaphore(self.repo.limit)
@@ -261,9 +277,14 @@ class Session:
             merged.nodes,
             message,
         )
-        await self.repo.control.set(snapshot_key(snap.id), proto.buffer.from_bytes(snap.to_bytes()))
+        body = proto.buffer.from_bytes(snap.to_bytes())
+        #: bytes of manifest pieces and snapshot the (last) commit attempt wrote
+        self.manifest_bytes = len(body) + sum(len(d) for _, d in merged.new)
+        _, held = await asyncio.gather(
+            self.repo.control.set(snapshot_key(snap.id), body), self._marker.held()
+        )
         trace.point("save:snapshot")
-        return snap
+        return snap, held
 
     async def _rebase(
         self, changes: dict[str, Entry | None], rebase: bool, step: int | None
@@ -289,6 +310,42 @@ class Session:
         self.tree = self.repo.tree(new_base)
         if not self.full:
             self.store.base = self.tree
+
+
+async def _readable(repo: Repo, history: list[Commit]) -> Snapshot | None:
+    for commit in reversed(history):
+        try:
+            return await repo.snapshot(commit.snapshot)
+        except (ManifestError, CheckpointNotFoundError) as e:
+            logger.warning("Skipping step %d: %s", commit.step, e)
+    return None
+
+
+async def open_session(
+    repo: Repo, branch: str, *, full: bool, verify: bool, terms: LeaseTerms
+) -> Session:
+    """A session on ``branch``'s tip (for a full save, over a damaged tip: on the newest
+    snapshot that reads, since a full save only reuses its base's objects)."""
+    await repo.fresh()
+    history = await repo.history(branch)
+    seen = repo.refs_seen.get(branch)
+    tip = seen[-1] if seen else None  # the newest readable version, from that listing
+    try:
+        base = await repo.snapshot(tip.snapshot) if tip else await _readable(repo, history)
+    except (ManifestError, CheckpointNotFoundError):
+        if not full:
+            raise  # a session builds on the tip's content: it must read
+        base = await _readable(repo, history)
+    known: set[str] = set()
+    if full and base is not None:
+        # reuse only the base's objects that are really there: a lost one is rewritten
+        known = await existing(repo.control, await repo.tree(base).hashes(), repo.limit)
+    session = Session(
+        repo, branch, tip, base, history, verify=verify, terms=terms, known=known, full=full
+    )
+    await session._marker.write()
+    trace.point("save:marker")
+    return session
 
 
 def _text(diff: Any, key: str) -> Any:

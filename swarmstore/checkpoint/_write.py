@@ -124,7 +124,7 @@ def _write_array(
             return
         value = da.from_zarr(value)
     if isinstance(value, da.Array):
-        _write_dask(ms, path, value, enc)
+        _write_dask(session, path, value, enc, fingerprints)
         return
     value = np.asarray(value)
     arr = zarr.create_array(
@@ -213,7 +213,20 @@ def _aligned(chunks: tuple[int, ...], unit: int) -> bool:
     return bool(np.all(edges % unit == 0))
 
 
-def _write_dask(ms: ManifestStore, path: str, darr: da.Array, enc: Mapping[str, Any]) -> None:
+def _chunk_indices(region: tuple[slice, ...], unit: tuple[int, ...]) -> Any:
+    return itertools.product(
+        *(range(r.start // u, -(-r.stop // u)) for r, u in zip(region, unit, strict=True))
+    )
+
+
+def _write_dask(
+    session: Session,
+    path: str,
+    darr: da.Array,
+    enc: Mapping[str, Any],
+    fingerprints: Fingerprints | None,
+) -> None:
+    ms = session.store
     chunks = enc.get("chunks") or tuple(max(c) if c else 1 for c in darr.chunks)
     arr = zarr.create_array(
         store=ms,
@@ -227,6 +240,12 @@ def _write_dask(ms: ManifestStore, path: str, darr: da.Array, enc: Mapping[str, 
         darr = darr.rechunk(unit)
     meta_key = _join(path, "zarr.json")
     meta = ms.changes[meta_key]
+    assert isinstance(meta, str)
+    base = session.base
+    prev = fingerprints.get(path, base.id if base else None, meta) if fingerprints else {}
+    present = _present(session, path) if prev else {}
+    cut = len(path) + 1 if path else 0
+    usable = {k: v for k, v in prev.items() if present.get(k[cut:], True)}
     tag = uuid.uuid4().hex
     backing = dask.delayed(ms.backing, name=f"checkpoint-store-{tag}", traverse=False)
     known = dask.delayed(frozenset(ms.known), name=f"checkpoint-known-{tag}", traverse=False)
@@ -237,19 +256,24 @@ def _write_dask(ms: ManifestStore, path: str, darr: da.Array, enc: Mapping[str, 
             slice(int(starts[d][i]), int(starts[d][i] + darr.chunks[d][i]))
             for d, i in enumerate(index)
         )
+        keys = (_join(path, arr.metadata.encode_chunk_key(i)) for i in _chunk_indices(region, unit))
+        hints = {k: usable[k] for k in keys if k in usable}
         tasks.append(
             dask.delayed(_write_block, pure=False)(
-                block, backing, path, meta, region, known, ms.verify
+                block, backing, path, meta, region, known, ms.verify, hints
             )
         )
     scheduler = "threads" if _process_local(ms.backing) else None
+    raws: dict[str, str] = {}
     for result in dask.compute(*tasks, scheduler=scheduler):
         result["changes"].pop(meta_key, None)
         ms.changes.update(result["changes"])
-        ms.writer.written_objects += result["written_objects"]
-        ms.writer.written_bytes += result["written_bytes"]
-        ms.writer.reused_objects += result["reused_objects"]
-        ms.writer.hashed_bytes += result["hashed_bytes"]
+        session.keep(result["kept"])
+        raws.update(result["raws"])
+        for name in ("written_objects", "written_bytes", "reused_objects", "hashed_bytes"):
+            setattr(ms.writer, name, getattr(ms.writer, name) + result[name])
+    if fingerprints is not None:
+        fingerprints.pending[path] = (meta, raws)
 
 
 def _write_block(
@@ -260,14 +284,37 @@ def _write_block(
     region: tuple[slice, ...],
     known: frozenset[str],
     verify: bool,
+    hints: dict[str, str],
 ) -> dict[str, Any]:
-    """Runs on a worker: encode and store the chunks of one block; return their entries."""
+    """Runs on a worker: encode and store the chunks of one block whose raw bytes changed
+    (``hints``: the raw hashes of the last save); return their entries and fingerprints."""
     ms = ManifestStore(backing, {_join(path, "zarr.json"): meta}, known=known, verify=verify)
     arr = zarr.open_array(store=ms, path=path, mode="r+")
-    arr[region] = block
+    unit = arr.shards or arr.chunks
+    raws: dict[str, str] = {}
+    kept, stale = [], []
+    for idx in _chunk_indices(region, unit):
+        whole = tuple(
+            slice(i * u, min((i + 1) * u, n)) for i, u, n in zip(idx, unit, arr.shape, strict=True)
+        )
+        local = tuple(
+            slice(w.start - r.start, w.stop - r.start) for w, r in zip(whole, region, strict=True)
+        )
+        key = _join(path, arr.metadata.encode_chunk_key(idx))
+        raws[key] = xxhash.xxh3_128_hexdigest(np.ascontiguousarray(block[local]))
+        if hints.get(key) == raws[key]:
+            kept.append(key)
+        else:
+            stale.append((whole, local))
+    if not kept:
+        arr[region] = block
+    for whole, local in stale if kept else ():
+        arr[whole] = block[local]
     w = ms.writer
     return {
         "changes": ms.changes,
+        "kept": kept,
+        "raws": raws,
         "written_objects": w.written_objects,
         "written_bytes": w.written_bytes,
         "reused_objects": w.reused_objects,

@@ -10,7 +10,9 @@ Rules, in order:
 1. A task whose resources no worker declares gets no pin; it waits in ``no-worker`` and fails
    after ``swarmstore.compute.unsatisfiable-timeout`` (the plugin does that).
 2. A chunk task (``swarm={"chunk": key}``) is pinned to the rendezvous-hash owner of its chunk
-   among the workers that can run it, so a second pass reads the same worker's cache.
+   among the workers that can run it, so a second pass reads the same worker's cache. The
+   ring knows workers by name, not address: a worker restarted on a new port (same name)
+   keeps its chunks, and so its warm disk cache.
 3. A GPU task is held (restricted to :data:`HOLD`, so once ready it parks in ``no-worker``)
    and dispatched by :meth:`Placer.dispatch` to the GPU worker with the least GPU work in
    flight per GPU slot (then per byte of GPU memory), as long as that stays within
@@ -67,6 +69,14 @@ class WorkerInfo:
     address: str
     nthreads: int = 1
     resources: Mapping[str, float] = field(default_factory=dict)
+    #: Stable identity for chunk affinity: the worker's name (kept across restarts on a new
+    #: port); the address when the worker has no name of its own
+    identity: str = ""
+
+    @property
+    def key(self) -> str:
+        """What the chunk ring knows the worker by."""
+        return self.identity or self.address
 
     @property
     def gpus(self) -> float:
@@ -215,7 +225,7 @@ class GpuBalancer:
 
 @lru_cache(maxsize=64)
 def _ring(members: tuple[tuple[str, int], ...]) -> Rendezvous:
-    return Rendezvous(Member(addr, weight=float(max(n, 1))) for addr, n in members)
+    return Rendezvous(Member(ident, weight=float(max(n, 1))) for ident, n in members)
 
 
 class Placer:
@@ -246,6 +256,7 @@ class Placer:
         self.affinity = affinity
         self.prefetch = prefetch
         self.workers: dict[str, WorkerInfo] = {}
+        self._by_key: dict[str, str] = {}  # ring identity -> address
         self.gpu = GpuBalancer()
         self._cpu_pool: frozenset[str] | None = None
         self._owners: dict[tuple[str, frozenset[tuple[str, float]] | None], str] = {}
@@ -259,13 +270,17 @@ class Placer:
     def add_worker(self, info: WorkerInfo) -> None:
         old = self.workers.get(info.address)
         self.workers[info.address] = info
+        self._by_key[info.key] = info.address
         if old is not None and old.resources != info.resources:
             self.gpu.remove(info.address)
         self.gpu.add(info.address, info.resources)
         self._changed()
 
     def remove_worker(self, address: str) -> None:
-        if self.workers.pop(address, None) is not None:
+        info = self.workers.pop(address, None)
+        if info is not None:
+            if self._by_key.get(info.key) == address:
+                del self._by_key[info.key]
             self.gpu.remove(address)
             self._changed(leaving=address)
 
@@ -340,8 +355,9 @@ class Placer:
             shape = cache_key[1]
             ring = self._rings.get(shape)
             if ring is None:  # one ring per pool until membership changes: hashing a
-                ring = self._rings[shape] = _ring(members)  # 1,000-tuple per call costs more
-            addr = ring.owner(chunk).name
+                keyed = tuple(sorted((self.workers[a].key, n) for a, n in members))
+                ring = self._rings[shape] = _ring(keyed)  # 1,000-tuple per call costs more
+            addr = self._by_key[ring.owner(chunk).name]
             if len(self._owners) > 1_000_000:
                 self._owners.clear()
             self._owners[cache_key] = addr

@@ -108,8 +108,14 @@ def _load(spec: str | type) -> type | None:
         return None
 
 
+def _identity(ws: WorkerState) -> str:
+    """A worker's stable name for chunk affinity: its name, unless that is its address."""
+    name = str(ws.name)
+    return "" if name == ws.address else f"name:{name}"
+
+
 def _info(ws: WorkerState) -> WorkerInfo:
-    return WorkerInfo(ws.address, ws.nthreads, dict(ws.resources))
+    return WorkerInfo(ws.address, ws.nthreads, dict(ws.resources), _identity(ws))
 
 
 class SwarmPlugin(SchedulerPlugin):
@@ -165,26 +171,16 @@ class SwarmPlugin(SchedulerPlugin):
         keep_annotations: bool | None = None,
     ) -> None:
         self.extension_specs = tuple(DEFAULT_EXTENSIONS if extensions is None else extensions)
-        self.keep_cpu_off_gpu = (
-            bool(config.get("compute.keep-cpu-off-gpu", True))
-            if keep_cpu_off_gpu is None
-            else keep_cpu_off_gpu
-        )
-        self.affinity = bool(config.get("compute.affinity", True)) if affinity is None else affinity
-        self.keep_annotations = (
-            bool(config.get("compute.keep-annotations", True))
-            if keep_annotations is None
-            else keep_annotations
-        )
-        self.unsatisfiable_timeout = config.get_seconds(
+        self.keep_cpu_off_gpu = config.value("compute.keep-cpu-off-gpu", keep_cpu_off_gpu)
+        self.affinity = config.value("compute.affinity", affinity)
+        self.keep_annotations = config.value("compute.keep-annotations", keep_annotations)
+        self.unsatisfiable_timeout = config.value(
             "compute.unsatisfiable-timeout", unsatisfiable_timeout
         )
         #: Parsed requirements of live annotated tasks (read by extensions)
         self.requirements: dict[Any, Requirements] = {}
         self.extensions: list[Any] = []
-        self.gpu_prefetch = (
-            float(config.get("compute.gpu-prefetch", 1.0)) if gpu_prefetch is None else gpu_prefetch
-        )
+        self.gpu_prefetch = float(config.value("compute.gpu-prefetch", gpu_prefetch))
         self.placer = Placer(
             keep_cpu_off_gpu=self.keep_cpu_off_gpu,
             affinity=self.affinity,

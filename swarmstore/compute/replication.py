@@ -104,16 +104,16 @@ class ReplicationController:
             )
         self.scheduler = scheduler
         self.plugin = plugin
-        self.default_replicas = int(
-            config.get("replication.default-replicas")
-            if default_replicas is None
-            else default_replicas
-        )
-        self.keep_last_gpu = bool(
-            config.get("replication.keep-last-gpu", True)
-            if keep_last_gpu is None
-            else keep_last_gpu
-        )
+        self.default_replicas: int = config.value("replication.default-replicas", default_replicas)
+        self.keep_last_gpu: bool = config.value("replication.keep-last-gpu", keep_last_gpu)
+        if config.value("replication.interval") != 2.0:
+            warnings.warn(
+                "swarmstore.replication.interval is ignored: the replication policy runs in "
+                "the scheduler's Active Memory Manager, at "
+                "distributed.scheduler.active-memory-manager.interval",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         #: Desired copies of each tracked key (only counts >= 2 are tracked)
         self.desired: dict[Key, int] = {}
         #: Replicas requested by the fast path and not yet confirmed: key -> {address: deadline}

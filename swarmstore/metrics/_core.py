@@ -320,7 +320,7 @@ class _Heartbeat:
     ``swarmstore.metrics.interval`` (a disk tier's entry count is a query)."""
 
     def __init__(self) -> None:
-        self.interval = config.get_seconds("metrics.interval") or 0.0
+        self.interval: float = config.value("metrics.interval")
         self._last: dict[str, Any] | None = None
         self._at = 0.0
 

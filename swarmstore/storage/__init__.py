@@ -14,9 +14,10 @@ from swarmstore.storage._maintenance import (
     repair,
     scrub,
 )
-from swarmstore.storage._node import Node, NodeWrapper, State, check_key
+from swarmstore.storage._node import Node, State, check_key
 from swarmstore.storage._replicated import ReplicatedStore
 from swarmstore.storage._spec import NodeSpec, node_from, s3_config_kwargs
+from swarmstore.storage._wrapper import NodeWrapper
 
 __all__ = [
     "Node",

@@ -15,6 +15,7 @@ regresses a newer value.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -60,6 +61,22 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     key longer than 1024 bytes (UTF-8), and the reserved metadata area ``.swarmstore/``.
     ``prefix=True`` also accepts ``""`` and a trailing ``/`` (listing prefixes).
     """
+    if type(key) is str and _valid(key, prefix):
+        return key
+    return _check_key(key, prefix=prefix)
+
+
+@functools.lru_cache(maxsize=65536)
+def _valid(key: str, prefix: bool) -> bool:
+    """Whether ``key`` passes (cached: zarr asks about the same keys again and again)."""
+    try:
+        _check_key(key, prefix=prefix)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+def _check_key(key: str, *, prefix: bool = False) -> str:
     if not isinstance(key, str):
         raise InvalidKeyError(f"store keys are str, got {type(key).__name__}")
     body = key
@@ -90,6 +107,11 @@ def check_key(key: str, *, prefix: bool = False) -> str:
     if parts[0] == META:
         raise InvalidKeyError(f"store key {key!r} is in the reserved metadata area {META}/")
     return key
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_hash(name: str) -> int:
+    return hash(name)  # nodes are dict keys on every read: their hash is asked for often
 
 
 def tomb_name(key: str) -> str:
@@ -225,7 +247,7 @@ class Node(ABC):
         )
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return _name_hash(self.name)
 
     # --- reads ---------------------------------------------------------------------------
     @abstractmethod
@@ -368,99 +390,3 @@ class Node(ABC):
     async def aclose(self) -> None:
         """Release connections; the node stays usable (they reopen on demand)."""
         return None
-
-
-class NodeWrapper(Node):
-    """A node that delegates every operation to ``inner``: subclass and override a few.
-
-    ``swarmstore.testing.FaultyNode`` and benchmark link models build on it, so a new node
-    operation needs one line here rather than one in every wrapper.
-    """
-
-    def __init__(self, inner: Node) -> None:
-        super().__init__(inner.name, weight=inner.weight, zone=inner.zone, host=inner.host)
-        self.inner = inner
-        self.store = inner.store
-        self.supports_sync = inner.supports_sync
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.inner == other.inner  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
-        return await self.inner.read(key, start, end)
-
-    async def state(self, key: str, *, tomb: bool | None = None) -> State:
-        return await self.inner.state(key, tomb=tomb)
-
-    async def prepare(self, key: str, data: bytes) -> Pending:
-        return await self.inner.prepare(key, data)
-
-    async def commit(
-        self,
-        pending: Pending,
-        record: Record,
-        *,
-        create: bool = False,
-        force: bool = False,
-        heal: bool = False,
-    ) -> Outcome:
-        return await self.inner.commit(pending, record, create=create, force=force, heal=heal)
-
-    async def abort(self, pending: Pending) -> None:
-        await self.inner.abort(pending)
-
-    async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
-        return await self.inner.bury(key, tomb, seen)
-
-    async def unbury(self, key: str, tomb: Record) -> None:
-        await self.inner.unbury(key, tomb)
-
-    async def remove(self, key: str, version: Version | None = None) -> bool:
-        return await self.inner.remove(key, version)
-
-    async def meta_put(self, name: str, body: bytes) -> None:
-        await self.inner.meta_put(name, body)
-
-    async def meta_get(self, name: str) -> bytes | None:
-        return await self.inner.meta_get(name)
-
-    async def meta_list(self, area: str) -> list[str]:
-        return await self.inner.meta_list(area)
-
-    async def meta_delete(self, name: str) -> None:
-        await self.inner.meta_delete(name)
-
-    async def list_keys(self, prefix: str) -> list[str]:
-        return await self.inner.list_keys(prefix)
-
-    async def list_entries(self, prefix: str) -> list[str]:
-        return await self.inner.list_entries(prefix)
-
-    async def prune(self, prefix: str) -> None:
-        await self.inner.prune(prefix)
-
-    def read_now(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
-        return self.inner.read_now(key, start, end)  # type: ignore[attr-defined, no-any-return]
-
-    def state_now(self, key: str, *, tomb: bool | None = None) -> State:
-        return self.inner.state_now(key, tomb=tomb)  # type: ignore[attr-defined, no-any-return]
-
-    def allow_create(self, create: bool) -> None:
-        self.inner.allow_create(create)
-
-    def root_exists(self) -> bool | None:
-        return self.inner.root_exists()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

@@ -23,7 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from swarmstore import _events
+from swarmstore import _clock, _events
 from swarmstore.errors import ChecksumMismatch, ReplicaUnavailable, is_transport_error
 from swarmstore.storage._verified import Got, Missing, Refused, Unrecorded, fetch, fetch_now
 
@@ -113,7 +113,8 @@ class QuorumRead:
         self.targets = frozenset(targets)
         self.rq = min(store.read_quorum, len(targets))
         self.answers: dict[Node, Answer] = {}
-        self._probes: list[asyncio.Task[None]] | None = None
+        self._probes: dict[Node, asyncio.Task[None]] | None = None
+        self._t0 = _clock.monotonic()
         self._rest_asked = False
 
     # --- asking ----------------------------------------------------------------------------
@@ -134,10 +135,10 @@ class QuorumRead:
         if self._probes is not None or node not in self.targets:
             return await fetch(node, self.key, self.byte_range, self.store.min_block)
         probes = [n for n in self.order if n is not node][: self.rq - 1]
-        self._probes = []
+        self._probes = {}
         if all(p.supports_sync for p in (node, *probes)):
             return await self._folded(node, probes)
-        self._probes = [asyncio.ensure_future(self._probe_one(p)) for p in probes]
+        self._probes = {p: asyncio.ensure_future(self._probe_one(p)) for p in probes}
         return await fetch(node, self.key, self.byte_range, self.store.min_block)
 
     async def _folded(self, node: Node, probes: list[Node]) -> Got:
@@ -175,7 +176,21 @@ class QuorumRead:
         self.answers.setdefault(node, from_state(st))
 
     async def _probe(self, nodes: list[Node]) -> None:
-        await asyncio.gather(*(self._probe_one(n) for n in nodes if n not in self.answers))
+        ask = [n for n in nodes if n not in self.answers]
+        tasks = {n: asyncio.ensure_future(self._probe_one(n)) for n in ask}
+        if tasks:
+            await asyncio.wait(tasks.values(), return_when="FIRST_COMPLETED")
+            await self._bounded(tasks, _clock.monotonic())
+
+    async def _bounded(self, tasks: dict[Node, asyncio.Task[None]], since: float) -> None:
+        """Wait for probes a grace past ``since`` (a frozen node must not stall the read):
+        one that has not answered then counts as down, and more replicas are asked."""
+        wait = self.store.grace(since - self._t0)
+        _, pending = await asyncio.wait(tasks.values(), timeout=wait)
+        for node, task in tasks.items():
+            if task in pending:
+                self.answers.setdefault(node, Answer("down", why="no answer within the grace"))
+                self.store._hold(task)
 
     async def _settle(self, src: Node | None, got: Got | None, failures: dict[Node, Any]) -> None:
         for node, e in failures.items():
@@ -183,7 +198,7 @@ class QuorumRead:
         if src is not None and got is not None:
             self.answers[src] = Answer("data", record=got.record, got=got)
         if self._probes:
-            await asyncio.gather(*self._probes)
+            await self._bounded(self._probes, _clock.monotonic())
 
     # --- deciding --------------------------------------------------------------------------
     async def _step(self) -> Verdict | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import pathlib
 from typing import TYPE_CHECKING, Any, Self
 
 import xxhash
@@ -18,27 +17,28 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer
 
-from swarmstore import _events, _sync, config
+from swarmstore import _events
 from swarmstore.errors import ConfigError, QuorumError
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
-from swarmstore.storage import _listing, _maintenance, _repairs
+from swarmstore.storage import _listing, _repairs
+from swarmstore.storage._api import Maintained
 from swarmstore.storage._create import create
 from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
 from swarmstore.storage._node import check_key
 from swarmstore.storage._read import QuorumRead
+from swarmstore.storage._settings import allow_create, configure, default_state_dir
 from swarmstore.storage._spec import node_from
 from swarmstore.storage._verified import Got
 from swarmstore.storage._write import delete, grace, put
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
     from zarr.core.buffer import BufferPrototype
 
     from swarmstore.storage._integrity import Record, Version
-    from swarmstore.storage._maintenance import RebalanceReport, RepairReport, ScrubReport
     from swarmstore.storage._node import Node
 
 __all__ = ["ReplicatedStore"]
@@ -52,7 +52,7 @@ def _measure(result: Any) -> int:
     return len(result.data) if isinstance(result, Got) else 0
 
 
-class ReplicatedStore(Store):
+class ReplicatedStore(Maintained, Store):
     """Spread zarr keys over ``nodes``, ``replicas`` verified, versioned copies each.
 
     - Placement: weighted rendezvous hashing; replicas in distinct zones when possible.
@@ -103,14 +103,14 @@ class ReplicatedStore(Store):
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ConfigError(f"node names must be unique, got {names}")
-        self._configure(replicas, write_quorum, read_quorum, read_repair, min_block)
+        configure(self, replicas, write_quorum, read_quorum, read_repair, min_block)
         self.ring = Rendezvous(Member(n.name, n.weight, n.zone) for n in self.nodes)
         self._by_name = {n.name: n for n in self.nodes}
         self._rank_cache: dict[str, tuple[tuple[Node, ...], tuple[Node, ...]]] = {}
         self.router = router if router is not None else TransferRouter()
         self._new_api = "measure" in inspect.signature(type(self.router).fetch).parameters
         self._state_dir = state_dir
-        self.hints = HintLog(self._default_state_dir() if state_dir is None else state_dir)
+        self.hints = HintLog(default_state_dir(self.nodes) if state_dir is None else state_dir)
         self.writer = int.from_bytes(os.urandom(8), "big") >> 1  # this instance's id
         self._counters: dict[str, int] = {}
         self._background: set[asyncio.Future[Any]] = set()
@@ -119,54 +119,9 @@ class ReplicatedStore(Store):
         self._repairing: set[str] = set()
         self.hints_replayed = 0  # hints applied by this store since it was built
         self._create = create
-        self._allow_create(create)
-
-    def _configure(
-        self,
-        replicas: int | None,
-        write_quorum: int | None,
-        read_quorum: int | None,
-        read_repair: bool | None,
-        min_block: int | str | None,
-    ) -> None:
-        self.replicas = config.value("storage.replicas", replicas)
-        if not 1 <= self.replicas <= len(self.nodes):
-            raise ConfigError(f"replicas={self.replicas} needs 1..{len(self.nodes)} (the nodes)")
-        wq = config.value("storage.write-quorum", write_quorum)
-        self.write_quorum = self.replicas // 2 + 1 if wq is None else wq
-        if not 1 <= self.write_quorum <= self.replicas:
-            raise ConfigError(f"write_quorum={self.write_quorum} needs 1..replicas")
-        rq = config.value("storage.read-quorum", read_quorum)
-        self.read_quorum = self.replicas - self.write_quorum + 1 if rq is None else rq
-        if not 1 <= self.read_quorum <= self.replicas:
-            raise ConfigError(f"read_quorum={self.read_quorum} needs 1..replicas")
-        self.read_repair = config.value("storage.read-repair", read_repair)
-        self.min_block = config.value("storage.verify-block-size", min_block)
-        self._grace_cap = config.value("storage.write-grace")
-        self.create_patience = config.value("storage.create-patience")
-
-    def _allow_create(self, create: bool | None) -> None:
-        """Explicit ``create`` sets every node's flag; None allows it for a brand-new store
-        (no local root exists yet) and otherwise leaves the nodes as they are."""
-        if create is None:
-            local = [e for n in self.nodes if (e := n.root_exists()) is not None]
-            if not local or any(local):
-                return
-        for n in self.nodes:
-            n.allow_create(bool(create) or create is None)
+        allow_create(self.nodes, create)
 
     # --- identity, pickling ----------------------------------------------------------------
-    def _default_state_dir(self) -> pathlib.Path:
-        base = config.value("storage.state-dir")
-        root = (
-            pathlib.Path(base)
-            if base
-            else pathlib.Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")).expanduser()
-            / "swarmstore"
-        )
-        ident = xxhash.xxh3_64_hexdigest("\0".join(sorted(n.name for n in self.nodes)).encode())
-        return root / f"store-{ident}"
-
     def _init_kwargs(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes,
@@ -252,61 +207,6 @@ class ReplicatedStore(Store):
 
     def grace(self, elapsed: float) -> float:
         return grace(elapsed, self._grace_cap)
-
-    # --- background work -----------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self._adopt(asyncio.get_running_loop().create_task(coro))
-
-    def _adopt(self, task: asyncio.Future[Any]) -> None:
-        self._background.add(task)
-        task.add_done_callback(self._settled)
-
-    def _hold(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
-        """Keep a laggard write alive (and its exception retrieved) without flush waiting
-        on it: a frozen node must not hang ``flush`` or ``aclose``."""
-        self._laggards.add(task)
-        task.add_done_callback(self._laggards.discard)
-        task.add_done_callback(_retrieve)
-        return task
-
-    def _settled(self, task: asyncio.Future[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: node errors of background work are not news
-
-    async def flush(self) -> None:
-        """Wait for background repairs and hint replays started so far (on this loop and on
-        zarr's I/O loop). Laggard writes to a frozen node are not waited for.
-
-        Waits on a snapshot of the tasks (``asyncio.wait``, so their done-callbacks run),
-        again only while new ones appeared; never spins.
-        """
-        await self._flush_here()
-        if not _sync.on_io_loop():
-            await _sync.hop(self._flush_here())
-
-    async def _flush_here(self) -> None:
-        loop = asyncio.get_running_loop()
-        waited: set[asyncio.Future[Any]] = set()
-        while True:
-            batch = {t for t in self._background if t not in waited and t.get_loop() is loop}
-            if not batch:
-                return
-            await asyncio.wait(batch)
-            waited |= batch
-            await asyncio.sleep(0)
-
-    def _late_outcome(self, node: Node, key: str, version: Version, task: Any) -> None:
-        """A laggard's commit finished after the write returned."""
-        if task.cancelled() or task.exception() is not None:
-            return
-        if self.hints.has(node.name, key):
-            from swarmstore.storage._hints import hint_name
-
-            self.hints.discard(node.name, key)
-            for holder in self.targets(key):
-                if holder is not node:
-                    self._spawn(holder.meta_delete(hint_name(node.name, key)))
 
     # --- errors --------------------------------------------------------------------------------
     @staticmethod
@@ -453,20 +353,6 @@ class ReplicatedStore(Store):
         await self._ensure_open()
         await _listing.delete_dir(self, "")
 
-    # --- hinted handoff --------------------------------------------------------------------------
-    async def replay_hints(self, *, scan: bool = True) -> int:
-        """Replay pending hints, this host's and (``scan=True``, one listing per node) those
-        any host left on the nodes; returns how many were applied. Background replays are
-        waited for first, so on return every reachable node has caught up."""
-        return await _sync.hop(self._replay_hints(scan))
-
-    async def _replay_hints(self, scan: bool) -> int:
-        await self._ensure_open()
-        before = self.hints_replayed
-        await self._flush_here()
-        await replay(self, scan=scan)
-        return self.hints_replayed - before
-
     # --- listing ---------------------------------------------------------------------------------
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
@@ -482,46 +368,6 @@ class ReplicatedStore(Store):
         # docstring inherited
         for key in await _listing.entries(self, prefix):
             yield key
-
-    # --- maintenance (swarmstore.storage._maintenance) ------------------------------------------
-    # Maintenance runs on zarr's I/O loop (swarmstore._sync), where zarr's sync API runs the
-    # store and an S3 node's session lives: awaitable from any loop, with sync forms.
-    async def scrub(self, progress: Any = None) -> ScrubReport:
-        """Verify every replica of every key; see :func:`swarmstore.storage.scrub`."""
-        return await _sync.hop(_maintenance.scrub(self, progress=progress))
-
-    async def repair(self, progress: Any = None) -> RepairReport:
-        """Restore ``replicas`` healthy copies of every key (:func:`swarmstore.storage.repair`)."""
-        return await _sync.hop(_maintenance.repair(self, progress=progress))
-
-    async def rebalance(self, progress: Any = None, *, limit: int | None = None) -> RebalanceReport:
-        """Move keys where placement says after nodes joined or left; resumable."""
-        return await _sync.hop(_maintenance.rebalance(self, progress=progress, limit=limit))
-
-    def scrub_sync(self, progress: Any = None) -> ScrubReport:
-        """:meth:`scrub` from synchronous code (scripts, notebook cells, threads)."""
-        return _sync.run(_maintenance.scrub(self, progress=progress))
-
-    def repair_sync(self, progress: Any = None) -> RepairReport:
-        """:meth:`repair` from synchronous code."""
-        return _sync.run(_maintenance.repair(self, progress=progress))
-
-    def rebalance_sync(self, progress: Any = None, *, limit: int | None = None) -> RebalanceReport:
-        """:meth:`rebalance` from synchronous code."""
-        return _sync.run(_maintenance.rebalance(self, progress=progress, limit=limit))
-
-    def replay_hints_sync(self, *, scan: bool = True) -> int:
-        """:meth:`replay_hints` from synchronous code."""
-        return _sync.run(self._replay_hints(scan))
-
-    def flush_sync(self) -> None:
-        """:meth:`flush` from synchronous code."""
-        _sync.run(self._flush_here())
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedStore:

@@ -27,6 +27,7 @@ from swarmstore.storage._node import (
     Pending,
     Read,
     State,
+    _name_hash,
     check_key,
     hidden,
     may_replace,
@@ -105,7 +106,7 @@ class S3Node(Node):
         )
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return _name_hash(self.name)
 
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from swarmstore.errors import NodeUnavailable
-from swarmstore.storage._node import NodeWrapper
+from swarmstore.storage._wrapper import NodeWrapper
 from swarmstore.testing._faulty import Faults, flip_byte
 
 if TYPE_CHECKING:

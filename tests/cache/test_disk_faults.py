@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import LocalStore
 
@@ -215,3 +216,101 @@ def test_temp_files_of_a_dead_process_are_counted_and_reclaimed(tmp_path) -> Non
     tier.close()
     assert disk_footprint(cache) <= bound
     assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size >= 900_000]
+
+
+# -- item 10: the index deleted (or garbled) under running processes -------------------------
+
+_SHARER = """
+import asyncio, os, random, sys, time, warnings
+from zarr.core.buffer import cpu, default_buffer_prototype
+from zarr.storage import LocalStore
+from swarmstore.cache import DiskTier, TieredStore
+
+warnings.simplefilter("ignore")  # CacheWarnings: the index was replaced, rebuilt
+role, data, cache, acks, seconds, seed = sys.argv[1:7]
+rng = random.Random(int(seed))
+store = TieredStore(LocalStore(data), memory_bytes=0,
+                    disk=DiskTier(cache, max_bytes=2**22, fsync=False))
+proto = default_buffer_prototype()
+
+def acked(key):
+    try:
+        with open(os.path.join(acks, key)) as f:
+            return int(f.read())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+async def main():
+    deadline, version, ops, stale = time.monotonic() + float(seconds), 0, 0, 0
+    while time.monotonic() < deadline:
+        key = f"k{rng.randrange(12)}"
+        if role == "writer":
+            version += 1
+            await store.set(key, cpu.Buffer.from_bytes(f"{key}:{version}:".encode() * 50))
+            tmp = os.path.join(acks, f".{key}")
+            with open(tmp, "w") as f:
+                f.write(str(version))
+            os.replace(tmp, os.path.join(acks, key))  # acknowledged: set() returned
+        else:
+            floor = acked(key)  # read before the get: the value must be at least this new
+            got = await store.get(key, proto)
+            seen = 0 if got is None else int(got.to_bytes().split(b":")[1])
+            assert got is None or got.to_bytes() == f"{key}:{seen}:".encode() * 50
+            stale += seen < floor
+        ops += 1
+    store.flush()
+    print(ops, stale)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_index_deleted_under_running_processes_serves_nothing_stale(tmp_path) -> None:
+    """Issue 11 item 10: a writer and two readers share a disk tier while its index is
+    deleted or garbled every 50 ms; no read is older than an acknowledged write, during or
+    after."""
+    data, cache, acks = tmp_path / "data", tmp_path / "cache", tmp_path / "acks"
+    acks.mkdir()
+    script = tmp_path / "sharer.py"
+    script.write_text(_SHARER)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), role, str(data), str(cache), str(acks), "4", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, role in enumerate(("writer", "reader", "reader"))
+    ]
+    index = cache / "index.sqlite3"
+    deletions = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+            try:
+                if deletions % 4 == 3:
+                    index.write_bytes(b"not a database" * 100)  # unreadable: a new inode
+                else:
+                    index.unlink()
+                deletions += 1
+            except FileNotFoundError:
+                pass
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, stderr) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, stderr
+    ops, stale = zip(*(map(int, out.split()) for out, _ in outs), strict=True)
+    assert deletions > 10 and min(ops) > 20, (deletions, ops)
+    assert sum(stale) == 0, f"{sum(stale)} stale reads of {sum(ops[1:])}"
+    fresh = tiered(data, cache)  # and afterwards: a fresh sharer sees every last write
+    for ack in acks.iterdir():
+        if not ack.name.startswith("."):
+            got = asyncio.run(fresh.get(ack.name, proto)).to_bytes()
+            assert got == f"{ack.name}:{ack.read_text()}:".encode() * 50
+    fresh.close()

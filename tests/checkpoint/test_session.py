@@ -54,6 +54,7 @@ def test_a_full_save_does_not_re_encode_unchanged_numpy_chunks(tmp_path):
     again = mgr.save({"x": x}, encoding={"x": {"chunks": (8, 8)}})
     assert first.written_objects == 64 and again.written_objects == 1
     assert again.reused_objects == 0  # the 63 others were not even encoded
+    assert first.manifest_bytes > 0 and again.manifest_bytes > 0
     np.testing.assert_array_equal(mgr.restore()["x"][:], x)
     fresh = CheckpointManager(zarr.storage.LocalStore(tmp_path))  # no fingerprints: encodes
     third = fresh.save({"x": x}, encoding={"x": {"chunks": (8, 8)}})

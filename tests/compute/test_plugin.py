@@ -35,6 +35,13 @@ def plugin_of(s) -> SwarmPlugin:
     return s.plugins["swarmstore"]
 
 
+def owners_of(workers, weight: float = 2.0):
+    """chunk -> address as SwarmPlugin's ring picks it (workers known by name)."""
+    ring = Rendezvous([Member(f"name:{w.name}", weight=weight) for w in workers])
+    by_name = {f"name:{w.name}": w.address for w in workers}
+    return lambda chunk: by_name[ring.owner(chunk).name]
+
+
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
 async def test_gpu_tasks_go_to_gpu_workers_only(c, s, a, b):
     await c.register_plugin(SwarmPlugin(extensions=()))
@@ -140,8 +147,8 @@ async def test_chunk_affinity_follows_rendezvous(c, s, *workers):
         with dask.annotate(swarm={"chunk": ck}):
             futs.append(c.submit(where, i, pure=False))
     got = await c.gather(futs)
-    ring = Rendezvous([Member(w.address, weight=2.0) for w in workers])
-    assert got == [ring.owner(ck).name for ck in chunks]
+    owner = owners_of(workers)
+    assert got == [owner(ck) for ck in chunks]
     assert len(set(got)) == 3
     # second pass: same workers
     futs2 = []
@@ -169,10 +176,10 @@ async def test_chunk_tasks_move_when_owner_leaves(c, s, *workers):
     await ev.set()
     got = await c.gather(futs)
     assert victim.address not in got
-    survivors = Rendezvous([Member(w.address, weight=2.0) for w in workers[:2]])
+    survivor = owners_of(workers[:2])
     for f, ck, addr in zip(futs, chunks, got, strict=True):
         if f in pinned_to_victim:
-            assert addr == survivors.owner(ck).name
+            assert addr == survivor(ck)
 
 
 @gen_cluster(client=True, nthreads=[CPU])
@@ -406,8 +413,8 @@ async def test_dataset_read_tasks_follow_their_chunks(c, s, *workers):
     reqs = dict(plugin.requirements)
     assert len(reqs) == 10
     assert all(k[0].startswith(READ_PREFIX) for k in reqs)
-    ring = Rendezvous([Member(w.address, weight=2.0) for w in workers])
-    owners = {k: ring.owner(r.chunk).name for k, r in reqs.items()}
+    owner = owners_of(workers)
+    owners = {k: owner(r.chunk) for k, r in reqs.items()}
     assert len(set(owners.values())) >= 2
     for key, owner in owners.items():
         assert {ws.address for ws in s.tasks[key].who_has} == {owner}
@@ -465,3 +472,27 @@ async def test_fusion_changes_for_annotated_graphs_on_the_scheduler_only(c, s, a
     assert plugin._guard.graphs_kept == 1
     assert dask.config.get("optimization.fuse.active", None) is None  # nothing process-wide
     del y
+
+
+@gen_cluster(client=True, nthreads=[CPU] * 2)
+async def test_chunks_follow_a_named_worker_restarted_on_a_new_port(c, s, a, b):
+    """Issue 12: the ring keys workers by name, so a restart keeps each worker's chunks."""
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    chunks = [f"arr/c/{i}" for i in range(40)]
+
+    async def placed(tag: str) -> list[str]:
+        futs = []
+        for i, ck in enumerate(chunks):
+            with dask.annotate(swarm={"chunk": ck}):
+                futs.append(c.submit(where, f"{tag}-{i}", pure=False))
+        return await c.gather(futs)
+
+    before = await placed("before")
+    assert set(before) == {a.address, b.address}
+    name, old = b.name, b.address
+    await b.close()
+    await async_poll_for(lambda: old not in s.workers, timeout=10)
+    async with Worker(s.address, nthreads=2, name=name) as b2:
+        assert b2.address != old
+        after = await placed("after")
+    assert after == [b2.address if w == old else w for w in before]
