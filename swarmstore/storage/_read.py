@@ -71,6 +71,8 @@ def from_state(st: State) -> Answer:
         return Answer("absent", tomb=st.tomb, tomb_known=st.tomb_known)
     if st.record is None:
         return Answer("unrecorded", size=st.size, tomb=st.tomb, tomb_known=st.tomb_known)
+    if st.record.size != st.size:  # truncated or extended: its bytes cannot match
+        return Answer("corrupt", why=f"holds {st.size} bytes, its record says {st.record.size}")
     return Answer("data", record=st.record, tomb=st.tomb, tomb_known=st.tomb_known)
 
 

@@ -92,10 +92,8 @@ class S3Node(Node):
         self.store = FsspecStore(fs, path=self.path)
         self.bucket, _, prefix = self.path.partition("/")
         self.prefix = f"{prefix}/" if prefix else ""
-        #: one filesystem (one HTTP session) per event loop: a session belongs to its loop
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._options = _options_of(fs)
+        self._token = _token(self._options)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -120,17 +118,17 @@ class S3Node(Node):
 
     # --- one request ---------------------------------------------------------------------
     def _fs_here(self) -> Any:
-        """This loop's filesystem: a clone of ``fs`` (same options), so a store used from a
-        notebook's loop and from zarr's I/O loop never shares a session across loops."""
+        """This loop's filesystem for these options: a clone of ``fs``, one per event loop
+        (a session belongs to its loop) shared by every node with the same options, so a
+        store unpickled by each Dask task does not pay for a new S3 client each time."""
         loop = asyncio.get_running_loop()
-        fs = self._by_loop.get(loop)
+        mine = _SHARED.setdefault(loop, {})
+        fs = mine.get(self._token)
         if fs is None:
-            options = dict(getattr(self.fs, "storage_options", {}) or {})
-            options.pop("asynchronous", None)
-            options.pop("skip_instance_cache", None)
-            options.pop("loop", None)
-            fs = type(self.fs)(asynchronous=True, skip_instance_cache=True, loop=loop, **options)
-            self._by_loop[loop] = fs
+            fs = type(self.fs)(
+                asynchronous=True, skip_instance_cache=True, loop=loop, **self._options
+            )
+            mine[self._token] = fs
         return fs
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
@@ -343,9 +341,11 @@ class S3Node(Node):
         return None
 
     async def aclose(self) -> None:
-        """Close every HTTP session this node opened, each on the loop that opened it."""
+        """Close the HTTP sessions for this node's options, each on the loop that opened
+        it (nodes sharing them reopen on their next request)."""
         here = asyncio.get_running_loop()
-        for loop, fs in list(self._by_loop.items()):
+        for loop, shared in list(_SHARED.items()):
+            fs = shared.pop(self._token, None)
             client = getattr(fs, "_s3", None)
             if client is None:
                 continue
@@ -353,10 +353,25 @@ class S3Node(Node):
                 await client.close()
             elif loop.is_running():
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.close(), loop))
-            else:
-                continue  # its loop is gone: nothing can close it now
-            fs._s3 = None
-            del self._by_loop[loop]
+
+
+#: per event loop, per options token: the filesystem (and HTTP session) nodes share
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _options_of(fs: Any) -> dict[str, Any]:
+    options = dict(getattr(fs, "storage_options", {}) or {})
+    for drop in ("asynchronous", "skip_instance_cache", "loop"):
+        options.pop(drop, None)
+    return options
+
+
+def _token(options: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(options, sort_keys=True, default=repr)
 
 
 def _rebuild(fs: Any, path: str, attrs: dict[str, Any]) -> S3Node:
