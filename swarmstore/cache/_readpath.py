@@ -125,7 +125,8 @@ class ReadPath:
 
     async def _fresh(self, key: str, entry: Entry) -> Entry | None:
         """``entry`` if still fresh (re-stamped when revalidated after its ttl), else None."""
-        expired = self.ttl is not None and _clock.wall() - entry.filled_at > self.ttl
+        expired = self.ttl is not None and abs(_clock.wall() - entry.filled_at) > self.ttl
+        # (abs: a fill time in the future is another host's clock, not freshness)
         if not expired and not self.validate:
             return entry
         if entry.token is None:
