@@ -51,22 +51,21 @@ def test_placement_counts_classify_each_kind_of_decision() -> None:
     placer.add_worker(WorkerInfo("gpu-1", 2, {"GPU": 1}))
     counts = PlacementCounts()
 
-    def decide(req: Requirements | None, rootish: bool = False) -> None:
-        counts.decided(placer.decide(req, rootish=rootish), placer.cpu_pool)
+    def decide(req: Requirements | None) -> None:
+        counts.decided(placer.decide(req))
 
     decide(Requirements(gpu=1))  # held: counted at dispatch, not here
-    decide(None)  # a CPU task kept off the GPU worker
-    decide(None, rootish=True)  # root-ish: left to the scheduler's queue
+    decide(None)  # a CPU task queued by the plugin, off the GPU worker's kept thread
     decide(Requirements(chunk="x/c/0"))
     decide(Requirements(chunk="x/c/1"))
-    decide(Requirements(gpu=4))  # no worker declares 4 GPUs
-    counts.dispatched(placer.dispatch({"GPU": 1}) or "none")
+    decide(Requirements(gpu=4))  # no worker declares 4 GPUs: counted by the watch
+    counts.dispatched("gpu-1")
     counts.failed(3)
     assert counts.cpu_kept_off_gpu == 1
     assert sum(counts.affinity_pinned.values()) == 2
     assert set(counts.affinity_pinned) <= {"cpu-1", "gpu-1"}
     assert counts.gpu_dispatched == {"gpu-1": 1}
-    assert (counts.unsatisfiable_waiting, counts.unsatisfiable_failed) == (1, 3)
+    assert counts.unsatisfiable_failed == 3
     assert "gpu=1" in repr(counts)
 
 
@@ -75,8 +74,8 @@ def test_a_chunk_pinned_to_the_only_cpu_worker_counts_as_a_pin() -> None:
     placer.add_worker(WorkerInfo("cpu-1", 1))
     placer.add_worker(WorkerInfo("gpu-1", 1, {"GPU": 1}))
     counts = PlacementCounts()
-    for i in range(20):  # some chunks hash to cpu-1: the same single worker as the pool
-        counts.decided(placer.decide(Requirements(chunk=f"c/{i}"), rootish=False), placer.cpu_pool)
+    for i in range(20):
+        counts.decided(placer.decide(Requirements(chunk=f"c/{i}")))
     assert counts.cpu_kept_off_gpu == 0 and sum(counts.affinity_pinned.values()) == 20
 
 

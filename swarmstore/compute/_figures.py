@@ -35,7 +35,7 @@ PLACEMENT_FAMILIES = (
     Family(
         "placement_cpu_kept_off_gpu",
         "counter",
-        "CPU tasks restricted (loosely) to CPU workers while GPU workers exist",
+        "CPU tasks queued by SwarmPlugin (kept off the threads GPU workers keep for GPU work)",
         (),
     ),
     Family(
@@ -91,7 +91,7 @@ class PlacementCounts:
 
     >>> from swarmstore.compute.placement import Decision
     >>> counts = PlacementCounts()
-    >>> counts.decided(Decision(workers=frozenset({"w1"})), frozenset())
+    >>> counts.decided(Decision(workers=frozenset({"w1"}), pinned=True))
     >>> counts.dispatched("gpu-1"); counts.affinity_pinned, counts.gpu_dispatched
     (Counter({'w1': 1}), Counter({'gpu-1': 1}))
     """
@@ -112,21 +112,13 @@ class PlacementCounts:
             f"unsatisfiable={self.unsatisfiable_waiting}/{self.unsatisfiable_failed})"
         )
 
-    def decided(self, d: Decision, cpu_pool: frozenset[str]) -> None:
-        """Count a decision applied to a new task.
-
-        ``cpu_pool`` is the placer's pool object: a CPU-only decision carries that very
-        frozenset, while a chunk pin carries a set of its own (even when both name the
-        same single worker). Held GPU tasks are counted when dispatched.
-        """
-        if d.unsatisfiable:
-            self.unsatisfiable_waiting += 1
-        elif d.hold or d.workers is None:
-            return
-        elif d.workers is cpu_pool:
-            self.cpu_kept_off_gpu += 1
-        elif len(d.workers) == 1:
+    def decided(self, d: Decision) -> None:
+        """Count a decision applied to a new task (GPU tasks count when dispatched;
+        unsatisfiable ones are counted by the watch that reports them)."""
+        if d.pinned and d.workers:
             self.affinity_pinned[next(iter(d.workers))] += 1
+        elif d.hold and not d.resources:
+            self.cpu_kept_off_gpu += 1
 
     def dispatched(self, worker: str) -> None:
         """A held GPU task was sent to ``worker``."""

@@ -33,6 +33,7 @@ __all__ = [
     "from_annotations",
     "managed_needs",
     "parse",
+    "parse_graph",
 ]
 
 #: Named priorities and the Dask user priority each maps to (larger runs first).
@@ -115,6 +116,17 @@ def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
     return float(value)
 
 
+def _gpus(value: Any) -> float:
+    """A share of one GPU (0 < gpu <= 1) or a whole number of GPUs on one worker (a gang)."""
+    n = _number("gpu", value)
+    if n > 1 and not n.is_integer():
+        raise PlacementError(
+            f"swarm annotation gpu={value!r}: a task uses a share of one GPU (0 < gpu <= 1) "
+            "or a whole number of GPUs on one worker (2, 4, ...)"
+        )
+    return n
+
+
 def _bytes(name: str, value: Any) -> int:
     if isinstance(value, str):
         try:
@@ -167,7 +179,7 @@ def parse(value: Any) -> Requirements:
         )
     kw: dict[str, Any] = {}
     if value.get("gpu") is not None:
-        kw["gpu"] = _number("gpu", value["gpu"])
+        kw["gpu"] = _gpus(value["gpu"])
     if value.get("gpu_memory") is not None:
         kw["gpu_memory"] = _bytes("gpu_memory", value["gpu_memory"])
     if value.get("cpu") is not None:
@@ -223,6 +235,43 @@ def from_annotations(annotations: Mapping[str, Any] | None) -> Requirements | No
                 extra=req.extra,
             )
     return req
+
+
+def parse_graph(
+    swarm: Mapping[Any, Any], resources: Mapping[Any, Any]
+) -> tuple[dict[Any, Requirements], dict[Any, str]]:
+    """Requirements of a graph's tasks from its ``swarm`` and ``resources`` annotations.
+
+    Returns ``(requirements, bad)``: ``bad`` maps each task with a malformed annotation to
+    the message it fails with. Tasks asking for GPUs the stock way are included.
+
+    >>> reqs, bad = parse_graph({"a": {"gpu": 1}, "b": {"gpus": 1}}, {"c": {"GPU": 1}})
+    >>> sorted(reqs), list(bad)
+    (['a', 'c'], ['b'])
+    """
+    reqs: dict[Any, Requirements] = {}
+    bad: dict[Any, str] = {}
+    for key, value in swarm.items():
+        try:
+            req = from_annotations({"swarm": value, "resources": resources.get(key)})
+        except PlacementError as e:
+            bad[key] = f"task {key!r}: {e}"
+            continue
+        if req is not None:
+            reqs[key] = req
+    for key, value in resources.items():
+        if key in swarm or not (
+            isinstance(value, Mapping) and (GPU in value or GPU_MEMORY in value)
+        ):
+            continue
+        try:
+            req = from_annotations({"resources": value})
+        except PlacementError as e:
+            bad[key] = f"task {key!r}: {e}"
+            continue
+        if req is not None:
+            reqs[key] = req
+    return reqs, bad
 
 
 @contextmanager
