@@ -228,7 +228,7 @@ async def test_a_read_repair_inside_a_task_names_its_worker(c, s, a) -> None:
 @gen_cluster(
     client=True,
     nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)],
-    config={"swarmstore.replication.interval": "50ms"},
+    config={"distributed.scheduler.active-memory-manager.interval": "50ms"},
 )
 async def test_lost_replicas_of_critical_keys_are_reported(c, s, a, b) -> None:
     await c.register_plugin(SwarmPlugin())
@@ -252,7 +252,7 @@ async def test_lost_replicas_of_critical_keys_are_reported(c, s, a, b) -> None:
 @gen_cluster(
     client=True,
     nthreads=[("127.0.0.1", 1)],
-    config={"swarmstore.replication.interval": "50ms"},
+    config={"distributed.scheduler.active-memory-manager.interval": "50ms"},
 )
 async def test_releasing_a_critical_key_is_not_a_loss(c, s, a) -> None:
     await c.register_plugin(SwarmPlugin())
