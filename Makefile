@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick lint venv clean lock
+.PHONY: demo test bench bench-quick lint venv clean lock peer-tests
 
 venv: $(STAMP)
 
@@ -21,16 +21,28 @@ $(STAMP): pyproject.toml constraints.txt
 	touch "$(STAMP)"
 
 demo: $(STAMP)
-	$(VENV)/bin/swarmstore demo
+	@SECONDS=0; status=0; $(VENV)/bin/swarmstore demo || status=$$?; \
+	echo "make demo: $$SECONDS s in all (exit $$status)"; exit $$status
 
+# The peers' own test sources (zarr, xarray: PyPI sdists; distributed: its release tag) at
+# the versions in .venv, cached in .peer-tests/ (ignored). `make test` goes on without a
+# peer it cannot fetch (tests/peers then skips it, saying why); `make peer-tests` fails.
+peer-tests: $(STAMP)
+	$(VPY) tests/peers/fetch_sources.py
+
+# the suite; lint (ruff check + format check) is part of it: tests/test_lint.py
 test: $(STAMP)
-	$(VPY) -m ruff check swarmstore plugins tests benchmarks examples
+	-$(VPY) tests/peers/fetch_sources.py
 	$(VPY) -m pytest $(ARGS)
 
+# a full run starts benchmarks/results/latest.jsonl afresh; the tables follow from it
 bench: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py $(ARGS)
+	$(VPY) benchmarks/tables.py
 
 bench-quick: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py --quick
 
 lint: $(STAMP)
@@ -44,4 +56,4 @@ lock: $(STAMP)
 	  "$(VPY)" -m pip freeze --exclude-editable | grep -v '^swarmstore'; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .swarmstore-demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache .swarmstore-demo .peer-tests

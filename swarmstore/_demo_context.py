@@ -19,7 +19,17 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-__all__ = ["Check", "Demo"]
+__all__ = ["Check", "Demo", "close_session"]
+
+
+def close_session(fs: Any) -> None:
+    """Close an async s3fs filesystem's HTTP session on the loop that opened it (zarr's)."""
+    from swarmstore import _sync
+
+    client = getattr(fs, "_s3", None)
+    if client is not None:
+        _sync.run(client.close(), timeout=30)
+        fs._s3 = None
 
 
 @dataclass

@@ -25,18 +25,14 @@ Imports only dask's config machinery, yaml and :mod:`swarmstore.errors`: every r
 from __future__ import annotations
 
 import copy
-import difflib
-import math
-import numbers
 import pathlib
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import dask.config
 import yaml
-from dask.utils import parse_bytes, parse_timedelta
 
+from swarmstore._schema import canon, checked, child, is_section, unknown
 from swarmstore.errors import ConfigError
 
 __all__ = ["entry", "get", "get_bytes", "get_seconds", "load_file", "schema", "validate", "value"]
@@ -45,13 +41,6 @@ _HERE = pathlib.Path(__file__).parent
 _DEFAULTS_FILE = _HERE / "swarmstore.yaml"
 _SCHEMA_FILE = _HERE / "swarmstore-schema.yaml"
 _MISSING = object()
-_INT = re.compile(r"[+-]?\d+")
-_BOUNDS = (
-    ("minimum", ">=", lambda v, b: v >= b),
-    ("exclusiveMinimum", ">", lambda v, b: v > b),
-    ("maximum", "<=", lambda v, b: v <= b),
-    ("exclusiveMaximum", "<", lambda v, b: v < b),
-)
 
 
 def _load_yaml(path: pathlib.Path) -> dict[str, Any]:
@@ -74,210 +63,17 @@ def schema() -> dict[str, Any]:
 # -- the schema entry of a key ------------------------------------------------------------
 
 
-def _canon(part: str) -> str:
-    return part.replace("_", "-")
-
-
-def _is_section(node: Mapping[str, Any]) -> bool:
-    """A section (``storage``) holds keys; every other schema node is one key."""
-    return node.get("type") == "object" and "properties" in node
-
-
-def _child(node: Mapping[str, Any], part: str) -> Mapping[str, Any] | None:
-    props = node.get("properties")
-    if props is not None and _canon(part) in props:
-        return props[_canon(part)]
-    extra = node.get("additionalProperties")
-    return extra if isinstance(extra, Mapping) else None
-
-
-def _unknown(where: str, part: str, node: Mapping[str, Any]) -> ConfigError:
-    known = list(node.get("properties", {}))
-    close = difflib.get_close_matches(_canon(part), known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-    return ConfigError(f"unknown configuration key {where!r}{hint}")
-
-
 def entry(key: str) -> Mapping[str, Any]:
     """The schema entry of ``swarmstore.<key>``; :class:`ConfigError` for an unknown key."""
     node: Mapping[str, Any] = _ROOT
     where = "swarmstore"
     for part in key.split("."):
         where = f"{where}.{part}"
-        sub = _child(node, part)
+        sub = child(node, part)
         if sub is None:
-            raise _unknown(where, part, node)
+            raise unknown(where, part, node)
         node = sub
     return node
-
-
-# -- checking and normalising one value ---------------------------------------------------
-
-
-def _types(node: Mapping[str, Any]) -> list[str]:
-    wanted = node.get("type")
-    if wanted is None:
-        return []
-    return list(wanted) if isinstance(wanted, list) else [wanted]
-
-
-def _describe(node: Mapping[str, Any]) -> str:
-    """What a value of ``node`` must be, in words: ``an integer >= 1``."""
-    fmt = node.get("format")
-    if "enum" in node:
-        what = "one of " + ", ".join(repr(v) for v in node["enum"])
-    elif fmt == "bytes":
-        what = "a byte size (an integer or a string like '2GiB')"
-    elif fmt == "duration":
-        what = "a duration (seconds, or a string like '50ms' or '2s')"
-    else:
-        words = {"integer": "an integer", "number": "a number", "string": "a string",
-                 "boolean": "true or false", "array": "a list", "object": "a mapping"}  # fmt: skip
-        what = " or ".join(words.get(t, t) for t in _types(node) if t != "null") or "a value"
-    bounds = [f"{op} {node[name]}" for name, op, _ in _BOUNDS if name in node]
-    if bounds:
-        what += " " + " and ".join(bounds)
-    if "null" in _types(node):
-        what += ", or null"
-    return what
-
-
-class _Refused(Exception):
-    """Internal: the value does not fit; the caller words the error."""
-
-
-def _as_number(raw: Any, integer: bool) -> int | float:
-    if isinstance(raw, bool):
-        raise _Refused
-    if integer:
-        if isinstance(raw, numbers.Integral):
-            return int(raw)
-        if isinstance(raw, str) and _INT.fullmatch(raw.strip()):
-            return int(raw.strip())
-        raise _Refused
-    if isinstance(raw, numbers.Real):
-        out = float(raw) if not isinstance(raw, numbers.Integral) else int(raw)
-    elif isinstance(raw, str):
-        try:
-            out = float(raw.strip())
-        except ValueError:
-            raise _Refused from None
-    else:
-        raise _Refused
-    if not math.isfinite(out):
-        raise _Refused
-    return out
-
-
-def _as_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
-        return raw.strip().lower() == "true"
-    raise _Refused
-
-
-def _as_bytes(raw: Any) -> int:
-    if isinstance(raw, bool):
-        raise _Refused
-    if isinstance(raw, numbers.Integral):
-        return int(raw)
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    if isinstance(raw, str):
-        try:
-            return int(parse_bytes(raw))
-        except (ValueError, TypeError):
-            raise _Refused from None
-    raise _Refused
-
-
-def _as_duration(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise _Refused
-    if isinstance(raw, numbers.Real):
-        out = float(raw)
-    elif isinstance(raw, str):
-        try:
-            out = float(parse_timedelta(raw.strip(), default="seconds"))
-        except (ValueError, TypeError, KeyError):
-            raise _Refused from None
-    else:
-        raise _Refused
-    if not math.isfinite(out):
-        raise _Refused
-    return out
-
-
-def _as_typed(where: str, raw: Any, node: Mapping[str, Any]) -> Any:
-    names = _types(node)
-    # A value of the declared type first, then the strings an environment variable gives.
-    if "string" in names and isinstance(raw, str):
-        if len(raw) < node.get("minLength", 0):
-            raise _Refused
-        return raw
-    if "array" in names and isinstance(raw, list | tuple):
-        return _as_array(where, raw, node)
-    if "object" in names and isinstance(raw, Mapping):
-        return _as_object(where, raw, node)
-    for name in names:
-        try:
-            if name == "boolean":
-                return _as_bool(raw)
-            if name in ("integer", "number"):
-                return _as_number(raw, integer=name == "integer")
-        except _Refused:
-            continue
-    if not names:
-        return raw
-    raise _Refused
-
-
-def _as_array(where: str, raw: list[Any] | tuple[Any, ...], node: Mapping[str, Any]) -> list[Any]:
-    if len(raw) < node.get("minItems", 0):
-        raise _Refused
-    items = node.get("items", {})
-    out = [_checked(f"{where}[{i}]", v, items) for i, v in enumerate(raw)]
-    if node.get("uniqueItems") and len({repr(v) for v in out}) != len(out):
-        raise ConfigError(f"{where} must not repeat an item, got {list(raw)!r}")
-    return out
-
-
-def _as_object(where: str, raw: Mapping[str, Any], node: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        sub = _child(node, str(k))
-        if sub is None:
-            raise _unknown(f"{where}.{k}", str(k), node)
-        out[_canon(str(k)) if "properties" in node else str(k)] = _checked(f"{where}.{k}", v, sub)
-    missing = [k for k in node.get("required", []) if k not in out]
-    if missing:
-        raise ConfigError(f"{where} needs {', '.join(missing)}, got {dict(raw)!r}")
-    return out
-
-
-def _checked(where: str, raw: Any, node: Mapping[str, Any]) -> Any:
-    """``raw`` checked against ``node`` and normalised; ConfigError naming ``where``."""
-    try:
-        if raw is None:
-            if "null" in _types(node) or not _types(node):
-                return None
-            raise _Refused
-        fmt = node.get("format")
-        if fmt == "bytes":
-            out = _as_bytes(raw)
-        elif fmt == "duration":
-            out = _as_duration(raw)
-        else:
-            out = _as_typed(where, raw, node)
-        if "enum" in node and out not in node["enum"]:
-            raise _Refused
-        if isinstance(out, int | float) and not isinstance(out, bool):
-            if not all(ok(out, node[name]) for name, _, ok in _BOUNDS if name in node):
-                raise _Refused
-    except _Refused:
-        raise ConfigError(f"{where} must be {_describe(node)}, got {raw!r}") from None
-    return out
 
 
 # -- reading values -----------------------------------------------------------------------
@@ -311,7 +107,7 @@ def _check_siblings(key: str) -> None:
         if not isinstance(section, Mapping):
             raise ConfigError(f"{where} must be a mapping of settings, got {section!r}")
         _check_keys(where, section, node)
-        node = _child(node, part) or {}
+        node = child(node, part) or {}
         where = f"{where}.{part}"
         section = section.get(part, section.get(part.replace("-", "_")))
     if section is not None and not isinstance(section, Mapping):
@@ -325,8 +121,8 @@ def _check_keys(where: str, section: Mapping[str, Any], node: Mapping[str, Any])
     if props is None:
         return
     for k in section:
-        if _canon(str(k)) not in props:
-            raise _unknown(f"{where}.{k}", str(k), node)
+        if canon(str(k)) not in props:
+            raise unknown(f"{where}.{k}", str(k), node)
 
 
 _CACHE: dict[tuple[str, type, Any], Any] = {}
@@ -356,11 +152,11 @@ def value(key: str, override: Any = None) -> Any:
         token = (where, type(raw), raw)
         hash(token)
     except TypeError:
-        return _checked(where, raw, node)
+        return checked(where, raw, node)
     if token not in _CACHE:
         if len(_CACHE) > 4096:
             _CACHE.clear()
-        _CACHE[token] = _checked(where, raw, node)
+        _CACHE[token] = checked(where, raw, node)
     return _CACHE[token]
 
 
@@ -381,7 +177,7 @@ def get_bytes(key: str, override: int | str | None = None) -> int | None:
     """A byte size from config (``"2GiB"`` or an int), or ``override`` if given."""
     out = value(key, override)
     if isinstance(out, str):
-        out = _checked(f"swarmstore.{key}", out, {"format": "bytes"})
+        out = checked(f"swarmstore.{key}", out, {"format": "bytes"})
     return out
 
 
@@ -389,7 +185,7 @@ def get_seconds(key: str, override: float | str | None = None) -> float | None:
     """A duration in seconds from config (``"2s"``, ``"50ms"`` or a number)."""
     out = value(key, override)
     if out is not None and not isinstance(out, float):
-        out = _checked(f"swarmstore.{key}", out, {"format": "duration"})
+        out = checked(f"swarmstore.{key}", out, {"format": "duration"})
     return out
 
 
@@ -406,15 +202,15 @@ def validate(
     node = _SCHEMA if node is None else node
     for key, val in tree.items():
         where = f"{path}.{key}" if path else str(key)
-        sub = _child(node, str(key))
+        sub = child(node, str(key))
         if sub is None:
-            raise _unknown(where, str(key), node)
-        if isinstance(val, Mapping) and _is_section(sub):
+            raise unknown(where, str(key), node)
+        if isinstance(val, Mapping) and is_section(sub):
             validate(val, sub, where)
-        elif _is_section(sub):
+        elif is_section(sub):
             raise ConfigError(f"{where} must be a mapping of settings, got {val!r}")
         else:
-            _checked(where, val, sub)
+            checked(where, val, sub)
 
 
 def _install_defaults() -> dict[str, Any]:

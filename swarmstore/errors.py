@@ -15,6 +15,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
+    "DeadlineExceeded",
     "InvalidKeyError",
     "LeaseLostError",
     "ManifestError",
@@ -50,6 +51,13 @@ class NodeUnavailable(SwarmError, ConnectionError):
 class NodeRefused(SwarmError, OSError):
     """A node answered but refused the operation (no such bucket, access denied, a value
     that kept changing under a conditional write): an answer, not an outage."""
+
+
+class DeadlineExceeded(NodeUnavailable, TimeoutError):
+    """A node did not answer within the deadline the router gave the attempt.
+
+    The router then tries the next replica and counts the miss against the node's circuit.
+    """
 
 
 class ChecksumMismatch(SwarmError, OSError):

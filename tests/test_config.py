@@ -113,9 +113,10 @@ def _readers(tmp_path):
     from swarmstore.compute.durable import ResultStore, _as_result_store
     from swarmstore.compute.inventory import detect
     from swarmstore.compute.replication import ReplicationController
-    from swarmstore.metrics import _Heartbeat
+    from swarmstore.metrics._core import _Heartbeat
     from swarmstore.network import TransferRouter
     from swarmstore.network._qos import current_qos, qos_classes
+    from swarmstore.network._s3 import s3_config_kwargs
     from swarmstore.storage import ReplicatedStore
 
     def events():
@@ -129,6 +130,7 @@ def _readers(tmp_path):
         "cache.disk-bytes": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-fsync": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-pending-bytes": lambda: DiskTier(tmp_path / "d"),
+        "cache.disk-claim-timeout": lambda: DiskTier(tmp_path / "d"),
         "compute": lambda: SwarmPlugin(),
         "compute.detect-gpus": lambda: detect(),
         "replication": lambda: ReplicationController(None),
@@ -136,15 +138,33 @@ def _readers(tmp_path):
         "replication.result-store": lambda: _as_result_store(None, None),
         "network": lambda: TransferRouter(),
         "network.qos-classes": qos_classes,
+        "network.s3-connect-timeout": s3_config_kwargs,
+        "network.s3-read-timeout": s3_config_kwargs,
         "network.qos-default": current_qos,
         "checkpoint": lambda: CheckpointManager(MemoryStore()),
         "metrics.events": events,
         "metrics.event-rate": events,
-        "metrics.interval": lambda: _Heartbeat(None),
+        "metrics.interval": lambda: _Heartbeat(),
     }
 
 
-@pytest.mark.parametrize("path", sorted(_schema_leaves(config.schema())))
+#: keys no component reads yet (or whose reader fails first), with the room that owns them
+NOT_READ_YET: dict[str, str] = {}
+
+
+def _keys():
+    return [
+        pytest.param(
+            p,
+            marks=[pytest.mark.xfail(strict=True, reason=NOT_READ_YET[p])]
+            if p in NOT_READ_YET
+            else [],
+        )
+        for p in sorted(_schema_leaves(config.schema()))
+    ]
+
+
+@pytest.mark.parametrize("path", _keys())
 def test_every_config_key_is_read_by_the_code(path, tmp_path, caplog):
     """A documented key that nothing reads is a setting that silently does nothing.
 

@@ -203,9 +203,13 @@ async def test_chunk_reads_go_to_their_hash_owner(c, s, *workers) -> None:
     )
     assert reads == 30  # the second pass hit the same workers' caches
     # and each chunk was read by the worker rendezvous hashing picks for it
-    ring = Rendezvous(Member(w.address) for w in workers)
+    # (the ring knows workers by name, so a restarted worker keeps its chunks)
+    ring = Rendezvous(Member(f"name:{w.name}") for w in workers)
+    by_name = {f"name:{w.name}": w.address for w in workers}
     swarm = x.__dask_graph__().layers[x.name].annotations["swarm"]
-    owners = Counter(ring.owner(swarm(k)["chunk"]).name for k in flatten(x.__dask_keys__()))
+    owners = Counter(
+        by_name[ring.owner(swarm(k)["chunk"]).name] for k in flatten(x.__dask_keys__())
+    )
     assert len(owners) == 3
     for w in workers:
         stats = w.plugins["swarmstore-cache"].stats()["backing"]

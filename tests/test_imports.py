@@ -53,9 +53,7 @@ def _imported(module: str, path: pathlib.Path) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             mods = modules()
-            names = [
-                f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names
-            ]
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
         else:
             continue
         for name in names:
@@ -136,7 +134,6 @@ def test_the_graph_sees_the_imports_it_should():
 def test_no_import_circles_outside_the_known_ones():
     """Every circle left is one a room still has to break (marked below)."""
     known = [
-        {"swarmstore.metrics", "swarmstore.compute.plugin"},
         {"swarmstore.network._router", "swarmstore.network._race"},
         {"swarmstore.storage._replicated", "swarmstore.storage._maintenance"},
         {"swarmstore.storage._node", "swarmstore.storage._backends"},
@@ -150,12 +147,10 @@ def test_demo_modules_form_no_circle():
     assert _circle_of("_demo", "_demo_cluster") is None
 
 
-@pytest.mark.xfail(strict=True, reason="compute room: metrics imports the plugins (issue 22)")
 def test_metrics_and_plugins_form_no_circle():
     assert _circle_of("metrics", "compute.plugin") is None
 
 
-@pytest.mark.xfail(strict=True, reason="network room: _race/_probe call the router's privates")
 def test_router_modules_form_no_circle():
     assert _circle_of("network._router", "network._race") is None
 
@@ -165,7 +160,6 @@ def test_replicated_store_modules_form_no_circle():
     assert _circle_of("storage._replicated", "storage._maintenance") is None
 
 
-@pytest.mark.xfail(strict=True, reason="storage room: _node and _backends import each other")
 def test_node_modules_form_no_circle():
     assert _circle_of("storage._node", "storage._backends") is None
 
@@ -175,7 +169,6 @@ def test_faulty_modules_form_no_circle():
     assert _circle_of("testing._faulty", "testing._faulty_node") is None
 
 
-@pytest.mark.xfail(strict=True, reason="compute room: metrics imports capabilities (issue 22)")
 def test_metrics_and_events_import_no_capability():
     assert _edges(("metrics", "_events"), CAPABILITIES) == []
 
@@ -184,7 +177,6 @@ def test_storage_and_cache_never_import_compute():
     assert _edges(("storage", "cache"), ("compute",)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint room: asks stores with isinstance (issue 22)")
 def test_checkpoint_never_imports_storage_or_cache():
     assert _edges(("checkpoint",), ("storage", "cache")) == []
 

@@ -99,18 +99,21 @@ def _gc(args: argparse.Namespace, mgr: Any) -> int:
     return OK
 
 
-def _verify_one(mgr: Any, step: int) -> dict[str, Any]:
-    """``{"ok", "objects", "error"}`` of one step; damage is a result, not an exception."""
-    from swarmstore.errors import SwarmError
-
-    try:
-        checked = mgr.verify_step(step)
-    except (SwarmError, FileNotFoundError, ValueError) as e:
-        return {"ok": False, "objects": None, "error": str(e)}
-    if isinstance(checked, int):
-        return {"ok": True, "objects": checked, "error": None}
-    report = dataclasses.asdict(checked) if dataclasses.is_dataclass(checked) else dict(checked)
-    return {"ok": bool(getattr(checked, "ok", report.get("ok"))), **report}
+def _verify_rows(mgr: Any, steps: list[int]) -> dict[str, dict[str, Any]]:
+    """Per step ``{"ok", "objects", "missing", "corrupt", "error"}``: damage is a result."""
+    report = mgr.verify_report(steps)
+    rows = {}
+    for step in steps:
+        missing, corrupt = report.missing.get(step, []), report.corrupt.get(step, [])
+        error = report.unreadable.get(step)
+        rows[str(step)] = {
+            "ok": not (missing or corrupt or error),
+            "objects": report.checked.get(step),
+            "missing": missing,
+            "corrupt": corrupt,
+            "error": error,
+        }
+    return rows
 
 
 def _verify(args: argparse.Namespace, mgr: Any) -> int:
@@ -119,15 +122,18 @@ def _verify(args: argparse.Namespace, mgr: Any) -> int:
         if args.step not in steps:
             raise CLIError(f"no checkpoint of step {args.step} (steps: {_shown(steps)})")
         steps = [args.step]
-    checked = {str(step): _verify_one(mgr, step) for step in steps}
+    checked = _verify_rows(mgr, steps)
     bad = [s for s, r in checked.items() if not r["ok"]]
     if args.json:
         _output.print_json(checked)
     else:
         _output.table(
             f"checkpoint verify: {len(steps) - len(bad)} of {len(steps)} steps intact",
-            ["step", "ok", "objects", "error"],
-            [[s, r["ok"], r.get("objects"), r.get("error") or ""] for s, r in checked.items()],
+            ["step", "ok", "objects", "missing", "corrupt", "error"],
+            [
+                [s, r["ok"], r["objects"], len(r["missing"]), len(r["corrupt"]), r["error"] or ""]
+                for s, r in checked.items()
+            ],
         )
     if bad:
         _output.note(f"damage found in step(s) {', '.join(bad)}; restore an intact step")
@@ -176,19 +182,22 @@ def store_spec_cached(args: argparse.Namespace) -> Any:
 
 
 def _restore(args: argparse.Namespace, mgr: Any) -> int:
-    from swarmstore._cli._restore import restore
+    """All or nothing (``CheckpointManager.restore_to``): every object is checked before
+    anything is written, and a target that holds data needs ``--force``."""
+    from swarmstore.errors import CheckpointExistsError
 
     step = _step(args, mgr)
-    dest = plain_store(
-        args.to, _remote_options(args, store_spec_cached(args)), flag="--to", exists=False
-    )
+    dest = _target(args)
     try:
-        copied = restore(mgr, step, dest, force=args.force, quiet=args.json)
+        report = mgr.restore_to(dest, step, force=args.force)
+    except CheckpointExistsError:
+        raise CLIError(
+            f"--to {args.to} already holds data; restore into an empty place, or add --force "
+            "to replace what is there"
+        ) from None
     finally:
         _close_plain(dest)
-    _output.emit(
-        args.json, f"checkpoint restore {step}", {"step": step, "keys": copied, "to": args.to}
-    )
+    _output.emit(args.json, f"checkpoint restore {step}", dataclasses.asdict(report))
     return OK
 
 

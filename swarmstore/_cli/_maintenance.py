@@ -41,12 +41,12 @@ def close(store: Any) -> None:
         _sync.run(store.aclose(), timeout=30)
 
 
-def _verdict(damage: bool, unreachable: list[str]) -> int:
+def _verdict(damage: bool, unreachable: list[str], done: str = "checked") -> int:
     if unreachable:
         shown = ", ".join(unreachable[:3]) + (", ..." if len(unreachable) > 3 else "")
         _output.note(
             f"warning: {len(unreachable)} node(s) unreachable ({shown}); their replicas were "
-            "not checked: bring them back and rerun"
+            f"not {done}: bring them back and rerun"
         )
     if damage:
         return DAMAGE
@@ -73,7 +73,7 @@ def repair(args: argparse.Namespace) -> int:
     failed = list(getattr(report, "unrecoverable", [])) + list(getattr(report, "failed", []))
     if failed:
         _output.note(f"{len(failed)} key(s) could not be restored to full replication")
-    return _verdict(bool(failed), list(report.unreachable))
+    return _verdict(bool(failed), list(report.unreachable), "repaired")
 
 
 def rebalance(args: argparse.Namespace) -> int:
@@ -83,7 +83,7 @@ def rebalance(args: argparse.Namespace) -> int:
     _output.emit(args.json, "swarmstore rebalance", report.as_dict())
     if not report.complete:
         _output.note(f"stopped after --limit {args.limit} keys; rerun to continue")
-    return _verdict(False, list(report.unreachable))
+    return _verdict(False, list(report.unreachable), "moved")
 
 
 async def _inventory(store: Any) -> tuple[dict[str, set[str]], dict[str, str]]:

@@ -254,23 +254,26 @@ def check_roots(store: Any) -> None:
 
 
 async def _check_buckets(nodes: list[Any]) -> None:
+    """``head_bucket`` through each node's own request path (its sessions, closed with it)."""
     import asyncio
 
     from swarmstore.errors import is_transport_error
+    from swarmstore.storage._s3 import _Absent
 
     async def one(node: Any) -> None:
         bucket = node.path.partition("/")[0]
         try:
-            await node.fs._call_s3("head_bucket", Bucket=bucket)
-        except (FileNotFoundError, PermissionError) as e:
-            if isinstance(e, PermissionError):
-                raise CLIError(f"node {node.name}: access to bucket {bucket!r} denied") from None
+            await node._call("head_bucket")
+        except _Absent:
             raise CLIError(
                 f"node {node.name}: bucket {bucket!r} does not exist; create it or fix the URL"
             ) from None
         except Exception as e:
-            if not is_transport_error(e):
-                raise
+            if is_transport_error(e):
+                return  # the command reports it as unreachable
+            if isinstance(e, PermissionError) or "403" in str(e) or "AccessDenied" in str(e):
+                raise CLIError(f"node {node.name}: access to bucket {bucket!r} denied") from None
+            raise
 
     await asyncio.gather(*(one(n) for n in nodes))
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from zarr.core.buffer import default_buffer_prototype
 
+import swarmstore.checkpoint._json as _json
 from swarmstore import _clock
-from swarmstore.checkpoint import _json
 from swarmstore.errors import ManifestError
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class Lease:
         self.id = uuid.uuid4().hex
         self._doc = {**doc, "id": self.id, "beat": 0}
         self._task: asyncio.Task[None] | None = None
+        self._exclusive = False  # a lock (acquire), not a marker whose key is ours alone
         #: True once a renewal found the key gone or someone else's.
         self.lost = False
 
@@ -106,6 +107,7 @@ class Lease:
 
         for _ in range(2):
             if await put_if_absent(self.store, self.key, self._body()):
+                self._exclusive = True
                 self._start()
                 return True
             held = await read_doc(self.store, self.key)
@@ -137,6 +139,12 @@ class Lease:
             except Exception:
                 logger.warning("Could not renew the lease %s", self.key, exc_info=True)
 
+    def abandon(self) -> None:
+        """Stop renewing, from any thread, without touching the store (the key then dies)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+
     async def release(self) -> None:
         """Stop renewing and delete the key if it still holds this lease."""
         if self._task is not None:
@@ -144,5 +152,5 @@ class Lease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if await self.held():
+        if not self._exclusive or await self.held():  # a lock may be someone else's by now
             await self.store.delete(self.key)

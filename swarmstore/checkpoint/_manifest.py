@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from swarmstore.checkpoint import _json
+import swarmstore.checkpoint._json as _json
 from swarmstore.errors import InvalidKeyError, ManifestError, ManifestVersionError
 
 __all__ = [
@@ -118,8 +118,8 @@ def check_key(key: object) -> str:
     """
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"store key must be a non-empty string, got {key!r}")
-    if len(key) > _MAX_KEY or "\\" in key or "\x00" in key:
-        raise InvalidKeyError(f"store key {key[:80]!r} is too long or holds '\\' or NUL")
+    if len(key) > _MAX_KEY or "\\" in key or "\x00" in key or "\n" in key:
+        raise InvalidKeyError(f"store key {key[:80]!r} is too long or holds '\\', NUL or a newline")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise InvalidKeyError(f"store key {key!r} has an empty, '.' or '..' segment")
     return key

@@ -441,11 +441,15 @@ class HostBed:
         return [p.popen for p in self._dask]
 
     # --- teardown ----------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop everything this bed started (idempotent)."""
+    def stop_dask(self) -> None:
+        """Stop the Dask workers, then their schedulers, started so far."""
         for proc in reversed(self._dask):  # workers before their scheduler
             _stop(proc.popen)
         self._dask.clear()
+
+    def close(self) -> None:
+        """Stop everything this bed started (idempotent)."""
+        self.stop_dask()
         for h in self.hosts:
             h.close()
         self.hosts.clear()

@@ -285,8 +285,8 @@ class Proxy:
 
     async def _reset_all(self) -> None:
         for conn in list(self._conns):
+            self.counters.resets += 1  # before the RST: the peer may see it at once
             conn.reset()
-            self.counters.resets += 1
             for t in conn.tasks:  # a frozen one would otherwise wait for a thaw
                 t.cancel()
 
@@ -425,12 +425,14 @@ class Proxy:
                 self._link_free[way] = start + len(piece) / imp.bandwidth
                 await asyncio.sleep(self._link_free[way] - now)
                 await self._thawed.wait()  # frozen while it waited for the link
-            writer.write(piece)
-            await writer.drain()
+            # Counted before the write: write() sends at once and releases the GIL in send(),
+            # so the peer may read the bytes before this thread runs its next line.
             if way == "up":
                 self.counters.bytes_up += len(piece)
             else:
                 self.counters.bytes_down += len(piece)
+            writer.write(piece)
+            await writer.drain()
 
 
 def _parse(upstream: tuple[str, int] | str) -> tuple[str, int]:

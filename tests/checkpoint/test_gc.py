@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zarr
+from distributed.utils_test import poll_for
 from hypothesis import given
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from distributed.utils_test import poll_for
 from zarr.storage import WrapperStore
 
 from swarmstore.checkpoint import CheckpointManager, KeepBest, RetentionPolicy
@@ -288,3 +288,40 @@ def test_gc_loop_beside_a_save_loop_never_loses_a_kept_chunk(tmp_path):
         gc.verify_step(info.step)
         assert gc.restore(info.step)["x"][info.metadata["row"], 0] == info.metadata["v"]
     assert _objects(store) == _named(gc)
+
+
+def test_collections_beside_sessions_on_two_branches_lose_nothing_kept(tmp_path):
+    """Sessions commit on main and on a branch while another manager collects in a loop."""
+    store = zarr.storage.LocalStore(tmp_path)
+    base = CheckpointManager(store)
+    base.save({"x": np.zeros((8, 8))}, encoding={"x": {"chunks": (2, 8)}})
+    base.create_branch("exp", 0)
+    errors: list = []
+
+    def writes(branch, sign):
+        mgr = CheckpointManager(store, branch=branch)
+        try:
+            for i in range(12):
+                with mgr.session() as s:
+                    zarr.open_array(s.store, path="x", mode="r+")[i % 4 * 2, :] = sign * (i + 1)
+                    s.commit(metadata={"row": i % 4 * 2, "v": sign * (i + 1)})
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writes, args=a) for a in (("main", 1), ("exp", -1))]
+    for t in threads:
+        t.start()
+    gc = CheckpointManager(store, keep_last=2, lease=60)
+    while any(t.is_alive() for t in threads):
+        gc.collect_garbage()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not gc.collect_garbage().deferred
+    for branch in ("main", "exp"):
+        mgr = CheckpointManager(store, branch=branch)
+        assert len(mgr.steps()) >= 2
+        for info in mgr.list():
+            mgr.verify_step(info.step)
+            assert mgr.restore(info.step)["x"][info.metadata["row"], 0] == info.metadata["v"]
+    assert CheckpointManager(store).verify_report().ok

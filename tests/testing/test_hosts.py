@@ -140,6 +140,11 @@ def test_dask_scheduler_and_workers_run_on_chosen_hosts(bed):
     with Client(address, timeout=60) as client:
         client.wait_for_workers(2, timeout=120)
         got = [client.submit(worker_identity, workers=[n], pure=False).result(60) for n in names]
+    procs = bed.dask_processes()
+    bed.stop_dask()
+    assert all(p.poll() is not None for p in procs) and not bed.dask_processes()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(address.rpartition(":")[2])), 5).close()
     assert [g["host"] for g in got] == ["host1", "host2"]
     assert [g["offset"] for g in got] == OFFSETS[1:]
     assert [g["router_host"] for g in got] == ["host1", "host2"]
@@ -149,19 +154,13 @@ def test_dask_scheduler_and_workers_run_on_chosen_hosts(bed):
 @pytest.mark.timeout(120)
 def test_close_leaves_nothing_running(tmp_path):
     threads = set(threading.enumerate())
-    with HostBed(tmp_path, hosts=1, nodes=1) as bed:
+    with HostBed(tmp_path, hosts=1, nodes=1) as bed:  # Dask processes: the test above
         pid = bed.host(0).pid
         node = bed.nodes[0].url
         link = bed.link(0, 0).address
-        address = bed.scheduler(host=0)
-        sched = bed.dask_processes()[0]
-    assert sched.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     for host, port in [link, tuple(node.rsplit(":", 1))]:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((host.replace("http://", ""), int(port)), 5).close()
-    _, _, port = address.rpartition(":")
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", int(port)), 5).close()
     poll(lambda: set(threading.enumerate()) <= threads, what="bed threads joined")

@@ -84,13 +84,14 @@ def _bodies():
 
 
 @pytest.mark.parametrize("kind", list(_bodies()))
-def test_one_bad_manifest_is_skipped_everywhere(tmp_path, kind):
+def test_one_bad_snapshot_is_skipped_everywhere(tmp_path, kind):
     store = zarr.storage.LocalStore(tmp_path)
     mgr = CheckpointManager(store, keep_last=5)
-    for step in (1, 3):
+    for step in (1, 3, 5):
         mgr.save({"a": np.full(3, step)}, step=step)
-    _put(store, manifest_key(5), _bodies()[kind])
-    assert mgr.steps() == [1, 3, 5]
+    (tmp_path / "snapshots" / f"{mgr.latest().id}.json").write_bytes(_bodies()[kind])
+    mgr = CheckpointManager(store, keep_last=5)  # a fresh reader
+    assert mgr.steps() == [1, 3, 5]  # the refs still read
     assert [c.step for c in mgr.list()] == [1, 3]
     assert mgr.latest().step == 3
     assert mgr.restore()["a"][:].tolist() == [3, 3, 3]
@@ -99,6 +100,23 @@ def test_one_bad_manifest_is_skipped_everywhere(tmp_path, kind):
     report = mgr.collect_garbage()
     assert report.damaged == [5] and not report.deferred
     assert mgr.save({"a": np.zeros(3)}).step == 6  # the store goes on working
+    assert mgr.verify_report(5).unreadable
+
+
+def test_one_bad_schema_1_manifest_is_skipped(tmp_path):
+    store = zarr.storage.LocalStore(tmp_path)
+    for step in (1, 3):
+        body = Manifest(
+            step,
+            {"zarr.json": '{"zarr_format":3,"node_type":"group","attributes":{}}'},
+            created=1.0,
+        ).to_bytes()
+        _put(store, manifest_key(step), body)
+    _put(store, manifest_key(5), _bodies()["nan"])
+    mgr = CheckpointManager(store, keep_last=5)
+    assert mgr.steps() == [1, 3] and mgr.latest().step == 3
+    assert not mgr.collect_garbage().deferred
+    assert sync(store.exists(manifest_key(5)))  # kept: a damaged manifest is not garbage
 
 
 def test_manifest_parsing_is_strict():
