@@ -118,11 +118,14 @@ class QuorumRead:
         self._probes: dict[Node, asyncio.Task[None]] | None = None
         self._t0 = _clock.monotonic()
         self._rest_asked = False
+        self.nbytes = _expected(byte_range)  # what the router can plan this request by
 
     # --- asking ----------------------------------------------------------------------------
     async def run(self) -> Verdict:
         if self.want_data:
-            src, got, failures = await self.store._fetch(self.order, self._attempt, self.key)
+            src, got, failures = await self.store._fetch(
+                self.order, self._attempt, self.key, self.nbytes
+            )
             await self._settle(src, got, failures)
         else:
             await self._probe(self.order[: max(1, self.rq)])
@@ -327,6 +330,17 @@ class QuorumRead:
             tried.setdefault(n.name, "not asked")
         _events.emit("replica-unavailable", {"key": self.key, "tried": tried, "why": why})
         return ReplicaUnavailable(self.key, tried)
+
+
+def _expected(byte_range: ByteRequest | None) -> int | None:
+    """The bytes a request asks for, when known before reading (a full read's size is not)."""
+    from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+
+    if isinstance(byte_range, RangeByteRequest):
+        return max(0, byte_range.end - byte_range.start)
+    if isinstance(byte_range, SuffixByteRequest):
+        return byte_range.suffix
+    return None
 
 
 def _answer(st: State | BaseException) -> Answer:

@@ -139,3 +139,110 @@ async def test_conditional_create_on_s3_nodes_has_one_winner(s3_store_factory, t
     assert len(held) == 1
     for w in writers:
         assert (await w.get("m", PROTO)).to_bytes() in {f"w{i}".encode() for i in range(4)}
+
+
+async def test_an_unreachable_s3_node_is_node_unavailable_and_maintenance_goes_on(
+    s3_endpoint, storage_bucket, tmp_path
+):
+    """Issue 14: one S3 node behind a proxy that resets every connection (a dead node):
+    its errors are NodeUnavailable (never a botocore type), reads go on, scrub and repair
+    report it unreachable and check the other nodes."""
+    from swarmstore.errors import NodeUnavailable
+    from swarmstore.storage import NodeSpec
+    from swarmstore.testing import s3_storage_options
+    from swarmstore.testing.proxy import Proxy
+
+    with Proxy(s3_endpoint.url) as proxy:
+        urls = [s3_endpoint.url, s3_endpoint.url, proxy.url]
+        specs = [
+            NodeSpec(
+                f"s3://{storage_bucket}/dead-{tmp_path.name}-{i}",
+                name=f"n{i}",
+                storage_options=s3_storage_options(url),
+            )
+            for i, url in enumerate(urls)
+        ]
+        store = ReplicatedStore(specs, replicas=3, write_quorum=2, state_dir=tmp_path / "s")
+        for i in range(4):
+            await store.set(f"k{i}", PROTO.buffer.from_bytes(b"v%d" % i))
+        proxy.kill()
+        with pytest.raises(NodeUnavailable):
+            await store.nodes[2].state("k0")
+        for i in range(4):
+            assert (await store.get(f"k{i}", PROTO)).to_bytes() == b"v%d" % i
+        await store.set("k0", PROTO.buffer.from_bytes(b"new"))  # W=2 without n2
+        scrubbed = await store.scrub()
+        assert scrubbed.unreachable == ["n2"] and scrubbed.keys == 4 and not scrubbed.ok
+        repaired = await store.repair()
+        assert repaired.unreachable == ["n2"] and not repaired.ok
+        proxy.revive()
+        assert (await store.repair()).ok
+        await store.aclose()
+
+
+def test_s3_nodes_built_from_urls_never_hide_a_node_behind_botocore_retries():
+    """Issue 15: connect/read timeouts and no botocore retry on the S3 nodes swarmstore
+    builds; the user's config_kwargs win."""
+    from swarmstore.storage import node_from
+
+    node = node_from("s3://bucket/p", storage_options={"anon": True})
+    cfg = node.fs.config_kwargs
+    assert cfg["connect_timeout"] == 2 and cfg["read_timeout"] == 10
+    assert cfg["retries"] == {"total_max_attempts": 1, "mode": "standard"}
+    mine = node_from("s3://bucket", storage_options={"config_kwargs": {"read_timeout": 60}})
+    assert mine.fs.config_kwargs["read_timeout"] == 60
+
+
+async def test_reads_tell_the_router_the_bytes_they_move(tmp_path):
+    """Issue 15: a ranged read passes its size; every fetch lets the router measure bytes."""
+    from swarmstore.network import TransferRouter
+
+    class Recording(TransferRouter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[dict] = []
+
+        async def fetch(self, sources, attempt, **kwargs):
+            src, got, failures = await super().fetch(sources, attempt, **kwargs)
+            measure = kwargs.get("measure") or kwargs.get("size")
+            self.calls.append({**kwargs, "measured": measure(got) if callable(measure) else None})
+            return src, got, failures
+
+    router = Recording()
+    nodes = [f"memory://bytes-{tmp_path.name}-{i}" for i in range(2)]
+    store = ReplicatedStore(nodes, replicas=2, state_dir=tmp_path / "s", router=router)
+    await store.set("k", PROTO.buffer.from_bytes(b"x" * 4000))
+    await store.get("k", PROTO, byte_range=zarr.abc.store.RangeByteRequest(100, 1100))
+    await store.get("k", PROTO)
+    ranged, full = router.calls
+    assert ranged["nbytes"] == 1000 and ranged["measured"] == 1000
+    assert full["measured"] == 4000
+
+
+async def test_a_frozen_s3_node_does_not_hold_up_an_acknowledged_write(
+    s3_endpoint, storage_bucket, tmp_path
+):
+    """Issue 11 item 13 over real sockets: a node that accepts and never answers (SIGSTOP);
+    set returns once W=2 acknowledged, while the node is still frozen."""
+    from swarmstore.storage import NodeSpec
+    from swarmstore.testing import s3_storage_options
+    from swarmstore.testing.proxy import Proxy
+
+    with Proxy(s3_endpoint.url) as proxy:
+        urls = [s3_endpoint.url, s3_endpoint.url, proxy.url]
+        specs = [
+            NodeSpec(
+                f"s3://{storage_bucket}/frozen-{tmp_path.name}-{i}",
+                name=f"n{i}",
+                storage_options=s3_storage_options(url),
+            )
+            for i, url in enumerate(urls)
+        ]
+        store = ReplicatedStore(specs, replicas=3, write_quorum=2, state_dir=tmp_path / "s")
+        await store.set("k", PROTO.buffer.from_bytes(b"v1"))
+        proxy.freeze()
+        await store.set("k", PROTO.buffer.from_bytes(b"v2"))
+        assert proxy.frozen  # returned without it
+        assert store.hints.has("n2", "k") or store._laggards
+        proxy.thaw()
+        await store.aclose()
