@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch "$(STAMP)"
 
 demo: $(STAMP)
-	$(VENV)/bin/swarmstore demo
+	@SECONDS=0; status=0; $(VENV)/bin/swarmstore demo || status=$$?; \
+	echo "make demo: $$SECONDS s in all (exit $$status)"; exit $$status
 
 # The peers' own test sources (zarr, xarray: PyPI sdists; distributed: its release tag) at
 # the versions in .venv, cached in .peer-tests/ (ignored). `make test` goes on without a
@@ -29,15 +30,19 @@ demo: $(STAMP)
 peer-tests: $(STAMP)
 	$(VPY) tests/peers/fetch_sources.py
 
+# the suite; lint (ruff check + format check) is part of it: tests/test_lint.py
 test: $(STAMP)
 	-$(VPY) tests/peers/fetch_sources.py
-	$(VPY) -m ruff check swarmstore plugins tests benchmarks examples
 	$(VPY) -m pytest $(ARGS)
 
+# a full run starts benchmarks/results/latest.jsonl afresh; the tables follow from it
 bench: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py $(ARGS)
+	$(VPY) benchmarks/tables.py
 
 bench-quick: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]' -c constraints.txt
 	$(VPY) benchmarks/run_all.py --quick
 
 lint: $(STAMP)

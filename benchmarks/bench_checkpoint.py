@@ -1,140 +1,270 @@
-"""CheckpointManager against writing and reading the same arrays with plain zarr.
+"""Checkpoints against Icechunk: the same zarr writes and reads, committed both ways.
 
-Usage: ``python benchmarks/bench_checkpoint.py [--quick]``. Both sides run in the same
-process on the same store kind, interleaved, median of the repeats:
+Usage: ``python benchmarks/bench_checkpoint.py [--quick]`` (needs ``pip install
+'swarmstore[bench]'`` for ``icechunk``). Each side gets a fresh repository per case; both
+sides run the same zarr code on the same arrays, in the same process, alternating who goes
+first; each time is the median of the repeats:
 
-- full checkpoint throughput vs ``zarr.create_array(...)[:] = x``   (goal >= 0.8x)
-- bytes an incremental checkpoint writes when 1% of the chunks changed, over the bytes
-  of a full one, counted at the store (objects, manifest, markers)   (goal <= 0.02x)
-- restore read (xxh3-verified) vs a plain zarr read                  (goal >= 0.9x)
+- **full commit**: create the array in a session, write all of it, commit;
+- **incremental commit**: a new session writes 1% of the chunks (scattered, the same
+  chunks both sides), commits; time, and **bytes** the commit added to the store (counted
+  the same way both sides: the growth of the directory or bucket);
+- **restore read**: open the committed array read-only and read all of it (MB/s).
 
-on a local directory and on S3 (moto in its own process). The array is 256 MiB of
-float32 in 1 MiB chunks (``--quick``: 64 MiB in 256 KiB chunks).
+Cases: a local directory and S3 (moto in its own process), at 256 large chunks (float32,
+256 KiB each; ``--quick`` the same) and at 100,489 small chunks (317 x 317 chunks of
+32 x 32 uint8, 1 KiB each, 103 MB; above Icechunk's 512-byte inline threshold, so both
+sides store every chunk as an object). ``--quick`` runs the 100k case on the local
+directory only. Goals: every time <= 1.0x Icechunk's, bytes <= 1.1x.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _results import Line, emit
 
 from swarmstore.checkpoint import CheckpointManager
 from swarmstore.testing import moto_server
 
 
-class CountingStore(WrapperStore):
-    """Counts the bytes written through it."""
+@dataclass
+class Case:
+    name: str
+    shape: tuple[int, int]
+    chunks: tuple[int, int]
+    dtype: str
 
-    def __init__(self, store):
-        super().__init__(store)
-        self.written = 0
+    def data(self) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        if self.dtype == "u1":
+            return rng.integers(0, 256, self.shape, dtype="u1")
+        return rng.random(self.shape, dtype=np.float32)
 
-    async def set(self, key, value):
-        self.written += len(value)
-        await self._store.set(key, value)
-
-    async def set_if_not_exists(self, key, value):
-        self.written += len(value)
-        await self._store.set_if_not_exists(key, value)
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.shape[0] // self.chunks[0], self.shape[1] // self.chunks[1])
 
 
-def median_times(fns: dict[str, Callable[[int], object]], repeat: int) -> dict[str, float]:
-    """Median seconds of each function, runs interleaved so load hits both sides alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
+LARGE = Case("256 chunks of 256 KiB", (4096, 4096), (256, 256), "f4")
+SMALL = Case("100,489 chunks of 1 KiB", (317 * 32, 317 * 32), (32, 32), "u1")
+
+
+def changed_chunks(case: Case) -> list[tuple[int, int]]:
+    """1% of the chunks, scattered (the same ones on both sides)."""
+    rows, cols = case.grid
+    n = max(1, round(rows * cols / 100))
+    picks = np.random.default_rng(1).choice(rows * cols, n, replace=False)
+    return [divmod(int(p), cols) for p in sorted(picks)]
+
+
+def write_changes(arr: zarr.Array, case: Case, picks: list[tuple[int, int]]) -> None:
+    r, c = case.chunks
+    block = np.full(case.chunks, 7, dtype=case.dtype)
+    for i, j in picks:
+        arr[i * r : (i + 1) * r, j * c : (j + 1) * c] = block
+
+
+class Side:
+    """One system under test: open a repository, sessions, commits, reads."""
+
+    name = ""
+
+    def __init__(self, where: Callable[[str], Any], size: Callable[[str], int]):
+        self.where, self.size = where, size
+
+    def full(self, tag: str, case: Case, x: np.ndarray) -> None: ...
+    def incremental(self, tag: str, case: Case, picks: list[tuple[int, int]]) -> None: ...
+    def read(self, tag: str) -> np.ndarray: ...
+
+
+class Swarm(Side):
+    name = "swarmstore"
+
+    def __init__(self, where: Callable[[str], Any], size: Callable[[str], int]):
+        super().__init__(where, size)
+        self._mgrs: dict[str, CheckpointManager] = {}
+
+    def _mgr(self, tag: str) -> CheckpointManager:
+        # one manager per repository, as the Icechunk side keeps one Repository
+        if tag not in self._mgrs:
+            self._mgrs[tag] = CheckpointManager(self.where(f"swarm-{tag}"))
+        return self._mgrs[tag]
+
+    def full(self, tag, case, x):
+        with self._mgr(tag).session() as s:
+            zarr.create_array(s.store, name="x", shape=case.shape, chunks=case.chunks,
+                              dtype=case.dtype)[:] = x  # fmt: skip
+            s.commit(message="full")
+
+    def incremental(self, tag, case, picks):
+        with self._mgr(tag).session() as s:
+            write_changes(zarr.open_array(s.store, path="x", mode="r+"), case, picks)
+            s.commit(message="1%")
+
+    def read(self, tag):
+        return zarr.open_array(self._mgr(tag).open_store(), path="x", mode="r")[:]
+
+
+class Ice(Side):
+    name = "icechunk"
+
+    def __init__(self, storage: Callable[[str], Any], size: Callable[[str], int]):
+        super().__init__(storage, size)
+        self._repos: dict[str, Any] = {}
+
+    def _repo(self, tag: str) -> Any:
+        import icechunk
+
+        if tag not in self._repos:
+            self._repos[tag] = icechunk.Repository.open_or_create(self.where(f"ice-{tag}"))
+        return self._repos[tag]
+
+    def full(self, tag, case, x):
+        s = self._repo(tag).writable_session("main")
+        zarr.create_array(s.store, name="x", shape=case.shape, chunks=case.chunks,
+                          dtype=case.dtype)[:] = x  # fmt: skip
+        s.commit("full")
+
+    def incremental(self, tag, case, picks):
+        s = self._repo(tag).writable_session("main")
+        write_changes(zarr.open_array(s.store, path="x", mode="r+"), case, picks)
+        s.commit("1%")
+
+    def read(self, tag):
+        s = self._repo(tag).readonly_session(branch="main")
+        return zarr.open_array(s.store, path="x", mode="r")[:]
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_one(side: Side, case: Case, x: np.ndarray, picks: list[tuple[int, int]]) -> dict:
+    """Full commit, incremental commit (and the bytes it added), full read, on a fresh repo."""
+    tag = uuid.uuid4().hex[:8]
+    full = timed(lambda: side.full(tag, case, x))
+    before = side.size(tag)
+    inc = timed(lambda: side.incremental(tag, case, picks))
+    grown = side.size(tag) - before
+    out: dict[str, np.ndarray] = {}
+    read = timed(lambda: out.update(x=side.read(tag)))
+    expect = x.copy()
+    write_changes(_Writable(expect), case, picks)
+    assert np.array_equal(out["x"], expect), f"{side.name} read back wrong data"
+    return {"full": full, "inc": inc, "read": read, "bytes": grown}
+
+
+def run_case(where: str, case: Case, sides: list[Side], repeat: int) -> None:
+    x = case.data()
+    picks = changed_chunks(case)
+    runs: dict[str, list[dict]] = {s.name: [] for s in sides}
     for i in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(i)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def compare(label: str, make: Callable[[str], object], x: np.ndarray, chunks, repeat: int):
-    enc = {"x": {"chunks": chunks}}
-    plain = {i: make(f"plain-{i}") for i in range(repeat)}
-    ckpt = {i: CheckpointManager(make(f"ckpt-{i}")) for i in range(repeat)}
-
-    def plain_write(i):
-        zarr.create_array(plain[i], shape=x.shape, chunks=chunks, dtype=x.dtype)[:] = x
-
-    def ckpt_write(i):
-        ckpt[i].save({"x": x}, encoding=enc)
-
-    w = median_times({"plain": plain_write, "ckpt": ckpt_write}, repeat)
-
-    def plain_read(i):
-        assert np.array_equal(zarr.open_array(plain[i], mode="r")[:], x)
-
-    def ckpt_read(i):
-        assert np.array_equal(ckpt[i].restore()["x"][:], x)
-
-    r = median_times({"plain": plain_read, "ckpt": ckpt_read}, repeat)
+        for side in sides if i % 2 == 0 else sides[::-1]:  # alternate who goes first
+            runs[side.name].append(run_one(side, case, x, picks))
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
+    ours, peer = med["swarmstore"], med["icechunk"]
+    label = f"{where}, {case.name}"
     mb = x.nbytes / 1e6
-    print(f"full checkpoint vs plain zarr write ({label}): {w['plain'] / w['ckpt']:.2f}x "
-          f"(goal >= 0.8)")
-    print(f"restore read vs plain zarr read ({label}): {r['plain'] / r['ckpt']:.2f}x "
-          f"(goal >= 0.9)")
-    print(f"  raw ({label}): write {mb / w['plain']:.0f} MB/s plain vs {mb / w['ckpt']:.0f} MB/s "
-          f"checkpoint; read {mb / r['plain']:.0f} MB/s plain vs {mb / r['ckpt']:.0f} MB/s "
-          f"restore; {x.nbytes >> 20} MiB, {len(ckpt[0].manifest(0).entries) - 2} chunks")
+    emit(Line("checkpoint", f"full commit, {label}", ours["full"], peer["full"], "icechunk",
+              "s", "lower", 1.0))  # fmt: skip
+    emit(Line("checkpoint", f"incremental commit (1% of chunks), {label}", ours["inc"],
+              peer["inc"], "icechunk", "s", "lower", 1.0,
+              notes=f"{len(picks)} chunks changed"))  # fmt: skip
+    emit(Line("checkpoint", f"incremental commit bytes (1% of chunks), {label}",
+              ours["bytes"], peer["bytes"], "icechunk", "B", "lower", 1.1))  # fmt: skip
+    emit(Line("checkpoint", f"restore read throughput, {label}", mb / ours["read"],
+              mb / peer["read"], "icechunk", "MB/s", "higher", 1.0))  # fmt: skip
 
 
-def incremental(make: Callable[[str], object], x: np.ndarray, chunks) -> None:
-    counting = CountingStore(make("incremental"))
-    mgr = CheckpointManager(counting)
-    enc = {"x": {"chunks": chunks}}
-    mgr.save({"x": x}, encoding=enc)
-    full = counting.written
-    grid = [s // c for s, c in zip(x.shape, chunks, strict=True)]
-    nchunks = grid[0] * grid[1]
-    changed = max(1, round(nchunks / 100))
-    rng = np.random.default_rng(1)
-    y = x.copy()
-    for flat in rng.choice(nchunks, changed, replace=False):
-        i, j = divmod(int(flat), grid[1])
-        y[i * chunks[0], j * chunks[1]] += 1.0
-    counting.written = 0
-    info = mgr.save({"x": y}, encoding=enc)
-    inc = counting.written
-    assert info.written_objects == changed, info
-    print(f"incremental bytes, {changed} of {nchunks} chunks changed: {inc / full:.4f}x "
-          f"(goal <= 0.02)")
-    print(f"  raw: full {full / 1e6:.1f} MB, incremental {inc / 1e6:.2f} MB "
-          f"({info.written_objects} objects written, {info.reused_objects} reused)")
+class _Writable:
+    """A numpy array with zarr's ``arr[region] = block`` (the expected result)."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+
+    def __setitem__(self, key, value):
+        self.a[key] = value
+
+
+def local_sides(tmp: pathlib.Path) -> list[Side]:
+    import icechunk
+
+    def size(prefix: str) -> Callable[[str], int]:
+        def measure(tag: str) -> int:
+            root = tmp / f"{prefix}-{tag}"
+            return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+        return measure
+
+    return [
+        Swarm(lambda name: zarr.storage.LocalStore(tmp / name), size("swarm")),
+        Ice(lambda name: icechunk.local_filesystem_storage(str(tmp / name)), size("ice")),
+    ]
+
+
+def s3_sides(endpoint: Any) -> list[Side]:
+    import icechunk
+
+    bucket = endpoint.make_bucket()
+    fs = endpoint.filesystem(asynchronous=True)
+    sync_fs = endpoint.filesystem()
+    opts = endpoint.storage_options()
+
+    def size(prefix: str) -> Callable[[str], int]:
+        def measure(tag: str) -> int:
+            sync_fs.invalidate_cache()
+            found = sync_fs.find(f"{bucket}/{prefix}-{tag}", detail=True)
+            return sum(int(info["size"]) for info in found.values())
+
+        return measure
+
+    def ice_storage(name: str) -> Any:
+        return icechunk.s3_storage(
+            bucket=bucket, prefix=name, endpoint_url=endpoint.url, allow_http=True,
+            access_key_id=opts["key"], secret_access_key=opts["secret"], region="us-east-1",
+            force_path_style=True,
+        )  # fmt: skip
+
+    return [
+        Swarm(lambda name: zarr.storage.FsspecStore(fs, path=f"{bucket}/{name}"), size("swarm")),
+        Ice(ice_storage, size("ice")),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    side, chunk = (4096, 256) if args.quick else (8192, 512)
-    repeat = 2 if args.quick else 3
-    x = np.random.default_rng(0).random((side, side), dtype=np.float32)
-    chunks = (chunk, chunk)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
     try:
-        def local(name: str) -> LocalStore:
-            return LocalStore(tmp / name)
-
-        incremental(local, x, chunks)
-        compare("local dir", local, x, chunks, repeat)
+        import icechunk  # noqa: F401
+    except ImportError:
+        sys.exit("bench_checkpoint needs Icechunk: pip install 'swarmstore[bench]'")
+    repeat = 1 if args.quick else 3
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
+    try:
+        for case in (LARGE, SMALL):
+            run_case("local dir", case, local_sides(tmp), repeat)
         with moto_server(process=True) as endpoint:
-            bucket = endpoint.make_bucket()
-            fs = endpoint.filesystem(asynchronous=True)
-
-            def s3(name: str) -> FsspecStore:
-                return FsspecStore(fs, path=f"{bucket}/{name}-{uuid.uuid4().hex[:6]}")
-
-            compare("S3 on moto", s3, x, chunks, repeat)
+            for case in (LARGE,) if args.quick else (LARGE, SMALL):
+                run_case("S3 on moto", case, s3_sides(endpoint), repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

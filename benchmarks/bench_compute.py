@@ -1,20 +1,21 @@
-"""Compute benchmarks: SwarmPlugin against stock Dask, both measured in the same run.
+"""Compute benchmarks: SwarmPlugin against stock Dask (and hand-set restrictions), same run.
 
-Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...]``
+Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...]``; names: scenarios,
+memory, overhead, placement-cost, affinity.
 
-Measures (one line each, ``<measure>: <ratio>x (goal ...)``):
-
-- ``throughput``: 10,000 trivial tasks, SwarmPlugin throughput / stock throughput.
-- ``makespan-a/b/c``: mixed GPU/CPU workloads (sleeps stand in for compute, GPU workers
-  declared with ``resources={"GPU": 1}``), makespan / lower bound, SwarmPlugin and stock:
-  (a) 240 background CPU tasks submitted first, then 30 CPU->GPU pipelines; 2 CPU workers +
-  1 GPU worker, 2 threads each. (b) 120 CPU tasks and 30 GPU tasks; 1 CPU worker (2 threads) +
-  1 GPU worker (4 threads). (c) 120 GPU tasks over 2 GPU workers with 4 threads each.
-  The lower bound is the largest of: GPU work / GPU slots, all work / all threads, CPU work /
-  threads not held by GPU work, and the critical path.
-- ``placement-cost``: the Placer's cost per task with 1,000 simulated workers / with 10.
-- ``affinity``: two passes over a zarr array on S3 (moto) through TieredStore on 3 workers,
-  remote bytes on pass 2 / pass 1 (needs ``swarmstore.dataset``; skipped until it exists).
+- ``scenarios``: the mixed GPU/CPU scenarios of ``_compute_scenarios.py`` (a-f of issue 19,
+  g-h ours). Each runs >= 3 times per mode (1 with ``--quick``), stock, hand-set and plugin
+  interleaved, each on a fresh in-process cluster; the median makespan goes out as two
+  lines: plugin vs its computed lower bound (goal <= 1.2) and plugin vs stock (goal <= 1.0),
+  the hand-set median beside them. Scenarios with an urgent job add its latency vs its bound
+  (goal <= 1.5).
+- ``memory``: a CPU-decode -> GPU-compute pipeline whose decodes outrun the GPU; peak bytes
+  in worker memory (managed, summed over the cluster), plugin vs stock (goal <= 0.5).
+- ``overhead``: 10,000 and 50,000 trivial tasks; plugin overhead per task (goal <= 50 us),
+  as wall time with the plugin vs stock on the same cluster shape, interleaved, best of 3.
+- ``placement-cost``: Placer + Dispatcher cost per task at 1,000 simulated workers / 10.
+- ``affinity``: two passes over a zarr array on S3 (moto) through TieredStore on 3 worker
+  processes: remote bytes on pass 2 / pass 1 (goal <= 0.05), stock beside it.
 """
 
 from __future__ import annotations
@@ -30,18 +31,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import dask
-from distributed import Client, Scheduler, Worker
+from _compute_scenarios import SCENARIOS, Ctx, Scenario, Spec, work
+from _results import Line, emit
+from distributed import Client, Scheduler, SchedulerPlugin, Worker, wait
 
 from swarmstore.compute import SwarmPlugin
+from swarmstore.compute.dispatch import Dispatcher, Job
 from swarmstore.compute.placement import Placer, WorkerInfo
 from swarmstore.compute.requirements import Requirements
 
-GPU = {"GPU": 1}
-
-
-def work(duration: float, *deps: Any) -> int:
-    time.sleep(duration)
-    return 0
+BENCH = "compute"
+MODES = ("stock", "hand", "swarm")
 
 
 def inc(x: int) -> int:
@@ -49,166 +49,268 @@ def inc(x: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def cluster(specs: Sequence[tuple[int, dict[str, float]]], plugin: bool):
-    """An in-process scheduler and workers (nthreads, resources); yields a client."""
+async def cluster(specs: Sequence[Spec], plugin: bool):
+    """An in-process scheduler and workers; yields (client, scheduler, roles, add_worker)."""
     async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
-        workers = [
-            Worker(s.address, nthreads=n, resources=res or None, host="127.0.0.1")
-            for n, res in specs
-        ]
-        await asyncio.gather(*workers)
+        workers: list[Worker] = []
+        roles: dict[str, list[str]] = {"cpu": [], "gpu": [], "big": []}
+
+        async def add(spec: Spec) -> str:
+            w = Worker(
+                s.address,
+                nthreads=spec.nthreads,
+                resources=spec.resources or None,
+                host="127.0.0.1",
+            )
+            await w
+            workers.append(w)
+            roles[spec.role].append(w.address)
+            return w.address
+
+        for spec in specs:
+            await add(spec)
         try:
             async with Client(s.address, asynchronous=True) as c:
                 if plugin:
                     await c.register_plugin(SwarmPlugin())
-                yield c
+                yield c, s, roles, add
         finally:
-            await asyncio.gather(*(w.close() for w in workers))
+            await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
 
 
-# ---------------------------------------------------------------- throughput
-async def throughput(n: int, reps: int) -> None:
-    specs = [(2, {}), (2, {})]
-    best = {False: 0.0, True: 0.0}
-    async with cluster(specs, False) as stock, cluster(specs, True) as swarm:
-        for rep in range(reps):
-            for plugin, c in ((False, stock), (True, swarm)):
-                t0 = time.perf_counter()
-                futs = c.map(inc, range(rep * n, (rep + 1) * n))
-                await c.gather(futs)
-                rate = n / (time.perf_counter() - t0)
-                best[plugin] = max(best[plugin], rate)
-                del futs
-    ratio = best[True] / best[False]
-    print(f"throughput: {ratio:.2f}x (goal >= 0.95)")
-    print(
-        f"  raw: {n} trivial tasks, best of {reps}: stock {best[False]:.0f} tasks/s, "
-        f"swarm {best[True]:.0f} tasks/s"
+# ---------------------------------------------------------------- scenarios
+async def run_scenario(sc: Scenario, mode: str, t: float) -> tuple[float, dict[str, float]]:
+    async with cluster(sc.workers, mode == "swarm") as (c, _, roles, add):
+        await c.submit(work, 0, pure=False)  # everyone connected
+        ctx = Ctx(c, t, mode, roles, add)
+        t0 = time.perf_counter()
+        await sc.run(ctx)
+        return time.perf_counter() - t0, ctx.extra
+
+
+async def scenarios(t: float, reps: int) -> None:
+    for sc in SCENARIOS:
+        runs: dict[str, list[float]] = {m: [] for m in MODES}
+        urgent: dict[str, list[float]] = {m: [] for m in MODES}
+        for _ in range(reps):
+            for mode in MODES:  # interleaved: load changes hit every mode alike
+                elapsed, extra = await run_scenario(sc, mode, t)
+                runs[mode].append(elapsed)
+                if "urgent" in extra:
+                    urgent[mode].append(extra["urgent"])
+        report(sc, t, runs, urgent)
+
+
+def report(
+    sc: Scenario, t: float, runs: dict[str, list[float]], urgent: dict[str, list[float]]
+) -> None:
+    med = {m: statistics.median(v) for m, v in runs.items()}
+    bound = sc.bound(t)
+    raw = {m: [round(x / bound, 2) for x in v] for m, v in runs.items()}
+    notes = f"{sc.title}; t={t}s; runs/bound {raw}"
+    extra = {"hand_ratio": med["hand"] / bound, "stock_ratio": med["stock"] / bound}
+    emit(
+        Line(
+            BENCH,
+            f"scenario {sc.name}: makespan / lower bound",
+            med["swarm"],
+            bound,
+            "lower bound",
+            "s",
+            "lower",
+            1.2,
+            notes,
+            extra,
+        )
     )
+    emit(
+        Line(
+            BENCH,
+            f"scenario {sc.name}: makespan vs stock",
+            med["swarm"],
+            med["stock"],
+            "stock Dask",
+            "s",
+            "lower",
+            1.0,
+            f"hand-set {med['hand']:.3g}s",
+            extra,
+        )
+    )
+    if sc.urgent is not None and urgent["swarm"]:
+        u = {m: statistics.median(v) for m, v in urgent.items() if v}
+        emit(
+            Line(
+                BENCH,
+                f"scenario {sc.name}: urgent job latency / bound",
+                u["swarm"],
+                sc.urgent * t,
+                "lower bound",
+                "s",
+                "lower",
+                1.5,
+                f"stock {u['stock']:.3g}s, hand-set {u['hand']:.3g}s",
+            )
+        )
 
 
-# ---------------------------------------------------------------- makespan scenarios
-async def scenario_a(c: Client, t: float) -> float:
-    t0 = time.perf_counter()
-    bg = c.map(work, [t] * 240, key=[f"bg-{i}" for i in range(240)])
-    # background first, as on a shared cluster: a later graph generation than the pipelines
-    # (Dask starts a new generation after distributed.scheduler fifo-timeout, 60ms)
-    await asyncio.sleep(0.2)
-    offset = time.perf_counter() - t0
-    feed = c.map(work, [t] * 30, key=[f"feed-{i}" for i in range(30)])
-    gpu = c.map(work, [2 * t] * 30, feed, key=[f"gpu-{i}" for i in range(30)], resources=GPU)
-    await c.gather([*bg, *gpu])
-    return offset  # the pipelines cannot start before they exist
+# ---------------------------------------------------------------- memory (#9164)
+class PeakMemory(SchedulerPlugin):
+    """Bytes of results in memory (each key once), and their peak, from transitions."""
+
+    name = "bench-peak-memory"
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self.sizes: dict[Any, int] = {}
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "memory":
+            ts = self.scheduler.tasks.get(key)
+            self.sizes[key] = n = ts.nbytes if ts is not None else 0
+            self.now += n
+            self.peak = max(self.peak, self.now)
+        elif start == "memory":
+            self.now -= self.sizes.pop(key, 0)
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
 
 
-async def scenario_b(c: Client, t: float) -> float:
-    cpu = c.map(work, [t] * 120, key=[f"cpu-{i}" for i in range(120)])
-    gpu = c.map(work, [t] * 30, key=[f"gpu-{i}" for i in range(30)], resources=GPU)
-    await c.gather([*cpu, *gpu])
-    return 0.0
+def decode(i: int, duration: float) -> Any:
+    import numpy as np
+
+    time.sleep(duration)
+    return np.full(2**20, i, dtype="float64")  # 8 MiB
 
 
-async def scenario_c(c: Client, t: float) -> float:
-    gpu = c.map(work, [t] * 120, key=[f"gpu-{i}" for i in range(120)], resources=GPU)
-    await c.gather(gpu)
-    return 0.0
+def compute_on_gpu(block: Any, duration: float) -> float:
+    time.sleep(duration)
+    return float(block[0])
 
 
-def scenarios(t: float) -> dict[str, tuple[Any, list[tuple[int, dict]], Any]]:
-    """name -> (workload, worker specs, lower bound as a function of the workload's offset).
-
-    A workload returns when its last part was submitted (its offset); work submitted then
-    cannot finish before offset + its critical path.
-    """
-    return {
-        "a": (
-            scenario_a,
-            [(2, {}), (2, {}), (2, GPU)],
-            # CPU 240t + 30t, GPU 30*2t on 1 slot after the pipelines' first feeder, 6 threads
-            lambda off: max(off + t + 60 * t, (270 * t + 60 * t) / 6),
-        ),
-        "b": (
-            scenario_b,
-            [(2, {}), (4, GPU)],
-            # CPU 120t, GPU 30t on 1 slot, 6 threads
-            lambda off: max(30 * t, (120 * t + 30 * t) / 6, t),
-        ),
-        "c": (
-            scenario_c,
-            [(4, GPU), (4, GPU)],
-            lambda off: max(120 * t / 2, 120 * t / 8, t),
-        ),
-    }
-
-
-async def makespan(name: str, t: float, reps: int) -> None:
-    fn, specs, lower = scenarios(t)[name]
-    out: dict[bool, list[float]] = {False: [], True: []}
-    bounds = []
-    for _ in range(reps):
+async def memory(t: float, n: int) -> None:
+    peaks: dict[bool, list[int]] = {False: [], True: []}
+    specs = [Spec(2), Spec(2), Spec(2, {"GPU": 1}, "gpu")]
+    for _ in range(2):
         for plugin in (False, True):
-            async with cluster(specs, plugin) as c:
-                t0 = time.perf_counter()
-                offset = await fn(c, t)
-                elapsed = time.perf_counter() - t0
-                out[plugin].append(elapsed / lower(offset))
-                bounds.append(lower(offset))
-    stock = statistics.median(out[False])
-    swarm = statistics.median(out[True])
-    print(f"makespan-{name}: {swarm:.2f}x (goal <= 1.15)")
-    print(
-        f"  raw: lower bound {statistics.median(bounds):.2f}s; swarm {swarm:.2f}x, "
-        f"stock {stock:.2f}x of it (median of {reps}; stock beside: "
-        f"{', '.join(f'{x:.2f}' for x in out[False])})"
+            async with cluster(specs, plugin) as (c, s, _, _):
+                meter = PeakMemory()
+                s.add_plugin(meter)
+                await meter.start(s)
+                blocks = c.map(decode, range(n), duration=t / 2, key=[f"dec-{i}" for i in range(n)])
+                out = c.map(
+                    compute_on_gpu,
+                    blocks,
+                    duration=t,
+                    resources={"GPU": 1},
+                    key=[f"gpu-{i}" for i in range(n)],
+                )
+                del blocks
+                await wait(out)
+                peaks[plugin].append(meter.peak)
+    ours, stock = min(peaks[True]), min(peaks[False])
+    emit(
+        Line(
+            BENCH,
+            "peak worker memory, CPU decode -> GPU pipeline",
+            ours / 2**20,
+            stock / 2**20,
+            "stock Dask",
+            "MiB",
+            "lower",
+            0.5,
+            f"{n} decodes of 8 MiB (t/2) feeding {n} GPU tasks (t) on 1 GPU, 6 threads",
+        )
     )
+
+
+# ---------------------------------------------------------------- overhead
+async def overhead(sizes: Sequence[int], reps: int) -> None:
+    specs = [Spec(2), Spec(2)]
+    async with cluster(specs, False) as (stock, *_), cluster(specs, True) as (swarm, *_):
+        for n in sizes:
+            best = {False: float("inf"), True: float("inf")}
+            for rep in range(reps):
+                for plugin, c in ((False, stock), (True, swarm)):
+                    t0 = time.perf_counter()
+                    futs = c.map(inc, range(rep * n, (rep + 1) * n))
+                    await wait(futs)
+                    best[plugin] = min(best[plugin], time.perf_counter() - t0)
+                    del futs
+            per_task = (best[True] - best[False]) / n
+            emit(
+                Line(
+                    BENCH,
+                    f"plugin overhead per task, {n:,} trivial tasks",
+                    max(per_task, 0.0) * 1e6,
+                    50.0,
+                    "50 us budget",
+                    "us",
+                    "lower",
+                    1.0,
+                    f"best of {reps}: stock {best[False]:.2f}s, plugin {best[True]:.2f}s "
+                    f"({n / best[False]:.0f} vs {n / best[True]:.0f} tasks/s)",
+                )
+            )
 
 
 # ---------------------------------------------------------------- placement cost
 def placement_cost(tasks: int) -> None:
+    """Cost per task of deciding and dispatching, 1,000 simulated workers against 10."""
+
     def per_task(n_workers: int) -> dict[str, float]:
         p = Placer()
         for i in range(n_workers):
-            gpu = i % 4 == 0
-            res = {"GPU": 1.0, "GPU_MEMORY": 16e9} if gpu else {}
+            res = {"GPU": 1.0, "GPU_MEMORY": 16e9} if i % 4 == 0 else {}
             p.add_worker(WorkerInfo(f"tcp://10.0.{i // 250}.{i % 250}:8786", 4, res))
+        d = Dispatcher(p.workers)
+        addrs = list(p.workers)
         out = {}
-        req = Requirements(gpu=1)
-        t0 = time.perf_counter()
-        for _ in range(tasks):
-            p.decide(req)
-            addr = p.dispatch({"GPU": 1.0})
-            if addr is not None:
-                p.gpu.release(addr, {"GPU": 1.0})
-        out["gpu"] = (time.perf_counter() - t0) / tasks
-        t0 = time.perf_counter()
-        for _ in range(tasks):
-            p.decide(None, rootish=False)
-        out["cpu"] = (time.perf_counter() - t0) / tasks
+        for kind, needs in (("gpu", {"GPU": 1.0}), ("cpu", {})):
+            req = Requirements(gpu=1) if needs else None
+            t0 = time.perf_counter()
+            for i in range(tasks):
+                p.decide(req)
+                d.ready(Job(i, (0, 0, i), needs))
+                for key, _ in d.plan(lambda a: 0, addrs[i % len(addrs) : i % len(addrs) + 1]):
+                    d.done(key)
+            out[kind] = (time.perf_counter() - t0) / tasks
         reqs = [Requirements(chunk=f"arr/c/{i}") for i in range(tasks)]
-        t0 = time.perf_counter()
-        for r in reqs:
-            p.decide(r)
-        out["chunk-first"] = (time.perf_counter() - t0) / tasks
-        t0 = time.perf_counter()
-        for r in reqs:
-            p.decide(r)
-        out["chunk-again"] = (time.perf_counter() - t0) / tasks
+        for kind in ("chunk-first", "chunk-again"):
+            t0 = time.perf_counter()
+            for r in reqs:
+                p.decide(r)
+            out[kind] = (time.perf_counter() - t0) / tasks
         return out
 
     per_task(10)  # warm up
-    runs = [{n: per_task(n) for n in (10, 100, 1000)} for _ in range(3)]
-    costs = {
-        n: {k: min(r[n][k] for r in runs) for k in runs[0][n]} for n in (10, 100, 1000)
-    }
-    for kind in ("gpu", "cpu", "chunk-again", "chunk-first"):
-        ratio = costs[1000][kind] / costs[10][kind]
-        print(f"placement-cost-{kind}: {ratio:.2f}x (goal <= 2.0)")
-    print(
-        "  raw (us per task at 10/100/1000 workers, best of 3; chunk-first is a rendezvous "
-        "hash over every worker, once per chunk per membership): "
-        + "; ".join(
-            f"{k} " + "/".join(f"{costs[n][k] * 1e6:.1f}" for n in (10, 100, 1000))
-            for k in ("gpu", "cpu", "chunk-again", "chunk-first")
+    runs = [{n: per_task(n) for n in (10, 1000)} for _ in range(3)]
+    costs = {n: {k: min(r[n][k] for r in runs) for k in runs[0][n]} for n in (10, 1000)}
+    for kind in ("gpu", "cpu", "chunk-again"):
+        emit(
+            Line(
+                BENCH,
+                f"placement cost per task, {kind}, 1,000 vs 10 workers",
+                costs[1000][kind] * 1e6,
+                costs[10][kind] * 1e6,
+                "10 workers",
+                "us",
+                "lower",
+                2.0 if kind != "gpu" else 4.0,
+            )
+        )
+    emit(
+        Line(
+            BENCH,
+            "placement cost per task, chunk first seen, 1,000 vs 10 workers",
+            costs[1000]["chunk-first"] * 1e6,
+            costs[10]["chunk-first"] * 1e6,
+            "10 workers",
+            "us",
+            "lower",
+            None,
+            "a rendezvous hash over every worker, once per chunk",
         )
     )
 
@@ -232,25 +334,25 @@ def affinity(quick: bool) -> None:
     from swarmstore.dataset import affinity_config, open_array
     from swarmstore.testing import moto_server
 
-    n_chunks = 48 if quick else 192
-    chunk = 32_768  # float64 values: 256 KiB per chunk
+    n_chunks, chunk = (48 if quick else 192), 32_768  # 256 KiB chunks of float64
     with moto_server(process=True) as s3:
-        bucket = s3.make_bucket()
-        opts = s3.storage_options()
-        rng = np.random.default_rng(0)
+        bucket, opts = s3.make_bucket(), s3.storage_options()
         urls = {False: f"s3://{bucket}/stock", True: f"s3://{bucket}/swarm"}  # cold data each
         for url in urls.values():
             store = FsspecStore.from_url(url, storage_options=opts)
             z = zarr.create_array(store, shape=(n_chunks * chunk,), chunks=(chunk,), dtype="f8")
-            z[:] = rng.random(n_chunks * chunk)
+            z[:] = np.random.default_rng(0).random(n_chunks * chunk)
         results = {}
-        with LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            host="127.0.0.1",
-        ) as cluster, Client(cluster) as c:
+        with (
+            LocalCluster(
+                n_workers=3,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                host="127.0.0.1",
+            ) as lc,
+            Client(lc) as c,
+        ):
             c.register_plugin(TieredCachePlugin(memory_bytes="256MiB"))
             for plugin in (False, True):  # stock first, then the same cluster with SwarmPlugin
                 if plugin:
@@ -259,33 +361,49 @@ def affinity(quick: bool) -> None:
                 for _ in range(2):
                     before = sum(c.run(_backing_bytes).values())
                     with affinity_config():
-                        x = open_array(urls[plugin], storage_options=opts, dask=True)
-                        x.sum().compute()
+                        open_array(urls[plugin], storage_options=opts, dask=True).sum().compute()
                     passes.append(sum(c.run(_backing_bytes).values()) - before)
                 results[plugin] = passes
-    swarm = results[True][1] / results[True][0]
-    stock = results[False][1] / results[False][0]
-    print(f"affinity-remote-bytes-pass2: {swarm:.3f}x (goal <= 0.05)")
-    print(
-        f"  raw: {n_chunks} chunks of {chunk * 8 // 1024} KiB on S3 (moto), 3 workers; remote "
-        f"bytes pass 1 / pass 2: swarm {results[True][0]} / {results[True][1]}, "
-        f"stock {results[False][0]} / {results[False][1]} ({stock:.3f}x)"
+    ours, stock = (results[p][1] / results[p][0] for p in (True, False))
+    emit(
+        Line(
+            BENCH,
+            "affinity: remote bytes pass 2 / pass 1",
+            ours,
+            stock,
+            "stock Dask",
+            "x",
+            "lower",
+            None,
+            f"{n_chunks} chunks of 256 KiB on S3 (moto), 3 workers",
+        )
+    )
+    emit(
+        Line(
+            BENCH,
+            "affinity: remote bytes pass 2 / pass 1, vs 5% budget",
+            ours,
+            0.05,
+            "5% budget",
+            "x",
+            "lower",
+            1.0,
+        )
     )
 
 
 async def amain(args: argparse.Namespace) -> None:
-    quick = args.quick
-    only = set(args.only or ())
+    quick, only = args.quick, set(args.only or ())
 
     def want(name: str) -> bool:
         return not only or name in only
 
-    if want("throughput"):
-        await throughput(1_000 if quick else 10_000, 1 if quick else 3)
-    t = 0.05 if quick else 0.1
-    for name in ("a", "b", "c"):
-        if want(f"makespan-{name}"):
-            await makespan(name, t, 1 if quick else 3)
+    if want("scenarios"):
+        await scenarios(0.05 if quick else 0.1, 1 if quick else 3)
+    if want("memory"):
+        await memory(0.05 if quick else 0.1, 30 if quick else 60)
+    if want("overhead"):
+        await overhead((2_000,) if quick else (10_000, 50_000), 1 if quick else 3)
     if want("placement-cost"):
         placement_cost(500 if quick else 2000)
 

@@ -48,8 +48,9 @@ class Computed(SchedulerPlugin):
             self.counts[key] += 1
 
 
-def run_once(client: Client, cluster: LocalCluster, n: int, delay: float, kill: bool,
-             tag: str) -> tuple[float, int]:
+def run_once(
+    client: Client, cluster: LocalCluster, n: int, delay: float, kill: bool, tag: str
+) -> tuple[float, int]:
     s = cluster.scheduler
     poll_for(lambda: len(s.workers) == NWORKERS, timeout=60)
     counter = Computed()
@@ -60,9 +61,9 @@ def run_once(client: Client, cluster: LocalCluster, n: int, delay: float, kill: 
         parts = [client.submit(work, i, delay, key=k) for i, k in enumerate(keys)]
     final = client.submit(total, *parts, key=f"total-{tag}")
     if kill:
+
         def done() -> list:
-            return [ts for k in keys if (ts := s.tasks.get(k)) is not None
-                    and ts.state == "memory"]
+            return [ts for k in keys if (ts := s.tasks.get(k)) is not None and ts.state == "memory"]
 
         poll_for(lambda: len(done()) >= 0.6 * n, timeout=120, period=0.01)
         held = Counter(ws.address for ts in done() for ws in ts.who_has)
@@ -80,8 +81,9 @@ def run_once(client: Client, cluster: LocalCluster, n: int, delay: float, kill: 
 
 def side(swarm: bool, n: int, delay: float) -> tuple[float, float, int, int]:
     with (
-        LocalCluster(n_workers=NWORKERS, threads_per_worker=1, processes=True,
-                     dashboard_address=":0") as cluster,
+        LocalCluster(
+            n_workers=NWORKERS, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
         Client(cluster) as client,
     ):
         if swarm:

@@ -4,10 +4,11 @@ Usage: ``python benchmarks/bench_router_overhead.py [--quick]``. Both sides of e
 are measured in the same run, interleaved, and the least-disturbed block of each side is
 kept (the machine is shared, so the minimum is the steadiest estimate).
 
-1. Per fetch: ``router.fetch`` over 3 warmed-up sources (figures learned, hedging armed,
-   nothing failing) against calling the same ``attempt`` directly. The attempt yields to
-   the event loop once, as a real read does. Timed in CPU time of the loop's thread (all
-   of this runs on it), which other processes on a shared machine disturb least.
+1. Per fetch: ``router.fetch`` over 3 warmed-up sources (figures learned, hedging and
+   deadlines armed, probes on, nothing failing) against calling the same ``attempt``
+   directly. The attempt yields to the event loop once, as a real read does. Timed in CPU
+   time of the loop's thread (all of this runs on it), which other processes on a shared
+   machine disturb least.
 2. Per send: ``router.send`` to one target against calling the attempt directly (same).
 3. Reads of 64 x 1 MiB chunks, 64 at a time, through a 3-replica ``ReplicatedStore`` over
    local directories with the default router, against the same store with a trivial
@@ -24,6 +25,7 @@ import tempfile
 import time
 from typing import Any
 
+from _results import Line, emit
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore.network import TransferRouter
@@ -122,17 +124,17 @@ async def main(quick: bool) -> None:
     blocks, n, rounds = (15, 400, 30) if quick else (40, 1000, 80)
     t_f, d_f, figs = await fetch_overhead(blocks, n)
     t_s, d_s = await send_overhead(blocks, n)
+    extra = {"fetch_us": t_f * 1e6, "direct_us": d_f * 1e6, "hedges": figs["hedges"],
+             "fetches": figs["fetches"]}  # fmt: skip
+    what = "router overhead per fetch (3 warm sources, hedging and deadlines armed)"
+    emit(Line("network", what, (t_f - d_f) * 1e6, 30.0, "budget (30 us)", "us", "lower", 1.0,
+              extra=extra))  # fmt: skip
+    sent = {"send_us": t_s * 1e6, "direct_us": d_s * 1e6}
+    emit(Line("network", "router overhead per send", (t_s - d_s) * 1e6, 15.0, "budget (15 us)",
+              "us", "lower", 1.0, extra=sent))  # fmt: skip
     t_r, t_p = await replicated_reads(rounds)
-    print(f"router overhead per fetch: {(t_f - d_f) * 1e6:.1f} us (goal <= 30)")
-    print(f"router overhead per send: {(t_s - d_s) * 1e6:.1f} us (goal <= 15)")
-    ratio = t_r / t_p
-    print(f"replicated reads, default router vs sequential router: {ratio:.3f}x (goal <= 1.05)")
-    print(
-        f"raw: fetch {t_f * 1e6:.1f} us vs direct {d_f * 1e6:.1f} us, "
-        f"send {t_s * 1e6:.1f} us vs direct {d_s * 1e6:.1f} us, "
-        f"64 x 1 MiB reads {t_r * 1e3:.1f} ms vs {t_p * 1e3:.1f} ms; "
-        f"hedges {figs['hedges']} of {figs['fetches']} fetches"
-    )
+    emit(Line("network", "64 x 1 MiB reads, 3-replica ReplicatedStore on local dirs", t_r, t_p,
+              "same store, sequential router", "s", "lower", 1.05))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,8 +100,10 @@ def run(simulate: bool) -> None:
     print("== NVML in this process")
     local = detect()
     for g in local.gpus:
-        print(f"  GPU {g.index}: {g.name}, {g.memory_total / 2**30:.1f} GiB "
-              f"({g.memory_free / 2**30:.1f} free) {g.uuid}")
+        print(
+            f"  GPU {g.index}: {g.name}, {g.memory_total / 2**30:.1f} GiB "
+            f"({g.memory_free / 2**30:.1f} free) {g.uuid}"
+        )
     print(f"  status: {local.gpu_status}; {local.cpus} CPUs, {local.memory / 2**30:.1f} GiB RAM")
     if not simulate:
         check(len(local.gpus) > 0, "NVML finds at least one GPU")
@@ -125,13 +127,14 @@ def run(simulate: bool) -> None:
     }
     scheduler = {
         "cls": Scheduler,
-        "options": {"preload": [PRELOAD_SCHEDULER], "dashboard_address": ":0",
-                    "host": "127.0.0.1"},
+        "options": {"preload": [PRELOAD_SCHEDULER], "dashboard_address": ":0", "host": "127.0.0.1"},
     }
     env = {"swarmstore.compute.unsatisfiable-timeout": "3s"}
-    with dask.config.set(env), SpecCluster(
-        workers=workers, scheduler=scheduler, asynchronous=False
-    ) as cluster, Client(cluster) as c:
+    with (
+        dask.config.set(env),
+        SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False) as cluster,
+        Client(cluster) as c,
+    ):
         c.wait_for_workers(2, timeout=60)
         view = c.run_on_scheduler(scheduler_view)
         print("== scheduler")
@@ -145,12 +148,16 @@ def run(simulate: bool) -> None:
         cpu_addr, cpu_w = by_name["cpu-worker"]
         n_gpus = gpu_w["resources"].get("GPU", 0)
         if not simulate:
-            check(gpu_w["gpus"] is not None and len(gpu_w["gpus"]) == len(local.gpus),
-                  f"GPU worker's NVML sees all {len(local.gpus)} GPU(s)")
+            check(
+                gpu_w["gpus"] is not None and len(gpu_w["gpus"]) == len(local.gpus),
+                f"GPU worker's NVML sees all {len(local.gpus)} GPU(s)",
+            )
             check(n_gpus == len(local.gpus), "GPU worker declares GPU = number of GPUs")
             total = sum(g.memory_total for g in local.gpus)
-            check(gpu_w["resources"].get("GPU_MEMORY") == total,
-                  f"GPU worker declares GPU_MEMORY = {total / 2**30:.1f} GiB")
+            check(
+                gpu_w["resources"].get("GPU_MEMORY") == total,
+                f"GPU worker declares GPU_MEMORY = {total / 2**30:.1f} GiB",
+            )
         check("GPU" not in cpu_w["resources"], "CPU worker (no visible GPU) declares no GPU")
         check("CPU" in cpu_w["resources"], "worker preload declared CPU resources")
 

@@ -9,7 +9,13 @@ Four capabilities, each usable alone and all composing on one Dask cluster:
 - network: :class:`TransferRouter` and QoS lanes for the I/O swarmstore owns
 - checkpoint: :class:`CheckpointManager`, atomic, versioned, incremental checkpoints
 
-Public names are imported lazily so ``import swarmstore`` stays cheap.
+Public names are imported lazily so ``import swarmstore`` stays cheap: at import it reads
+only :mod:`swarmstore.errors`; ``swarmstore.config`` (dask's config, the packaged defaults)
+and each capability load on first use.
+
+Imports: what each room may import is said in its package docstring; the shared modules
+(``errors``, ``config``, ``hashing``, ``_clock``, ``_sync``, ``_events``, ``metrics``) import no
+capability. ``tests/test_imports.py`` checks the rules and that no import circle exists.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from swarmstore import config as config
 from swarmstore.errors import *  # noqa: F403
 from swarmstore.errors import __all__ as _errors_all
 
@@ -41,10 +46,12 @@ _LAZY: dict[str, str] = {
     "open_group": "swarmstore.dataset",
 }
 
-__all__ = ["__version__", "config", *_errors_all, *_LAZY]
+__all__ = ["__version__", "config", *_errors_all, *_LAZY]  # noqa: F405 (config is lazy)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "config":  # imports dask.config: not needed for ``swarmstore --help``
+        return importlib.import_module("swarmstore.config")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'swarmstore' has no attribute {name!r}")

@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from distributed import SchedulerPlugin
 
+from swarmstore._demo_context import close_session
+
 if TYPE_CHECKING:
-    from swarmstore._demo import Demo
+    from swarmstore._demo_context import Demo
+
 
 __all__ = ["cluster_sections"]
 
@@ -131,9 +134,10 @@ def compute_section(demo: Demo, client: Any) -> None:
         "every GPU task ran on the GPU worker", gpu_workers == {"gpu-0"}, f"{len(results)} tasks"
     )
     on_gpu = sum(w == "gpu-0" for w in bg_where)
-    demo.say(
-        f"{len(bg_where) - on_gpu} of {len(bg_where)} CPU tasks ran on CPU workers; "
-        f"makespan {makespan:.2f} s"
+    demo.check(
+        "CPU tasks stayed off the GPU worker",
+        on_gpu == 0,
+        f"{len(bg_where) - on_gpu} of {len(bg_where)} on CPU workers; makespan {makespan:.2f} s",
     )
     demo.check("results are right", [r for r, _ in results] == [i * i for i in range(8)])
     client.cancel(background + preps + trained)
@@ -176,6 +180,7 @@ def cache_section(demo: Demo, client: Any) -> None:
         b1 > 0 and b2 <= 0.05 * b1,
         f"{b2 / max(b1, 1):.1%}",
     )
+    close_session(backing.fs)
 
 
 def kill_section(demo: Demo, client: Any, cluster: Any) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from swarmstore import config
+from swarmstore.errors import ConfigError
 
 __all__ = ["TOPIC", "emit", "plain"]
 
@@ -106,13 +107,28 @@ def emit(action: str, msg: Mapping[str, Any] | None = None, *, server: Any = Non
     """
     try:
         return _emit(action, msg, server)
+    except ConfigError as e:  # a bad metrics.* setting: say so once, never break the caller
+        _warn_config(e)
+        return False
     except Exception:  # events are best effort: they must never break what reports them
         logger.debug("swarmstore event %s could not be sent", action, exc_info=True)
         return False
 
 
+_warned: set[str] = set()
+
+
+def _warn_config(error: ConfigError) -> None:
+    text = str(error)
+    with _lock:
+        if text in _warned:
+            return
+        _warned.add(text)
+    logger.warning("swarmstore events are off until this is fixed: %s", text)
+
+
 def _emit(action: str, msg: Mapping[str, Any] | None, server: Any) -> bool:
-    if not config.get("metrics.events", True):
+    if not config.value("metrics.events"):
         return False
     suppressed = _admit(action)
     if suppressed is None:
@@ -134,7 +150,7 @@ def _emit(action: str, msg: Mapping[str, Any] | None, server: Any) -> bool:
 
 def _admit(action: str) -> int | None:
     """Take a token of ``action``'s bucket: the count suppressed before it, or None."""
-    rate = float(config.get("metrics.event-rate", 50) or 0)
+    rate = float(config.value("metrics.event-rate"))
     with _lock:
         if rate <= 0:
             counts[action] = counts.get(action, 0) + 1

@@ -26,6 +26,7 @@ from dask.base import tokenize
 from zarr.abc.store import Store
 
 from swarmstore.cache import TieredStore, store_identity
+from swarmstore.errors import ConfigError
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -59,11 +60,28 @@ def resolve_store(
     read_only: bool = False,
     replicas: int | None = None,
 ) -> Store:
-    """A zarr store for a store, a path, a URL, or a list of node URLs (ReplicatedStore)."""
+    """A zarr store for a store, a path, a URL, or a list of node URLs (ReplicatedStore).
+
+    Every argument is honoured or refused: ``replicas`` applies to a list of node URLs,
+    ``storage_options`` to remote URLs and node lists; given elsewhere they raise
+    :class:`~swarmstore.errors.ConfigError` rather than being dropped.
+    """
     if isinstance(url_or_store, Store):
+        if replicas is not None or storage_options is not None:
+            raise ConfigError(
+                "replicas= and storage_options= apply to URLs; this is already a store "
+                f"({type(url_or_store).__name__}): configure it directly"
+            )
         return url_or_store
+    if replicas is not None and not isinstance(url_or_store, (list, tuple)):
+        raise ConfigError(
+            f"replicas={replicas!r} applies to a list of node URLs, not to {url_or_store!r}"
+        )
     if isinstance(url_or_store, (list, tuple)):
+        from swarmstore import config
         from swarmstore.storage import ReplicatedStore
+
+        replicas = config.value("storage.replicas", replicas)
 
         return ReplicatedStore(
             list(url_or_store),
@@ -74,6 +92,9 @@ def resolve_store(
     url = str(url_or_store)
     if "://" not in url or url.startswith("file://"):
         from zarr.storage import LocalStore
+
+        if storage_options is not None:
+            raise ConfigError(f"storage_options= applies to remote URLs; {url!r} is local")
 
         return LocalStore(url.removeprefix("file://"), read_only=read_only)
     from zarr.storage import FsspecStore
@@ -102,6 +123,7 @@ def open_array(
     mode: str = "r",
     cache: CacheLike = True,
     storage_options: dict[str, Any] | None = None,
+    replicas: int | None = None,
     dask: bool = False,
     chunks: Any = None,
     **kwargs: Any,
@@ -116,6 +138,9 @@ def open_array(
     cache
         True: this process's shared cache (the worker's, on a Dask worker); a dict: a new
         ``TieredStore(backing, **cache)``; a TieredStore: that one; False: no cache.
+    replicas
+        Copies per key when ``url_or_store`` is a list of node URLs (default:
+        ``swarmstore.storage.replicas``); refused for anything else.
     dask
         Return :func:`to_dask` of the array (``chunks`` passes through).
     **kwargs
@@ -132,7 +157,9 @@ def open_array(
     ...     open_array(path, dask=True).sum().compute(scheduler="sync")
     np.int64(6)
     """
-    backing = resolve_store(url_or_store, storage_options=storage_options, read_only=mode == "r")
+    backing = resolve_store(
+        url_or_store, storage_options=storage_options, read_only=mode == "r", replicas=replicas
+    )
     store = _with_cache(backing, cache)
     array = zarr.open_array(store, path=path, mode=mode, **kwargs)  # type: ignore[arg-type]
     return to_dask(array, chunks=chunks) if dask else array
@@ -145,10 +172,13 @@ def open_group(
     mode: str = "r",
     cache: CacheLike = True,
     storage_options: dict[str, Any] | None = None,
+    replicas: int | None = None,
     **kwargs: Any,
 ) -> zarr.Group:
     """Open a Zarr group reading through the tiered cache (arguments as :func:`open_array`)."""
-    backing = resolve_store(url_or_store, storage_options=storage_options, read_only=mode == "r")
+    backing = resolve_store(
+        url_or_store, storage_options=storage_options, read_only=mode == "r", replicas=replicas
+    )
     store = _with_cache(backing, cache)
     return zarr.open_group(store, path=path, mode=mode, **kwargs)  # type: ignore[arg-type]
 

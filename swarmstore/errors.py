@@ -9,13 +9,18 @@ from __future__ import annotations
 
 __all__ = [
     "CacheWarning",
+    "CheckpointConflictError",
     "CheckpointExistsError",
     "CheckpointNotFoundError",
     "ChecksumMismatch",
     "ConfigError",
     "CorruptResultError",
+    "DeadlineExceeded",
     "InvalidKeyError",
+    "LeaseLostError",
     "ManifestError",
+    "ManifestVersionError",
+    "NodeRefused",
     "NodeUnavailable",
     "PlacementError",
     "QuorumError",
@@ -41,6 +46,18 @@ class InvalidKeyError(SwarmError, ValueError):
 
 class NodeUnavailable(SwarmError, ConnectionError):
     """A backing node could not be reached (outage, timeout, open circuit)."""
+
+
+class NodeRefused(SwarmError, OSError):
+    """A node answered but refused the operation (no such bucket, access denied, a value
+    that kept changing under a conditional write): an answer, not an outage."""
+
+
+class DeadlineExceeded(NodeUnavailable, TimeoutError):
+    """A node did not answer within the deadline the router gave the attempt.
+
+    The router then tries the next replica and counts the miss against the node's circuit.
+    """
 
 
 class ChecksumMismatch(SwarmError, OSError):
@@ -103,6 +120,28 @@ class CheckpointNotFoundError(SwarmError, FileNotFoundError):
 
 class CheckpointExistsError(SwarmError, FileExistsError):
     """A checkpoint of that step is already committed (another writer won the commit)."""
+
+
+class ManifestVersionError(ManifestError):
+    """A checkpoint document was written by a newer swarmstore: upgrade to read it.
+
+    Garbage collection never sweeps beside one, since it cannot tell what it names.
+    """
+
+
+class CheckpointConflictError(CheckpointExistsError):
+    """Another writer moved the branch (or took the step) first.
+
+    Its ``rebase`` hint says whether the two commits touched disjoint chunks, so the
+    losing session can ``rebase()`` onto the new tip and commit again.
+    """
+
+
+class LeaseLostError(SwarmError, TimeoutError):
+    """A save or collection stopped renewing its lease long enough to be declared dead.
+
+    Another process may have removed what it wrote; nothing was committed. Save again.
+    """
 
 
 #: modules whose exceptions mean "the node could not be reached or did not answer in time"

@@ -25,6 +25,7 @@ from swarmstore.dataset import (
     open_group,
     to_dask,
 )
+from swarmstore.errors import ConfigError
 
 
 def make(path: pathlib.Path, **kwargs: Any) -> np.ndarray:
@@ -61,7 +62,6 @@ def test_open_array_over_s3(s3_endpoint: Any, s3_bucket: str) -> None:
 
 
 def test_open_array_over_replicated_nodes(tmp_path: pathlib.Path) -> None:
-    pytest.importorskip("swarmstore.storage")
     nodes = [f"file://{tmp_path / n}" for n in ("n1", "n2", "n3")]
     writer = swarmstore.open_array(
         nodes, mode="w", cache=False, shape=(8,), chunks=(4,), dtype="i4"
@@ -70,6 +70,25 @@ def test_open_array_over_replicated_nodes(tmp_path: pathlib.Path) -> None:
     z = swarmstore.open_array(nodes)
     assert type(z.store.backing).__name__ == "ReplicatedStore"
     np.testing.assert_array_equal(z[:], np.arange(8))
+
+
+def test_replicas_is_honoured_or_refused(tmp_path: pathlib.Path) -> None:
+    """open_array([urls], replicas=3) built replicas=2 (issue 14): the argument was dropped."""
+    nodes = [f"file://{tmp_path / n}" for n in ("n1", "n2", "n3")]
+    for n in ("n1", "n2", "n3"):
+        (tmp_path / n).mkdir()
+    z = swarmstore.open_array(
+        nodes, mode="w", cache=False, replicas=3, shape=(4,), chunks=(2,), dtype="i4"
+    )
+    assert z.store.replicas == 3
+    g = swarmstore.open_group([*nodes[:2]], mode="w", cache=False, replicas=1)
+    assert g.store.replicas == 1
+    with pytest.raises(ConfigError, match="replicas=3 applies to a list of node URLs"):
+        swarmstore.open_array(str(tmp_path / "plain"), mode="w", replicas=3, shape=(1,))
+    with pytest.raises(ConfigError, match="storage_options= applies to remote URLs"):
+        swarmstore.open_array(str(tmp_path / "plain"), storage_options={"anon": True})
+    with pytest.raises(ConfigError, match=r"storage\.replicas .*must be an integer >= 1"):
+        swarmstore.open_array(nodes, replicas=0)
 
 
 def test_open_group(tmp_path: pathlib.Path) -> None:
@@ -167,7 +186,7 @@ async def test_tasks_on_a_worker_share_one_cache(c, s, a) -> None:
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 3)
 async def test_chunk_reads_go_to_their_hash_owner(c, s, *workers) -> None:
-    compute = pytest.importorskip("swarmstore.compute")
+    from swarmstore import compute
     from swarmstore.hashing import Member, Rendezvous
 
     await c.register_plugin(compute.SwarmPlugin())
@@ -184,9 +203,13 @@ async def test_chunk_reads_go_to_their_hash_owner(c, s, *workers) -> None:
     )
     assert reads == 30  # the second pass hit the same workers' caches
     # and each chunk was read by the worker rendezvous hashing picks for it
-    ring = Rendezvous(Member(w.address) for w in workers)
+    # (the ring knows workers by name, so a restarted worker keeps its chunks)
+    ring = Rendezvous(Member(f"name:{w.name}") for w in workers)
+    by_name = {f"name:{w.name}": w.address for w in workers}
     swarm = x.__dask_graph__().layers[x.name].annotations["swarm"]
-    owners = Counter(ring.owner(swarm(k)["chunk"]).name for k in flatten(x.__dask_keys__()))
+    owners = Counter(
+        by_name[ring.owner(swarm(k)["chunk"]).name] for k in flatten(x.__dask_keys__())
+    )
     assert len(owners) == 3
     for w in workers:
         stats = w.plugins["swarmstore-cache"].stats()["backing"]

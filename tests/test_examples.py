@@ -31,6 +31,20 @@ def test_notebook_runs(path, tmp_path):
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
+    noise = [
+        out.get("text", "")
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("name") == "stderr" or out.get("output_type") == "error"
+    ]
+    assert not noise, "quiet on success: stderr in the outputs:\n" + "".join(noise)[:3000]
+
+
+#: scripts not quiet yet at exit, with the room that owns the cause
+NOT_QUIET_YET = {
+    "quick_tour": "storage room: the S3 session S3Node opens on an in-process worker's loop "
+    "outlives that loop, so aclose cannot close it ('Unclosed client session' at exit)",
+}
 
 
 @pytest.mark.slow
@@ -40,3 +54,7 @@ def test_script_runs(path, tmp_path):
         [sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    if path.stem in NOT_QUIET_YET:  # strict: once quiet, the entry must go
+        assert proc.stderr, f"{path.stem} is quiet now: drop it from NOT_QUIET_YET"
+        pytest.xfail(NOT_QUIET_YET[path.stem])
+    assert proc.stderr == "", proc.stderr[-3000:]  # quiet on success

@@ -21,10 +21,12 @@ import swarmstore
 from swarmstore import metrics
 from swarmstore.cache import TieredCachePlugin
 from swarmstore.compute import SwarmPlugin
+from swarmstore.compute._figures import PlacementCounts
 from swarmstore.compute.placement import Placer, WorkerInfo
 from swarmstore.compute.requirements import Requirements
 from swarmstore.dataset import affinity_config, resolve_store, to_dask
-from swarmstore.metrics import PlacementCounts, SwarmCollector
+from swarmstore.metrics import Family, SwarmCollector
+from swarmstore.metrics import _core as core
 from swarmstore.network import TransferRouter
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -49,22 +51,21 @@ def test_placement_counts_classify_each_kind_of_decision() -> None:
     placer.add_worker(WorkerInfo("gpu-1", 2, {"GPU": 1}))
     counts = PlacementCounts()
 
-    def decide(req: Requirements | None, rootish: bool = False) -> None:
-        counts.decided(placer.decide(req, rootish=rootish), placer.cpu_pool)
+    def decide(req: Requirements | None) -> None:
+        counts.decided(placer.decide(req))
 
     decide(Requirements(gpu=1))  # held: counted at dispatch, not here
-    decide(None)  # a CPU task kept off the GPU worker
-    decide(None, rootish=True)  # root-ish: left to the scheduler's queue
+    decide(None)  # a CPU task queued by the plugin, off the GPU worker's kept thread
     decide(Requirements(chunk="x/c/0"))
     decide(Requirements(chunk="x/c/1"))
-    decide(Requirements(gpu=4))  # no worker declares 4 GPUs
-    counts.dispatched(placer.dispatch({"GPU": 1}) or "none")
+    decide(Requirements(gpu=4))  # no worker declares 4 GPUs: counted by the watch
+    counts.dispatched("gpu-1")
     counts.failed(3)
     assert counts.cpu_kept_off_gpu == 1
     assert sum(counts.affinity_pinned.values()) == 2
     assert set(counts.affinity_pinned) <= {"cpu-1", "gpu-1"}
     assert counts.gpu_dispatched == {"gpu-1": 1}
-    assert (counts.unsatisfiable_waiting, counts.unsatisfiable_failed) == (1, 3)
+    assert counts.unsatisfiable_failed == 3
     assert "gpu=1" in repr(counts)
 
 
@@ -73,8 +74,8 @@ def test_a_chunk_pinned_to_the_only_cpu_worker_counts_as_a_pin() -> None:
     placer.add_worker(WorkerInfo("cpu-1", 1))
     placer.add_worker(WorkerInfo("gpu-1", 1, {"GPU": 1}))
     counts = PlacementCounts()
-    for i in range(20):  # some chunks hash to cpu-1: the same single worker as the pool
-        counts.decided(placer.decide(Requirements(chunk=f"c/{i}"), rootish=False), placer.cpu_pool)
+    for i in range(20):
+        counts.decided(placer.decide(Requirements(chunk=f"c/{i}")))
     assert counts.cpu_kept_off_gpu == 0 and sum(counts.affinity_pinned.values()) == 20
 
 
@@ -96,10 +97,16 @@ async def test_router_figures_quantiles_counts_circuits_and_lanes() -> None:
     assert set(q) == {"0.5", "0.95", "0.99"} and 0 < q["0.5"] <= q["0.95"] <= q["0.99"] < 1
     assert down["circuit"] == "open" and down["failures"] == 2 and down["quantiles"] == {}
     assert set(f["classes"]) == {"interactive", "normal", "bulk"}
-    samples = metrics.router_samples("h:1", f)
-    assert values(samples, "router_circuit")[
-        (("process", "h:1"), ("source", "down"), ("state", "open"))
-    ] == 1.0
+    from swarmstore.metrics import _bridges
+
+    saved = _bridges._loaded_router
+    _bridges._loaded_router = lambda: router
+    try:
+        samples = metrics.samples()
+    finally:
+        _bridges._loaded_router = saved
+    key = (("process", metrics.PROCESS), ("source", "down"), ("state", "open"))
+    assert values(samples, "router_circuit")[key] == 1.0
     assert total(samples, "router_circuit", source="down") == 1.0  # one state at a time
     assert total(samples, "router_requests", source="up") == 5
 
@@ -116,9 +123,21 @@ async def test_cache_figures_count_hits_misses_and_backing_reads() -> None:
     assert f["memory"]["bytes"] >= 1000 and f["memory"]["max_bytes"] == 4 * 2**20
     assert f["backing"] == {"reads": 1, "bytes": 1000, "errors": 0}
     assert "disk" not in f
-    samples = metrics.worker_samples("w1", {"process": "p", "cache": f})
-    assert values(samples, "cache_hits") == {(("worker", "w1"), ("tier", "memory")): 2.0}
-    assert values(samples, "worker_process") == {(("worker", "w1"), ("process", "p")): 1.0}
+
+    class FakeWorker:
+        address = "w1"
+        metrics: dict = {}
+
+    w = FakeWorker()
+    metrics.track_worker(w, plugin)
+    try:
+        samples = metrics.samples(worker=w)
+        assert values(samples, "cache_hits") == {(("worker", "w1"), ("tier", "memory")): 2.0}
+        assert total(samples, "cache_backing_read_bytes", worker="w1") == 1000
+        beat = w.metrics[metrics.HEARTBEAT_KEY](w)
+        assert beat["process"] == metrics.PROCESS and "cache_hits" in beat["families"]
+    finally:
+        metrics.unregister_source(f"cache@{id(w)}")
 
 
 def test_samples_render_as_prometheus_text() -> None:
@@ -141,6 +160,57 @@ def test_samples_render_as_prometheus_text() -> None:
         registry.register(Fixed())
 
 
+def test_register_source_labels_weak_methods_and_conflicts() -> None:
+    fams = [Family("t_plain", "gauge", "t"), Family("t_lab", "counter", "t", ("a", "b"))]
+
+    class Owner:
+        def figures(self) -> dict:
+            return {"t_plain": 3, "t_lab": {("x", "y"): 1, ("x", "z"): 2}}
+
+    owner = Owner()
+    metrics.register_source("test-src", owner.figures, fams, owner=owner)
+    got = metrics.owner_samples(owner)
+    assert values(got, "t_plain") == {(): 3.0}
+    assert values(got, "t_lab") == {(("a", "x"), ("b", "y")): 1.0, (("a", "x"), ("b", "z")): 2.0}
+    with pytest.raises(ValueError, match="declared twice"):
+        metrics.register_source("other", dict, [Family("t_lab", "gauge", "t", ("a",))])
+    del owner, got  # a bound method is held weakly: the source goes with its object
+    assert not [x for x in metrics.samples() if x.name == "t_plain"]
+    assert "test-src" not in core._sources
+
+
+def test_a_failing_source_is_logged_once_and_skipped() -> None:
+    def broken() -> dict:
+        raise RuntimeError("boom")
+
+    metrics.register_source("broken", broken, [Family("t_broken", "gauge", "t")])
+    try:
+        with captured_logger("swarmstore.metrics") as log:
+            assert metrics.samples(owner=None) is not None
+            metrics.samples()
+        assert log.getvalue().count("source broken failed") == 1
+    finally:
+        metrics.unregister_source("broken")
+
+
+def test_metrics_is_a_leaf() -> None:
+    """The metrics package imports no capability (compute, cache, storage, network ...)."""
+    import ast
+
+    allowed = {"swarmstore", "swarmstore.config", "swarmstore._events"}
+    root = pathlib.Path(metrics.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.startswith("swarmstore") and not name.startswith("swarmstore.metrics"):
+                    assert name in allowed, f"{path.name} imports {name}"
+
+
 # --------------------------------------------------------------------------- on a cluster
 @gen_cluster(
     client=True,
@@ -160,8 +230,6 @@ async def test_scheduler_figures_follow_a_mixed_workload(c, s, a, b) -> None:
     s.log_event("swarmstore", {"action": "example"})
     await async_poll_for(lambda: len(s.tasks[crit.key].who_has) == 2, timeout=5)
 
-    samples = SwarmCollector().samples()  # nothing tracked by this one: empty
-    assert samples == []
     samples = metrics.collector().samples()
     assert values(samples, "placement_gpu_dispatched") == {(("worker", b.address),): 5.0}
     assert total(samples, "placement_cpu_kept_off_gpu") == 2  # crit and cpu (not root-ish)
@@ -193,14 +261,21 @@ async def test_workers_send_their_figures_with_heartbeats(c, s, a) -> None:
 
     await c.submit(read_twice, MemoryStore(), pure=False)
     await a.heartbeat()
-    figures = s.workers[a.address].metrics[metrics.HEARTBEAT_KEY]
-    assert figures["process"] == metrics.PROCESS
-    assert figures["cache"]["memory"]["hits"] >= 1
-    assert set(figures["router"]) == {"sources", "classes"}
-    # a collector that knows the scheduler but not the worker reads the heartbeat
-    only_scheduler = SwarmCollector()
-    only_scheduler.schedulers.add(s.plugins["swarmstore"])
-    samples = only_scheduler.samples()
+    beat = s.workers[a.address].metrics[metrics.HEARTBEAT_KEY]
+    assert beat["process"] == metrics.PROCESS
+    hits = [
+        v
+        for n, lab, v in beat["samples"]  # msgpack turns the lists into tuples
+        if n == "cache_hits" and ("tier", "memory") in map(tuple, lab)
+    ]
+    assert hits and hits[0] >= 1
+    assert beat["families"]["cache_hits"][0] == "counter"
+    # a process that knows the scheduler but not the worker reads the heartbeat
+    core._workers.discard(a)
+    try:
+        samples = SwarmCollector().samples()
+    finally:
+        core._workers.add(a)
     assert total(samples, "cache_hits", worker=a.address, tier="memory") >= 1
 
 
@@ -209,18 +284,16 @@ async def test_a_broken_section_is_skipped_and_logged_once(c, s, a) -> None:
     await c.register_plugin(SwarmPlugin())
     await c.register_plugin(TieredCachePlugin(memory_bytes="8MiB", disk_dir=""))
     collector = SwarmCollector()
-    collector.schedulers.add(s.plugins["swarmstore"])
-    collector.workers[a.plugins["swarmstore-cache"]] = __import__("weakref").ref(a)
     plugin = s.plugins["swarmstore"]
-    placer, plugin.placer = plugin.placer, None  # a bug in the scheduler section
+    placer, plugin.placer = plugin.placer, None  # a bug in the scheduler's placement source
     try:
         with captured_logger("swarmstore.metrics") as log:
             for _ in range(2):
                 families = collector.collect()
                 names = {f.name for f in families if f.samples}
-                assert "swarmstore_cache_hits" in names  # other sections still report
+                assert "swarmstore_cache_hits" in names  # other sources still report
                 assert "swarmstore_placement_gpu_queued" not in names
-        assert log.getvalue().count("scheduler figures failed") == 1
+        assert log.getvalue().count(f"source placement@{id(plugin)} failed") == 1
     finally:
         plugin.placer = placer
 
@@ -228,19 +301,19 @@ async def test_a_broken_section_is_skipped_and_logged_once(c, s, a) -> None:
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
 async def test_without_prometheus_client_nothing_is_registered(c, s, a) -> None:
     # as if prometheus_client were not installed (the cluster's own routes are built already)
-    saved = sys.modules["prometheus_client"], metrics._collector, metrics._registered
+    saved = sys.modules["prometheus_client"], core._collector, core._registered
     sys.modules["prometheus_client"] = None  # type: ignore[assignment]
-    metrics._collector, metrics._registered = None, False
+    core._collector, core._registered = None, False
     try:
         await c.register_plugin(SwarmPlugin())
         await c.register_plugin(TieredCachePlugin(memory_bytes="8MiB", disk_dir=""))
         assert not metrics.is_registered()
-        assert len(metrics.collector().schedulers) == 1  # tracked all the same
+        assert metrics.owner_samples(s)  # sources registered all the same
         assert metrics.HEARTBEAT_KEY in a.metrics  # heartbeats still carry the figures
         await a.heartbeat()
-        assert "cache" in s.workers[a.address].metrics[metrics.HEARTBEAT_KEY]
+        assert s.workers[a.address].metrics[metrics.HEARTBEAT_KEY]["samples"]
     finally:
-        sys.modules["prometheus_client"], metrics._collector, metrics._registered = saved
+        sys.modules["prometheus_client"], core._collector, core._registered = saved
 
 
 # --------------------------------------------------------------------------- /metrics over HTTP
@@ -271,8 +344,12 @@ async def test_scheduler_metrics_endpoint_shows_swarmstore_families(tmp_path: pa
         writer[:] = np.arange(40)
         async with (
             LocalCluster(
-                processes=False, n_workers=1, threads_per_worker=1, resources={"GPU": 1},
-                dashboard_address="127.0.0.1:0", asynchronous=True,
+                processes=False,
+                n_workers=1,
+                threads_per_worker=1,
+                resources={"GPU": 1},
+                dashboard_address="127.0.0.1:0",
+                asynchronous=True,
             ) as cluster,
             Worker(cluster.scheduler_address, nthreads=1) as cpu,
             Client(cluster, asynchronous=True) as c,

@@ -1,10 +1,16 @@
-"""Tiered chunk cache: RAM, then local disk, then the backing store; shared per Dask worker.
+"""Tiered chunk cache: RAM, then local disk, then the backing store; shared and coherent
+on a Dask cluster.
 
-- :class:`TieredStore`: a zarr v3 store wrapping any store with a RAM tier and a disk tier
+- :class:`TieredStore`: a zarr v3 store wrapping any store with a chain of tiers
+- :class:`MemoryTier`: the RAM tier (byte-bounded, scan-resistant S3-FIFO, with admission)
 - :class:`DiskTier`: the disk tier (byte-bounded, crash- and process-safe), shareable
-- :class:`MemoryTier`: the RAM tier (byte-bounded LRU on ``zict.LRU``, with admission)
+- :class:`Tier`: the protocol every tier follows (a GPU or peer tier plugs in through it)
 - :class:`TieredCachePlugin` and :func:`worker_cache`: one TieredStore per backing store
-  per Dask worker, used by every task there (imported lazily: they need ``distributed``)
+  per Dask worker, used by every task there, invalidated across the cluster on writes
+  (imported lazily: they need ``distributed``)
+
+Imports: errors, config, hashing, _events, _clock, _sync, metrics (to register its figures)
+and network; never compute, checkpoint or testing.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from typing import Any
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._identity import store_identity, version_token
 from swarmstore.cache._memory import MemoryTier
+from swarmstore.cache._tier import Entry, SyncTier, Tier
 from swarmstore.cache._tiered import TieredStore
 
 __all__ = [
+    "CacheCoherence",
     "DiskTier",
+    "Entry",
     "MemoryTier",
+    "SyncTier",
+    "Tier",
     "TieredCachePlugin",
     "TieredStore",
     "store_identity",
@@ -27,12 +38,12 @@ __all__ = [
     "worker_cache",
 ]
 
-_LAZY = {"TieredCachePlugin", "worker_cache"}
+_LAZY = {"TieredCachePlugin": "_plugin", "worker_cache": "_plugin", "CacheCoherence": "_relay"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module("swarmstore.cache._plugin"), name)
+        value = getattr(importlib.import_module(f"swarmstore.cache.{_LAZY[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'swarmstore.cache' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""One TieredStore per backing store per Dask worker, shared by every task there."""
+"""One TieredStore per backing store per Dask worker, shared by every task there, coherent
+across the cluster (``_coherence``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
+import swarmstore.cache._coherence as _coherence
 from swarmstore import config, metrics
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._identity import store_identity
 from swarmstore.cache._memory import MemoryTier
+from swarmstore.cache._relay import CacheCoherence
 from swarmstore.cache._tiered import TieredStore
 
 if TYPE_CHECKING:
@@ -31,7 +34,7 @@ class CacheRegistry:
     RAM tier and one disk tier, so the process's cache budget holds whatever the stores.
 
     Settings left as None come from config ``swarmstore.cache.*`` when the registry is made.
-    Thread-safe.
+    Thread-safe. :meth:`apply_remote` applies another worker's invalidation to the tiers.
     """
 
     def __init__(
@@ -42,18 +45,25 @@ class CacheRegistry:
         ttl: float | str | None = None,
         validate: bool | None = None,
     ) -> None:
-        memory_bytes = int(config.get_bytes("cache.memory-bytes", memory_bytes) or 0)
-        fraction = float(config.get("cache.memory-admission-fraction"))
+        memory_bytes = int(config.value("cache.memory-bytes", memory_bytes))
+        fraction = float(config.value("cache.memory-admission-fraction"))
         self.memory = MemoryTier(memory_bytes, fraction)
-        disk_dir = disk_dir if disk_dir is not None else config.get("cache.disk-dir")
+        disk_dir = disk_dir if disk_dir is not None else config.value("cache.disk-dir")
         self.disk = DiskTier(disk_dir, max_bytes=disk_bytes) if disk_dir else None
         self.ttl = ttl
         self.validate = validate
+        self.announcer: _coherence.Announcer | None = None
+        self.remote_invalidations = 0
+        self._seen = _coherence.Seen()
         self._stores: OrderedDict[str, TieredStore] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"CacheRegistry({self.memory!r}, {self.disk!r}, {len(self._stores)} stores)"
+
+    @property
+    def tiers(self) -> list[Any]:
+        return [self.memory] + ([self.disk] if self.disk is not None else [])
 
     def get(self, backing: Store) -> TieredStore:
         """The TieredStore over ``backing`` (made on first use, then shared)."""
@@ -64,19 +74,39 @@ class CacheRegistry:
             store = self._stores.get(ident)
             if store is not None:
                 self._stores.move_to_end(ident)
-            else:
-                store = TieredStore(
-                    backing,
-                    memory=self.memory,
-                    disk=self.disk if self.disk is not None else False,
-                    ttl=self.ttl,
-                    validate=self.validate,
-                )
-                self._stores[ident] = store
-                logger.debug("New worker cache for %s", ident)
-                while len(self._stores) > _MAX_STORES:  # stores named per object (MemoryStore)
-                    self._stores.popitem(last=False)
+                return store
+            store = TieredStore(
+                backing,
+                tiers=self.tiers,
+                ttl=self.ttl,
+                validate=self.validate,
+                _announce=self.announcer,
+            )
+            self._stores[ident] = store
+            logger.debug("New worker cache for %s", ident)
+            while len(self._stores) > _MAX_STORES:  # stores named per object (MemoryStore)
+                self._stores.popitem(last=False)
             return store
+
+    def apply_remote(
+        self, ns: str, key: str, prefix: bool = False, disk: str | None = None,
+        origin: str | None = None, seq: int | None = None, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        """Another worker wrote ``key`` in the store ``ns``: drop it here, without blocking.
+
+        RAM and in-flight reads at once; the disk tier in the background (reads of the key
+        miss meanwhile), unless it is the writer's own directory, which it already dropped.
+        """
+        if origin is not None and seq is not None and not self._seen.first_time(origin, seq):
+            return
+        self.remote_invalidations += 1
+        self.memory.evict_sync(ns, key, prefix=prefix)
+        if self.disk is not None and disk != _coherence.disk_identity(self.disk):
+            self.disk.evict_later(ns, key, prefix=prefix)
+        with self._lock:
+            stores = [s for s in self._stores.values() if s.namespace == ns]
+        for store in stores:
+            store.drop_remote(key, prefix=prefix)
 
     def stats(self) -> dict[str, Any]:
         """Shared tier counters, and backing-store reads per store."""
@@ -86,6 +116,10 @@ class CacheRegistry:
         if self.disk is not None:
             out["disk"] = self.disk.stats()
         out["backing"] = {ident: s.stats()["backing"] for ident, s in stores.items()}
+        out["coherence"] = {
+            "received": self.remote_invalidations,
+            "sent": self.announcer.sent if self.announcer is not None else 0,
+        }
         return out
 
     def close(self) -> None:
@@ -101,6 +135,11 @@ class TieredCachePlugin(WorkerPlugin):
     its chunk reads). Arguments left as None come from config ``swarmstore.cache.*`` on the
     worker, so ``TieredCachePlugin()`` (as ``plugins/worker.py`` installs it) works anywhere.
     Workers on one host may share ``disk_dir``: the disk tier is safe across processes.
+
+    With ``coherence`` (default: ``swarmstore.cache.coherence``), setup installs the
+    :class:`~swarmstore.cache.CacheCoherence` scheduler plugin and subscribes
+    this worker, so a write through any worker's cache invalidates every worker's tiers
+    before a task depending on the write can run.
 
     Examples
     --------
@@ -119,6 +158,7 @@ class TieredCachePlugin(WorkerPlugin):
         disk_bytes: int | str | None = None,
         ttl: float | str | None = None,
         validate: bool | None = None,
+        coherence: bool | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
             "memory_bytes": memory_bytes,
@@ -127,18 +167,39 @@ class TieredCachePlugin(WorkerPlugin):
             "ttl": ttl,
             "validate": validate,
         }
+        self.coherence = coherence
         self.registry: CacheRegistry | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "registry": None}
+        return {"options": self.options, "coherence": self.coherence, "registry": None}
 
-    def setup(self, worker: Worker) -> None:
-        self.registry = CacheRegistry(**self.options)
+    async def setup(self, worker: Worker) -> None:
+        registry = self.registry = CacheRegistry(**self.options)
         metrics.track_worker(worker, self)
-        logger.info("swarmstore cache on %s: %r", worker.address, self.registry)
+        coherent = self.coherence
+        if coherent is None:
+            coherent = bool(config.value("cache.coherence"))
+        if coherent:
+            await self._join_coherence(worker, registry)
+        logger.info("swarmstore cache on %s: %r", worker.address, registry)
+
+    async def _join_coherence(self, worker: Worker, registry: CacheRegistry) -> None:
+        from distributed.protocol.pickle import dumps
+
+        registry.announcer = _coherence.Announcer(worker)
+        worker.stream_handlers[_coherence.OP] = registry.apply_remote
+        await worker.scheduler.register_scheduler_plugin(
+            plugin=dumps(CacheCoherence()),
+            name=CacheCoherence.name,
+            idempotent=True,
+        )
+        await getattr(worker.scheduler, _coherence.SUBSCRIBE)(worker=worker.address)
+        registry.announcer.ready = True
 
     def teardown(self, worker: Worker) -> None:
         if self.registry is not None:
+            if self.registry.announcer is not None:
+                self.registry.announcer.ready = False
             self.registry.close()
 
     def cache_for(self, backing: Store) -> TieredStore:

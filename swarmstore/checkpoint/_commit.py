@@ -1,83 +1,90 @@
-"""The commit: one conditional put of a manifest, as atomic as the store allows.
+"""The commit primitive: create a small object unless it exists, and know who won.
 
-``put_if_absent`` returns True when this call created the key and False when the key
-already held other bytes. How strong that is depends on the store, and
-:func:`commit_guarantee` says which case applies:
+``put_if_absent`` returns True when this call created the key and False when another
+writer's bytes are there. The bytes carry a write id unique to the call (every ref and
+lock does), so reading them back tells the two apart, as Icechunk's design doc 017
+does for its refs: a conditional put whose response was lost (a dropped connection, a
+proxy timeout, an SDK retry that then sees 412 against the object it just wrote) is
+neither reported as a conflict nor retried into a second commit.
 
-- ``FsspecStore`` on s3fs: ``PutObject`` with ``IfNoneMatch="*"``; S3 (and moto) refuse
-  the second writer with 412, so exactly one writer of a key wins. Atomic.
-- ``LocalStore``: zarr writes a temporary file and ``os.link``\\s it to the final name,
-  which fails if the name exists. Atomic on POSIX filesystems (not on every NFS).
-- ``MemoryStore``: ``dict.setdefault`` under the GIL. Atomic within one process.
-- ``ManifestStore``: claims the key before its first ``await``. Atomic within one loop.
-- ``TieredStore``: commits go to its backing store (caches are looked through), so
-  the guarantee is the backing store's.
-- ``ReplicatedStore``: an atomic conditional create on every replica (the above per
-  backend); a writer wins with a write quorum (a majority), which at most one writer
-  can gather. Atomic.
-- Anything else (wrapper stores): the store's own ``set_if_not_exists``. zarr's default
-  is ``exists`` then ``set`` (racy between two writers), so these are
-  ``"store-defined"``.
+- The create fails with "exists" (S3 412, ``os.link``'s ``FileExistsError``): read
+  back; ours → success, anyone else's → lost the race.
+- The create fails with a transport error (``is_transport_error``): read back; ours →
+  success, anyone else's → lost the race, nothing there → create again (same bytes, so
+  the same write id), up to three times; a read-back that itself fails raises.
+- The create returns: stores whose ``set_if_not_exists`` says nothing (zarr's API) are
+  read back too.
 
-A put is always whole-or-nothing against a crash (temp file + rename, one PUT), so a
-kill -9 never leaves a partial manifest; the conditional part only matters when two
-writers commit the same step at once. The read-back after ``set_if_not_exists`` detects
-a lost race whenever the store's conditional put is atomic (each manifest carries a
-unique id, so equal bytes mean this writer's bytes).
+How strong the exclusion is depends on the store (:func:`commit_guarantee`): stores
+that announce ``supports_atomic_create`` (ReplicatedStore: a quorum of atomic creates),
+S3 through s3fs (``PutObject`` with ``If-None-Match: *``; one ``PutObject`` whatever the
+size) and ``LocalStore`` (temporary file, then ``os.link``, which fails if the name
+exists) are atomic; ``MemoryStore`` only within one process; other stores' own
+``set_if_not_exists`` is zarr's check-then-write, "store-defined". A put is
+whole-or-nothing against a crash in every case (temporary file and rename, one PUT).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import logging
+from typing import TYPE_CHECKING
 
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
-from swarmstore.checkpoint._store import ManifestStore, control_store
+from swarmstore.checkpoint._caps import Guarantee, atomic_create, is_s3
+from swarmstore.errors import is_transport_error
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
 
 __all__ = ["commit_guarantee", "put_if_absent"]
 
-type Guarantee = Literal["atomic", "atomic-in-process", "store-defined"]
+logger = logging.getLogger(__name__)
 
-
-def _is_s3(store: Store) -> bool:
-    if not isinstance(store, FsspecStore):
-        return False
-    protocol = store.fs.protocol
-    return "s3" in (protocol if isinstance(protocol, tuple | list) else (protocol,))
+ATTEMPTS = 3
 
 
 def commit_guarantee(store: Store) -> Guarantee:
-    """How atomic a manifest commit on ``store`` is against a concurrent writer.
+    """How atomic a commit on ``store`` is against a concurrent writer (caches looked through)."""
+    return atomic_create(store)
 
-    Caches (``TieredStore``) are looked through: commits go to the store beneath.
-    """
-    store = control_store(store)
-    from swarmstore.storage import ReplicatedStore
 
-    if _is_s3(store) or isinstance(store, LocalStore | ReplicatedStore):
-        return "atomic"
-    if isinstance(store, MemoryStore | ManifestStore):
-        return "atomic-in-process"
-    return "store-defined"
+async def _create(store: Store, key: str, data: bytes) -> None:
+    if is_s3(store):
+        store._check_writable()  # type: ignore[attr-defined]
+        path = f"{store.path.rstrip('/')}/{key}" if store.path else key  # type: ignore[attr-defined]
+        # one PutObject whatever the size (s3fs switches to an unconditional multipart
+        # upload past 2 * chunksize)
+        await store.fs._pipe_file(path, data, mode="create", chunksize=len(data) + 1)  # type: ignore[attr-defined]
+        return
+    await store.set_if_not_exists(key, default_buffer_prototype().buffer.from_bytes(data))
+
+
+async def _held(store: Store, key: str) -> bytes | None:
+    buf = await store.get(key, default_buffer_prototype())
+    return None if buf is None else buf.to_bytes()
 
 
 async def put_if_absent(store: Store, key: str, data: bytes) -> bool:
-    """Create ``key`` holding ``data`` unless it exists; True if this call created it."""
-    buf = default_buffer_prototype().buffer.from_bytes(data)
-    if _is_s3(store):
-        store._check_writable()
-        path = f"{store.path.rstrip('/')}/{key}" if store.path else key
+    """Create ``key`` holding ``data`` unless it exists; True if this call created it.
+
+    ``data`` must be unique to this call (carry a write id): equal bytes read back mean
+    this call's write landed.
+    """
+    for attempt in range(ATTEMPTS):
         try:
-            # one PutObject whatever the size (s3fs switches to an unconditional
-            # multipart upload past 2 * chunksize)
-            await store.fs._pipe_file(path, data, mode="create", chunksize=len(data) + 1)
+            await _create(store, key, data)
         except FileExistsError:
-            return False
-        return True
-    await store.set_if_not_exists(key, buf)
-    held = await store.get(key, default_buffer_prototype())
-    return held is not None and held.to_bytes() == data
+            return await _held(store, key) == data  # maybe our own write, retried below us
+        except Exception as e:
+            if not is_transport_error(e) or attempt == ATTEMPTS - 1:
+                raise
+            logger.warning("Create of %s failed (%s); reading it back", key, e)
+            held = await _held(store, key)  # a failure here is inconclusive: it propagates
+            if held is not None:
+                return held == data
+            continue  # nothing landed: create again, same bytes
+        if is_s3(store):
+            return True  # the conditional PutObject succeeded
+        return await _held(store, key) == data
+    raise AssertionError("unreachable")  # pragma: no cover

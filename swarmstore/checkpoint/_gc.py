@@ -1,129 +1,66 @@
-"""Retention (which checkpoints to keep) and garbage collection (what to delete).
+"""Garbage collection: apply retention, then delete what no kept checkpoint names.
 
-:class:`RetentionPolicy` is a plain decision object: given the committed checkpoints it
-returns the steps to keep. :func:`collect_garbage` acts on a store:
+:func:`collect_garbage` acts on a repository:
 
-1. take ``locks/gc.json`` with a conditional put (one collection at a time; a lock older
-   than the lease is considered abandoned and broken);
-2. delete the manifests retention drops;
-3. list ``objects/``;
-4. list ``inflight/``: if any save is in flight (its marker younger than the lease),
-   stop here: the sweep is deferred, manifests are still pruned;
-5. list the manifests again and collect every hash they name;
-6. delete each object listed in 3 that no manifest names.
+1. take ``locks/gc.json`` with a conditional put (one collection at a time) and renew it
+   (``_lease``); a lock whose holder stopped renewing for a lease is broken;
+2. per branch, keep what the :class:`RetentionPolicy` selects, plus the tip and every
+   tagged snapshot; delete the other snapshot documents (and schema-1 manifests), and
+   version refs older than the newest ``KEEP_VERSIONS`` whose snapshots are gone;
+3. list ``objects/``, ``pieces/`` and ``snapshots/``: the candidates;
+4. list ``inflight/``: if any save is in flight (its marker renewed within the lease),
+   stop here: the sweep is deferred. Dead markers are deleted, and the sweep waits for
+   the next collection;
+5. list the refs again, read every snapshot they name and every piece those name: what
+   is live;
+6. delete each candidate that is not live.
 
 Why this is safe beside a concurrent save: a save writes its ``inflight`` marker before
-anything else and deletes it only after its manifest is committed. If the marker is
-seen in 4 nothing is swept. If it was already gone, the save committed before 4, so
-its manifest is read in 5 and its objects are live. If it appears after 4, every object
-the save writes comes after the listing in 3 and is not a candidate, and the parent
-manifest it reuses objects from was read after 2 and, collections being serialised by
-the lock, is still there in 5. The one assumption: a save finishes within the lease.
+anything else and deletes it only after its commit. If the marker is seen in 4 nothing
+is swept. If it was already gone, the save committed before 4, so its ref is read in 5
+and everything it names is live. If the marker appears after 4, the save started after
+the listing in 3: what it writes is not a candidate, and what it reuses from its base
+(pieces, objects) is named by the base snapshot, which is the tip of its branch (kept)
+or was committed after 3. A save declared dead (no heartbeat for a lease) finds its
+marker gone when it checks, right before committing, and gives up.
+
+Damaged snapshots and manifests are skipped and reported (``GCReport.damaged``); a
+document of a newer schema defers the sweep, since this version cannot tell what it
+names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
-import uuid
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from zarr.core.buffer import default_buffer_prototype
-
-from swarmstore.checkpoint._commit import put_if_absent
-from swarmstore.checkpoint._manifest import (
-    GC_LOCK,
-    INFLIGHT,
-    MANIFESTS,
-    OBJECTS,
-    Manifest,
-    manifest_key,
-    step_from_manifest_key,
-)
-from swarmstore.errors import ConfigError, ManifestError
+import swarmstore.checkpoint._trace as trace
+from swarmstore import _clock
+from swarmstore.checkpoint._lease import Lease, LeaseTerms, is_dead, read_doc
+from swarmstore.checkpoint._manifest import GC_LOCK, INFLIGHT, MANIFESTS, OBJECTS, manifest_key
+from swarmstore.checkpoint._refs import KEEP_VERSIONS
+from swarmstore.checkpoint._retention import KeepBest, RetentionPolicy
+from swarmstore.checkpoint._snapshot import PIECES, REFS, SNAPSHOTS, ref_key, snapshot_key
+from swarmstore.errors import CheckpointNotFoundError, ManifestError, ManifestVersionError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Sequence
+    from collections.abc import Awaitable, Iterable
 
     from zarr.abc.store import Store
+
+    from swarmstore.checkpoint._repo import Commit, Repo
 
 __all__ = ["GCReport", "KeepBest", "RetentionPolicy", "collect_garbage"]
 
 logger = logging.getLogger(__name__)
 
-
-class _HasStep(Protocol):
-    step: int
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class KeepBest:
-    """Keep the ``n`` checkpoints with the best ``metadata[metric]`` (``mode`` min or max)."""
-
-    metric: str
-    n: int = 1
-    mode: Literal["min", "max"] = "min"
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("min", "max"):
-            raise ConfigError(f"keep_best mode must be 'min' or 'max', got {self.mode!r}")
-        if not (isinstance(self.n, int) and self.n >= 1):
-            raise ConfigError(f"keep_best n must be a positive integer, got {self.n!r}")
-
-
-@dataclass(frozen=True)
-class RetentionPolicy:
-    """Which checkpoints to keep; a checkpoint any rule keeps is kept.
-
-    The newest checkpoint is always kept. With no rule at all, everything is kept.
-
-    >>> policy = RetentionPolicy(keep_last=2, keep_every=10)
-    >>> from types import SimpleNamespace as C
-    >>> sorted(policy.select([C(step=s, metadata={}) for s in range(25)]))
-    [0, 10, 20, 23, 24]
-    """
-
-    keep_last: int | None = None
-    keep_every: int | None = None
-    keep_best: KeepBest | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("keep_last", "keep_every"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-
-    @property
-    def keeps_all(self) -> bool:
-        """True when no rule is set (nothing is ever dropped)."""
-        return self.keep_last is None and self.keep_every is None and self.keep_best is None
-
-    def select(self, checkpoints: Iterable[_HasStep]) -> set[int]:
-        """The steps to keep out of ``checkpoints``."""
-        ordered = sorted(checkpoints, key=lambda c: c.step)
-        if self.keeps_all or not ordered:
-            return {c.step for c in ordered}
-        keep = {ordered[-1].step}
-        if self.keep_last is not None:
-            keep.update(c.step for c in ordered[-self.keep_last :])
-        if self.keep_every is not None:
-            keep.update(c.step for c in ordered if c.step % self.keep_every == 0)
-        if self.keep_best is not None:
-            keep.update(_best(ordered, self.keep_best))
-        return keep
-
-
-def _best(ordered: Sequence[_HasStep], rule: KeepBest) -> list[int]:
-    scored = []
-    for c in ordered:
-        value = c.metadata.get(rule.metric)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-            scored.append((value if rule.mode == "min" else -value, -c.step, c.step))
-    return [step for *_, step in sorted(scored)[: rule.n]]
+#: LocalStore's temporary files of interrupted writes (``<name>.<uuid>.partial``), which a
+#: sweep deletes with the unnamed objects; no other unknown name is ever deleted.
+_TEMP = re.compile(r".*\.[0-9a-f]{32}\.partial")
 
 
 @dataclass
@@ -135,6 +72,10 @@ class GCReport:
     deleted_objects: int = 0
     deferred: bool = False
     reason: str = ""
+    #: Steps whose snapshots or manifests are unreadable (damaged): skipped, kept, reported.
+    damaged: list[int] = field(default_factory=list)
+    deleted_pieces: int = 0
+    deleted_snapshots: int = 0
 
 
 async def _limited(aws: Iterable[Awaitable[Any]], limit: int) -> list[Any]:
@@ -151,128 +92,141 @@ async def _keys(store: Store, prefix: str) -> list[str]:
     return [k async for k in store.list_prefix(prefix)]
 
 
-async def read_json(store: Store, key: str) -> dict[str, Any] | None:
-    """A small JSON object from the store; None when absent or not a JSON object."""
-    buf = await store.get(key, default_buffer_prototype())
-    if buf is None:
-        return None
-    try:
-        doc = json.loads(buf.to_bytes())
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _expired(doc: dict[str, Any] | None, lease: float, now: float) -> bool:
-    started = doc.get("started") if doc else None
-    return not isinstance(started, int | float) or now - started > lease
-
-
-@dataclass
-class Listing:
-    """The manifests under ``manifests/``: valid ones, invalid steps, vanished steps, strays."""
-
-    manifests: list[Manifest]
-    bad: list[int]
-    gone: list[int]
-    strays: list[str]
-
-
-async def load_manifests(
-    store: Store, limit: int = 32, known: dict[int, Manifest] | None = None
-) -> Listing:
-    """List and read every committed manifest (reusing ``known`` ones: they never change)."""
-    from swarmstore.checkpoint._store import forget_listings
-
-    keys = await _keys(store, MANIFESTS)
-    steps = sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
-    proto = default_buffer_prototype()
-    known = known or {}
-
-    async def load(step: int) -> Manifest | bool | None:
-        if step in known:
-            return known[step]
-        buf = await store.get(manifest_key(step), proto)
-        if buf is None and forget_listings(store):
-            buf = await store.get(manifest_key(step), proto)
-        if buf is None:
-            return False  # listed, then gone
-        try:
-            return Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
-        except ManifestError as e:
-            logger.warning("%s", e)
-            return None
-
-    loaded = await _limited((load(s) for s in steps), limit)
-    return Listing(
-        manifests=[m for m in loaded if isinstance(m, Manifest)],
-        bad=[s for s, m in zip(steps, loaded, strict=True) if m is None],
-        gone=[s for s, m in zip(steps, loaded, strict=True) if m is False],
-        strays=[k for k in keys if step_from_manifest_key(k) is None],
-    )
-
-
-async def _take_lock(store: Store, lease: float) -> str | None:
-    token = uuid.uuid4().hex
-    body = json.dumps({"id": token, "started": time.time()}).encode()
-    for _ in range(2):
-        if await put_if_absent(store, GC_LOCK, body):
-            return token
-        held = await read_json(store, GC_LOCK)
-        if not _expired(held, lease, time.time()):
-            return None
-        logger.warning("Breaking an abandoned garbage-collection lock %s", held)
-        await store.delete(GC_LOCK)
-    return None
-
-
-async def collect_garbage(
-    store: Store, policy: RetentionPolicy, *, lease: float, limit: int = 32
-) -> GCReport:
-    """Apply ``policy`` to the checkpoints in ``store`` and delete unnamed objects."""
-    token = await _take_lock(store, lease)
-    if token is None:
+async def collect_garbage(repo: Repo, policy: RetentionPolicy, *, terms: LeaseTerms) -> GCReport:
+    """Apply ``policy`` to every branch of ``repo`` and delete what nothing names."""
+    lock = Lease(repo.control, GC_LOCK, {"what": "garbage collection"}, terms)
+    if not await lock.acquire():
         return GCReport(deferred=True, reason="another garbage collection holds locks/gc.json")
     try:
-        return await _collect(store, policy, lease, limit)
+        trace.point("gc:locked")
+        return await _collect(repo, policy, terms, lock)
     finally:
-        held = await read_json(store, GC_LOCK)
-        if held is not None and held.get("id") == token:
-            await store.delete(GC_LOCK)
+        await lock.release()
+        trace.point("gc:unlocked")
 
 
-async def _collect(store: Store, policy: RetentionPolicy, lease: float, limit: int) -> GCReport:
-    first = await load_manifests(store, limit)
-    keep = policy.select(first.manifests)
-    drop = [m.step for m in first.manifests if m.step not in keep]
-    await _limited((store.delete(manifest_key(s)) for s in drop), limit)
-    report = GCReport(kept=sorted(keep | set(first.bad)), deleted_manifests=drop)
-    candidates = await _keys(store, OBJECTS)
-    now = time.time()
-    markers = await _keys(store, INFLIGHT)
-    docs = await _limited((read_json(store, k) for k in markers), limit)
-    live_markers = [k for k, d in zip(markers, docs, strict=True) if not _expired(d, lease, now)]
-    await _limited(
-        (store.delete(k) for k, d in zip(markers, docs, strict=True) if _expired(d, lease, now)),
-        limit,
-    )
-    if live_markers:
-        report.deferred, report.reason = True, f"{len(live_markers)} save(s) in flight"
-        return report
-    # Manifests are create-only and only collections (serialised by the lock) delete them,
-    # so a step read above and not dropped is still the same manifest: no need to re-read.
-    kept = {m.step: m for m in first.manifests if m.step in keep}
-    second = await load_manifests(store, limit, known=kept)
-    if second.bad or second.gone:
-        unreadable = second.bad + second.gone
+async def _markers(store: Store, terms: LeaseTerms, limit: int) -> tuple[int, int]:
+    """Live and dead save markers; dead ones are deleted (their saves can never commit)."""
+    keys = await _keys(store, INFLIGHT)
+    docs = await _limited((read_doc(store, k) for k in keys), limit)
+    now = _clock.wall()
+    pairs = [(k, d) for k, d in zip(keys, docs, strict=True) if d is not None]
+    dead = [k for k, d in pairs if is_dead(d, terms.lease, now)]
+    await _limited((store.delete(k) for k in dead), limit)
+    return len(pairs) - len(dead), len(dead)
+
+
+async def _branches(repo: Repo) -> list[str]:
+    names = set(await repo.refs.branches())
+    if await repo.legacy_steps():
+        names.add("main")
+    return sorted(names)
+
+
+async def _metadata(repo: Repo, commits: list[Commit], report: GCReport) -> list[Any]:
+    async def one(c: Commit) -> Any:
+        try:
+            return SimpleNamespace(step=c.step, metadata=(await repo.snapshot(c.snapshot)).metadata)
+        except ManifestVersionError:
+            raise
+        except (ManifestError, CheckpointNotFoundError) as e:
+            logger.warning("Skipping a damaged checkpoint: %s", e)
+            report.damaged.append(c.step)
+            return None
+
+    return [x for x in await _limited(map(one, commits), repo.limit) if x is not None]
+
+
+async def _prune(repo: Repo, policy: RetentionPolicy, report: GCReport) -> None:
+    """Step 2: drop what retention does not keep, on every branch."""
+    tagged = {r.snapshot for r in (await repo.refs.tags()).values()}
+    plans, keep_ids = [], set(tagged)
+    for branch in await _branches(repo):
+        history = await repo.history(branch)
+        if not history:
+            continue
+        steps = policy.select(await _metadata(repo, history, report))
+        kept = [c for c in history if c.step in steps or c is history[-1]]
+        keep_ids.update(c.snapshot for c in kept)
+        plans.append((branch, history, {c.snapshot for c in kept}))
+        if branch == "main":
+            report.kept = sorted({c.step for c in kept} | set(report.damaged))
+    for branch, history, kept_here in plans:
+        tip = max((c.version for c in history if c.version is not None), default=-1)
+        for c in history:
+            if c.snapshot in kept_here or c.snapshot in keep_ids or c.step in report.damaged:
+                continue
+            await _drop(repo, branch, c, tip)
+            report.deleted_manifests.append(c.step)
+
+
+async def _drop(repo: Repo, branch: str, commit: Commit, tip: int) -> None:
+    if commit.version is None:
+        await repo.control.delete(manifest_key(commit.step))
+        return
+    await repo.control.delete(snapshot_key(commit.snapshot))
+    if commit.version < tip - KEEP_VERSIONS:
+        key = ref_key(branch, commit.version)
+        await repo.control.delete(key)
+        repo.refs.forget(key)
+
+
+async def _collect(repo: Repo, policy: RetentionPolicy, terms: LeaseTerms, lock: Lease) -> GCReport:
+    report = GCReport()
+    try:
+        await _prune(repo, policy, report)
+    except ManifestVersionError as e:
+        return GCReport(deferred=True, reason=f"{e}: cannot tell what it names")
+    trace.point("gc:pruned")
+    store, limit = repo.control, repo.limit
+    candidates = [k for p in (OBJECTS, PIECES, SNAPSHOTS) for k in await _keys(store, p)]
+    live, dead = await _markers(store, terms, limit)
+    if live or dead:
         report.deferred = True
-        report.reason = f"unreadable manifests {unreadable}: cannot tell which objects they name"
+        report.reason = (
+            f"{live} save(s) in flight"
+            if live
+            else (f"removed {dead} dead save marker(s); the sweep waits for the next collection")
+        )
         return report
-    live = set().union(*(m.hashes() for m in second.manifests))
-    doomed = [k for k in candidates if k[len(OBJECTS) :].replace("/", "", 1) not in live]
-    # temporary files of interrupted commits (LocalStore writes name.<uuid>.partial first)
-    doomed += second.strays
+    try:
+        named = await _live(repo, report)
+    except ManifestVersionError as e:
+        report.deferred, report.reason = True, f"{e}: cannot tell what it names"
+        return report
+    if not await lock.held():
+        report.deferred, report.reason = True, "the lock was lost while collecting"
+        return report
+    doomed = [k for k in candidates if k not in named]
+    doomed += [k for p in (MANIFESTS, REFS) for k in await _keys(store, p) if _TEMP.fullmatch(k)]
+    trace.point("gc:sweeping")
     await _limited((store.delete(k) for k in doomed), limit)
-    report.deleted_objects = len(doomed)
-    logger.debug("GC kept %s, dropped %s, deleted %d objects", keep, drop, len(doomed))
+    report.deleted_objects = sum(k.startswith(OBJECTS) for k in doomed)
+    report.deleted_pieces = sum(k.startswith(PIECES) for k in doomed)
+    report.deleted_snapshots = sum(k.startswith(SNAPSHOTS) for k in doomed)
+    logger.debug("GC dropped %s, deleted %d keys", report.deleted_manifests, len(doomed))
     return report
+
+
+async def _live(repo: Repo, report: GCReport) -> set[str]:
+    """Step 5: every snapshot, piece and object key a ref, tag or schema-1 manifest names."""
+    from swarmstore.checkpoint._manifest import object_key
+    from swarmstore.checkpoint._snapshot import piece_key
+
+    ids = {r.snapshot for r in (await repo.refs.tags()).values()}
+    for branch in await _branches(repo):
+        ids.update(c.snapshot for c in await repo.history(branch))
+    named: set[str] = set()
+    snaps = []
+    for sid in ids:
+        named.add(snapshot_key(sid))  # a damaged one is kept too: it is not garbage
+        try:
+            snaps.append(await repo.snapshot(sid))
+        except ManifestVersionError:
+            raise
+        except (ManifestError, CheckpointNotFoundError) as e:
+            logger.warning("Skipping a damaged snapshot: %s", e)
+    for snap in snaps:
+        named.update(piece_key(h) for h in snap.piece_refs())
+        named.update(object_key(h) for h in await repo.tree(snap).hashes())
+    return named

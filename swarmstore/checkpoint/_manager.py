@@ -4,134 +4,54 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from swarmstore import config
-from swarmstore.checkpoint._commit import put_if_absent
-from swarmstore.checkpoint._gc import (
-    GCReport,
-    KeepBest,
-    RetentionPolicy,
-    _limited,
-    collect_garbage,
-    load_manifests,
+import swarmstore.checkpoint._json as _json
+import swarmstore.checkpoint._ops as ops
+from swarmstore.checkpoint._gc import GCReport, collect_garbage
+from swarmstore.checkpoint._info import (
+    ArchiveReport,
+    CheckpointDiff,
+    CheckpointInfo,
+    RestoreReport,
+    VerifyReport,
 )
-from swarmstore.checkpoint._manifest import (
-    INFLIGHT,
-    MANIFESTS,
-    Manifest,
-    content_hash,
-    is_metadata_key,
-    manifest_key,
-    object_key,
-    step_from_manifest_key,
-)
-from swarmstore.checkpoint._store import ManifestStore, control_store, forget_listings
-from swarmstore.checkpoint._write import write_data
-from swarmstore.errors import (
-    CheckpointExistsError,
-    CheckpointNotFoundError,
-    ChecksumMismatch,
-    ConfigError,
-    ManifestError,
-)
+from swarmstore.checkpoint._manifest import Manifest, check_step
+from swarmstore.checkpoint._repo import Repo
+from swarmstore.checkpoint._session import Session, open_session
+from swarmstore.checkpoint._settings import retention, settings
+from swarmstore.checkpoint._snapshot import check_name
+from swarmstore.checkpoint._store import ManifestStore
+from swarmstore.checkpoint._write import Fingerprints, write_data
+from swarmstore.errors import CheckpointNotFoundError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from zarr.abc.store import Store
 
-__all__ = ["ArchiveReport", "CheckpointDiff", "CheckpointInfo", "CheckpointManager"]
+    from swarmstore.checkpoint._gc import KeepBest
+    from swarmstore.checkpoint._snapshot import Snapshot
+
+__all__ = ["CheckpointManager"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """A committed checkpoint; the ``written_*``/``reused_*`` figures are set by ``save``."""
-
-    step: int
-    id: str
-    created: float
-    metadata: dict[str, Any]
-    parent: int | None
-    nbytes: int
-    nkeys: int
-    written_objects: int = 0
-    written_bytes: int = 0
-    reused_objects: int = 0
-    gc: GCReport | None = None
-
-    @classmethod
-    def of(cls, m: Manifest, **extra: Any) -> CheckpointInfo:
-        return cls(m.step, m.id, m.created, m.metadata, m.parent, m.nbytes, len(m.entries), **extra)
-
-
-@dataclass(frozen=True)
-class CheckpointDiff:
-    """Keys added, removed and changed from checkpoint ``a`` to ``b``."""
-
-    a: int
-    b: int
-    added: list[str]
-    removed: list[str]
-    changed: list[str]
-    #: Bytes of objects ``b`` names that ``a`` does not (what an incremental save wrote).
-    new_bytes: int
-    #: Paths of the zarr nodes (arrays, groups) holding any of those keys.
-    nodes: list[str]
-
-
-def _nodes_of(keys: set[str], entries: Mapping[str, Any]) -> list[str]:
-    nodes = sorted(
-        (k.rsplit("/", 1)[0] if "/" in k else "" for k in entries if is_metadata_key(k)),
-        key=len, reverse=True,
-    )
-    found = set()
-    for key in keys:
-        found.add(next((n for n in nodes if not n or key.startswith(n + "/")), ""))
-    return sorted(found)
-
-
-@dataclass(frozen=True)
-class ArchiveReport:
-    """What ``archive`` copied: objects written, bytes written, objects already there."""
-
-    step: int
-    copied_objects: int
-    copied_bytes: int
-    skipped_objects: int
-
-
-def _keep_best(value: Any) -> KeepBest | None:
-    if value is None or isinstance(value, KeepBest):
-        return value
-    if isinstance(value, str):
-        return KeepBest(value)
-    if isinstance(value, Mapping):
-        return KeepBest(**value)
-    raise ConfigError(f"keep_best must be a metric name, a mapping or KeepBest, got {value!r}")
-
-
-def _snapshot(data: Any) -> Any:
+def _copied(data: Any) -> Any:
     """Copy numpy arrays now, so a loop that mutates them in place cannot tear a save."""
     if isinstance(data, np.ndarray):
         return data.copy()
     if isinstance(data, Mapping):
-        return {k: _snapshot(v) for k, v in data.items()}
+        return {k: _copied(v) for k, v in data.items()}
     return data
 
 
@@ -143,7 +63,10 @@ class CheckpointManager:
     store : zarr.abc.store.Store
         Where checkpoints live: ``LocalStore``, ``FsspecStore`` on S3, ``MemoryStore``,
         ``ReplicatedStore``, ``TieredStore``... The manager owns its namespace
-        (``manifests/``, ``objects/``, ``inflight/``, ``locks/``).
+        (``snapshots/``, ``pieces/``, ``objects/``, ``refs/``, ``inflight/``, ``locks/``,
+        and the schema-1 ``manifests/`` it still reads).
+    branch : str
+        The branch ``save``, ``session`` and the read methods use by default (``main``).
     keep_last, keep_every : int, optional
         Retention: the newest ``keep_last`` steps, and every step divisible by
         ``keep_every`` (config ``swarmstore.checkpoint.keep-last`` / ``keep-every``).
@@ -151,21 +74,24 @@ class CheckpointManager:
         Also keep the best checkpoints by a metric in their metadata
         (``"loss"`` or ``{"metric": "acc", "n": 3, "mode": "max"}``).
     lease : float or str, optional
-        How long a save (or collection) may run before others treat it as abandoned.
+        How long a save (or collection) may go without renewing its marker (lock) before
+        others treat it as dead (config ``checkpoint.lease``, default 45 s).
+    heartbeat : float or str, optional
+        How often saves and collections renew their markers (``checkpoint.heartbeat``).
     verify : bool, optional
-        Check every whole-object read of a restore against its xxh3-128.
+        Check every object a restore reads against its xxh3-128.
     concurrency : int, optional
-        Store requests in flight at once for copies, loads and deletes.
+        Store requests in flight at once for copies, loads and deletes (at least 1).
 
     Notes
     -----
-    A checkpoint exists once its manifest is committed, last, with one conditional put;
-    a crash at any moment leaves earlier checkpoints intact and the partial one
-    invisible. ``save`` calls of one manager run one at a time; ``save_async`` queues
-    them on one background thread. Several managers (processes, hosts) may share a
-    store: two saves of the same step cannot both commit (see :func:`commit_guarantee`),
-    and garbage collection never deletes an object a kept manifest or a save in flight
-    may name. Retention runs after each save when any rule is set.
+    A checkpoint is a snapshot committed on a branch: its version of the branch is
+    created, last, with one conditional put (``_session``); a crash at any moment leaves
+    earlier checkpoints intact and the partial one invisible. Two writers racing on a
+    branch: one wins; the other rebases when they changed disjoint chunks, else gets
+    :class:`~swarmstore.errors.CheckpointConflictError`. ``save`` calls of one manager
+    run one at a time; ``save_async`` queues them on one background thread. Garbage
+    collection never deletes what a kept snapshot or a save in flight may name.
 
     Examples
     --------
@@ -183,34 +109,49 @@ class CheckpointManager:
         self,
         store: Store,
         *,
+        branch: str = "main",
         keep_last: int | None = None,
         keep_every: int | None = None,
         keep_best: str | Mapping[str, Any] | KeepBest | None = None,
         lease: float | str | None = None,
         verify: bool | None = None,
         concurrency: int | None = None,
+        heartbeat: float | str | None = None,
     ) -> None:
         self.store = store
-        #: Where manifests, markers and locks go: the store under any cache (TieredStore),
-        #: so that every process sees the same committed state.
-        self._control = control_store(store)
-        self.policy = RetentionPolicy(
-            keep_last=keep_last if keep_last is not None else config.get("checkpoint.keep-last"),
-            keep_every=keep_every
-            if keep_every is not None
-            else config.get("checkpoint.keep-every"),
-            keep_best=_keep_best(keep_best or config.get("checkpoint.keep-best")),
-        )
-        self.lease = float(config.get_seconds("checkpoint.lease", lease) or 0.0)
-        self.verify = bool(config.get("checkpoint.verify") if verify is None else verify)
-        self.concurrency = int(concurrency or config.get("checkpoint.concurrency"))
+        self.branch = check_name(branch)
+        self.terms, self.verify, self.concurrency = settings(lease, heartbeat, verify, concurrency)
+        self.policy = retention(keep_last, keep_every, keep_best)
+        self.repo = Repo(store, limit=self.concurrency)
+        self._fingerprints = Fingerprints()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
-        return f"CheckpointManager({self.store!r}, {self.policy})"
+        return f"CheckpointManager({self.store!r}, branch={self.branch!r}, {self.policy})"
 
-    # -- saving ---------------------------------------------------------------------------
+    @property
+    def _control(self) -> Store:
+        return self.repo.control
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def session(self, branch: str | None = None, *, full: bool = False) -> Session:
+        """A writable session on ``branch``'s tip: write with zarr or xarray, then commit.
+
+        >>> import numpy as np, zarr
+        >>> mgr = CheckpointManager(zarr.storage.MemoryStore())
+        >>> _ = mgr.save({"x": np.zeros((4, 4))}, encoding={"x": {"chunks": (2, 2)}})
+        >>> with mgr.session() as s:
+        ...     zarr.open_array(s.store, path="x", mode="r+")[:2, :2] = 1
+        ...     snap = s.commit(metadata={"region": "top-left"})
+        >>> float(mgr.restore()["x"][:].sum()), mgr.steps()
+        (4.0, [0, 1])
+        """
+        branch = check_name(branch or self.branch)
+        return sync(
+            open_session(self.repo, branch, full=full, verify=self.verify, terms=self.terms)
+        )
 
     def save(
         self,
@@ -219,22 +160,22 @@ class CheckpointManager:
         metadata: Mapping[str, Any] | None = None,
         *,
         encoding: Mapping[str, Mapping[str, Any]] | None = None,
+        message: str = "",
+        branch: str | None = None,
     ) -> CheckpointInfo:
         """Write ``data`` as checkpoint ``step`` (default: newest + 1) and commit it.
 
         ``data`` is a zarr group or array, a numpy or dask array, or a (nested) mapping
-        of them. ``encoding`` maps array paths to ``zarr.create_array`` arguments
-        (``chunks``, ``shards``, ``compressors``...). Dask arrays are written by the
-        workers holding their blocks. Raises :class:`CheckpointExistsError` if the step
-        is already committed.
+        of them; the checkpoint holds exactly that. ``encoding`` maps array paths to
+        ``zarr.create_array`` arguments (``chunks``, ``shards``, ``compressors``...).
+        Dask arrays are written by the workers holding their blocks. Raises
+        :class:`CheckpointExistsError` if the step is already committed on the branch.
         """
         meta = dict(metadata or {})
-        try:
-            json.dumps(meta, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ManifestError(f"checkpoint metadata must be plain JSON: {e}") from e
+        _json.check_plain(meta, "checkpoint metadata")
+        step = None if step is None else check_step(step)
         with self._lock:
-            info = self._save(data, step, meta, encoding or {})
+            info = self._save(data, step, meta, encoding or {}, message, branch)
         if self.policy.keeps_all:
             return info
         try:
@@ -244,6 +185,33 @@ class CheckpointManager:
             return info
         return dataclasses.replace(info, gc=report)
 
+    def _save(
+        self,
+        data: Any,
+        step: int | None,
+        metadata: dict[str, Any],
+        encoding: Any,
+        message: str,
+        branch: str | None,
+    ) -> CheckpointInfo:
+        session = self.session(branch, full=True)
+        try:
+            write_data(session, data, encoding, self.concurrency, self._fingerprints)
+            snap = session.commit(step, metadata, message)
+        finally:
+            session.close()
+        self._fingerprints.committed(snap.id)
+        w = session.store.writer
+        logger.debug("Committed step %d: %d objects written", snap.step, w.written_objects)
+        return self._info(
+            snap,
+            session.branch,
+            written_objects=w.written_objects,
+            written_bytes=w.written_bytes,
+            reused_objects=w.reused_objects,
+            manifest_bytes=session.manifest_bytes,
+        )
+
     def save_async(
         self,
         data: Any,
@@ -251,6 +219,7 @@ class CheckpointManager:
         metadata: Mapping[str, Any] | None = None,
         *,
         encoding: Mapping[str, Mapping[str, Any]] | None = None,
+        message: str = "",
     ) -> Future[CheckpointInfo]:
         """Like :meth:`save`, in the background; errors surface on the returned future.
 
@@ -259,169 +228,172 @@ class CheckpointManager:
         """
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="swarmstore-checkpoint")
-        data, metadata = _snapshot(data), copy.deepcopy(metadata)
-        return self._executor.submit(self.save, data, step, metadata, encoding=encoding)
-
-    def _save(
-        self, data: Any, step: int | None, metadata: dict[str, Any], encoding: Any
-    ) -> CheckpointInfo:
-        save_id = uuid.uuid4().hex
-        marker = f"{INFLIGHT}{save_id}.json"
-        body = json.dumps({"id": save_id, "step": step, "started": time.time()}).encode()
-        sync(self._control.set(marker, default_buffer_prototype().buffer.from_bytes(body)))
-        try:
-            steps = self.steps()
-            if step is None:
-                step = steps[-1] + 1 if steps else 0
-            elif not (isinstance(step, int | np.integer) and step >= 0):
-                raise ValueError(f"step must be a non-negative integer, got {step!r}")
-            elif int(step) in steps:
-                raise CheckpointExistsError(f"step {step} is already committed in {self.store!r}")
-            step = int(step)
-            parent = self._newest_valid(steps)
-            ms = ManifestStore(
-                self.store, known=parent.hashes() if parent else frozenset(), verify=self.verify
-            )
-            write_data(ms, data, encoding, self.concurrency)
-            manifest = Manifest(
-                step, dict(ms.entries), metadata, parent.step if parent else None,
-                time.time(), save_id,
-            )
-            if not sync(put_if_absent(self._control, manifest_key(step), manifest.to_bytes())):
-                raise CheckpointExistsError(
-                    f"step {step} was committed by another writer while this one saved"
-                )
-        finally:
-            try:
-                sync(self._control.delete(marker))
-            except Exception:
-                logger.warning("Could not remove save marker %s", marker, exc_info=True)
-        logger.debug("Committed step %d: %d objects written", step, ms.written_objects)
-        return CheckpointInfo.of(
-            manifest,
-            written_objects=ms.written_objects,
-            written_bytes=ms.written_bytes,
-            reused_objects=ms.reused_objects,
+        data, metadata = _copied(data), copy.deepcopy(metadata)
+        return self._executor.submit(
+            self.save, data, step, metadata, encoding=encoding, message=message
         )
 
-    # -- reading --------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
-    def steps(self) -> list[int]:
-        """Committed steps, oldest first (a cheap listing; manifests are not read)."""
+    def _history(self, branch: str | None) -> list[Any]:
+        sync(self.repo.fresh())
+        return sync(self.repo.history(check_name(branch or self.branch)))
 
-        forget_listings(self._control)
+    def steps(self, branch: str | None = None) -> list[int]:
+        """Committed steps of the branch, in increasing order (refs are read, not snapshots)."""
+        return sorted({c.step for c in self._history(branch)})
 
-        async def go() -> list[int]:
-            keys = [k async for k in self._control.list_prefix(MANIFESTS)]
-            return sorted(s for k in keys if (s := step_from_manifest_key(k)) is not None)
+    def _info(self, snap: Snapshot, branch: str, **extra: Any) -> CheckpointInfo:
+        parent = None
+        if snap.parent is not None:
+            try:
+                parent = sync(self.repo.snapshot(snap.parent)).step
+            except Exception:
+                parent = None  # expired by retention
+        return CheckpointInfo.of(snap, parent=parent, branch=branch, **extra)
 
-        return sync(go())
+    def list(self, branch: str | None = None) -> list[CheckpointInfo]:
+        """Every committed checkpoint of the branch whose snapshot reads, oldest first."""
+        branch = branch or self.branch
+        out = []
+        for commit in self._history(branch):
+            try:
+                snap = sync(self.repo.snapshot(commit.snapshot))
+            except Exception as e:
+                logger.warning("Skipping step %d: %s", commit.step, e)
+                continue
+            out.append(self._info(snap, branch))
+        return out
+
+    def log(self, branch: str | None = None) -> list[CheckpointInfo]:
+        """The branch's history, newest first (ids, parents, steps, metadata, messages)."""
+        return self.list(branch)[::-1]
+
+    def latest(self, branch: str | None = None) -> CheckpointInfo | None:
+        """The branch's newest checkpoint whose snapshot reads, or None."""
+        try:
+            snap = self.snapshot(branch=branch)
+        except CheckpointNotFoundError:
+            return None
+        return self._info(snap, branch or self.branch)
+
+    def snapshot(
+        self,
+        step: int | None = None,
+        *,
+        snapshot: str | None = None,
+        tag: str | None = None,
+        branch: str | None = None,
+    ) -> Snapshot:
+        """The snapshot a time-travel request names: a step, a snapshot id, a tag, or the
+        tip of a branch (default: the manager's branch)."""
+        sync(self.repo.fresh())
+        branch = check_name(branch or self.branch)
+        return sync(self.repo.resolve(branch, step=step, snapshot=snapshot, tag=tag))
 
     def manifest(self, step: int) -> Manifest:
-        """The validated manifest of ``step``."""
-        buf = sync(self._control.get(manifest_key(step), default_buffer_prototype()))
-        if buf is None and forget_listings(self._control):
-            buf = sync(self._control.get(manifest_key(step), default_buffer_prototype()))
-        if buf is None:
-            raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
-        return Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
+        """Checkpoint ``step`` as one flat manifest (loads every piece; for tools and tests)."""
+        snap = self.snapshot(step)
+        entries = sync(self.repo.tree(snap).entries())
+        parent = self._info(snap, self.branch).parent
+        return Manifest(snap.step, entries, snap.metadata, parent, snap.created, snap.id)
 
-    def _newest_valid(self, steps: list[int]) -> Manifest | None:
-        for step in reversed(steps):
-            try:
-                return self.manifest(step)
-            except (ManifestError, CheckpointNotFoundError) as e:
-                logger.warning("Skipping step %d: %s", step, e)
-        return None
-
-    def list(self) -> list[CheckpointInfo]:
-        """Every committed checkpoint whose manifest validates, oldest first."""
-        forget_listings(self._control)
-        listing = sync(load_manifests(self._control, self.concurrency))
-        return [CheckpointInfo.of(m) for m in listing.manifests]
-
-    def latest(self) -> CheckpointInfo | None:
-        """The newest checkpoint whose manifest validates, or None."""
-        m = self._newest_valid(self.steps())
-        return CheckpointInfo.of(m) if m else None
-
-    def open_store(self, step: int | None = None) -> ManifestStore:
-        """A read-only zarr store of checkpoint ``step`` (default: latest)."""
-        if step is None:
-            newest = self.latest()
-            if newest is None:
-                raise CheckpointNotFoundError(f"no checkpoint in {self.store!r}")
-            step = newest.step
-        m = self.manifest(step)
-        return ManifestStore(self.store, m.entries, read_only=True, verify=self.verify)
-
-    def restore(self, step: int | None = None) -> zarr.Group | zarr.Array:
-        """Checkpoint ``step`` (default: latest) as a lazy, read-only zarr group or array.
-
-        Nothing is read but metadata until the arrays are indexed; dask
-        (``da.from_zarr``) and xarray (``xr.open_zarr(mgr.open_store(step))``) read it too.
-        """
-        return zarr.open(store=self.open_store(step), mode="r")
-
-    def diff(self, a: int, b: int) -> CheckpointDiff:
-        """What changed from step ``a`` to step ``b``."""
-        ea, eb = self.manifest(a).entries, self.manifest(b).entries
-        old = {e[0] for e in ea.values() if isinstance(e, tuple)}
-        new = {e for e in eb.values() if isinstance(e, tuple) and e[0] not in old}
-        changed = {k for k in ea.keys() & eb.keys() if ea[k] != eb[k]}
-        return CheckpointDiff(
-            a, b,
-            added=sorted(eb.keys() - ea.keys()),
-            removed=sorted(ea.keys() - eb.keys()),
-            changed=sorted(changed),
-            new_bytes=sum(size for _, size in new),
-            nodes=_nodes_of(set(ea.keys() ^ eb.keys()) | changed, {**ea, **eb}),
+    def open_store(
+        self,
+        step: int | None = None,
+        *,
+        snapshot: str | None = None,
+        tag: str | None = None,
+        branch: str | None = None,
+    ) -> ManifestStore:
+        """A read-only zarr store of a checkpoint (default: the branch's latest)."""
+        snap = self.snapshot(step, snapshot=snapshot, tag=tag, branch=branch)
+        return ManifestStore(
+            self.store, base=self.repo.tree(snap), read_only=True, verify=self.verify
         )
+
+    def restore(
+        self,
+        step: int | None = None,
+        *,
+        snapshot: str | None = None,
+        tag: str | None = None,
+        branch: str | None = None,
+    ) -> zarr.Group | zarr.Array:
+        """A checkpoint (default: the latest) as a lazy, read-only zarr group or array.
+
+        Time travel by ``step``, ``snapshot`` id, ``tag`` or ``branch``. Nothing is read
+        but metadata until the arrays are indexed, and then only the manifest pieces
+        holding the chunks read; dask (``da.from_zarr``) and xarray
+        (``xr.open_zarr(mgr.open_store(step))``) read it too.
+        """
+        store = self.open_store(step, snapshot=snapshot, tag=tag, branch=branch)
+        return zarr.open(store=store, mode="r")
+
+    def diff(self, a: int | str, b: int | str) -> CheckpointDiff:
+        """What changed from ``a`` to ``b`` (steps on the manager's branch, or snapshot ids)."""
+        return ops.diff(self, a, b)
+
+    # -- refs ------------------------------------------------------------------------------
+
+    def tag(self, name: str, step: int | None = None, *, snapshot: str | None = None) -> str:
+        """Tag a checkpoint (default: the latest) with ``name``; tags never move."""
+        return ops.tag(self, name, step, snapshot)
+
+    def tags(self) -> dict[str, int]:
+        """Every tag, with the step it names."""
+        return {n: r.step for n, r in sync(self.repo.refs.tags()).items()}
+
+    def create_branch(
+        self,
+        name: str,
+        step: int | None = None,
+        *,
+        snapshot: str | None = None,
+        tag: str | None = None,
+    ) -> CheckpointInfo:
+        """Start branch ``name`` at a checkpoint of this manager's branch (default: latest)."""
+        return ops.create_branch(self, name, step, snapshot, tag)
+
+    def branches(self) -> list[str]:
+        """Names of every branch (``main`` included once it has a checkpoint)."""
+        names = set(sync(self.repo.refs.branches()))
+        if sync(self.repo.legacy_steps()):
+            names.add("main")
+        return sorted(names)
+
+    # -- operators -------------------------------------------------------------------------
+
+    def verify_report(self, steps: int | list[int] | None = None) -> VerifyReport:
+        """Read and check every object of ``steps`` (default: all); report damage, never raise."""
+        return ops.verify(self, steps)
 
     def verify_step(self, step: int) -> int:
-        """Read every object of ``step`` and check its hash; return how many were checked."""
-        hashes = sorted(self.manifest(step).hashes())
-        bad: list[str] = []
+        """Check every object of ``step``; return how many, raise ``ChecksumMismatch`` if bad."""
+        return ops.verify_or_raise(self, step)
 
-        async def check(digest: str) -> None:
-            buf = await self._control.get(object_key(digest), default_buffer_prototype())
-            if buf is None or content_hash(buf.as_buffer_like()) != digest:
-                bad.append(digest)
-
-        sync(_limited(map(check, hashes), self.concurrency))
-        if bad:
-            raise ChecksumMismatch(
-                f"step {step}: {len(bad)} of {len(hashes)} objects missing or corrupt, "
-                f"e.g. {bad[:3]}"
-            )
-        return len(hashes)
-
-    # -- retention and archiving ----------------------------------------------------------
-
-    def collect_garbage(self) -> GCReport:
-        """Apply retention, then delete objects no kept manifest names (see ``_gc``)."""
-        forget_listings(self._control)
-        return sync(
-            collect_garbage(self._control, self.policy, lease=self.lease, limit=self.concurrency)
-        )
+    def restore_to(
+        self,
+        target: Store | str,
+        step: int | None = None,
+        *,
+        force: bool = False,
+        snapshot: str | None = None,
+        tag: str | None = None,
+    ) -> RestoreReport:
+        """Copy a checkpoint into ``target`` as a plain zarr hierarchy (see ``_ops``)."""
+        return ops.restore_to(self, target, step, force=force, snapshot=snapshot, tag=tag)
 
     def archive(self, step: int, to: Store, *, verify_written: bool = True) -> ArchiveReport:
-        """Copy checkpoint ``step`` to ``to`` (a cold store), checking every object's hash.
+        """Copy checkpoint ``step`` to ``to`` (a cold store), checking every object's hash."""
+        return ops.archive(self, step, to, verify_written=verify_written)
 
-        Objects already in ``to`` are not copied again; each copied object is read back
-        and checked when ``verify_written``. The manifest is committed last, so an
-        interrupted archive leaves no visible checkpoint in ``to``.
-        """
-        forget_listings(self._control)
-        forget_listings(to)
-        raw = sync(self._control.get(manifest_key(step), default_buffer_prototype()))
-        if raw is None:
-            raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
-        manifest = Manifest.from_bytes(raw.to_bytes(), where=f"manifest of step {step}")
-        return sync(_archive(self.store, to, manifest, raw.to_bytes(), verify_written,
-                             self.concurrency))
+    def collect_garbage(self) -> GCReport:
+        """Apply retention, then delete what no kept snapshot names (see ``_gc``)."""
+        sync(self.repo.fresh())
+        return sync(collect_garbage(self.repo, self.policy, terms=self.terms))
 
-    # -- lifetime -------------------------------------------------------------------------
+    # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
         """Wait for queued ``save_async`` calls, then stop the background thread."""
@@ -433,48 +405,9 @@ class CheckpointManager:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-async def _archive(
-    src: Store, dst: Store, manifest: Manifest, raw: bytes, verify_written: bool, limit: int
-) -> ArchiveReport:
-    proto = default_buffer_prototype()
-    copied: list[int] = []
-    skipped: list[str] = []
-    control = control_store(dst)
-    marker = f"{INFLIGHT}{uuid.uuid4().hex}.json"
-    body = json.dumps({"archive": manifest.step, "started": time.time()}).encode()
-    await control.set(marker, proto.buffer.from_bytes(body))
-
-    async def copy_one(digest: str) -> None:
-        key = object_key(digest)
-        if await dst.exists(key):
-            skipped.append(digest)
-            return
-        buf = await src.get(key, proto)
-        if buf is None:
-            raise CheckpointNotFoundError(f"object {digest} of step {manifest.step} is missing")
-        if content_hash(buf.as_buffer_like()) != digest:
-            raise ChecksumMismatch(f"object {digest} of step {manifest.step} fails its check")
-        await dst.set(key, buf)
-        if verify_written:
-            back = await dst.get(key, proto)
-            if back is None or content_hash(back.as_buffer_like()) != digest:
-                raise ChecksumMismatch(f"object {digest} reads back wrong from {dst!r}")
-        copied.append(len(buf))
-
-    try:
-        await _limited(map(copy_one, sorted(manifest.hashes())), limit)
-        if not await put_if_absent(control, manifest_key(manifest.step), raw):
-            held = await control.get(manifest_key(manifest.step), proto)
-            if held is None or Manifest.from_bytes(held.to_bytes()).id != manifest.id:
-                raise CheckpointExistsError(
-                    f"{dst!r} already holds a different checkpoint of step {manifest.step}"
-                )
-    finally:
-        await control.delete(marker)
-    return ArchiveReport(manifest.step, len(copied), sum(copied), len(skipped))

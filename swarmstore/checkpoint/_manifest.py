@@ -20,22 +20,25 @@ never half-loaded.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import xxhash
 
-from swarmstore.errors import InvalidKeyError, ManifestError
+import swarmstore.checkpoint._json as _json
+from swarmstore.errors import InvalidKeyError, ManifestError, ManifestVersionError
 
 __all__ = [
     "FORMAT",
+    "MAX_STEP",
     "SCHEMA_VERSION",
     "Entry",
     "Manifest",
     "check_key",
+    "check_step",
     "content_hash",
     "is_metadata_key",
     "manifest_key",
@@ -61,6 +64,11 @@ _FIELDS = frozenset(
     {"format", "version", "step", "id", "parent", "created", "metadata", "entries", "checksum"}
 )
 _MAX_KEY = 1024
+#: The largest step a checkpoint may have (a signed 64-bit integer; its 19 digits fit the
+#: 20-digit manifest names, so names always sort by step).
+MAX_STEP = 2**63 - 1
+#: Largest manifest read back (a schema-1 manifest of 1M chunks is about 90 MB).
+MAX_MANIFEST_BYTES = 1 << 30
 
 
 def content_hash(data: Any) -> str:
@@ -73,9 +81,22 @@ def object_key(digest: str) -> str:
     return f"{OBJECTS}{digest[:2]}/{digest[2:]}"
 
 
+def check_step(step: object) -> int:
+    """``step`` as an int if it is a valid step (0 to :data:`MAX_STEP`), else ``ValueError``.
+
+    Booleans are refused (``True`` is not step 1), and so are floats, strings and
+    anything past :data:`MAX_STEP`.
+    """
+    if isinstance(step, bool) or not isinstance(step, int | np.integer):
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    if not 0 <= int(step) <= MAX_STEP:
+        raise ValueError(f"step must be a non-negative integer up to 2**63 - 1, got {step!r}")
+    return int(step)
+
+
 def manifest_key(step: int) -> str:
     """Where the manifest of ``step`` lives; zero-padded so names sort by step."""
-    return f"{MANIFESTS}{step:020d}.json"
+    return f"{MANIFESTS}{check_step(step):020d}.json"
 
 
 def step_from_manifest_key(key: str) -> int | None:
@@ -97,17 +118,15 @@ def check_key(key: object) -> str:
     """
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"store key must be a non-empty string, got {key!r}")
-    if len(key) > _MAX_KEY or "\\" in key or "\x00" in key:
-        raise InvalidKeyError(f"store key {key[:80]!r} is too long or holds '\\' or NUL")
+    if len(key) > _MAX_KEY or "\\" in key or "\x00" in key or "\n" in key:
+        raise InvalidKeyError(f"store key {key[:80]!r} is too long or holds '\\', NUL or a newline")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise InvalidKeyError(f"store key {key!r} has an empty, '.' or '..' segment")
     return key
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    return _json.dumps(doc)
 
 
 @dataclass(frozen=True)
@@ -164,22 +183,19 @@ class Manifest:
             body = self._body()
             body["checksum"] = content_hash(_canonical(body))
             return _canonical(body)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise ManifestError(f"checkpoint metadata must be plain JSON: {e}") from e
 
     @classmethod
     def from_bytes(cls, data: bytes, *, where: str = "manifest") -> Manifest:
         """Parse and fully validate; raise :class:`ManifestError` naming what is wrong."""
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ManifestError(f"{where} is not valid JSON: {e}") from e
+        doc = _json.loads(data, where=where, max_bytes=MAX_MANIFEST_BYTES)
         _require(isinstance(doc, dict), where, "is not a JSON object")
         _require(doc.get("format") == FORMAT, where, f"is not a {FORMAT} manifest")
         version = doc.get("version")
         _require(_is_int(version), where, "has no integer schema version")
         if version > SCHEMA_VERSION:
-            raise ManifestError(
+            raise ManifestVersionError(
                 f"{where} has schema version {version}; this swarmstore reads up to "
                 f"{SCHEMA_VERSION}: upgrade swarmstore to read it"
             )
@@ -191,9 +207,9 @@ class Manifest:
             where,
             "fails its checksum (truncated or tampered with); refusing to load it",
         )
-        _require(_is_int(doc["step"]) and doc["step"] >= 0, where, "has an invalid step")
+        _require(_is_step(doc["step"]), where, "has an invalid step")
         parent = doc["parent"]
-        _require(parent is None or (_is_int(parent) and parent >= 0), where, "has a bad parent")
+        _require(parent is None or _is_step(parent), where, "has a bad parent")
         _require(isinstance(doc["id"], str) and _ID.fullmatch(doc["id"]), where, "has a bad id")
         created = doc["created"]
         _require(_is_number(created), where, "has a bad creation time")
@@ -212,6 +228,10 @@ class Manifest:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_step(value: object) -> bool:
+    return _is_int(value) and 0 <= value <= MAX_STEP
 
 
 def _is_number(value: object) -> bool:

@@ -1,7 +1,9 @@
-"""ManifestStore: a zarr store whose keys resolve through a manifest to stored objects."""
+"""ManifestStore: a zarr store over a snapshot, and the writable session store on top of it."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Self
 
 from zarr.abc.store import (
@@ -10,16 +12,15 @@ from zarr.abc.store import (
     RangeByteRequest,
     Store,
     SuffixByteRequest,
+    _store_supports_sync_io,
 )
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._manifest import (
-    Entry,
-    check_key,
-    content_hash,
-    is_metadata_key,
-    object_key,
-)
+from swarmstore.checkpoint._caps import forget_listings
+from swarmstore.checkpoint._listing import keys_under
+from swarmstore.checkpoint._manifest import Entry, check_key, content_hash, object_key
+from swarmstore.checkpoint._objects import ObjectWriter, meta_text
+from swarmstore.checkpoint._tree import Loader, Tree
 from swarmstore.errors import CheckpointNotFoundError, ChecksumMismatch
 
 if TYPE_CHECKING:
@@ -27,9 +28,11 @@ if TYPE_CHECKING:
 
     from zarr.core.buffer import Buffer, BufferPrototype
 
-__all__ = ["ManifestStore", "control_store", "forget_listings"]
+__all__ = ["ManifestStore"]
 
 _BYTE_REQUESTS = (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
+#: Bytes of whole, verified objects kept for the ranged reads that follow (shards).
+VERIFIED_BYTES = 64 << 20
 
 
 def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -44,69 +47,47 @@ def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
     raise TypeError(f"Unexpected byte_range, got {byte_range}.")
 
 
-def control_store(store: Store) -> Store:
-    """``store`` without the caches above it: where commits and listings must go.
-
-    A :class:`~swarmstore.cache.TieredStore` may answer from RAM or disk (absent keys
-    included) what another process has changed since; manifests, markers and locks are
-    read and written on the store beneath it. Objects, immutable by construction, are
-    still read through the cache.
-    """
-    from swarmstore.cache import TieredStore
-
-    while isinstance(store, TieredStore):
-        store = store.backing
-    return store
-
-
-def forget_listings(store: Store) -> bool:
-    """Drop fsspec's cached directory listings under ``store``; True if it had any cache.
-
-    s3fs answers ``_info`` (and so the size probe in ``_cat_file``) from cached listings:
-    once a prefix was listed, a key another process created since reads as missing.
-    Checkpoints are shared between processes, so each operation starts from fresh
-    listings, and a missing object is retried once after forgetting them.
-    """
-    from zarr.storage import WrapperStore
-
-    while isinstance(store, WrapperStore):
-        store = store._store
-    fs = getattr(store, "fs", None)
-    if fs is None or not hasattr(fs, "invalidate_cache"):
-        return False
-    fs.invalidate_cache()
-    return True
+def _missing(digest: str, key: str, backing: Store) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(
+        f"object {digest} holding {key!r} is missing from {backing!r}: the checkpoint is "
+        "damaged (restore another step, or repair the store)"
+    )
 
 
 class ManifestStore(Store):
-    """A zarr v3 store over a manifest: logical keys map to content-addressed objects.
+    """A zarr v3 store over a snapshot: logical keys resolve to content-addressed objects.
 
-    Reads resolve ``key`` through ``entries`` to the inline text of a metadata document or
-    to the object ``objects/<hash>`` in ``backing``; whole-object reads are checked against
-    the hash (``verify``). Writes hash the encoded bytes with xxh3-128 and store an object
-    only when no known object has that hash, so unchanged chunks are never written twice.
-    A restored checkpoint is this store opened read-only: a lazy view that writes nothing.
+    Reads resolve ``key`` through the session's changes, then the base snapshot's tree
+    (``_tree``: inline metadata text, or the one manifest piece holding the key), to an
+    object ``objects/<hash>`` in ``backing``. With ``verify``, every read is checked
+    against the object's xxh3-128, whatever the store: a ranged read (a shard's inner
+    chunk) reads the whole object once, checks it, and keeps it briefly for the ranges
+    that follow. Writes hash the encoded bytes and store an object only when neither
+    ``known`` nor this session has one with that hash: only the chunks zarr writes are
+    ever encoded and hashed. A restore is this store opened read-only.
 
     Parameters
     ----------
     backing : zarr.abc.store.Store
-        The checkpoint store holding ``objects/``.
+        The checkpoint store holding ``objects/`` and ``pieces/``.
     entries : mapping, optional
-        Logical key → inline text or ``(hash, size)``; copied.
+        A flat key → inline text or ``(hash, size)`` map to start from (schema 1).
+    base : Tree, optional
+        The snapshot to start from (instead of ``entries``).
     read_only : bool
         Refuse writes (restores are read-only).
     verify : bool
-        Check each whole-object read against its hash (xxh3 runs at many GB/s).
-        Ranged reads (sharded partial reads) cannot be checked and are passed through.
+        Check each object read against its hash (xxh3 runs at many GB/s).
     known : collection of str
-        Hashes already present in ``backing`` (the parent checkpoint's): not rewritten.
+        Hashes whose objects are known to be present in ``backing``: not rewritten.
 
     Notes
     -----
     Safe for concurrent use from one event loop (zarr writes chunks concurrently). A
-    pickled copy carries its own entries: writes to the copy are not seen by the
-    original, as with zarr's ``MemoryStore``. Keys must be safe relative keys
-    (:func:`check_key`); anything else raises :class:`InvalidKeyError`.
+    pickled copy carries its own changes: writes to the copy are not seen by the
+    original (a Dask task returns them, see ``Session``). Views made by
+    ``with_read_only`` share the changes, as zarr's ``MemoryStore`` views share data.
+    The sync methods work when ``backing`` has zarr's sync surface.
 
     Examples
     --------
@@ -114,7 +95,7 @@ class ManifestStore(Store):
     >>> store = ManifestStore(zarr.storage.MemoryStore())
     >>> arr = zarr.create_array(store, shape=(4,), chunks=(2,), dtype="i4")
     >>> arr[:] = [1, 2, 3, 4]
-    >>> sorted(store.entries)
+    >>> sorted(store.changes)
     ['c/0', 'c/1', 'zarr.json']
     >>> zarr.open_array(store.with_read_only(True), mode="r")[:].tolist()
     [1, 2, 3, 4]
@@ -123,50 +104,111 @@ class ManifestStore(Store):
     supports_writes: bool = True
     supports_deletes: bool = True
     supports_listing: bool = True
+    atomic_in_process: bool = True
 
     def __init__(
         self,
         backing: Store,
         entries: Mapping[str, Entry] | None = None,
         *,
+        base: Tree | None = None,
         read_only: bool = False,
         verify: bool = True,
         known: Collection[str] = (),
+        changes: dict[str, Entry | None] | None = None,
     ) -> None:
         super().__init__(read_only=read_only)
-        self.backing = backing
-        self.verify = verify
-        self.known = known
-        self._entries: dict[str, Entry] = dict(entries or {})
-        self._written: set[str] = set()
-        #: Objects and bytes this store wrote, and objects it found already present.
-        self.written_objects = 0
-        self.written_bytes = 0
-        self.reused_objects = 0
+        self.backing, self.verify = backing, verify
+        if base is None:
+            base = Tree.from_entries(entries or {}, Loader(backing))
+        self.base = base
+        self.writer = ObjectWriter(backing, known)
+        self._changes: dict[str, Entry | None] = {} if changes is None else changes
+        self._dropped: set[str] = set()
+        self._verified: OrderedDict[str, bytes] = OrderedDict()
+        self._verified_bytes = 0
+        self._fetching: dict[str, asyncio.Future[bytes]] = {}
+
+    # -- what the session changed --------------------------------------------------------
+
+    @property
+    def changes(self) -> dict[str, Entry | None]:
+        """The live ``key -> entry`` map of this session's writes (None: deleted)."""
+        return self._changes
+
+    @property
+    def dropped(self) -> set[str]:
+        """Base nodes removed whole (``delete_dir``) by this session."""
+        return self._dropped
+
+    @property
+    def known(self) -> Collection[str]:
+        return self.writer.known
+
+    written_objects = property(lambda self: self.writer.written_objects)
+    written_bytes = property(lambda self: self.writer.written_bytes)
+    reused_objects = property(lambda self: self.writer.reused_objects)
+    hashed_bytes = property(lambda self: self.writer.hashed_bytes)
 
     @property
     def entries(self) -> dict[str, Entry]:
-        """The live key → entry map (what a manifest of this store would hold)."""
-        return self._entries
+        """Every key → entry of the store as a new flat dict (loads every piece)."""
+        from zarr.core.sync import sync
+
+        return sync(self._all_entries())
+
+    async def _all_entries(self) -> dict[str, Entry]:
+        out = {k: e for k, e in (await self.base.entries()).items() if not self._gone(k)}
+        out.update((k, e) for k, e in self._changes.items() if e is not None)
+        return out
+
+    def _gone(self, key: str) -> bool:
+        if key in self._changes:
+            return self._changes[key] is None
+        return any(not d or key.startswith(d + "/") for d in self._dropped)
+
+    # -- zarr Store ----------------------------------------------------------------------
 
     def with_read_only(self, read_only: bool = False) -> Self:
         # docstring inherited
-        return type(self)(
-            self.backing, self._entries, read_only=read_only, verify=self.verify, known=self.known
+        view = type(self)(
+            self.backing,
+            base=self.base,
+            read_only=read_only,
+            verify=self.verify,
+            known=self.writer.known,
+            changes=self._changes,
         )
+        view._dropped = self._dropped
+        return view
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, ManifestStore)
             and self.backing == other.backing
-            and self._entries == other._entries
+            and (self.base.inline, self.base.nodes) == (other.base.inline, other.base.nodes)
+            and self._changes == other._changes
         )
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         mode = "r" if self.read_only else "w"
-        return f"ManifestStore({self.backing!r}, {len(self._entries)} keys, mode={mode!r})"
+        return f"ManifestStore({self.backing!r}, {len(self._changes)} changes, mode={mode!r})"
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        return _store_supports_sync_io(self.backing)
+
+    async def _entry(self, key: str) -> Entry | None:
+        if key in self._changes or (self._dropped and self._gone(key)):
+            return self._changes.get(key)
+        return await self.base.get(key)
+
+    def _entry_sync(self, key: str) -> Entry | None:
+        if key in self._changes or (self._dropped and self._gone(key)):
+            return self._changes.get(key)
+        return self.base.get_sync(key)
 
     async def get(
         self,
@@ -178,26 +220,89 @@ class ManifestStore(Store):
         if byte_range is not None and not isinstance(byte_range, _BYTE_REQUESTS):
             raise TypeError(f"Unexpected byte_range, got {byte_range}.")
         prototype = prototype or default_buffer_prototype()
-        entry = self._entries.get(key)
+        entry = await self._entry(key)
         if entry is None:
             return None
-        if isinstance(entry, str):
-            return prototype.buffer.from_bytes(_slice(entry.encode(), byte_range))
-        digest, size = entry
-        if size == 0:
-            return prototype.buffer.from_bytes(b"")
+        if isinstance(entry, str) or entry[1] == 0:
+            text = entry.encode() if isinstance(entry, str) else b""
+            return prototype.buffer.from_bytes(_slice(text, byte_range))
+        digest = entry[0]
+        if byte_range is not None and self.verify:
+            return prototype.buffer.from_bytes(_slice(await self._whole(digest, key), byte_range))
         value = await self.backing.get(object_key(digest), prototype, byte_range)
         if value is None and forget_listings(self.backing):
             value = await self.backing.get(object_key(digest), prototype, byte_range)
         if value is None:
-            raise CheckpointNotFoundError(
-                f"object {digest} holding {key!r} is missing from {self.backing!r}: the "
-                "checkpoint is damaged (restore another step, or repair the store)"
-            )
-        if byte_range is None and self.verify and content_hash(value.as_buffer_like()) != digest:
+            raise _missing(digest, key, self.backing)
+        if byte_range is None and self.verify:
+            self._check(value.as_buffer_like(), digest, key)
+        return value
+
+    def _check(self, data: Any, digest: str, key: str) -> None:
+        if content_hash(data) != digest:
             raise ChecksumMismatch(
                 f"object {digest} holding {key!r} in {self.backing!r} fails its xxh3 check"
             )
+
+    async def _whole(self, digest: str, key: str) -> bytes:
+        """The whole object, verified, fetched once for concurrent ranged reads of it."""
+        if digest in self._verified:
+            self._verified.move_to_end(digest)
+            return self._verified[digest]
+        if digest in self._fetching:
+            return await asyncio.shield(self._fetching[digest])
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._fetching[digest] = future
+        try:
+            buf = await self.backing.get(object_key(digest), default_buffer_prototype())
+            if buf is None and forget_listings(self.backing):
+                buf = await self.backing.get(object_key(digest), default_buffer_prototype())
+            if buf is None:
+                raise _missing(digest, key, self.backing)
+            data = buf.to_bytes()
+            self._check(data, digest, key)
+            self._remember(digest, data)
+            future.set_result(data)
+            return data
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: concurrent readers re-raise it themselves
+            raise
+        finally:
+            del self._fetching[digest]
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        self._verified[digest] = data
+        self._verified_bytes += len(data)
+        while self._verified_bytes > VERIFIED_BYTES and len(self._verified) > 1:
+            self._verified_bytes -= len(self._verified.popitem(last=False)[1])
+
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        # docstring inherited
+        prototype = prototype or default_buffer_prototype()
+        entry = self._entry_sync(key)
+        if entry is None:
+            return None
+        if isinstance(entry, str) or entry[1] == 0:
+            text = entry.encode() if isinstance(entry, str) else b""
+            return prototype.buffer.from_bytes(_slice(text, byte_range))
+        digest = entry[0]
+        whole = byte_range is not None and self.verify
+        value = self.backing.get_sync(  # type: ignore[attr-defined]
+            object_key(digest), prototype=prototype, byte_range=None if whole else byte_range
+        )
+        if value is None:
+            raise _missing(digest, key, self.backing)
+        if self.verify:
+            self._check(value.as_buffer_like(), digest, key)
+        if whole:
+            return prototype.buffer.from_bytes(_slice(value.to_bytes(), byte_range))
         return value
 
     async def get_partial_values(
@@ -206,71 +311,80 @@ class ManifestStore(Store):
         key_ranges: Iterable[tuple[str, ByteRequest | None]],
     ) -> list[Buffer | None]:
         # docstring inherited
-        return [await self.get(k, prototype, r) for k, r in key_ranges]
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def getsize(self, key: str) -> int:
         # docstring inherited
-        entry = self._entries.get(key)
+        entry = await self._entry(key)
         if entry is None:
             raise FileNotFoundError(key)
         return len(entry.encode()) if isinstance(entry, str) else entry[1]
 
     async def exists(self, key: str) -> bool:
         # docstring inherited
-        return key in self._entries
+        return await self._entry(key) is not None
 
     async def set(self, key: str, value: Buffer) -> None:
         # docstring inherited
         self._check_writable()
         check_key(key)
-        if is_metadata_key(key):
-            try:
-                self._entries[key] = value.to_bytes().decode()
-                return
-            except UnicodeDecodeError:
-                pass  # not text: store it as an object like any other value
-        self._entries[key] = await self._put_object(value)
+        text = meta_text(key, value)
+        self._changes[key] = text if text is not None else await self.writer.put(value)
 
-    async def _put_object(self, value: Buffer) -> tuple[str, int]:
-        digest = content_hash(value.as_buffer_like())
-        size = len(value)
-        if size and digest not in self.known and digest not in self._written:
-            self._written.add(digest)  # concurrent writers of the same bytes write once
-            try:
-                await self.backing.set(object_key(digest), value)
-            except BaseException:
-                self._written.discard(digest)
-                raise
-            self.written_objects += 1
-            self.written_bytes += size
-        elif size:
-            self.reused_objects += 1
-        return (digest, size)
+    def set_sync(self, key: str, value: Buffer) -> None:
+        # docstring inherited
+        self._check_writable()
+        check_key(key)
+        text = meta_text(key, value)
+        self._changes[key] = text if text is not None else self.writer.put_sync(value)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        # docstring inherited: atomic within one event loop (no await before the claim)
+        # docstring inherited: atomic within one event loop (no await between check and claim)
         self._check_writable()
-        if key not in self._entries:
-            self._entries[key] = ""  # claim the key, then fill it in
-            try:
-                await self.set(key, value)
-            except BaseException:
-                self._entries.pop(key, None)
-                raise
+        if await self._entry(key) is not None or self._changes.get(key) is not None:
+            return
+        self._changes[key] = ""  # claim the key, then fill it in
+        try:
+            await self.set(key, value)
+        except BaseException:
+            self._changes.pop(key, None)
+            raise
 
     async def delete(self, key: str) -> None:
         # docstring inherited: the object stays until garbage collection finds it unnamed
         self._check_writable()
-        self._entries.pop(key, None)
+        self._changes[key] = None
+
+    def delete_sync(self, key: str) -> None:
+        # docstring inherited
+        self._check_writable()
+        self._changes[key] = None
+
+    async def delete_dir(self, prefix: str) -> None:
+        # docstring inherited: whole nodes under ``prefix`` go without loading their pieces
+        self._check_writable()
+        prefix = prefix.rstrip("/")
+        for node in self.base.nodes:
+            if not prefix or node == prefix or node.startswith(prefix + "/"):
+                self._dropped.add(node)
+        async for key in self.list_prefix(f"{prefix}/" if prefix else ""):
+            self._changes[key] = None
+
+    # -- listing -------------------------------------------------------------------------
+
+    async def _keys(self, prefix: str, direct: bool = False) -> list[str]:
+        return await keys_under(
+            self.base, self._changes, self._dropped, prefix, self._gone, direct=direct
+        )
 
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
-        for key in list(self._entries):
+        for key in await self._keys(""):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        for key in list(self._entries):
+        for key in await self._keys(prefix):
             if key.startswith(prefix):
                 yield key
 
@@ -279,7 +393,7 @@ class ManifestStore(Store):
         prefix = prefix.rstrip("/")
         start = f"{prefix}/" if prefix else ""
         seen: set[str] = set()
-        for key in list(self._entries):
+        for key in await self._keys(start, direct=True):
             if key.startswith(start):
                 child = key[len(start) :].split("/", 1)[0]
                 if child not in seen:
@@ -288,5 +402,5 @@ class ManifestStore(Store):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_written"] = set()
+        state["_verified"], state["_fetching"], state["_verified_bytes"] = OrderedDict(), {}, 0
         return state

@@ -1,4 +1,4 @@
-"""Compute: GPU/CPU-aware placement, GPU load balance and chunk affinity for Dask.
+"""Compute: GPU/CPU-aware placement, priorities, GPU load balance and chunk affinity for Dask.
 
 - :class:`SwarmPlugin` (scheduler plugin): ``client.register_plugin(SwarmPlugin())`` or
   ``dask scheduler --preload plugins/scheduler.py``.
@@ -7,20 +7,25 @@
 - :func:`annotate`: ``dask.annotate(swarm={...})`` validated on the client.
 
 See ``docs/compute.md``.
+
+Imports: errors, config, hashing, _events, metrics, and the capabilities it places work
+for (cache, storage, network); never checkpoint or testing.
 """
 
+from swarmstore.compute.dispatch import Dispatcher, Job
 from swarmstore.compute.inventory import GPUInfo, Inventory, InventoryPlugin, detect
-from swarmstore.compute.placement import Decision, GpuBalancer, Placer, WorkerInfo
+from swarmstore.compute.placement import Decision, Placer, WorkerInfo
 from swarmstore.compute.plugin import DEFAULT_EXTENSIONS, SwarmPlugin
 from swarmstore.compute.requirements import Requirements, annotate, parse
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
     "Decision",
+    "Dispatcher",
     "GPUInfo",
-    "GpuBalancer",
     "Inventory",
     "InventoryPlugin",
+    "Job",
     "Placer",
     "Requirements",
     "SwarmPlugin",

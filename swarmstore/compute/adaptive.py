@@ -173,7 +173,8 @@ def pool_report(
         if not ws.processing and not ws.long_running:
             out[name].idle.append(str(ws.name))
     valid = [
-        ws for ws in dask_scheduler.workers.values()
+        ws
+        for ws in dask_scheduler.workers.values()
         if ws.address in by_address and not ws.processing
     ]
     for plugin in list(dask_scheduler.plugins.values()):
@@ -222,8 +223,12 @@ class SwarmAdaptive(Adaptive):
         self.planner = PoolPlanner(pools, wait_count=wait_count or 3)
         self._counter = 0
         super().__init__(
-            cluster, interval=interval, minimum=0, maximum=math.inf,
-            wait_count=wait_count, **kwargs,
+            cluster,
+            interval=interval,
+            minimum=0,
+            maximum=math.inf,
+            wait_count=wait_count,
+            **kwargs,
         )
 
     @property
@@ -236,9 +241,7 @@ class SwarmAdaptive(Adaptive):
         if prefix in self.pools and str(name) != prefix:
             return prefix
         resources = dict(spec.get("options", {}).get("resources") or {})
-        return next(
-            (p.name for p in self.pools.values() if p.resources == resources), None
-        )
+        return next((p.name for p in self.pools.values() if p.resources == resources), None)
 
     def current(self) -> dict[str, int]:
         """Workers planned per pool (launched or not yet)."""
@@ -252,12 +255,15 @@ class SwarmAdaptive(Adaptive):
     async def report(self) -> dict[str, PoolReport]:
         """Ask the scheduler for demand and closable workers per pool."""
         names = {
-            str(n): p for n, s in self.cluster.worker_spec.items()
+            str(n): p
+            for n, s in self.cluster.worker_spec.items()
             if (p := self.pool_of_spec(n, s)) is not None
         }
         pools = [(p.name, dict(p.resources)) for p in self.pools.values()]
         response = await self.cluster.scheduler_comm.run_function(
-            function=dumps(pool_report), args=dumps((pools, names)), kwargs=dumps({}),
+            function=dumps(pool_report),
+            args=dumps((pools, names)),
+            kwargs=dumps({}),
         )
         if response.get("status") != "OK":
             raise RuntimeError(f"pool report failed on the scheduler: {response}")
@@ -285,7 +291,9 @@ class SwarmAdaptive(Adaptive):
             retired = await self.cluster.scheduler_comm.retire_workers(
                 # the cluster closes retired workers itself (SpecCluster._correct_state);
                 # closing them here too raced it (closing -> closing_gracefully errors)
-                names=plan.retire, remove=True, close_workers=False
+                names=plan.retire,
+                remove=True,
+                close_workers=False,
             )
             # a retirement the scheduler refused (no recipient for a unique key) stays up
             for name in {str(info.get("name")) for info in (retired or {}).values()}:

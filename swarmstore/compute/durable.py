@@ -9,7 +9,8 @@ tokens of its dependencies. :func:`durable` rewrites a collection before it is c
 - any other persisted task runs as before and then writes its result under its token.
 
 Changed code or inputs give a new token, hence a fresh computation. Every result is stored as
-a zarr array (``<prefix>/<token>``): numeric arrays as themselves, other values as a uint8
+a zarr array (``<prefix>/<token>``): numeric arrays as themselves, numpy scalars (``x.sum()``)
+as 0-d arrays, other values as a uint8
 array of bytes from an explicit serializer (JSON, raw bytes, or pickle only when the user opts
 in). The xxh3-128 checksum, length and format are written to the array's attributes last, so
 a half-written result is incomplete, never valid; a truncated or corrupted one fails its
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 _ATTR = "swarmstore-result"
 _NUMERIC_KINDS = frozenset("biufcmM")
-Format = Literal["ndarray", "json", "bytes", "pickle"]
+Format = Literal["ndarray", "scalar", "json", "bytes", "pickle"]
 
 
 class ResultStore:
@@ -90,10 +91,8 @@ class ResultStore:
             store = sync(make_store(store, mode="a"))
         self.store: Store = store
         self.prefix = prefix.strip("/")
-        self.allow_pickle = bool(
-            config.get("replication.allow-pickle", False) if allow_pickle is None
-            else allow_pickle
-        )
+        #: strict: only a real boolean True enables it ("no", "off", "False" are refused)
+        self.allow_pickle: bool = config.value("replication.allow-pickle", allow_pickle)
 
     def __repr__(self) -> str:
         return f"ResultStore({self.store!r}, prefix={self.prefix!r})"
@@ -112,7 +111,10 @@ class ResultStore:
         fmt, data = self._encode(value)
         await zasync.open_group(store=self.store, path=self.prefix, mode="a")
         arr = await zasync.create_array(
-            self.store, name=self._path(token), data=data, overwrite=True,
+            self.store,
+            name=self._path(token),
+            data=data,
+            overwrite=True,
             attributes={_ATTR: {"complete": False}},
         )
         meta = {
@@ -170,6 +172,8 @@ class ResultStore:
     def _encode(self, value: Any) -> tuple[Format, np.ndarray]:
         if isinstance(value, np.ndarray) and value.dtype.kind in _NUMERIC_KINDS:
             return "ndarray", value
+        if isinstance(value, np.generic) and value.dtype.kind in _NUMERIC_KINDS:
+            return "scalar", np.asarray(value)  # x.sum(): a 0-d array, never pickle
         if isinstance(value, bytes | bytearray | memoryview):
             return "bytes", np.frombuffer(bytes(value), dtype=np.uint8)
         try:
@@ -192,6 +196,10 @@ class ResultStore:
         fmt = meta.get("format")
         if fmt == "ndarray":
             return data
+        if fmt == "scalar":
+            if data.shape != ():
+                raise CorruptResultError(f"result {token!r}: a scalar of shape {data.shape}")
+            return data[()]
         raw = data.tobytes()
         if fmt == "bytes":
             return raw
@@ -284,8 +292,9 @@ def graph_tokens(dsk: Mapping[Key, Any]) -> dict[Key, str]:
                 stack.extend(todo)
                 continue
             stack.pop()
-            subs = {d: TaskRef(f"swarm-token-{tokens[d]}") for d in node.dependencies
-                    if d in tokens}
+            subs = {
+                d: TaskRef(f"swarm-token-{tokens[d]}") for d in node.dependencies if d in tokens
+            }
             code: list[bytes] = []
             _callables(node, code)
             stable = node.substitute(subs, key="swarm") if subs else node.substitute({}, "swarm")
@@ -409,7 +418,7 @@ def _as_result_store(store: Any, allow_pickle: bool | None) -> ResultStore:
     if isinstance(store, ResultStore):
         return store
     if store is None:
-        store = config.get("replication.result-store")
+        store = config.value("replication.result-store")
         if store is None:
             raise ConfigError(
                 "no result store: pass store= or set swarmstore.replication.result-store"

@@ -202,7 +202,7 @@ def detect(
     >>> inv.resources()
     {'CPU': 2.0, 'GPU': 1.0, 'GPU_MEMORY': 17179869184.0}
     """
-    want = config.get("compute.detect-gpus", True) if detect_gpus_ is None else detect_gpus_
+    want = config.value("compute.detect-gpus", detect_gpus_)
     if want:
         gpus, status = detect_gpus(detector, env)
     else:

@@ -1,67 +1,41 @@
 """SwarmPlugin: the scheduler plugin that applies swarmstore's placement, and hosts extensions.
 
-The hooks stay thin: they turn scheduler events into calls on
-:class:`~swarmstore.compute.placement.Placer` (pure decisions) and apply the answers to
-``TaskState`` objects in ``update_graph``, the only hook that runs before new tasks first
-transition (``transition`` fires after a state change and cannot redirect a task).
+The hooks stay thin. ``update_graph`` (the only hook before new tasks first transition)
+asks :class:`~swarmstore.compute.placement.Placer` for a decision per new task; held tasks
+that become ready go to :class:`~swarmstore.compute.dispatch.Dispatcher`, which picks their
+workers as capacity frees; :mod:`swarmstore.compute._apply` is the one module that changes
+scheduler state.
 
-Extension protocol
-------------------
-Other capabilities (replication of critical results, durable results, adaptive scaling) run
-inside the same plugin instead of as separate scheduler plugins, so they see the parsed
-requirements and one registration installs everything.
-
-- ``SwarmPlugin(extensions=None)`` loads :data:`DEFAULT_EXTENSIONS`; pass a sequence of
-  ``"module:Class"`` names or classes to choose others (``()`` for none). A name whose module
-  is not importable is skipped with a logged warning.
-- In :meth:`SwarmPlugin.start` each extension is built as ``Ext(scheduler, plugin)``.
-- SwarmPlugin forwards these hooks to each extension that defines them, after its own work,
-  in load order; an exception in one extension is logged and does not stop the others:
-
-  ``async start()``, ``async close()``,
-  ``update_graph(scheduler, *, keys, annotations, **kwargs)`` (also ``client``, ``tasks``,
-  ``priority``, ``stimulus_id``), ``transition(key, start, finish, *args, **kwargs)``,
-  ``add_worker(scheduler, worker)``, ``remove_worker(scheduler, worker, **kwargs)``,
-  ``valid_workers_downscaling(scheduler, workers) -> list`` (each extension may only narrow
-  the list it is given; anything it adds is ignored).
-- ``plugin.requirements[key]`` holds the parsed
-  :class:`~swarmstore.compute.requirements.Requirements` of every live task with a ``swarm``
-  (or GPU ``resources``) annotation, filled before extensions see ``update_graph`` and
-  dropped when the task is forgotten; read ``critical``, ``replicas``, ``persist`` from it.
-- ``plugin.placer`` is the :class:`~swarmstore.compute.placement.Placer` (workers, GPU load).
+Extensions (replication of critical results, durable results, adaptive scaling) run inside
+the same plugin, so they see the parsed requirements and one registration installs
+everything: see :mod:`swarmstore.compute._extensions` for the protocol. ``plugin.placer`` is
+the :class:`~swarmstore.compute.placement.Placer` (workers), ``plugin.dispatcher`` the
+:class:`~swarmstore.compute.dispatch.Dispatcher` (ready and committed work).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import importlib
-import inspect
 import logging
 from dataclasses import replace
-from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
-import dask.config
-from dask._task_spec import Task
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.protocol import pickle
 from tornado.ioloop import PeriodicCallback
 
 from swarmstore import config, metrics
-from swarmstore.compute.placement import (
-    FEEDER_BOOST,
-    HOLD,
-    Decision,
-    Placer,
-    WorkerInfo,
-    gpu_ancestors,
-)
-from swarmstore.compute.requirements import GPU, GPU_MEMORY, Requirements, from_annotations
-from swarmstore.errors import PlacementError, UnsatisfiableRequirements
+from swarmstore.compute import _apply
+from swarmstore.compute._extensions import Extensions
+from swarmstore.compute._figures import PLACEMENT_FAMILIES, PlacementCounts
+from swarmstore.compute._fusion import AnnotationGuard
+from swarmstore.compute._held import HeldTasks
+from swarmstore.compute._unsatisfiable import UnsatisfiableWatch
+from swarmstore.compute.dispatch import Dispatcher
+from swarmstore.compute.placement import Placer, gpu_consumers
+from swarmstore.compute.requirements import Requirements, parse_graph
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Hashable, Mapping, Sequence
 
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
@@ -74,39 +48,12 @@ task_logger = logging.getLogger(__name__ + ".tasks")
 #: Extensions SwarmPlugin loads unless told otherwise (``"module:Class"``)
 DEFAULT_EXTENSIONS: tuple[str, ...] = ("swarmstore.compute.replication:ReplicationController",)
 
-_HOOKS = (
-    "update_graph",
-    "transition",
-    "add_worker",
-    "remove_worker",
-    "valid_workers_downscaling",
-)
-_DONE = frozenset({"memory", "erred", "released", "forgotten"})
 _NOT_STARTED = frozenset({"released", "waiting", "queued", "no-worker"})
-
-
-def _raise(exc_type: type[Exception], message: str) -> None:
-    """The body of a task that must fail with ``message`` (its annotation was invalid)."""
-    raise exc_type(message)
-
-
-def _load(spec: str | type) -> type | None:
-    if not isinstance(spec, str):
-        return spec
-    module, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr or "Extension")
-    except (ImportError, AttributeError) as e:
-        logger.warning("swarmstore extension %s not loaded: %s", spec, e)
-        return None
-
-
-def _info(ws: WorkerState) -> WorkerInfo:
-    return WorkerInfo(ws.address, ws.nthreads, dict(ws.resources))
+_FINISHED = frozenset({"memory", "erred", "forgotten"})
 
 
 class SwarmPlugin(SchedulerPlugin):
-    """GPU/CPU-aware placement, GPU load balance and chunk affinity in the Dask scheduler.
+    """GPU/CPU-aware placement, priorities, GPU load balance and chunk affinity in Dask.
 
     Parameters
     ----------
@@ -115,23 +62,23 @@ class SwarmPlugin(SchedulerPlugin):
     keep_cpu_off_gpu, affinity : bool, optional
         Default ``swarmstore.compute.keep-cpu-off-gpu`` / ``.affinity``.
     unsatisfiable_timeout : str or float, optional
-        How long a task no worker can ever satisfy waits before it fails with
+        How long a task needing GPUs no worker can give waits before it fails with
         :class:`~swarmstore.errors.UnsatisfiableRequirements`; default
-        ``swarmstore.compute.unsatisfiable-timeout``.
+        ``swarmstore.compute.unsatisfiable-timeout`` (other resources: never).
     gpu_prefetch : float, optional
         GPU work sent to a GPU worker beyond its GPUs, in multiples of its GPUs (default
         ``swarmstore.compute.gpu-prefetch``, 1: one task waits ready behind each running one).
     keep_annotations : bool, optional
-        Turn off dask's low-level fusion on the scheduler (when the operator left
-        ``optimization.fuse.active`` unset) so annotations on dask arrays reach placement;
-        default ``swarmstore.compute.keep-annotations``.
+        Materialise dask.array graphs that carry ``swarm`` or ``resources`` annotations
+        without linear fusion, on this scheduler and for those graphs only, so the
+        annotations reach placement (:mod:`swarmstore.compute._fusion`); default
+        ``swarmstore.compute.keep-annotations``.
 
     Notes
     -----
-    All hooks run on the scheduler's event loop; nothing here is shared across threads. Work
-    per task in ``update_graph`` is constant in the number of workers (placement caches
-    per-worker scans, GPU picks use heaps); graphs with no ``swarm`` annotation on a cluster
-    without GPU workers skip the per-task loop entirely.
+    All hooks run on the scheduler's event loop. Graphs with no ``swarm`` annotation on a
+    cluster without GPU workers skip the per-task work entirely; the ``transition`` hook
+    then costs a dict lookup.
 
     Examples
     --------
@@ -157,119 +104,85 @@ class SwarmPlugin(SchedulerPlugin):
         keep_annotations: bool | None = None,
     ) -> None:
         self.extension_specs = tuple(DEFAULT_EXTENSIONS if extensions is None else extensions)
-        self.keep_cpu_off_gpu = (
-            bool(config.get("compute.keep-cpu-off-gpu", True))
-            if keep_cpu_off_gpu is None
-            else keep_cpu_off_gpu
+        self.keep_annotations = config.value("compute.keep-annotations", keep_annotations)
+        self.placer = Placer(
+            keep_cpu_off_gpu=config.value("compute.keep-cpu-off-gpu", keep_cpu_off_gpu),
+            affinity=config.value("compute.affinity", affinity),
         )
-        self.affinity = bool(config.get("compute.affinity", True)) if affinity is None else affinity
-        self.keep_annotations = (
-            bool(config.get("compute.keep-annotations", True))
-            if keep_annotations is None
-            else keep_annotations
+        self.dispatcher = Dispatcher(
+            self.placer.workers,
+            gpu_prefetch=float(config.value("compute.gpu-prefetch", gpu_prefetch)),
+            saturation=_apply.worker_saturation(),
         )
-        self.unsatisfiable_timeout = config.get_seconds(
-            "compute.unsatisfiable-timeout", unsatisfiable_timeout
-        )
+        self.placements = PlacementCounts()
+        timeout = config.value("compute.unsatisfiable-timeout", unsatisfiable_timeout)
+        self.unsatisfiable = UnsatisfiableWatch(self.placer, self.placements, timeout)
         #: Parsed requirements of live annotated tasks (read by extensions)
         self.requirements: dict[Any, Requirements] = {}
-        self.extensions: list[Any] = []
-        self.gpu_prefetch = (
-            float(config.get("compute.gpu-prefetch", 1.0)) if gpu_prefetch is None else gpu_prefetch
-        )
-        self.placer = Placer(
-            keep_cpu_off_gpu=self.keep_cpu_off_gpu,
-            affinity=self.affinity,
-            prefetch=self.gpu_prefetch,
-        )
-        self.scheduler: Scheduler | None = None
-        #: Tasks pinned to one worker for chunk affinity: key -> address
+        #: Held tasks (ours to dispatch), feeders' GPU tasks, GPU work not finished
+        self.held = HeldTasks()
+        #: Chunk tasks pinned to one worker: key -> address
         self.pinned: dict[Any, str] = {}
-        #: GPU tasks we hold and dispatch as slots free up: key -> resource needs
-        self.held: dict[Any, dict[str, float]] = {}
-        #: Held tasks dispatched and not yet finished: key -> (worker, needs)
-        self.charged: dict[Any, tuple[str, dict[str, float]]] = {}
-        self._ready: list[tuple[Any, int, Any]] = []  # heap of (priority, seq, key)
-        self._seq = 0
-        self._dispatch_pending = False
+        self.extensions = Extensions()
+        self.scheduler: Scheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._hooks: dict[str, list[Any]] = {h: [] for h in _HOOKS}
+        self._round_pending = False
         self._pc: PeriodicCallback | None = None
-        self._reported: set[Any] = set()
-        self._fuse_changed = False
-        self._unsat_since: dict[Any, float] = {}
-        #: Placement decisions counted for ``/metrics`` (see :mod:`swarmstore.metrics`)
-        self.placements = metrics.PlacementCounts()
+        self._guard = AnnotationGuard()
 
     def __repr__(self) -> str:
-        return (
-            f"SwarmPlugin({self.placer!r}, tracked={len(self.requirements)}, "
-            f"extensions={[type(e).__name__ for e in self.extensions]})"
-        )
+        return f"SwarmPlugin({self.placer!r}, {self.dispatcher!r}, held={len(self.held)})"
+
+    @property
+    def unsatisfiable_timeout(self) -> float | None:
+        return self.unsatisfiable.timeout
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self._loop = asyncio.get_running_loop()
-        self._keep_annotations()
+        if self.keep_annotations:
+            self._guard.install(scheduler)
         self._sync_workers(scheduler)
-        for spec in self.extension_specs:
-            cls = _load(spec)
-            if cls is None:
-                continue
-            ext = cls(scheduler, self)
-            self.extensions.append(ext)
-            for hook in _HOOKS:
-                fn = getattr(ext, hook, None)
-                if callable(fn):
-                    self._hooks[hook].append(fn)
-        for ext in self.extensions:
-            if callable(getattr(ext, "start", None)):
-                await ext.start()
-        timeout = self.unsatisfiable_timeout
+        await self.extensions.start(self.extension_specs, scheduler, self)
+        timeout = self.unsatisfiable.timeout
         interval = 1.0 if timeout is None else max(0.05, min(1.0, timeout / 4))
         self._pc = PeriodicCallback(self._periodic, interval * 1000)
         scheduler.periodic_callbacks["swarmstore"] = self._pc
         self._pc.start()
-        metrics.track_scheduler(self)
+        name = f"placement@{id(self)}"
+        metrics.register_source(name, self.figures, PLACEMENT_FAMILIES, owner=scheduler)
+        metrics.watch_scheduler(scheduler)
+        metrics.count_events(scheduler)
         logger.debug("SwarmPlugin started: %r", self)
 
-    def _keep_annotations(self) -> None:
-        """Stop low-level fusion on this scheduler from dropping annotations.
-
-        The scheduler materialises collections (``expr.__dask_graph__()``), running their
-        low-level optimiser with *its* config; dask.array's default linear fusion flattens
-        the graph to a dict and drops every layer annotation (dask/dask#7036), so ``swarm``
-        and ``resources`` annotations on dask arrays would never arrive. Unless the operator
-        chose a value for ``optimization.fuse.active``, set it to False in this process.
-        """
-        if not self.keep_annotations or dask.config.get("optimization.fuse.active") is not None:
-            return
-        dask.config.set({"optimization.fuse.active": False})
-        self._fuse_changed = True
-        logger.info(
-            "swarmstore: optimization.fuse.active set to False on the scheduler so that task "
-            "annotations survive graph materialisation (swarmstore.compute.keep-annotations)"
-        )
-
     async def close(self) -> None:
-        metrics.untrack_scheduler(self)
-        if self._fuse_changed:
-            dask.config.set({"optimization.fuse.active": None})
-            self._fuse_changed = False
+        metrics.unregister_source(f"placement@{id(self)}")
+        self._guard.uninstall()
         if self._pc is not None:
             self._pc.stop()
             if self.scheduler is not None:
                 self.scheduler.periodic_callbacks.pop("swarmstore", None)
             self._pc = None
-        for ext in reversed(self.extensions):
-            if callable(getattr(ext, "close", None)):
-                try:
-                    await ext.close()
-                except Exception:
-                    logger.exception("swarmstore extension %r failed to close", ext)
-        self.extensions = []
-        self._hooks = {h: [] for h in _HOOKS}
+        if self.scheduler is not None and self.held:
+            _apply.release(self.scheduler, list(self.held))
+        self.held.clear()
+        await self.extensions.close()
+
+    def figures(self) -> dict[str, Any]:
+        """Placement counts, GPU tasks ready, tracked tasks, GPU slots and committed work
+        per GPU worker (this plugin's :mod:`swarmstore.metrics` source)."""
+        if self.scheduler is None:
+            return {}
+        d = self.dispatcher
+        gpus = [w for w in self.placer.workers.values() if w.is_gpu]
+        return {
+            **self.placements.figures(),
+            "placement_gpu_queued": d.ready_gpu(),
+            "placement_tracked_tasks": len(self.requirements),
+            "gpu_slots": {w.address: w.gpus for w in gpus},
+            "gpu_committed": {w.address: d.committed_gpu(w.address)[0] for w in gpus},
+        }
 
     # ---------------------------------------------------------------- graph
     def update_graph(
@@ -286,346 +199,232 @@ class SwarmPlugin(SchedulerPlugin):
             self._place(scheduler, annotations, tasks if tasks is not None else list(keys))
         except Exception:  # the scheduler would swallow it; say what failed
             logger.exception("swarmstore placement failed; tasks keep stock placement")
-        for fn in self._hooks["update_graph"]:
-            try:
-                fn(scheduler, keys=keys, annotations=annotations, tasks=tasks, **kwargs)
-            except Exception:
-                logger.exception("swarmstore extension update_graph failed: %r", fn)
+        self.extensions.call(
+            "update_graph", scheduler, keys=keys, annotations=annotations, tasks=tasks, **kwargs
+        )
 
     def _place(
         self, scheduler: Scheduler, annotations: Mapping[str, Mapping[Any, Any]], tasks: list[Any]
     ) -> None:
-        swarm = annotations.get("swarm") or {}
-        resources = annotations.get("resources") or {}
         self._sync_workers(scheduler)
         placer = self.placer
-        spread_cpu = placer.keep_cpu_off_gpu and placer.has_gpu_workers and bool(placer.cpu_pool)
-        if not swarm and not resources and not spread_cpu:
+        hold_cpu = placer.keep_cpu_off_gpu and placer.has_gpu_workers
+        swarm = annotations.get("swarm") or {}
+        resources = annotations.get("resources") or {}
+        if not swarm and not resources and not hold_cpu:
             return  # the common fast path: nothing of ours in this graph
-
-        reqs, bad = self._parse(swarm, resources)
+        reqs, bad = parse_graph(swarm, resources)
         self.requirements.update(reqs)
-        gpu_keys = [k for k, r in reqs.items() if r.is_gpu]
-        feeders = self._feeders(scheduler, gpu_keys) if gpu_keys else set()
-        todo: Iterable[Any] = tasks if spread_cpu else (*reqs, *bad, *feeders)
         stasks = scheduler.tasks
-        for key in todo:
+        for key in tasks if hold_cpu else (*reqs, *bad):
             ts = stasks.get(key)
             if ts is None or ts.run_spec is None or ts.state != "released":
                 continue  # not new: placed (or computed) before
             if key in bad:
-                self._fail_invalid(ts, bad[key])
+                _apply.fail_invalid(ts, bad[key])
                 continue
             req = reqs.get(key)
-            feeds = key in feeders
-            if req is None and (
-                ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions
-            ):
-                if feeds:
-                    self._boost(scheduler, ts)
+            if ts.actor or (req is None and _restricted(ts)):
                 continue  # the user restricted it already: leave it alone
-            rootish = req is None and not feeds and scheduler.is_rootish(ts)
-            decision = placer.decide(
-                req, rootish=rootish, feeds_gpu=feeds, base_priority=-ts.priority[0]
-            )
-            self._apply(scheduler, ts, decision)
-        for key in feeders:  # feeders submitted earlier, not started yet: move them up
-            ts = stasks.get(key)
-            if ts is not None and ts.state != "released":
-                self._boost(scheduler, ts)
+            self._decide(scheduler, ts, req, pinned_by_user=_pinned(ts))
+        gpu = [k for k, r in reqs.items() if r.is_gpu and k in self.held]
+        if gpu:
+            self._find_feeders(scheduler, gpu)
 
-    def _parse(
-        self, swarm: Mapping[Any, Any], resources: Mapping[Any, Any]
-    ) -> tuple[dict[Any, Requirements], dict[Any, str]]:
-        reqs: dict[Any, Requirements] = {}
-        bad: dict[Any, str] = {}
-        for key, value in swarm.items():
-            try:
-                req = from_annotations({"swarm": value, "resources": resources.get(key)})
-            except PlacementError as e:
-                bad[key] = f"task {key!r}: {e}"
-                continue
-            if req is not None:
-                reqs[key] = req
-        for key, value in resources.items():
-            is_gpu = isinstance(value, dict) and (GPU in value or GPU_MEMORY in value)
-            if key not in swarm and is_gpu:
-                req = from_annotations({"resources": value})
-                if req is not None:
-                    reqs[key] = req
-        return reqs, bad
+    def _decide(
+        self, scheduler: Scheduler, ts: TaskState, req: Requirements | None, pinned_by_user: bool
+    ) -> None:
+        d = self.placer.decide(req)
+        if pinned_by_user:  # workers= from the user wins over our hold and pins
+            d = replace(d, workers=None, hold=False, pinned=False)
+        _apply.apply_decision(ts, d)
+        self.placements.decided(d)
+        if d.hold:
+            gpu = None
+            if req is not None and req.is_gpu:
+                gpu = (-ts.priority[0] if ts.priority else 0.0, min(req.gpu or 1.0, 1.0))
+            self.held.add(ts.key, d.resources or {}, gpu)
+        elif d.pinned and d.workers:
+            self.pinned[ts.key] = next(iter(d.workers))
+        if d.unsatisfiable:
+            self.unsatisfiable.waiting(scheduler, ts.key, dict(d.resources or {}))
+        task_logger.debug("placed %s: %s", ts.key, d)
 
-    @staticmethod
-    def _feeders(scheduler: Scheduler, gpu_keys: list[Any]) -> set[Any]:
-        """Tasks not yet started that GPU tasks transitively depend on.
-
-        Feeders submitted earlier (say ``c.submit`` per stage) are found too; their priority
-        is raised in place (:meth:`_boost`).
-        """
+    def _find_feeders(self, scheduler: Scheduler, gpu_keys: list[Any]) -> None:
+        """Map tasks not yet started that feed the new GPU tasks to the first one they feed."""
         stasks = scheduler.tasks
 
-        def deps_of(key: Any) -> list[Any] | None:
+        def deps_of(key: Hashable) -> list[Any] | None:
             ts = stasks.get(key)
-            if ts is None or ts.state not in _NOT_STARTED:
+            if ts is None or ts.state not in _NOT_STARTED or key not in self.held:
                 return None
             return [d.key for d in ts.dependencies]
 
-        return gpu_ancestors(gpu_keys, deps_of)
-
-    def _apply(self, scheduler: Scheduler, ts: TaskState, d: Decision) -> None:
-        if d.resources:
-            ts.resource_restrictions = {**(ts.resource_restrictions or {}), **d.resources}
-        if ts.worker_restrictions or ts.host_restrictions:  # workers= from the user wins
-            d = replace(d, workers=None, hold=False)
-        self.placements.decided(d, self.placer.cpu_pool)
-        if d.workers is not None:
-            ts.worker_restrictions = set(d.workers)
-            ts.loose_restrictions = d.loose
-            if len(d.workers) == 1:
-                self.pinned[ts.key] = next(iter(d.workers))
-        if d.priority is not None and ts.priority:
-            ts.priority = (-d.priority, *ts.priority[1:])
-        if d.hold:
-            self.held[ts.key] = dict(d.resources or {})
-        if d.unsatisfiable and ts.key not in self._reported:
-            self._reported.add(ts.key)
-            scheduler.log_event(
-                "swarmstore",
-                {
-                    "action": "unsatisfiable-waiting",
-                    "key": ts.key,
-                    "resources": dict(d.resources or {}),
-                    "timeout": self.unsatisfiable_timeout,
-                },
-            )
-        task_logger.debug("placed %s: %s", ts.key, d)
-
-    @staticmethod
-    def _boost(scheduler: Scheduler, ts: TaskState) -> None:
-        """Raise the priority of a feeder already known to the scheduler, not yet started."""
-        if ts.state not in _NOT_STARTED or not ts.priority:
-            return
-        first = ts.priority[0]
-        if first % 1:
-            return  # boosted already: user priorities are integers, boosts add a half
-        boosted = first - FEEDER_BOOST
-        queued = ts.state == "queued"
-        if queued:
-            scheduler.queued.discard(ts)
-        ts.priority = (boosted, *ts.priority[1:])
-        if queued:
-            scheduler.queued.add(ts)
-
-    def _fail_invalid(self, ts: TaskState, message: str) -> None:
-        """Make a task with a malformed annotation fail with ``message`` when it runs."""
-        ts.run_spec = Task(ts.key, _raise, PlacementError, message)
-        ts.resource_restrictions = None
-        ts.worker_restrictions = None
-        ts.host_restrictions = None
-        logger.warning("invalid swarm annotation: %s", message)
+        gpu_keys.sort(key=lambda k: stasks[k].priority)
+        for key, consumer in gpu_consumers(gpu_keys, deps_of).items():
+            if self.held.consumer_of.get(key) is None:
+                self.held.consumer_of[key] = consumer
+                if key in self.dispatcher.jobs:  # queued before its consumer was known
+                    self._ready(stasks[key])
 
     # ---------------------------------------------------------------- events
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if key in self.held:
-            if finish == "no-worker":  # ready, parked by HOLD: queue it for a GPU slot
-                ts = self.scheduler.tasks[key] if self.scheduler is not None else None
-                self._seq += 1
-                heapq.heappush(self._ready, (ts.priority if ts else (), self._seq, key))
-                self._schedule_dispatch()
-            elif start == "processing" or finish in _DONE:  # left its worker: a slot is free
-                charged = self.charged.pop(key, None)
-                if charged is not None:
-                    self.placer.gpu.release(*charged)
-                    self._schedule_dispatch()
-            if finish == "forgotten":
-                del self.held[key]
+            self._held_transition(key, start, finish)
+        elif start == "processing" and self.dispatcher.jobs:
+            self._schedule_round()  # a stock task freed a thread
         if finish == "forgotten":
-            self._unsat_since.pop(key, None)
-            self.requirements.pop(key, None)
-            self.pinned.pop(key, None)
-            self._reported.discard(key)
-        for fn in self._hooks["transition"]:
-            try:
-                fn(key, start, finish, *args, **kwargs)
-            except Exception:
-                logger.exception("swarmstore extension transition failed: %r", fn)
+            self._forget(key)
+        if self.extensions.hooks["transition"]:
+            self.extensions.call("transition", key, start, finish, *args, **kwargs)
+
+    def _held_transition(self, key: Any, start: str, finish: str) -> None:
+        d = self.dispatcher
+        if finish != "processing" and key in d.committed:
+            d.done(key)  # left its worker (a retry arrives as released -> waiting)
+            self._schedule_round()
+        elif start == "no-worker" and finish != "processing":
+            d.withdraw(key)
+        if finish == "no-worker" and self.scheduler is not None:
+            self._ready(self.scheduler.tasks[key])
+        elif finish in ("released", "waiting") and self.scheduler is not None:
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None:
+                _apply.hold(ts)  # lost with a worker, or retried: ours to place again
+        if finish in _FINISHED and self.held.finish_gpu(key):
+            d.gpu_task_finished(key)
+            if not self.held.gpu:
+                self._schedule_round()  # GPU workers' reserved threads are free for CPU work
+
+    def _ready(self, ts: TaskState) -> None:
+        assert self.scheduler is not None
+        needs, consumer = self.held.needs[ts.key], self.held.consumer(ts.key)
+        self.dispatcher.ready(_apply.job_of(self.scheduler, ts, needs, consumer))
+        self._schedule_round()
+
+    def _forget(self, key: Any) -> None:
+        if self.held.forget(key):
+            self.dispatcher.gpu_task_finished(key)
+        self.dispatcher.withdraw(key)
+        self.dispatcher.done(key)
+        self.unsatisfiable.forget(key)
+        self.requirements.pop(key, None)
+        self.pinned.pop(key, None)
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> Awaitable[None] | None:
         ws = scheduler.workers.get(worker)
         if ws is not None:
-            self.placer.add_worker(_info(ws))
-            if self._ready:
-                self._schedule_dispatch()
-        return self._forward("add_worker", scheduler, worker)
+            self.placer.add_worker(_apply.worker_info(ws))
+            self._membership_changed()
+        return self.extensions.call("add_worker", scheduler, worker)
 
     def remove_worker(
         self, scheduler: Scheduler, worker: str, **kwargs: Any
     ) -> Awaitable[None] | None:
         self.placer.remove_worker(worker)
+        self._membership_changed()
         try:
-            self._repin(scheduler, worker)
+            moved = [k for k, a in self.pinned.items() if a == worker]
+            pins = {k: self._repin(k) for k in moved}
+            _apply.repin(scheduler, pins)
         except Exception:
             logger.exception("swarmstore could not re-place tasks of %s", worker)
-        return self._forward("remove_worker", scheduler, worker, **kwargs)
+        return self.extensions.call("remove_worker", scheduler, worker, **kwargs)
+
+    def _repin(self, key: Any) -> str | None:
+        """The new owner of a chunk task whose worker left."""
+        req = self.requirements.get(key)
+        needs = req.resources() if req is not None else {}
+        owner = self.placer.owner(req.chunk, needs) if req and req.chunk else None
+        if owner is None:
+            self.pinned.pop(key, None)
+        else:
+            self.pinned[key] = owner
+        return owner
 
     def valid_workers_downscaling(
         self, scheduler: Scheduler, workers: list[WorkerState]
     ) -> list[WorkerState]:
-        for fn in self._hooks["valid_workers_downscaling"]:
-            try:
-                allowed = set(fn(scheduler, list(workers)))
-            except Exception:
-                logger.exception("swarmstore extension valid_workers_downscaling failed: %r", fn)
-                continue
-            workers = [w for w in workers if w in allowed]
-        return workers
+        return self.extensions.narrow(scheduler, workers)
 
-    def _forward(self, hook: str, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
-        pending = []
-        for fn in self._hooks[hook]:
-            try:
-                result = fn(*args, **kwargs)
-            except Exception:
-                logger.exception("swarmstore extension %s failed: %r", hook, fn)
-                continue
-            if inspect.isawaitable(result):
-                pending.append(result)
-        if not pending:
-            return None
-        return self._gather(pending)
-
-    @staticmethod
-    async def _gather(pending: list[Awaitable[Any]]) -> None:
-        for r in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(r, Exception):
-                logger.error("swarmstore extension hook failed: %r", r)
-
-    # ---------------------------------------------------------------- GPU dispatch
-    def _schedule_dispatch(self) -> None:
+    # ---------------------------------------------------------------- dispatch
+    def _schedule_round(self) -> None:
         """Run :meth:`dispatch` once, after the current scheduler stimulus is done."""
-        if not self._dispatch_pending and self._loop is not None:
-            self._dispatch_pending = True
+        if not self._round_pending and self._loop is not None:
+            self._round_pending = True
             self._loop.call_soon(self.dispatch)
 
     def dispatch(self) -> None:
-        """Send held GPU tasks, highest priority first, to GPU workers with free slots."""
-        self._dispatch_pending = False
+        """Send ready held tasks to the workers the dispatcher picks for them."""
+        self._round_pending = False
         scheduler = self.scheduler
-        if scheduler is None or not self._ready:
+        d = self.dispatcher
+        if scheduler is None or not d.jobs:
             return
-        recs: dict[Any, str] = {}
-        skipped = []
-        while self._ready and len(skipped) < 32:
-            item = heapq.heappop(self._ready)
-            key = item[2]
-            ts = scheduler.tasks.get(key)
-            needs = self.held.get(key)
-            if ts is None or needs is None or ts.state != "no-worker" or key in self.charged:
-                continue  # stale entry
-            addr = self.placer.dispatch(needs)
-            if addr is None:
-                skipped.append(item)  # no room for these needs now; others may fit
-                continue
-            ts.worker_restrictions = {addr}
-            self.charged[key] = (addr, needs)
-            recs[key] = "processing"
-            self.placements.dispatched(addr)
-        for item in skipped:
-            heapq.heappush(self._ready, item)
-        if not recs:
+        d.gpu_outstanding = len(self.held.gpu)
+        d.gpu_top_priority = self.held.top_priority
+        d.gpu_min_share = self.held.min_share
+        picks = d.plan(
+            lambda addr: _apply.busy_threads(scheduler, addr),
+            [ws.address for ws in scheduler.running],
+        )
+        if not picks:
             return
-        scheduler.transitions(recs, stimulus_id=f"swarmstore-gpu-dispatch-{time()}")
-        for key in recs:  # the worker was paused or closing: hold the task again
+        sent, unsent = _apply.dispatch(scheduler, picks)
+        for key in unsent:
+            d.done(key)
             ts = scheduler.tasks.get(key)
-            if ts is not None and ts.state == "no-worker" and key in self.charged:
-                self.placer.gpu.release(*self.charged.pop(key))
-                ts.worker_restrictions = {HOLD}
-                self._seq += 1
-                heapq.heappush(self._ready, (ts.priority, self._seq, key))
-        task_logger.debug("dispatched %d GPU task(s)", len(recs))
+            if ts is not None and ts.state == "no-worker" and key in self.held:
+                self._ready(ts)  # bounced (its worker paused): queue it again
+        for key, addr in sent:
+            if key in self.held.gpu:
+                self.placements.dispatched(addr)
+        task_logger.debug("dispatched %d task(s)", len(sent))
 
     def _periodic(self) -> None:
-        if self._ready:
+        if self.dispatcher.jobs:
             self.dispatch()  # retries tasks bounced by paused workers
-        self.check_unsatisfiable()
+        scheduler = self.scheduler
+        if scheduler is not None:
+            self._sync_workers(scheduler)  # resources may change (Worker.set_resources)
+            self.unsatisfiable.check(scheduler, self._needs_of)
 
-    # ---------------------------------------------------------------- maintenance
+    def _needs_of(self, ts: TaskState) -> Mapping[str, float] | None:
+        return self.held.needs.get(ts.key) or ts.resource_restrictions
+
+    def check_unsatisfiable(self) -> None:
+        """Fail the tasks that waited past the timeout for GPUs no worker can give."""
+        if self.scheduler is not None:
+            self._sync_workers(self.scheduler)
+            self.unsatisfiable.check(self.scheduler, self._needs_of)
+
+    # ---------------------------------------------------------------- membership
+    def _membership_changed(self) -> None:
+        self.dispatcher.membership_changed()
+        self.unsatisfiable.membership_changed()
+        if self.dispatcher.jobs:
+            self._schedule_round()
+
     def _sync_workers(self, scheduler: Scheduler) -> None:
         """Bring the placer's worker picture up to date (resources change at run time)."""
         placer = self.placer
+        changed = False
         for addr, ws in scheduler.workers.items():
             info = placer.workers.get(addr)
             if info is None or info.resources != ws.resources or info.nthreads != ws.nthreads:
-                placer.add_worker(_info(ws))
+                placer.add_worker(_apply.worker_info(ws))
+                changed = True
         if len(placer.workers) != len(scheduler.workers):
             for addr in [a for a in placer.workers if a not in scheduler.workers]:
                 placer.remove_worker(addr)
+                changed = True
+        if changed:
+            self._membership_changed()
 
-    def _repin(self, scheduler: Scheduler, worker: str) -> None:
-        """Re-place tasks pinned to a worker that left (new HRW owner, next GPU worker)."""
-        moved = [k for k, a in self.pinned.items() if a == worker]
-        recs: dict[Any, str] = {}
-        for key in moved:
-            ts = scheduler.tasks.get(key)
-            if ts is None:
-                self.pinned.pop(key, None)
-                continue
-            if ts.state in ("memory", "processing", "erred"):
-                continue  # the scheduler re-runs it through released, then we see it here
-            req = self.requirements.get(key)
-            d = self.placer.decide(req, rootish=False, base_priority=0)
-            ts.worker_restrictions = set(d.workers or ())
-            if d.workers and len(d.workers) == 1:
-                self.pinned[key] = next(iter(d.workers))
-            else:
-                self.pinned.pop(key, None)
-            if ts.state == "no-worker" and d.workers:
-                recs[key] = "processing"
-        if recs:
-            scheduler.transitions(recs, stimulus_id=f"swarmstore-repin-{time()}")
-        if moved:
-            logger.info("swarmstore re-placed %d task(s) of %s", len(moved), worker)
 
-    def check_unsatisfiable(self) -> None:
-        """Fail tasks that waited past the timeout for resources no worker declares."""
-        scheduler = self.scheduler
-        if scheduler is None or self.unsatisfiable_timeout is None or not scheduler.unrunnable:
-            return
-        self._sync_workers(scheduler)  # resources may have changed (Worker.set_resources)
-        now = monotonic()
-        stimulus_id = f"swarmstore-unsatisfiable-{time()}"
-        recs: dict[Any, str] = {}
-        failed = []
-        unsat = self._unsat_since
-        for ts in list(scheduler.unrunnable):
-            needs = ts.resource_restrictions
-            if not needs or self.placer.capable(needs):
-                unsat.pop(ts.key, None)
-                continue  # someone could run it: busy, held or restricted, not ours to fail
-            # counted from when we first saw no capable worker, not from entering no-worker:
-            # a held GPU task may have waited long for a slot before its workers went away
-            since = unsat.setdefault(ts.key, now)
-            if now - since <= self.unsatisfiable_timeout:
-                continue
-            msg = (
-                f"task {ts.key!r} needs resources {dict(needs)} but no worker of "
-                f"{len(scheduler.workers)} declares them (waited "
-                f"{self.unsatisfiable_timeout:g}s; swarmstore.compute.unsatisfiable-timeout). "
-                "Start workers with those resources, or install swarmstore's worker plugin "
-                "(plugins/worker.py) so GPUs and CPUs are declared."
-            )
-            exc = pickle.dumps(UnsatisfiableRequirements(msg))
-            recs.update(
-                scheduler.transition(
-                    ts.key, "erred", exception=exc, cause=ts.key, stimulus_id=stimulus_id
-                )
-            )
-            failed.append(ts.key)
-            unsat.pop(ts.key, None)
-            logger.error("%s", msg)
-        if failed:
-            scheduler.transitions(recs, stimulus_id)
-            self.placements.failed(len(failed))
-            scheduler.log_event(
-                "swarmstore", {"action": "unsatisfiable-failed", "keys": failed}
-            )
+def _pinned(ts: TaskState) -> bool:
+    return bool(ts.worker_restrictions or ts.host_restrictions)
+
+
+def _restricted(ts: TaskState) -> bool:
+    return bool(ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions)

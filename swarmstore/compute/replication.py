@@ -1,17 +1,14 @@
 """Keep critical results at N copies on distinct hosts, so a lost worker costs no recomputation.
 
-Three layers, each testable alone:
-
-- plain decisions (:func:`desired_replicas`, :func:`pick_recipients`, :func:`narrow_downscaling`)
-  that know nothing about Dask;
-- :class:`HonourReplicaCounts`, an Active Memory Manager policy that replaces the stock
-  ``ReduceReplicas`` (which hard-codes one desired copy and fights any policy keeping two:
-  copies flip 2,1,2,1). It adds missing replicas of tracked keys and trims every other key
-  to one copy (or to the number of workers with dependents waiting, as stock does);
-- :class:`ReplicationController`, the thin scheduler-side object that SwarmPlugin forwards its
-  hooks to: it tracks desired counts from ``ts.annotations["swarm"]``, requests replicas the
-  moment a critical key reaches memory (closing the AMM's 2-second gap) and refuses
-  downscaling that would retire the last holder of a critical key or the last GPU worker.
+:class:`ReplicationController` is the thin scheduler-side object SwarmPlugin forwards its
+hooks to. It tracks desired counts from ``swarm`` annotations (``critical``, ``replicas``),
+asks for the copies the moment a tracked key reaches memory (closing the AMM's 2-second gap)
+and again when a holder leaves, and narrows downscaling so the last holder of a tracked key,
+or the last GPU worker, never retires. Keeping the counts over time is the job of
+:class:`~swarmstore.compute._replica_policy.HonourReplicaCounts`, a policy of the scheduler's
+own Active Memory Manager: it joins that AMM while some key asks for copies, runs at the
+AMM's interval, and does nothing when the user turns the AMM off. Stock ``ReduceReplicas``
+stays in the AMM and governs every key nobody marked.
 
 :class:`ReplicationPlugin` wraps the controller as a stand-alone ``SchedulerPlugin`` for
 clusters that run replication without the rest of SwarmPlugin.
@@ -21,23 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from distributed.active_memory_manager import (
-    ActiveMemoryManagerExtension,
-    ActiveMemoryManagerPolicy,
-    ReduceReplicas,
-    Suggestion,
-    SuggestionGenerator,
-)
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time
 
-from swarmstore import _events, config
+from swarmstore import _events, config, metrics
+from swarmstore.compute._figures import REPLICATION_FAMILIES
+from swarmstore.compute._replica_policy import (
+    Candidate,
+    HonourReplicaCounts,
+    desired_replicas,
+    narrow_downscaling,
+    pick_recipients,
+    shield,
+    unshield,
+)
 from swarmstore.errors import PlacementError
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
 __all__ = [
+    "Candidate",
     "HonourReplicaCounts",
     "ReplicationController",
     "ReplicationPlugin",
@@ -58,162 +59,6 @@ logger = logging.getLogger(__name__)
 key_logger = logging.getLogger(__name__ + ".keys")
 
 
-# --------------------------------------------------------------------------- decisions
-def desired_replicas(annotation: Any, default: int) -> int | None:
-    """Copies wanted for a task from its ``swarm`` annotation, or ``None`` if not tracked.
-
-    ``{"replicas": N}`` asks for N copies; ``{"critical": True}`` for ``default`` copies.
-    Anything else (no annotation, ``critical: False``) is not tracked.
-
-    >>> desired_replicas({"critical": True}, 2), desired_replicas({"replicas": 3}, 2)
-    (2, 3)
-    >>> desired_replicas({"persist": True}, 2) is None
-    True
-    """
-    if annotation is None:
-        return None
-    if isinstance(annotation, Mapping):
-        get = annotation.get
-    else:  # a parsed requirements object from SwarmPlugin
-        def get(name: str, default_: Any = None) -> Any:
-            return getattr(annotation, name, default_)
-
-    n = get("replicas")
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PlacementError(f"swarm annotation replicas={n!r} must be an integer >= 1")
-        return n
-    if get("critical"):
-        return max(1, int(default))
-    return None
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A worker that could receive a replica: its address, host and current memory."""
-
-    address: str
-    host: str
-    memory: int = 0
-
-
-def pick_recipients(
-    holder_hosts: Iterable[str], candidates: Sequence[Candidate], n: int
-) -> list[str]:
-    """Choose ``n`` recipients, on hosts that hold no copy yet while such hosts remain.
-
-    Within a tier the least loaded worker wins; each pick's host counts as used, so two
-    new copies do not land on one host when another host is free.
-
-    >>> cands = [Candidate("a", "h1", 10), Candidate("b", "h2", 50), Candidate("c", "h2", 0)]
-    >>> pick_recipients({"h1"}, cands, 2)
-    ['c', 'a']
-    """
-    used = set(holder_hosts)
-    left = sorted(candidates, key=lambda c: (c.memory, c.address))
-    picked: list[str] = []
-    while left and len(picked) < n:
-        best = next((c for c in left if c.host not in used), left[0])
-        left.remove(best)
-        used.add(best.host)
-        picked.append(best.address)
-    return picked
-
-
-def narrow_downscaling(
-    proposed: Sequence[str],
-    holders: Mapping[Hashable, set[str]],
-    gpu_workers: set[str],
-    *,
-    keep_last_gpu: bool = True,
-) -> list[str]:
-    """The subset of ``proposed`` that may retire together without losing anything we guard.
-
-    A worker stays if retiring it (with the workers already accepted) would leave a tracked
-    key with no holder, or, with ``keep_last_gpu``, the cluster with no GPU worker.
-    Order is preserved; the earliest proposals win.
-
-    >>> narrow_downscaling(["a", "b"], {"k": {"a", "b"}}, set())
-    ['a']
-    """
-    by_worker: defaultdict[str, list[Hashable]] = defaultdict(list)
-    for key, who in holders.items():
-        for addr in who:
-            by_worker[addr].append(key)
-    leaving: set[str] = set()
-    out: list[str] = []
-    for addr in proposed:
-        gone = leaving | {addr}
-        if any(not (holders[k] - gone) for k in by_worker.get(addr, ())):
-            continue
-        if keep_last_gpu and addr in gpu_workers and not (gpu_workers - gone):
-            continue
-        leaving.add(addr)
-        out.append(addr)
-    return out
-
-
-# --------------------------------------------------------------------------- AMM policy
-class HonourReplicaCounts(ActiveMemoryManagerPolicy):
-    """Add replicas of tracked keys up to their desired count; trim every key above it.
-
-    Replaces stock ``ReduceReplicas``: untracked keys are trimmed exactly as stock trims
-    them (to one copy, or to the number of workers with dependents waiting on the key);
-    tracked keys keep ``controller.desired[key]`` copies, new ones on hosts that hold none,
-    and surplus copies leave hosts that hold two first.
-    """
-
-    __slots__ = ("controller",)
-
-    def __init__(self, controller: ReplicationController) -> None:
-        self.controller = controller
-
-    def __repr__(self) -> str:
-        return f"HonourReplicaCounts(tracked={len(self.controller.desired)})"
-
-    def run(self) -> SuggestionGenerator:
-        yield from self._replicate()
-        yield from self._trim()
-
-    def _replicate(self) -> SuggestionGenerator:
-        ctl = self.controller
-        for key, n in list(ctl.desired.items()):
-            ts = ctl.scheduler.tasks.get(key)
-            if ts is None or ts.state != "memory" or not ts.who_has:
-                continue
-            pending_repl = self.manager.pending.get(ts, (set(), set()))[0]
-            missing = n - len(ts.who_has) - len(pending_repl) - ctl.inflight_count(ts)
-            for _ in range(missing):
-                choice = yield Suggestion("replicate", ts, ctl.fresh_host_workers(ts))
-                if choice is None:
-                    break
-                key_logger.debug("AMM: replicating %s to %s", key, choice.address)
-
-    def _trim(self) -> SuggestionGenerator:
-        desired = self.controller.desired
-        for ts in list(self.manager.scheduler.replicated_tasks):
-            want = desired.get(ts.key, 1)
-            nwaiters = len(ts.waiters or ())
-            if want < nwaiters < 20:  # as stock: keep a copy per worker with a waiter
-                nwaiters = len({w.processing_on or w for w in ts.waiters or ()})
-            ndrop = len(ts.who_has or ()) - max(want, nwaiters)
-            if ts in self.manager.pending:
-                pending_repl, pending_drop = self.manager.pending[ts]
-                ndrop += len(pending_repl) - len(pending_drop)
-            for _ in range(ndrop):
-                yield Suggestion("drop", ts, _crowded_holders(ts) if want > 1 else None)
-
-
-def _crowded_holders(ts: TaskState) -> set[WorkerState] | None:
-    """Holders that share a host with another holder (the first to drop), or ``None``."""
-    per_host: defaultdict[str, set[WorkerState]] = defaultdict(set)
-    for ws in ts.who_has or ():
-        per_host[ws.host].add(ws)
-    crowded = {ws for group in per_host.values() if len(group) > 1 for ws in group}
-    return crowded or None
-
-
-# --------------------------------------------------------------------------- controller
 class ReplicationController:
     """Scheduler-side replication: the object SwarmPlugin forwards its hooks to.
 
@@ -224,21 +69,20 @@ class ReplicationController:
     plugin : object, optional
         The host plugin; its ``requirements`` mapping (key -> parsed ``swarm`` annotation), when
         present, is read as a second source of desired counts.
-    interval : float or str, optional
-        Period of the replication policy; default ``swarmstore.replication.interval``.
     default_replicas : int, optional
         Copies of a key annotated ``critical`` without a count; default
         ``swarmstore.replication.default-replicas``.
     keep_last_gpu : bool, optional
         Refuse downscaling that retires the last GPU worker; default
         ``swarmstore.replication.keep-last-gpu``.
+    interval : optional
+        Deprecated and ignored: the policy runs at the scheduler AMM's interval.
 
     Notes
     -----
     Every method runs on the scheduler's event loop; nothing here is thread-safe, nor needs
-    to be. The policy runs in its own Active Memory Manager (at ``interval``) while the
-    scheduler's main AMM keeps every other policy (``RetireWorker`` ...) minus the stock
-    ``ReduceReplicas``, which :meth:`start` removes and :meth:`close` puts back.
+    to be. The policy lives in the scheduler's Active Memory Manager
+    (``scheduler.extensions["amm"]``) only while :attr:`desired` is not empty.
     """
 
     def __init__(
@@ -246,21 +90,30 @@ class ReplicationController:
         scheduler: Scheduler,
         plugin: Any = None,
         *,
-        interval: float | str | None = None,
         default_replicas: int | None = None,
         keep_last_gpu: bool | None = None,
+        interval: Any = None,
     ) -> None:
+        if interval is not None:
+            warnings.warn(
+                "ReplicationController(interval=) is ignored: the replication policy runs "
+                "in the scheduler's Active Memory Manager, at "
+                "distributed.scheduler.active-memory-manager.interval",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.scheduler = scheduler
         self.plugin = plugin
-        self.interval = config.get_seconds("replication.interval", interval) or 2.0
-        self.default_replicas = int(
-            config.get("replication.default-replicas") if default_replicas is None
-            else default_replicas
-        )
-        self.keep_last_gpu = bool(
-            config.get("replication.keep-last-gpu", True) if keep_last_gpu is None
-            else keep_last_gpu
-        )
+        self.default_replicas: int = config.value("replication.default-replicas", default_replicas)
+        self.keep_last_gpu: bool = config.value("replication.keep-last-gpu", keep_last_gpu)
+        if config.value("replication.interval") != 2.0:
+            warnings.warn(
+                "swarmstore.replication.interval is ignored: the replication policy runs in "
+                "the scheduler's Active Memory Manager, at "
+                "distributed.scheduler.active-memory-manager.interval",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         #: Desired copies of each tracked key (only counts >= 2 are tracked)
         self.desired: dict[Key, int] = {}
         #: Replicas requested by the fast path and not yet confirmed: key -> {address: deadline}
@@ -269,49 +122,67 @@ class ReplicationController:
         self.fast_requests = 0
         #: Tracked keys that lost every copy while still wanted (so they are recomputed)
         self.lost = 0
-        self.policy = HonourReplicaCounts(self)
-        self.manager: ActiveMemoryManagerExtension | None = None
-        self._removed: list[ActiveMemoryManagerPolicy] = []
+        self.policy = HonourReplicaCounts(
+            self.desired, fresh_hosts=self.fresh_host_workers, in_flight=self.inflight_count
+        )
+        self._started = False
         self._fresh: list[Key] = []
         self._flush_handle: asyncio.Handle | None = None
 
     def __repr__(self) -> str:
-        return f"ReplicationController(tracked={len(self.desired)}, interval={self.interval}s)"
+        return f"ReplicationController(tracked={len(self.desired)})"
+
+    @property
+    def manager(self) -> Any:
+        """The scheduler's Active Memory Manager (``None`` if the extension is not loaded)."""
+        return self.scheduler.extensions.get("amm")
 
     # ---- lifecycle
     async def start(self) -> None:
-        """Swap stock ``ReduceReplicas`` for :class:`HonourReplicaCounts` and start it."""
-        if self.manager is not None:
-            return
-        main = self.scheduler.extensions.get("amm")
-        if main is not None:
-            self._removed = [p for p in main.policies if type(p) is ReduceReplicas]
-            for p in self._removed:
-                main.policies.discard(p)
-        self.manager = ActiveMemoryManagerExtension(
-            self.scheduler, {self.policy}, register=False, start=True, interval=self.interval
+        """Track keys that predate us; the policy joins the AMM with the first tracked key."""
+        self._started = True
+        metrics.register_source(
+            f"replication@{id(self)}",
+            self._metric_figures,
+            REPLICATION_FAMILIES,
+            owner=self.scheduler,
         )
-        for ts in self.scheduler.tasks.values():  # keys that predate us
+        for ts in list(self.scheduler.tasks.values()):
             self._track(ts.key)
         logger.debug("Replication started: %s", self)
 
     async def close(self) -> None:
-        """Stop the policy and give the scheduler's main AMM its ``ReduceReplicas`` back."""
-        if self.manager is not None:
-            self.manager.stop()
-            self.manager = None
-        main = self.scheduler.extensions.get("amm")
-        if main is not None:
-            for p in self._removed:
-                main.add_policy(p)
-        self._removed = []
+        """Leave the AMM; its ``ReduceReplicas`` sees every key again."""
+        self._started = False
+        metrics.unregister_source(f"replication@{id(self)}")
+        self._leave()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
 
+    def _join(self) -> None:
+        manager = self.manager
+        if manager is None or not self._started:
+            return
+        if self.policy not in manager.policies:
+            manager.add_policy(self.policy)
+            logger.debug("Replication policy joined the AMM: %s", self.policy)
+        shield(manager, self.desired)
+
+    def _leave(self) -> None:
+        manager = self.manager
+        if manager is None:
+            return
+        manager.policies.discard(self.policy)
+        unshield(manager)
+
     # ---- hooks forwarded by the host plugin
     def update_graph(
-        self, scheduler: Scheduler, *, keys: Iterable[Key] = (), annotations: Any = None,
+        self,
+        scheduler: Scheduler,
+        *,
+        keys: Iterable[Key] = (),
+        annotations: Any = None,
         **kwargs: Any,
     ) -> None:
         """Record desired counts from the graph's ``swarm`` annotations before it runs."""
@@ -328,8 +199,8 @@ class ReplicationController:
             self.inflight.pop(key, None)
             if start == "memory" and key in self.desired:
                 self._note_lost(key)
-            if finish == "forgotten":
-                self.desired.pop(key, None)
+            if finish == "forgotten" and self.desired.pop(key, None) and not self.desired:
+                self._leave()
 
     def add_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         """A new worker is a new place for copies of keys that could not get one."""
@@ -379,6 +250,34 @@ class ReplicationController:
         fresh = {ws for ws in self.scheduler.running if ws.host not in hosts}
         return fresh or None
 
+    def figures(self) -> dict[str, int]:
+        """Tracked keys, under-replicated keys and their missing copies, replicas
+        requested by the fast path, keys lost (a :mod:`swarmstore.metrics` source)."""
+        under = missing = 0
+        tasks = self.scheduler.tasks
+        for key, n in self.desired.items():
+            ts = tasks.get(key)
+            if ts is not None and ts.state == "memory" and len(ts.who_has or ()) < n:
+                under += 1
+                missing += n - len(ts.who_has or ())
+        return {
+            "tracked": len(self.desired),
+            "under_replicated": under,
+            "missing": missing,
+            "requested": self.fast_requests,
+            "lost": self.lost,
+        }
+
+    def _metric_figures(self) -> dict[str, Any]:
+        f = self.figures()
+        return {
+            "replication_tracked_keys": f["tracked"],
+            "replication_under_replicated_keys": f["under_replicated"],
+            "replication_missing_replicas": f["missing"],
+            "replication_requested": f["requested"],
+            "replication_keys_lost": f["lost"],
+        }
+
     # ---- internals
     def _track(self, key: Key, annotation: Any = None) -> int | None:
         """Desired count of ``key`` (tracked when >= 2), from the annotation or the task."""
@@ -394,6 +293,7 @@ class ReplicationController:
         if n is None or n < 2:
             return None
         self.desired[key] = n
+        self._join()
         return n
 
     def _annotation_of(self, key: Key) -> Any:
@@ -434,55 +334,45 @@ class ReplicationController:
         msg = {"key": key, "replicas": self.desired[key]}
         _events.emit("critical-key-lost", msg, server=self.scheduler)
 
-    def figures(self) -> dict[str, int]:
-        """Tracked keys, under-replicated keys and their missing copies, replicas
-        requested by the fast path, keys lost (read by :mod:`swarmstore.metrics`)."""
-        under = missing = 0
-        tasks = self.scheduler.tasks
-        for key, n in self.desired.items():
-            ts = tasks.get(key)
-            if ts is not None and ts.state == "memory" and len(ts.who_has or ()) < n:
-                under += 1
-                missing += n - len(ts.who_has or ())
-        return {
-            "tracked": len(self.desired),
-            "under_replicated": under,
-            "missing": missing,
-            "requested": self.fast_requests,
-            "lost": self.lost,
-        }
+    def _in_flight_deadline(self) -> float:
+        manager = self.manager
+        interval = float(getattr(manager, "interval", 2.0) or 2.0)
+        return time() + max(5.0, 3 * interval)
 
     def _flush(self) -> None:
         self._flush_handle = None
         keys, self._fresh = self._fresh, []
         by_worker: defaultdict[str, list[Key]] = defaultdict(list)
-        deadline = time() + max(5.0, 3 * self.interval)
+        deadline = self._in_flight_deadline()
         for key in dict.fromkeys(keys):
-            ts = self.scheduler.tasks.get(key)
-            n = self.desired.get(key)
-            if ts is None or n is None or ts.state != "memory" or not ts.who_has:
-                continue
-            missing = n - len(ts.who_has) - self.inflight_count(ts)
-            if missing <= 0:
-                continue
-            targets = self.inflight.setdefault(key, {})
-            hosts = {ws.host for ws in ts.who_has}
-            hosts.update(self.scheduler.workers[a].host for a in targets
-                         if a in self.scheduler.workers)
-            cands = [
-                Candidate(ws.address, ws.host, ws.nbytes)
-                for ws in self.scheduler.running
-                if ws not in ts.who_has and ws.address not in targets
-                and ws.status == Status.running
-            ]
-            for addr in pick_recipients(hosts, cands, missing):
+            for addr in self._recipients(key):
                 by_worker[addr].append(key)
-                targets[addr] = deadline
+                self.inflight.setdefault(key, {})[addr] = deadline
         stimulus_id = f"swarm-replicate-{time()}"
         for addr, ks in by_worker.items():
             key_logger.debug("Fast path: %s to acquire %s", addr, ks)
             self.scheduler.request_acquire_replicas(addr, ks, stimulus_id=stimulus_id)
             self.fast_requests += len(ks)
+
+    def _recipients(self, key: Key) -> list[str]:
+        """Workers that should fetch a copy of ``key`` now (fresh hosts first)."""
+        ts = self.scheduler.tasks.get(key)
+        n = self.desired.get(key)
+        if ts is None or n is None or ts.state != "memory" or not ts.who_has:
+            return []
+        missing = n - len(ts.who_has) - self.inflight_count(ts)
+        if missing <= 0:
+            return []
+        targets = self.inflight.get(key, {})
+        workers = self.scheduler.workers
+        hosts = {ws.host for ws in ts.who_has}
+        hosts.update(workers[a].host for a in targets if a in workers)
+        cands = [
+            Candidate(ws.address, ws.host, ws.nbytes)
+            for ws in self.scheduler.running
+            if ws not in ts.who_has and ws.address not in targets and ws.status == Status.running
+        ]
+        return pick_recipients(hosts, cands, missing)
 
 
 # --------------------------------------------------------------------------- stand-alone plugin
@@ -491,12 +381,12 @@ class ReplicationPlugin(SchedulerPlugin):
 
     Examples
     --------
-    >>> plugin = ReplicationPlugin(interval="50ms")
+    >>> plugin = ReplicationPlugin(default_replicas=3)
     >>> plugin.name
     'swarmstore-replication'
 
     ``await client.register_plugin(plugin)`` then keeps every key annotated
-    ``dask.annotate(swarm={"critical": True})`` at two copies.
+    ``dask.annotate(swarm={"critical": True})`` at three copies.
     """
 
     name = "swarmstore-replication"

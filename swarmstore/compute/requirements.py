@@ -26,11 +26,14 @@ from swarmstore.errors import PlacementError
 
 __all__ = [
     "KNOWN_KEYS",
+    "MANAGED",
     "PRIORITY_NAMES",
     "Requirements",
     "annotate",
     "from_annotations",
+    "managed_needs",
     "parse",
+    "parse_graph",
 ]
 
 #: Named priorities and the Dask user priority each maps to (larger runs first).
@@ -44,6 +47,18 @@ KNOWN_KEYS: frozenset[str] = frozenset(
 
 #: Dask resource names swarmstore declares on workers and restricts tasks with.
 GPU, GPU_MEMORY, CPU = "GPU", "GPU_MEMORY", "CPU"
+
+#: Resources swarmstore manages: only a request for these can be failed as unsatisfiable
+MANAGED: frozenset[str] = frozenset({GPU, GPU_MEMORY})
+
+
+def managed_needs(needs: Mapping[str, float] | None) -> dict[str, float]:
+    """The part of a resource request that swarmstore manages (GPUs).
+
+    >>> managed_needs({"GPU": 1, "X": 2})
+    {'GPU': 1}
+    """
+    return {r: n for r, n in (needs or {}).items() if r in MANAGED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +116,17 @@ def _number(name: str, value: Any, *, minimum: float = 0.0) -> float:
     return float(value)
 
 
+def _gpus(value: Any) -> float:
+    """A share of one GPU (0 < gpu <= 1) or a whole number of GPUs on one worker (a gang)."""
+    n = _number("gpu", value)
+    if n > 1 and not n.is_integer():
+        raise PlacementError(
+            f"swarm annotation gpu={value!r}: a task uses a share of one GPU (0 < gpu <= 1) "
+            "or a whole number of GPUs on one worker (2, 4, ...)"
+        )
+    return n
+
+
 def _bytes(name: str, value: Any) -> int:
     if isinstance(value, str):
         try:
@@ -153,7 +179,7 @@ def parse(value: Any) -> Requirements:
         )
     kw: dict[str, Any] = {}
     if value.get("gpu") is not None:
-        kw["gpu"] = _number("gpu", value["gpu"])
+        kw["gpu"] = _gpus(value["gpu"])
     if value.get("gpu_memory") is not None:
         kw["gpu_memory"] = _bytes("gpu_memory", value["gpu_memory"])
     if value.get("cpu") is not None:
@@ -209,6 +235,43 @@ def from_annotations(annotations: Mapping[str, Any] | None) -> Requirements | No
                 extra=req.extra,
             )
     return req
+
+
+def parse_graph(
+    swarm: Mapping[Any, Any], resources: Mapping[Any, Any]
+) -> tuple[dict[Any, Requirements], dict[Any, str]]:
+    """Requirements of a graph's tasks from its ``swarm`` and ``resources`` annotations.
+
+    Returns ``(requirements, bad)``: ``bad`` maps each task with a malformed annotation to
+    the message it fails with. Tasks asking for GPUs the stock way are included.
+
+    >>> reqs, bad = parse_graph({"a": {"gpu": 1}, "b": {"gpus": 1}}, {"c": {"GPU": 1}})
+    >>> sorted(reqs), list(bad)
+    (['a', 'c'], ['b'])
+    """
+    reqs: dict[Any, Requirements] = {}
+    bad: dict[Any, str] = {}
+    for key, value in swarm.items():
+        try:
+            req = from_annotations({"swarm": value, "resources": resources.get(key)})
+        except PlacementError as e:
+            bad[key] = f"task {key!r}: {e}"
+            continue
+        if req is not None:
+            reqs[key] = req
+    for key, value in resources.items():
+        if key in swarm or not (
+            isinstance(value, Mapping) and (GPU in value or GPU_MEMORY in value)
+        ):
+            continue
+        try:
+            req = from_annotations({"resources": value})
+        except PlacementError as e:
+            bad[key] = f"task {key!r}: {e}"
+            continue
+        if req is not None:
+            reqs[key] = req
+    return reqs, bad
 
 
 @contextmanager

@@ -1,15 +1,35 @@
-"""Prober: keep the figures of idle sources fresh with cheap background probes."""
+"""Prober: measure the sources reads do not reach, with a real small request, one at a time.
+
+Two kinds of source get probes, started from the fetches that pass (no timer runs while
+nothing is read):
+
+- an ejected source whose ejection time is over (its circuit is half-open): the probe is
+  the trial that closes the circuit, so reads go back to a recovered node as soon as a
+  probe sees it answer, and no read ever waits on a dead one;
+- a healthy source that reads skip: probed once ``interval`` times (its expected time /
+  the best one's) has passed since it was last tried, capped at ``max_interval``. A
+  source close to the best is probed every ``interval``, one ten times slower ten times
+  less often; when the best slows down, the others' intervals shrink with it.
+
+A probe is an attempt like any other (lanes in the lowest QoS class, a deadline, figures,
+circuit), run through the router's :class:`~swarmstore.network._attempt.Runner`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
+
+from swarmstore.network._attempt import Job
+from swarmstore.network._hedge import Race
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from swarmstore.network._router import TransferRouter
+    from swarmstore.network._attempt import Runner
+    from swarmstore.network._source import Source
 
 __all__ = ["Prober"]
 
@@ -17,51 +37,84 @@ logger = logging.getLogger(__name__)
 
 
 class Prober:
-    """Probe one idle source at a time, in the lowest QoS class, through the router's lanes.
-
-    A source is probed when it has not been tried for ``interval`` seconds or its circuit
-    is half-open (a probe is then the trial that may close it). The probe is an ordinary
-    router attempt, so its time and outcome feed the same figures and circuit.
-    """
+    """Decide which source to probe and run at most one probe at a time."""
 
     def __init__(
         self,
-        router: TransferRouter,
-        fn: Callable[[Any], Awaitable[Any]],
+        runner: Runner,
+        lookup: Callable[[str], Source],
+        deadline: Callable[[Source, int], float],
+        cls: str,
+        probe: Callable[[Any], Awaitable[Any]] | bool,
         interval: float,
+        max_interval: float,
     ) -> None:
-        self.router = router
-        self.fn = fn
+        self.runner = runner
+        self.lookup = lookup
+        self.deadline = deadline  #: seconds a probe of a source may take
+        self.cls = cls  #: the QoS class probes run in
+        self.fn = probe if callable(probe) else _ping
+        #: whether a source can be probed: with ``probe=True``, if it has a ``ping()``
+        self.accepts = (lambda _src: True) if callable(probe) else _has_ping
         self.interval = interval
+        self.max_interval = max(interval, max_interval)
         self.probing: set[str] = set()
+        self.started = 0  #: probes started
+        self._next_look = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def maybe[S](self, sources: Sequence[S], name: Callable[[S], str]) -> None:
-        """Start a probe of the first source that needs one, unless one is running."""
-        if self.probing:
+    def due(self, e: Source, best: float | None, now: float) -> bool:
+        """Whether ``e`` needs a probe now (``best``: the expected time reads get now)."""
+        c = e.circuit
+        if c.opened_at is not None:
+            return c.admits(now)  # half-open, no trial out: this probe is the trial
+        last = e.stats.last_tried
+        if last is None:
+            return False  # never tried: the order sends it a read first anyway
+        interval = self.interval
+        mine = e.stats.expected(0)
+        if best and mine is not None and mine > best:
+            interval = min(self.max_interval, interval * mine / best)
+        return now - last >= interval
+
+    def maybe[S](
+        self, sources: Sequence[S], name: Callable[[S], str], best: float | None, now: float
+    ) -> None:
+        """Start a probe of the first of ``sources`` that needs one, unless one is running.
+
+        Looked at most every ``interval / 10`` (a fetch stream does not pay for it each time).
+        """
+        if self.probing or now < self._next_look:
             return
-        r = self.router
-        now = r.clock()
+        self._next_look = now + self.interval / 10
         for src in sources:
             nm = name(src)
-            last = r._stats(nm).last_tried
-            stale = last is None or now - last >= self.interval
-            circuit = r._circuit(nm)
-            if (stale or circuit.state(now) == "half-open") and circuit.admits(now):
+            if self.accepts(src) and self.due(self.lookup(nm), best, now):
                 self.probing.add(nm)
+                self.started += 1
                 task = asyncio.ensure_future(self._probe(src, nm))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
 
     async def _probe(self, src: Any, nm: str) -> None:
-        cls = self.router.classes[-1]
         try:
-            await self.router._attempt(src, self.fn, nm, None, cls)
+            await self.run(src, nm)
         except Exception as e:
             logger.debug("Probe of %s failed: %r", nm, e)
         finally:
             self.probing.discard(nm)
+
+    async def run(self, src: Any, nm: str) -> None:
+        """One probe of ``src``: a small request in the probe class, with a deadline."""
+        e = self.lookup(nm)
+        e.stats.probes += 1
+        job = Job(self.runner, self.fn, self.cls, 0, size=_nothing)
+        task = asyncio.current_task()
+        assert task is not None
+        failures: dict[Any, BaseException] = {}
+        if await Race(job.run, task, src, nm, deadline=self.deadline(e, 0)).run(failures) is None:
+            logger.debug("Probe of %s failed: %r", nm, failures.get(src))
 
     async def close(self) -> None:
         """Cancel the probes started from this event loop and wait for them."""
@@ -70,3 +123,15 @@ class Prober:
         for t in mine:
             t.cancel()
         await asyncio.gather(*mine, return_exceptions=True)
+
+
+async def _ping(src: Any) -> None:
+    await src.ping()
+
+
+def _has_ping(src: Any) -> bool:
+    return callable(getattr(src, "ping", None))
+
+
+def _nothing(_result: Any) -> int:
+    return 0

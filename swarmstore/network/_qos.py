@@ -8,6 +8,14 @@ slots: each class has a *reserve* (its share of the slots), and a class may take
 only if the slots left free afterwards still cover the unused reserves of every class of
 higher priority. So bulk traffic can never occupy the slots held for interactive reads,
 while any class may use the whole budget when nothing above it wants it.
+
+Reserved slots are not enough on a link: the requests of a class in flight share its
+bandwidth and the server's CPU with every other request there, so 10 bulk reads in flight
+slow an interactive one about tenfold whatever slot it holds. A class may therefore
+*yield* (mClock's limit): while a higher class holds, awaits or used a slot within the
+last ``window`` seconds, it may hold at most its ``yields`` fraction of the slots (at least
+one, so it always makes progress); when the higher classes go quiet, it has the whole
+budget again.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import asyncio
 import contextlib
 import contextvars
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +41,7 @@ _QOS: contextvars.ContextVar[str | None] = contextvars.ContextVar("swarmstore_qo
 
 def qos_classes() -> list[str]:
     """The configured QoS classes, highest priority first (``swarmstore.network.qos-classes``)."""
-    classes = config.get("network.qos-classes")
+    classes = config.value("network.qos-classes")
     if not classes or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"swarmstore.network.qos-classes must list class names, got {classes!r}")
     return list(classes)
@@ -64,7 +73,7 @@ def qos(cls: str) -> Iterator[str]:
 def current_qos() -> str:
     """The ambient QoS class: the innermost :func:`qos` block, else ``network.qos-default``."""
     cls = _QOS.get()
-    return cls if cls is not None else str(config.get("network.qos-default"))
+    return cls if cls is not None else str(config.value("network.qos-default"))
 
 
 class _Waiter:
@@ -94,6 +103,11 @@ class Lanes:
     shares : mapping of str to float
         Fraction of ``capacity`` reserved for each class; they must sum to less than 1 so
         the lowest class always has at least one slot it may use.
+    yields : mapping of str to float, optional
+        Fraction of ``capacity`` (in (0, 1]) a class may hold while a higher class is
+        active; the highest class never yields.
+    window : float
+        Seconds a class stays active after it last took or gave back a slot.
 
     Notes
     -----
@@ -108,6 +122,8 @@ class Lanes:
         capacity: int | None,
         classes: Sequence[str],
         shares: Mapping[str, float] | None = None,
+        yields: Mapping[str, float] | None = None,
+        window: float = 0.25,
     ) -> None:
         if capacity is not None and capacity < 1:
             raise ConfigError(f"QoS lane capacity must be at least 1, got {capacity}")
@@ -130,6 +146,11 @@ class Lanes:
         self._busy = 0  # slots in use, all classes
         self._queued = 0  # waiters, all classes
         self._lock = threading.Lock()
+        self.window = window
+        self.limits = self._limits(capacity, self.classes, dict(yields or {}))
+        self._active_until = dict.fromkeys(self.classes, 0.0)  # monotonic time, per class
+        # classes whose activity makes some lower class yield: only they are timestamped
+        self._watched = {h for c in self.limits for h in self._higher[c]}
 
     @staticmethod
     def _reserves(
@@ -142,8 +163,38 @@ class Lanes:
         at_least_one = {c: max(floor[c], 1 if shares.get(c, 0.0) > 0 else 0) for c in classes}
         return at_least_one if sum(at_least_one.values()) < capacity else floor
 
+    @staticmethod
+    def _limits(
+        capacity: int | None, classes: list[str], yields: dict[str, float]
+    ) -> dict[str, int]:
+        unknown = set(yields) - set(classes)
+        if unknown:
+            raise ConfigError(f"QoS yields name unknown classes: {sorted(unknown)}")
+        if any(not 0 < y <= 1 for y in yields.values()):
+            raise ConfigError(f"QoS yields must be in (0, 1], got {yields}")
+        if capacity is None:
+            return {}
+        top = classes[0] if classes else None
+        return {c: max(1, int(capacity * y)) for c, y in yields.items() if c != top}
+
     def __repr__(self) -> str:
-        return f"Lanes(capacity={self.capacity}, reserved={self.reserved})"
+        return f"Lanes(capacity={self.capacity}, reserved={self.reserved}, limits={self.limits})"
+
+    def _higher_active(self, cls: str, now: float) -> bool:
+        """Whether a class above ``cls`` holds, awaits or recently used a slot here."""
+        return any(
+            self.in_use[h] or self._waiting[h] or self._active_until[h] > now
+            for h in self._higher[cls]
+        )
+
+    def _yields(self, cls: str) -> bool:
+        """``cls`` is at its limit while a higher class is active: it must wait."""
+        limit = self.limits.get(cls)
+        return (
+            limit is not None
+            and self.in_use[cls] >= limit
+            and self._higher_active(cls, time.monotonic())
+        )
 
     # --- decisions (call with the lock held) ---------------------------------------------
     def _unused(self, cls: str) -> int:
@@ -152,6 +203,8 @@ class Lanes:
     def _admits(self, cls: str) -> bool:
         if self.capacity is None:
             return True
+        if cls in self.limits and self._yields(cls):
+            return False
         free = self.capacity - self._busy
         if free - 1 >= self._above[cls]:
             return True
@@ -211,6 +264,8 @@ class Lanes:
             if cap is not None and cap - self._busy <= self._above[cls]:  # else: admitted
                 if not self._admits(cls):
                     return False
+            elif cls in self.limits and self._yields(cls):
+                return False
             in_use[cls] += 1
             self.granted[cls] += 1
             self._busy += 1
@@ -248,6 +303,8 @@ class Lanes:
             raise RuntimeError(f"release of a {cls!r} slot that was never acquired")
         self.in_use[cls] -= 1
         self._busy -= 1
+        if cls in self._watched:
+            self._active_until[cls] = time.monotonic() + self.window
         if self._queued:
             self._dispatch()
 
@@ -278,7 +335,14 @@ class Lanes:
             return queued + 1
         if cap - self._busy <= self._above[self.check(cls)] and not self._admits(cls):
             return 1
+        if cls in self.limits and self._yields(cls):
+            return 1
         return 0
+
+    def reserve_above(self, cls: str) -> int:
+        """Slots held for the classes above ``cls`` (free slots at most this many may be
+        closed to ``cls``)."""
+        return self._above.get(cls, 0)
 
     def busy(self) -> int:
         """Slots in use, all classes together."""

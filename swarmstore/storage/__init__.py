@@ -1,4 +1,8 @@
-"""Storage: ReplicatedStore, a Zarr v3 store over several nodes with verified replicas."""
+"""Storage: ReplicatedStore, a Zarr v3 store over several nodes with verified replicas.
+
+Imports: errors, config, hashing, _events, _clock, _sync and network (reads and writes go
+through the transfer router); never compute, cache, checkpoint or testing.
+"""
 
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._maintenance import (
@@ -10,21 +14,26 @@ from swarmstore.storage._maintenance import (
     repair,
     scrub,
 )
-from swarmstore.storage._node import Node, NodeSpec, check_key, node_from
+from swarmstore.storage._node import Node, State, check_key
 from swarmstore.storage._replicated import ReplicatedStore
+from swarmstore.storage._spec import NodeSpec, node_from, s3_config_kwargs
+from swarmstore.storage._wrapper import NodeWrapper
 
 __all__ = [
     "Node",
     "NodeSpec",
+    "NodeWrapper",
     "RebalanceReport",
     "Record",
     "RepairReport",
     "ReplicatedStore",
     "ScrubReport",
+    "State",
     "check_key",
     "inventory",
     "node_from",
     "rebalance",
     "repair",
+    "s3_config_kwargs",
     "scrub",
 ]

@@ -1,75 +1,137 @@
-"""Hinted handoff replay: bring a node that missed writes or deletes up to date.
+"""Hinted handoff: record which nodes missed a write, and bring them up to date.
 
-The hints themselves live in :class:`~swarmstore.storage._hints.HintLog`; this applies them:
-a missed write is copied from a verified replica elsewhere (or turned into a delete when
-the key is gone everywhere), a missed delete is applied. It runs in the bulk QoS lane and
-stops at the first node error, keeping the remaining hints for later.
+A write or delete that did not reach every target leaves a hint on each node that did
+(``.swarmstore/h/...``, see :mod:`swarmstore.storage._hints`) and in the coordinator's
+local cache. Replaying a hint never copies blindly: it converges the key (the newest
+trustworthy version wins, see :mod:`swarmstore.storage._converge`), so a hint can never
+turn into a delete of an acknowledged value, and a hint for a node that caught up some
+other way is simply dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from swarmstore import _events
-from swarmstore.errors import ReplicaUnavailable
 from swarmstore.network import qos
-from swarmstore.storage._integrity import Record
-from swarmstore.storage._verified import Missing, fetch_full
+from swarmstore.storage._converge import converge
+from swarmstore.storage._hints import Hint, hint_body, hint_name, parse_hint
 
 if TYPE_CHECKING:
+    from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node
     from swarmstore.storage._replicated import ReplicatedStore
 
-__all__ = ["replay"]
+__all__ = ["note_missed", "replay"]
 
 
 def _name(node: Node) -> str:
     return node.name
 
 
-async def replay(store: ReplicatedStore, node: Node) -> int:
-    """Apply ``node``'s pending hints; returns how many were applied."""
-    if node.name in store._replaying:
-        return 0
-    store._replaying.add(node.name)
-    done = 0
+async def note_missed(
+    store: ReplicatedStore, key: str, missed: list[Node], acked: list[Node], version: Version
+) -> None:
+    """Leave hints for ``missed`` on every acknowledging node (durable, seen by every host)
+    and in the local cache; forget local hints the write made obsolete."""
+    for n in acked:
+        store.hints.discard(n.name, key)
+        if store.hints.pending(n.name) and n.name not in store._replaying:
+            store._spawn(replay(store, [n.name]))  # it answers again: catch it up
+    if not missed or not acked:
+        return
+    holders = tuple(n.name for n in acked)
+    for n in missed:
+        store.hints.add(Hint(n.name, key, version, holders))
+    puts = [
+        store.router.send(a, lambda a, m=m: a.meta_put(hint_name(m.name, key), body), name=_name)
+        for m in missed
+        for a in acked
+        if (body := hint_body(Hint(m.name, key, version)))
+    ]
+    results = await asyncio.gather(*puts, return_exceptions=True)
+    store._reraise_bugs(results)  # node errors: the local cache and repair still cover it
+
+
+async def _found_on_nodes(store: ReplicatedStore) -> tuple[list[Hint], list[str]]:
+    """Every hint in the nodes' metadata areas (one listing per node), and unreachable nodes."""
+
+    async def one(node: Node) -> list[Hint]:
+        names = await store.router.send(node, lambda n: n.meta_list("h"), name=_name)
+        bodies = await asyncio.gather(*(node.meta_get(nm) for nm in names))
+        return [h for b in bodies if (h := parse_hint(b, node.name)) is not None]
+
+    results = await asyncio.gather(*(one(n) for n in store.nodes), return_exceptions=True)
+    store._reraise_bugs(results)
+    found = [h for r in results if not isinstance(r, BaseException) for h in r]
+    down = [
+        n.name for n, r in zip(store.nodes, results, strict=True) if isinstance(r, BaseException)
+    ]
+    return found, down
+
+
+async def replay(
+    store: ReplicatedStore, nodes: list[str] | None = None, *, scan: bool = False
+) -> int:
+    """Replay hints (this coordinator's, or with ``scan=True`` every node's); returns how
+    many were applied. Hints whose node is still behind (down) are kept."""
+    names = set(store.hints.nodes() if nodes is None else nodes) - store._replaying
+    store._replaying |= names
     try:
+        hints = [h for nm in names for h in store.hints.pending(nm).values()]
+        if scan:
+            found, _ = await _found_on_nodes(store)
+            hints += found
         with qos("bulk"):
-            for key, op in sorted(store.hints.pending(node.name).items()):
-                try:
-                    await _replay_one(store, node, key, op)
-                except OSError:
-                    break  # still down: keep the rest for later
-                store.hints.discard(node.name, key)
-                store.hints_replayed += 1
-                done += 1
+            done = await _apply(store, hints)
     finally:
-        store._replaying.discard(node.name)
+        store._replaying -= names
+    store.hints_replayed += done
     if done:
-        left = len(store.hints.pending(node.name))
-        _events.emit("hints-replayed", {"node": node.name, "replayed": done, "pending": left})
+        _events.emit("hints-replayed", {"replayed": done, "pending": store.hints.count()})
     return done
 
 
-async def _replay_one(store: ReplicatedStore, node: Node, key: str, op: str) -> None:
-    send = store.router.send
-    if op == "delete":
-        await send(node, lambda n: n.delete(key), name=_name)
-        return
-    if op == "delete_dir":
-        await send(node, lambda n: n.delete_dir(key), name=_name)
-        return
-    others = [n for n in store.nodes if n is not node and not store.hints.blocks_read(n.name, key)]
-    src, full, failures = await store.router.fetch(others, lambda n: fetch_full(n, key), name=_name)
-    if src is None:
-        if all(isinstance(e, Missing) for e in failures.values()):
-            await send(node, lambda n: n.delete(key), name=_name)  # deleted since
-            return
-        raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
-    data, record = full
-    record = record or Record.of(data, store.min_block)
-    await send(node, lambda n: n.write(key, data, record), name=_name, nbytes=len(data))
+async def _apply(store: ReplicatedStore, hints: list[Hint]) -> int:
+    merged: dict[tuple[str, str], Hint] = {}
+    for h in hints:
+        if h.node not in store._by_name:
+            continue
+        had = merged.get((h.node, h.key))
+        holders = tuple(dict.fromkeys([*(had.holders if had else ()), *h.holders]))
+        merged[(h.node, h.key)] = Hint(h.node, h.key, h.version, holders)
+    by_key: dict[str, list[Hint]] = {}
+    for h in merged.values():
+        by_key.setdefault(h.key, []).append(h)
+    sem = asyncio.Semaphore(8)
+    done = 0
+
+    async def one(key: str, group: list[Hint]) -> None:
+        nonlocal done
+        async with sem:
+            out = await converge(store, key)
+        current = {n.name for n in out.current}
+        if out.winner is None:
+            current = set()
+        for h in group:
+            if h.node in current or store._by_name[h.node] not in store.targets(key):
+                await _forget(store, h)
+                done += 1
+
+    await asyncio.gather(*(one(k, g) for k, g in by_key.items()))
+    return done
 
 
-def _why(e: BaseException) -> str:
-    return "missing" if isinstance(e, Missing) else f"{type(e).__name__}: {e}"
+async def _forget(store: ReplicatedStore, hint: Hint) -> None:
+    """Drop a replayed hint: the local cache entry and its durable copies."""
+    already = store.hints.has(hint.node, hint.key)
+    store.hints.discard(hint.node, hint.key)
+    name = hint_name(hint.node, hint.key)
+    holders = [store._by_name[h] for h in hint.holders if h in store._by_name]
+    if not holders and not already:
+        return
+    await asyncio.gather(
+        *(store.router.send(n, lambda n: n.meta_delete(name), name=_name) for n in holders),
+        return_exceptions=True,
+    )

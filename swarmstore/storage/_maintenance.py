@@ -1,8 +1,10 @@
 """Scrub, repair and rebalance for a ReplicatedStore.
 
-All three walk the union of keys over reachable nodes (one listing per node, which also
-says which node holds which key), run in the bulk QoS lane, report progress through a
-``progress(done, total)`` callable and return a summary dataclass.
+All three walk the union of keys over the reachable nodes (one listing per node, which
+also says which node holds which key) plus the keys with tombstones, run in the bulk QoS
+lane, report progress through a ``progress(done, total)`` callable and return a summary
+dataclass. A node that does not answer is reported in ``unreachable`` and the walk goes
+on with the others; a copy that could not be written is reported, never counted as done.
 """
 
 from __future__ import annotations
@@ -16,15 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from swarmstore.errors import ChecksumMismatch
 from swarmstore.network import qos
-from swarmstore.storage._integrity import Record
+from swarmstore.storage._converge import Winner, _copy, converge, decide, examine
 
 if TYPE_CHECKING:
+    from swarmstore.storage._converge import Look
     from swarmstore.storage._node import Node
     from swarmstore.storage._replicated import ReplicatedStore
 
-__all__ = ["RebalanceReport", "RepairReport", "ScrubReport", "rebalance", "repair", "scrub"]
+__all__ = [
+    "RebalanceReport",
+    "RepairReport",
+    "ScrubReport",
+    "inventory",
+    "rebalance",
+    "repair",
+    "scrub",
+]
 
 Progress = Callable[[int, int], None] | None
 _CONCURRENCY = 8
@@ -32,7 +42,12 @@ _CONCURRENCY = 8
 
 @dataclass
 class ScrubReport:
-    """What a scrub found. ``ok`` is True when every key has ``replicas`` healthy copies."""
+    """What a scrub found. ``ok`` is True when every key has ``replicas`` healthy copies.
+
+    ``stale`` holds replicas older than the key's newest version, including values older
+    than a tombstone (a delete they missed); ``tombstones`` lists deleted keys whose
+    tombstones are still held (not yet applied everywhere): information, not damage.
+    """
 
     keys: int = 0
     replicas_checked: int = 0
@@ -42,11 +57,15 @@ class ScrubReport:
     stale: list[tuple[str, str]] = field(default_factory=list)
     unrecorded: list[tuple[str, str]] = field(default_factory=list)
     misplaced: list[tuple[str, str]] = field(default_factory=list)
+    unrecoverable: list[str] = field(default_factory=list)
+    tombstones: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupt or self.missing or self.stale or self.unreachable)
+        return not (
+            self.corrupt or self.missing or self.stale or self.unreachable or self.unrecoverable
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -54,17 +73,28 @@ class ScrubReport:
 
 @dataclass
 class RepairReport:
-    """What a repair did: copies written, unrecorded values adopted, keys it could not save."""
+    """What a repair did: copies written, unrecorded values adopted, keys it could not save.
+
+    ``failed`` lists each copy it could not write as ``(key, node, why)`` (a directory in
+    the way, a full disk, a node that stopped answering); ``ok`` is False when anything
+    stayed broken.
+    """
 
     keys: int = 0
     copies_written: int = 0
     adopted: int = 0
     hints_replayed: int = 0
+    tombstones_collected: int = 0
     unrecoverable: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
 
+    @property
+    def ok(self) -> bool:
+        return not (self.unrecoverable or self.failed or self.unreachable)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "ok": self.ok}
 
 
 @dataclass
@@ -77,6 +107,7 @@ class RebalanceReport:
     skipped: int = 0
     resumed_after: str | None = None
     complete: bool = True
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,46 +115,23 @@ class RebalanceReport:
 
 
 async def inventory(store: ReplicatedStore) -> tuple[dict[str, set[Node]], list[str]]:
-    """``{key: nodes listing it}`` over reachable nodes, and the names of unreachable ones."""
-    results = await asyncio.gather(
-        *(n.list_prefix("") for n in store.nodes), return_exceptions=True
-    )
+    """``{key: nodes holding data or a tombstone}`` over reachable nodes, and the names of
+    the unreachable ones."""
+
+    async def one(node: Node) -> tuple[list[str], list[str]]:
+        return await node.list_keys(""), await node.tombstones()
+
+    results = await asyncio.gather(*(one(n) for n in store.nodes), return_exceptions=True)
+    store._reraise_bugs(results)
     holders: dict[str, set[Node]] = {}
     unreachable = []
-    for node, keys in zip(store.nodes, results, strict=True):
-        if isinstance(keys, BaseException):
-            if not isinstance(keys, OSError):
-                raise keys
+    for node, got in zip(store.nodes, results, strict=True):
+        if isinstance(got, BaseException):
             unreachable.append(node.name)
             continue
-        for k in keys:
+        for k in (*got[0], *got[1]):
             holders.setdefault(k, set()).add(node)
     return holders, unreachable
-
-
-async def _examine(
-    store: ReplicatedStore, node: Node, key: str
-) -> tuple[str, bytes | None, Record | None]:
-    """Read and verify one replica: ``("ok"|"unrecorded"|"missing"|"corrupt"|"down", ...)``.
-
-    Through the router, so the traffic takes a lane of the ambient (bulk) QoS class.
-    """
-    try:
-        got = await store.router.send(node, lambda n: n.read(key), name=_name)
-    except ChecksumMismatch:
-        return "corrupt", None, None
-    except OSError:
-        return "down", None, None
-    if got is None:
-        return "missing", None, None
-    data, record, _ = got
-    if record is None:
-        return "unrecorded", data, None
-    try:
-        record.verify(data, what=key)
-    except ChecksumMismatch:
-        return "corrupt", None, record
-    return "ok", data, record
 
 
 async def _walk(keys: list[str], fn: Callable[[str], Awaitable[None]], progress: Progress) -> None:
@@ -151,89 +159,74 @@ async def scrub(store: ReplicatedStore, progress: Progress = None) -> ScrubRepor
         async def check(key: str) -> None:
             targets = store.targets(key)
             nodes = list(dict.fromkeys([*targets, *holders[key]]))
-            results = await asyncio.gather(*(_examine(store, n, key) for n in nodes))
-            newest = max((r.version for _, _, r in results if r is not None), default=0)
-            for node, (state, _, record) in zip(nodes, results, strict=True):
-                if node.name in report.unreachable or state == "down":
-                    continue
-                report.replicas_checked += state != "missing"
-                entry = (key, node.name)
-                if node not in targets:
-                    if state != "missing":
-                        report.misplaced.append(entry)
-                elif state == "ok" and record is not None and record.version < newest:
-                    report.stale.append(entry)
-                elif state == "ok":
-                    report.healthy += 1
-                else:
-                    getattr(report, state).append(entry)
+            looks = await asyncio.gather(*(examine(store, n, key) for n in nodes))
+            _classify(report, key, looks, set(targets), decide(list(looks)))
 
         await _walk(sorted(holders), check, progress)
-    for name in ("corrupt", "missing", "stale", "unrecorded", "misplaced"):
+    for name in ("corrupt", "missing", "stale", "unrecorded", "misplaced", "tombstones"):
         getattr(report, name).sort()
-    return report
-
-
-def _best(results: list[tuple[Node, tuple[str, bytes | None, Record | None]]]) -> Any:
-    """The copy to spread: the newest verified one, else the value unrecorded copies agree on."""
-    verified = [(r, d) for _, (s, d, r) in results if s == "ok" and r is not None]
-    if verified:
-        record, data = max(verified, key=lambda x: x[0].version)
-        return data, record, False
-    unrecorded = [d for _, (s, d, _) in results if s == "unrecorded" and d is not None]
-    if unrecorded and all(d == unrecorded[0] for d in unrecorded):
-        return unrecorded[0], None, True
-    return None, None, False
-
-
-async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairReport:
-    """Give every key ``replicas`` verified, current copies on its target nodes."""
-    report = RepairReport()
-    with qos("bulk"):
-        report.hints_replayed = await store.replay_hints()
-        holders, report.unreachable = await inventory(store)
-        report.keys = len(holders)
-
-        async def fix(key: str) -> None:
-            targets = store.targets(key)
-            nodes = list(dict.fromkeys([*targets, *holders[key]]))
-            results = list(
-                zip(
-                    nodes,
-                    await asyncio.gather(*(_examine(store, n, key) for n in nodes)),
-                    strict=False,
-                )
-            )
-            data, record, adopt = _best(results)
-            if data is None:
-                report.unrecoverable.append(key)
-                return
-            record = record or Record.of(data, store.min_block)
-            report.adopted += adopt
-            for node, (state, _, rec) in results:
-                if node not in targets or state == "down":
-                    continue
-                if state == "ok" and rec is not None and rec.same_content(record):
-                    continue
-                try:
-                    await _write(store, node, key, data, record)
-                    report.copies_written += 1
-                except OSError:
-                    continue
-
-        await _walk(sorted(holders), fix, progress)
     report.unrecoverable.sort()
     return report
 
 
-async def _write(store: ReplicatedStore, node: Node, key: str, data: bytes, record: Record) -> None:
-    await store.router.send(
-        node, lambda n: n.write(key, data, record), name=_name, nbytes=len(data)
-    )
+def _classify(
+    report: ScrubReport, key: str, looks: Any, targets: set[Node], win: Winner | None
+) -> None:
+    if win is None:
+        report.unrecoverable.append(key)
+    deleted = win is not None and win.deleted
+    if deleted:
+        report.tombstones.append(key)
+    for lk in looks:
+        if lk.kind == "down":
+            continue
+        entry = (key, lk.node.name)
+        report.replicas_checked += lk.kind != "missing"
+        if lk.node not in targets:
+            if lk.kind != "missing":
+                (report.stale if deleted else report.misplaced).append(entry)
+        elif lk.kind == "corrupt":
+            report.corrupt.append(entry)
+        elif deleted and lk.kind in ("ok", "unrecorded"):
+            report.stale.append(entry)
+        elif deleted:
+            report.healthy += 1
+        elif lk.kind == "missing":
+            report.missing.append(entry)
+        elif lk.kind == "unrecorded":
+            report.unrecorded.append(entry)
+        elif win is not None and lk.record != win.record:
+            report.stale.append(entry)
+        else:
+            report.healthy += 1
 
 
-def _name(node: Node) -> str:
-    return node.name
+async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairReport:
+    """Give every key ``replicas`` verified, current copies on its target nodes; apply
+    every delete a node missed and drop tombstones once everyone applied them."""
+    report = RepairReport()
+    with qos("bulk"):
+        report.hints_replayed = await store.replay_hints(scan=True)
+        holders, report.unreachable = await inventory(store)
+        report.keys = len(holders)
+
+        async def fix(key: str) -> None:
+            targets = set(store.targets(key))
+            out = await converge(store, key, tuple(n for n in holders[key] if n not in targets))
+            if out.winner is None:
+                report.unrecoverable.append(key)
+                return
+            report.copies_written += len(out.written)
+            report.adopted += out.winner.adopted
+            report.tombstones_collected += out.collected
+            for node, why in out.failed:
+                if node.name not in report.unreachable:
+                    report.failed.append((key, node.name, why))
+
+        await _walk(sorted(holders), fix, progress)
+    report.unrecoverable.sort()
+    report.failed.sort()
+    return report
 
 
 def _journal_path(store: ReplicatedStore) -> Any:
@@ -249,8 +242,10 @@ async def rebalance(
 
     Keys are walked in sorted order and a journal records the last key finished, so a
     rerun after an interruption (or a ``limit``) resumes where it stopped. A copy is only
-    deleted once every target holds a verified copy.
+    deleted once every target holds the key's newest verified version.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"rebalance limit must be a non-negative integer, got {limit!r}")
     report = RebalanceReport()
     journal = _journal_path(store)
     cursor = None
@@ -283,22 +278,28 @@ def _save_cursor(journal: Any, key: str) -> None:
 
 async def _move(store: ReplicatedStore, key: str, held: set[Node], report: RebalanceReport) -> None:
     targets = store.targets(key)
-    unreachable = set(report.unreachable)
-    if any(n.name in unreachable for n in targets):
+    if any(n.name in report.unreachable for n in targets):
         report.skipped += 1
         return
-    results = {n: await _examine(store, n, key) for n in dict.fromkeys([*targets, *held])}
-    data, record, _ = _best(list(results.items()))
-    if data is None:
+    nodes = list(dict.fromkeys([*targets, *held]))
+    looks: list[Look] = list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
+    win = decide(looks)
+    if win is None or win.deleted:
+        if win is not None:
+            await converge(store, key, tuple(held))
         report.skipped += 1
         return
-    record = record or Record.of(data, store.min_block)
+    by_node = {lk.node: lk for lk in looks}
     for node in targets:
-        state, _, rec = results[node]
-        if state == "ok" and rec is not None and rec.same_content(record):
+        lk = by_node[node]
+        if lk.kind == "ok" and lk.record == win.record:
             continue
-        await _write(store, node, key, data, record)
-        report.copied += 1
+        try:
+            await _copy(store, node, key, win)
+            report.copied += 1
+        except OSError as e:
+            report.failed.append((key, node.name, f"{type(e).__name__}: {e}"))
+            return
     for node in held - set(targets):
-        await store.router.send(node, lambda n: n.delete(key), name=_name)
+        await store.router.send(node, lambda n: n.remove(key), name=lambda n: n.name)
         report.deleted += 1

@@ -1,73 +1,225 @@
 """Storage nodes: one backing location that holds whole replicas, with their checksums.
 
 A node stores under each zarr key exactly the bytes zarr wrote, so a single node opens
-with plain zarr, and keeps each object's checksum :class:`Record` *with* the object
-(xattr, S3 user metadata): written in the same atomic step, read in the same request.
+with plain zarr, and keeps each object's versioned checksum :class:`Record` *with* the
+object (xattr, S3 user metadata): written in the same atomic step, read in the same
+request. Tombstones and hints live in the node's metadata area, the reserved prefix
+``.swarmstore/``, which exists only while it holds something.
 
-Writes are two-phase so a failed quorum changes nothing: ``prepare`` stages the bytes
-(a temp file, or nothing for S3), ``commit`` makes them visible (rename, or the PUT).
+Every mutation is two-phase. ``prepare`` learns what the node holds for the key (its
+:class:`State`, "phase 1") and stages the bytes; ``commit`` makes them visible only if
+the node still holds an older version (a compare-and-swap: ``flock`` + rename on a local
+directory, ``If-Match``/``If-None-Match`` on S3), so a commit that lands late never
+regresses a newer value.
 """
 
 from __future__ import annotations
 
-import posixpath
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from swarmstore.errors import ConfigError, InvalidKeyError
+import xxhash
+
+from swarmstore.errors import InvalidKeyError
+from swarmstore.storage._integrity import LOWEST
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
     from zarr.abc.store import Store
 
-    from swarmstore.storage._integrity import Record
+    from swarmstore.storage._integrity import Record, Version
 
-__all__ = ["Node", "NodeSpec", "Pending", "check_key", "node_from"]
+__all__ = [
+    "META",
+    "NAME_MAX",
+    "Node",
+    "Pending",
+    "Read",
+    "State",
+    "check_key",
+    "may_replace",
+    "tomb_name",
+]
 
 _TMP_MARK = ".swarm-tmp-"
+#: the metadata area's top-level name inside every node root
+META = ".swarmstore"
+NAME_MAX = 255
+KEY_MAX = 1024
+
+Outcome = Literal["written", "superseded", "exists"]
 
 
 def check_key(key: str, *, prefix: bool = False) -> str:
-    """Refuse keys that could escape a node's root; return the key unchanged.
+    """Refuse keys that could escape a node's root or that no node can hold; return it.
 
     Refused: absolute paths, ``..`` or ``.`` components, empty components, backslashes,
-    NUL and other control characters. ``prefix=True`` also accepts ``""`` and a
-    trailing ``/`` (listing prefixes).
+    NUL and other control characters, a component longer than 255 bytes (NAME_MAX) or a
+    key longer than 1024 bytes (UTF-8), and the reserved metadata area ``.swarmstore/``.
+    ``prefix=True`` also accepts ``""`` and a trailing ``/`` (listing prefixes).
     """
+    if type(key) is str and _valid(key, prefix):
+        return key
+    return _check_key(key, prefix=prefix)
+
+
+@functools.lru_cache(maxsize=65536)
+def _valid(key: str, prefix: bool) -> bool:
+    """Whether ``key`` passes (cached: zarr asks about the same keys again and again)."""
+    try:
+        _check_key(key, prefix=prefix)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+def _check_key(key: str, *, prefix: bool = False) -> str:
     if not isinstance(key, str):
         raise InvalidKeyError(f"store keys are str, got {type(key).__name__}")
+    body = key
     if prefix:
         if key == "":
             return key
         body = key[:-1] if key.endswith("/") else key
-    else:
-        body = key
     if not body:
         raise InvalidKeyError("empty store key")
     if body.startswith("/") or "\\" in body or any(ord(c) < 32 for c in body):
         raise InvalidKeyError(f"store key {key!r} is absolute or holds a forbidden character")
+    try:
+        size = len(body.encode())
+    except UnicodeEncodeError as e:
+        raise InvalidKeyError(f"store key {key!r} is not valid UTF-8") from e
+    if size > KEY_MAX:
+        raise InvalidKeyError(f"store key of {size} bytes is longer than {KEY_MAX} bytes")
     parts = body.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise InvalidKeyError(f"store key {key!r} has an empty, '.' or '..' component")
-    if any(p.startswith(_TMP_MARK) for p in parts):
-        raise InvalidKeyError(f"store key {key!r} uses the reserved prefix {_TMP_MARK!r}")
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise InvalidKeyError(f"store key {key!r} has an empty, '.' or '..' component")
+        if p.startswith(_TMP_MARK):
+            raise InvalidKeyError(f"store key {key!r} uses the reserved prefix {_TMP_MARK!r}")
+        if len(p.encode()) > NAME_MAX:
+            raise InvalidKeyError(
+                f"store key component {p[:40]!r}... is longer than {NAME_MAX} bytes (NAME_MAX)"
+            )
+    if parts[0] == META:
+        raise InvalidKeyError(f"store key {key!r} is in the reserved metadata area {META}/")
     return key
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_hash(name: str) -> int:
+    return hash(name)  # nodes are dict keys on every read: their hash is asked for often
+
+
+def tomb_name(key: str) -> str:
+    """The metadata-area name of ``key``'s tombstone (hashed: any key fits any backend)."""
+    return f"t/{xxhash.xxh3_128_hexdigest(key.encode())}"
+
+
+def hidden(key: str) -> bool:
+    """Whether a listed key is swarmstore's own (metadata area, staged temp files)."""
+    return key == META or key.startswith(META + "/") or _TMP_MARK in key
+
+
+@dataclass(frozen=True)
+class State:
+    """What one node holds for one key: its data object and its tombstone ("phase 1").
+
+    ``size`` is None when there is no data object; ``record`` is None for data without
+    a record (written by something else). ``tomb_known`` is False when the tombstone was
+    not looked at (an S3 node holding data: data present implies it is newer than any
+    tombstone there). ``corrupt`` says why the answer cannot be trusted (an unreadable or
+    foreign record, a directory where a file should be). ``token`` is the backend's
+    compare-and-swap token (S3 ETags).
+    """
+
+    size: int | None = None
+    record: Record | None = None
+    tomb: Record | None = None
+    tomb_known: bool = True
+    corrupt: str | None = None
+    token: Any = None
+
+    @property
+    def has_data(self) -> bool:
+        return self.size is not None and self.corrupt is None
+
+    @property
+    def data_version(self) -> Version | None:
+        if not self.has_data:
+            return None
+        return self.record.version if self.record is not None else LOWEST
+
+    @property
+    def tomb_version(self) -> Version | None:
+        return self.tomb.version if self.tomb is not None else None
+
+    @property
+    def version(self) -> Version | None:
+        """The node's effective version for the key: the newer of data and tombstone."""
+        d, t = self.data_version, self.tomb_version
+        if d is None or (t is not None and t > d):
+            return t
+        return d
+
+    @property
+    def live(self) -> bool:
+        """Holds data that no tombstone on this node outranks."""
+        d, t = self.data_version, self.tomb_version
+        return d is not None and (t is None or d > t)
+
+
+def may_replace(seen: State, cur: State, version: Version, heal: bool = False) -> bool:
+    """The compare of every compare-and-swap: may a write at ``version``, staged when the
+    node held ``seen``, replace what it holds now (``cur``)?
+
+    Not when the node holds that version or a newer one; not when something phase 1 saw
+    is gone (a delete whose tombstones were collected, a withdrawn creation: the staged
+    write is stale). An unreadable (corrupt) replica is always replaced; with ``heal`` (a
+    repair that proved the replica's bytes bad) so is one of the same version.
+    """
+    if cur.corrupt is not None:
+        return True
+    now = cur.version
+    if now is not None:
+        return now <= version if heal else now < version
+    return seen.version is None or seen.corrupt is not None
 
 
 @dataclass
 class Pending:
-    """A staged write: what ``prepare`` returned, for ``commit`` or ``abort``."""
+    """A staged write: what ``prepare`` returned, for ``commit`` or ``abort``.
+
+    ``seen`` is the node's state before the write (phase 1). ``error`` is set when the
+    node answered phase 1 but could not stage the bytes (a full disk, a read-only mount):
+    the answer still counts towards the read quorum, the write does not.
+    """
 
     key: str
     data: bytes
-    record: Record
+    seen: State
     token: Any = None
+    error: BaseException | None = None
+
+
+class Read(NamedTuple):
+    """Bytes ``[start, end)`` of one replica, its record (None: unrecorded) and full size
+    (a tuple, so ``data, record, size = await node.read(key)`` unpacks it)."""
+
+    data: bytes
+    record: Record | None
+    size: int
 
 
 class Node(ABC):
     """One replica location. Subclasses implement the backend-specific operations."""
+
+    #: sync variants of read/state (``read_now``/``state_now``) that a caller may run in
+    #: one thread hop with other nodes' (local directories, memory)
+    supports_sync: bool = False
 
     def __init__(
         self,
@@ -95,68 +247,142 @@ class Node(ABC):
         )
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return _name_hash(self.name)
 
     # --- reads ---------------------------------------------------------------------------
     @abstractmethod
-    async def read(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> tuple[bytes, Record | None, int] | None:
-        """Bytes ``[start, end)`` of ``key`` (``end=None``: to the end), its record, and its size.
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
+        """Bytes ``[start, end)`` of ``key`` (``end=None``: to the end); None when absent.
 
-        None when the key is absent. The record is None for an object without one
-        (written by something other than swarmstore).
+        Raises :class:`~swarmstore.errors.ChecksumMismatch` when the replica cannot be
+        trusted (an unreadable or foreign record, a directory where the file should be).
         """
 
     @abstractmethod
+    async def state(self, key: str, *, tomb: bool | None = None) -> State:
+        """What the node holds for ``key``. ``tomb``: look at the tombstone always (True),
+        never (False), or only when there is no data object (None)."""
+
     async def head(self, key: str) -> tuple[int, Record | None] | None:
-        """``(size, record)`` of ``key`` without its bytes; None when absent."""
+        """``(size, record)`` of ``key``'s data object without its bytes; None when absent."""
+        st = await self.state(key, tomb=False)
+        if st.corrupt is not None:
+            from swarmstore.errors import ChecksumMismatch
 
-    # --- writes --------------------------------------------------------------------------
+            raise ChecksumMismatch(f"{self.name}/{key}: {st.corrupt}")
+        return None if st.size is None else (st.size, st.record)
+
+    # --- writes (two-phase, compare-and-swap) --------------------------------------------
     @abstractmethod
-    async def prepare(self, key: str, data: bytes, record: Record) -> Pending:
-        """Stage a write; nothing becomes visible before :meth:`commit`."""
+    async def prepare(self, key: str, data: bytes) -> Pending:
+        """Phase 1 (the node's :class:`State`) and staging; nothing becomes visible."""
 
     @abstractmethod
-    async def commit(self, pending: Pending) -> None:
-        """Make a staged write visible atomically (bytes and record together)."""
+    async def commit(
+        self,
+        pending: Pending,
+        record: Record,
+        *,
+        create: bool = False,
+        force: bool = False,
+        heal: bool = False,
+    ) -> Outcome:
+        """Publish the staged bytes with ``record`` if :func:`may_replace` allows it.
+
+        Returns "written", "superseded" (the node holds a version at least as new: the
+        staged write is dropped) or, with ``create=True``, "exists" (data already there).
+        ``heal=True`` also replaces the same version (a repair of bytes that failed their
+        checksum); ``force=True`` publishes whatever the node holds (backdoors, tools).
+        """
 
     @abstractmethod
     async def abort(self, pending: Pending) -> None:
         """Drop a staged write; must not raise for a write that was never staged."""
 
-    async def write(self, key: str, data: bytes, record: Record) -> None:
-        """Prepare and commit in one go."""
-        await self.commit(await self.prepare(key, data, record))
+    @abstractmethod
+    async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
+        """Delete at ``tomb``'s version: remove older data, then keep the tombstone.
 
-    async def create(self, key: str, data: bytes, record: Record) -> bool:
-        """Write ``key`` only if absent; True if this call created it.
-
-        Backends override this with an atomic conditional create; this fallback checks
-        then writes (racy between writers).
+        "written", or "superseded" when the node holds a newer version (nothing done).
         """
-        if await self.head(key) is not None:
-            return False
-        await self.write(key, data, record)
-        return True
 
     @abstractmethod
-    async def delete(self, key: str) -> None:
-        """Remove ``key``; absent keys are fine."""
+    async def unbury(self, key: str, tomb: Record) -> None:
+        """Drop ``key``'s tombstone if it is still exactly ``tomb`` (garbage collection)."""
 
-    # --- listing, through the node's plain zarr view ----------------------------------------
+    @abstractmethod
+    async def remove(self, key: str, version: Version | None = None) -> bool:
+        """Remove ``key``'s data object if its version is ``version`` (None: whatever it
+        holds); True when something was removed."""
+
+    async def write(self, key: str, data: bytes, record: Record) -> None:
+        """Publish ``data`` with ``record`` unconditionally (tests' backdoors, tools)."""
+        pending = await self.prepare(key, data)
+        if pending.error is not None:
+            raise pending.error
+        await self.commit(pending, record, force=True)
+
+    # --- metadata area (tombstones, hints) -------------------------------------------------
+    @abstractmethod
+    async def meta_put(self, name: str, body: bytes) -> None:
+        """Write ``.swarmstore/<name>``."""
+
+    @abstractmethod
+    async def meta_get(self, name: str) -> bytes | None:
+        """Read ``.swarmstore/<name>``; None when absent."""
+
+    @abstractmethod
+    async def meta_list(self, area: str) -> list[str]:
+        """Names (``area/...``) under ``.swarmstore/<area>/``; empty when none."""
+
+    @abstractmethod
+    async def meta_delete(self, name: str) -> None:
+        """Remove ``.swarmstore/<name>`` (absent is fine), and the area once it is empty."""
+
+    async def tombstones(self) -> list[str]:
+        """The keys this node holds a tombstone for (read from the tombstones' bodies)."""
+        keys = []
+        for name in await self.meta_list("t"):
+            body = await self.meta_get(name)
+            try:
+                key = (body or b"").decode()
+                check_key(key)
+            except (UnicodeDecodeError, InvalidKeyError):
+                continue  # a torn or foreign file: not a tombstone of any key
+            if tomb_name(key) == name:
+                keys.append(key)
+        return sorted(keys)
+
+    # --- listing -------------------------------------------------------------------------
+    @abstractmethod
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every data key under ``prefix`` (metadata area and temp files excluded)."""
+
+    @abstractmethod
+    async def list_entries(self, prefix: str) -> list[str]:
+        """Names directly under ``prefix`` (like ``Store.list_dir``), swarmstore's own hidden."""
+
     async def list_prefix(self, prefix: str) -> list[str]:
-        return [k async for k in self.store.list_prefix(prefix) if _TMP_MARK not in k]
+        return await self.list_keys(prefix)
 
     async def list_dir(self, prefix: str) -> list[str]:
-        return [k async for k in self.store.list_dir(prefix) if not k.startswith(_TMP_MARK)]
+        return await self.list_entries(prefix)
 
-    async def delete_dir(self, prefix: str) -> None:
-        await self.store.delete_dir(prefix)
+    async def prune(self, prefix: str) -> None:
+        """Remove empty directories left under ``prefix`` (local directories only)."""
+        return None
 
     async def ping(self) -> None:
         """Cheap reachability check; raises when the node is down."""
-        await self.head("zarr.json")
+        await self.state("zarr.json", tomb=False)
+
+    def allow_create(self, create: bool) -> None:
+        """Whether a missing root may be created (local directories; see LocalNode)."""
+        return None
+
+    def root_exists(self) -> bool | None:
+        """Whether the node's root exists (None: the backend has no such notion)."""
+        return None
 
     def close(self) -> None:
         self.store.close()
@@ -164,88 +390,3 @@ class Node(ABC):
     async def aclose(self) -> None:
         """Release connections; the node stays usable (they reopen on demand)."""
         return None
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """A node description: a URL or zarr store plus placement attributes.
-
-    ``zone`` is the failure domain (replicas go to distinct zones while there are
-    enough), ``weight`` scales the share of keys the node receives, ``host`` lets the
-    transfer router prefer nodes on the reader's machine.
-    """
-
-    target: Any
-    name: str | None = None
-    weight: float = 1.0
-    zone: Hashable | None = None
-    host: str | None = None
-    storage_options: dict[str, Any] | None = None
-
-
-def node_from(spec: Any, **kwargs: Any) -> Node:
-    """Build a :class:`Node` from a URL, a zarr store, a :class:`NodeSpec` or a Node.
-
-    URLs: ``file:///path`` (or a plain path), ``memory://name``, ``s3://bucket/prefix``
-    (``storage_options`` are passed to s3fs). Stores: ``LocalStore``, ``MemoryStore``,
-    an s3fs-backed ``FsspecStore``, or any object with an ``as_node(**attrs)`` method
-    (``swarmstore.testing.FaultyStore``).
-    """
-    if isinstance(spec, Node):
-        return spec
-    if isinstance(spec, NodeSpec):
-        attrs = {"name": spec.name, "weight": spec.weight, "zone": spec.zone, "host": spec.host}
-        attrs = {k: v for k, v in attrs.items() if v is not None}
-        kwargs["storage_options"] = spec.storage_options or kwargs.get("storage_options")
-        return node_from(spec.target, **attrs, **kwargs)
-    if isinstance(spec, dict):
-        return node_from(NodeSpec(**spec), **kwargs)
-    storage_options = kwargs.pop("storage_options", None) or {}
-    if hasattr(spec, "as_node"):
-        return spec.as_node(**kwargs)  # type: ignore[no-any-return]
-    from swarmstore.storage._backends import LocalNode, MemoryNode, S3Node
-
-    if isinstance(spec, str):
-        return _node_from_url(spec, storage_options, kwargs)
-    from zarr.storage import FsspecStore, LocalStore, MemoryStore
-
-    if isinstance(spec, LocalStore):
-        return LocalNode(spec.root, **kwargs)
-    if isinstance(spec, MemoryStore):
-        return MemoryNode(spec, **kwargs)
-    if isinstance(spec, FsspecStore):
-        protocol = spec.fs.protocol
-        protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-        if "s3" in protocols:
-            return S3Node(spec.fs, spec.path, **kwargs)
-    raise ConfigError(
-        f"cannot use {spec!r} as a storage node: give a file://, memory:// or s3:// URL, "
-        "a LocalStore, MemoryStore or s3fs FsspecStore"
-    )
-
-
-def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, Any]) -> Node:
-    from swarmstore.storage._backends import LocalNode, MemoryNode, S3Node
-
-    if not url:
-        raise ConfigError("empty node URL")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "file", url
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ConfigError(f"node URL {url!r}: file paths must be absolute")
-        return LocalNode(posixpath.normpath(rest), **kwargs)
-    if scheme == "memory":
-        if not rest:
-            raise ConfigError(f"node URL {url!r}: memory:// needs a name")
-        return MemoryNode.named(rest, **kwargs)
-    if scheme in ("s3", "s3a"):
-        bucket = rest.strip("/")
-        if not bucket:
-            raise ConfigError(f"node URL {url!r}: s3:// needs a bucket")
-        import s3fs
-
-        fs = s3fs.S3FileSystem(asynchronous=True, **storage_options)
-        return S3Node(fs, bucket, **kwargs)
-    raise ConfigError(f"node URL {url!r}: unsupported scheme {scheme!r} (file, memory, s3)")

@@ -1,11 +1,10 @@
-"""ReplicatedStore: a zarr v3 store that keeps R verified copies of every key."""
+"""ReplicatedStore: a zarr v3 store that keeps R verified, versioned copies of every key."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
-import pathlib
-import random
 from typing import TYPE_CHECKING, Any, Self
 
 import xxhash
@@ -18,21 +17,29 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer
 
-from swarmstore import _events, config
-from swarmstore.errors import ChecksumMismatch, ConfigError, QuorumError, ReplicaUnavailable
+from swarmstore import _events
+from swarmstore.errors import ConfigError, QuorumError
 from swarmstore.hashing import Member, Rendezvous
-from swarmstore.network import TransferRouter, qos
+from swarmstore.network import TransferRouter
+from swarmstore.storage import _listing, _repairs
+from swarmstore.storage._api import Maintained
+from swarmstore.storage._create import create
 from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
-from swarmstore.storage._integrity import Record
-from swarmstore.storage._node import Node, check_key, node_from
-from swarmstore.storage._verified import Missing as _Missing
-from swarmstore.storage._verified import fetch_full, fetch_range
+from swarmstore.storage._node import check_key
+from swarmstore.storage._read import QuorumRead
+from swarmstore.storage._settings import allow_create, configure, default_state_dir
+from swarmstore.storage._spec import node_from
+from swarmstore.storage._verified import Got
+from swarmstore.storage._write import delete, grace, put
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
     from zarr.core.buffer import BufferPrototype
+
+    from swarmstore.storage._integrity import Record, Version
+    from swarmstore.storage._node import Node
 
 __all__ = ["ReplicatedStore"]
 
@@ -41,25 +48,38 @@ def _name(node: Node) -> str:
     return node.name
 
 
-class ReplicatedStore(Store):
-    """Spread zarr keys over ``nodes``, ``replicas`` verified copies each.
+def _measure(result: Any) -> int:
+    return len(result.data) if isinstance(result, Got) else 0
+
+
+class ReplicatedStore(Maintained, Store):
+    """Spread zarr keys over ``nodes``, ``replicas`` verified, versioned copies each.
 
     - Placement: weighted rendezvous hashing; replicas in distinct zones when possible.
-    - Writes: staged on every replica in parallel, published once ``write_quorum``
-      (default: majority of ``replicas``) staged; fewer, and nothing changes
-      (:class:`QuorumError`). A replica that missed a write gets a durable hint and
-      is not read for that key until the hint is replayed.
-    - Reads: one replica, chosen by the transfer router, verified against its xxh3
-      record; a missing, corrupt or unreachable replica fails over to the next and is
-      repaired in the background. Bytes that fail their checksum are never returned.
+    - Versions, not clocks: a write learns the key's versions from a read quorum of its
+      replicas and writes ``(max + 1, writer id)``; each replica applies it by
+      compare-and-swap. ``write_quorum`` (W, default a majority) acknowledgements make
+      it succeed; fewer raise :class:`QuorumError`, and each replica keeps the old value
+      or the new one.
+    - Reads: the value from the router's best replica plus the versions of the next
+      ``Rq - 1`` (``Rq = R - W + 1``, so every read quorum meets every write quorum); the
+      newest wins, checked against its key-bound xxh3 record. Stale, missing or corrupt
+      replicas are repaired in the background. Bytes that fail their checksum are never
+      returned, nor a value older than an acknowledged write.
+    - Deletes leave versioned tombstones until every node applied them; missed writes
+      leave hints on the nodes that acknowledged, which any host replays.
     - Each node holds exactly the bytes zarr wrote under each key: any single node opens
       with plain zarr. Checksums travel with the objects (xattrs, S3 metadata).
+
+    ``create``: whether missing local node roots may be created: True, False, or None
+    (default: only for a brand-new store, when none of its local roots exists yet).
     """
 
     supports_writes: bool = True
     supports_deletes: bool = True
     supports_listing: bool = True
     supports_partial_writes: bool = False  # type: ignore[assignment]
+    supports_atomic_create: bool = True
 
     def __init__(
         self,
@@ -73,6 +93,8 @@ class ReplicatedStore(Store):
         read_repair: bool | None = None,
         min_block: int | str | None = None,
         storage_options: dict[str, Any] | None = None,
+        read_quorum: int | None = None,
+        create: bool | None = None,
     ) -> None:
         super().__init__(read_only=read_only)
         if isinstance(nodes, (str, bytes)) or not nodes:
@@ -81,47 +103,36 @@ class ReplicatedStore(Store):
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ConfigError(f"node names must be unique, got {names}")
-        self.replicas = int(config.get("storage.replicas") if replicas is None else replicas)
-        if not 1 <= self.replicas <= len(self.nodes):
-            raise ConfigError(f"replicas={self.replicas} needs 1..{len(self.nodes)} (the nodes)")
-        wq = config.get("storage.write-quorum") if write_quorum is None else write_quorum
-        self.write_quorum = int(wq) if wq is not None else self.replicas // 2 + 1
-        if not 1 <= self.write_quorum <= self.replicas:
-            raise ConfigError(f"write_quorum={self.write_quorum} needs 1..replicas")
-        rr = config.get("storage.read-repair") if read_repair is None else read_repair
-        self.read_repair = bool(rr)
-        self.min_block = config.get_bytes("storage.verify-block-size", min_block) or 1 << 20
+        configure(self, replicas, write_quorum, read_quorum, read_repair, min_block)
         self.ring = Rendezvous(Member(n.name, n.weight, n.zone) for n in self.nodes)
         self._by_name = {n.name: n for n in self.nodes}
         self._rank_cache: dict[str, tuple[tuple[Node, ...], tuple[Node, ...]]] = {}
         self.router = router if router is not None else TransferRouter()
+        self._new_api = "measure" in inspect.signature(type(self.router).fetch).parameters
         self._state_dir = state_dir
-        self.hints = HintLog(self._default_state_dir() if state_dir is None else state_dir)
-        self._background: set[asyncio.Task[Any]] = set()
+        self.hints = HintLog(default_state_dir(self.nodes) if state_dir is None else state_dir)
+        self.writer = int.from_bytes(os.urandom(8), "big") >> 1  # this instance's id
+        self._counters: dict[str, int] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+        self._laggards: set[asyncio.Future[Any]] = set()  # held, not waited for by flush
         self._replaying: set[str] = set()
+        self._repairing: set[str] = set()
         self.hints_replayed = 0  # hints applied by this store since it was built
+        self._create = create
+        allow_create(self.nodes, create)
 
     # --- identity, pickling ----------------------------------------------------------------
-    def _default_state_dir(self) -> pathlib.Path:
-        base = config.get("storage.state-dir")
-        root = (
-            pathlib.Path(base)
-            if base
-            else pathlib.Path(os.environ.get("XDG_STATE_HOME", "~/.local/state")).expanduser()
-            / "swarmstore"
-        )
-        ident = xxhash.xxh3_64_hexdigest("\0".join(sorted(n.name for n in self.nodes)).encode())
-        return root / f"store-{ident}"
-
     def _init_kwargs(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes,
             "replicas": self.replicas,
             "write_quorum": self.write_quorum,
+            "read_quorum": self.read_quorum,
             "state_dir": self._state_dir,
             "read_only": self.read_only,
             "read_repair": self.read_repair,
             "min_block": self.min_block,
+            "create": self._create,
         }
 
     def __reduce__(self) -> Any:
@@ -150,11 +161,12 @@ class ReplicatedStore(Store):
 
     async def _open(self) -> None:
         await super()._open()
-        for name in self.hints.nodes():
-            self._spawn(self._replay(self._by_name[name])) if name in self._by_name else None
+        if self.hints.count():  # this host's own hints only: no node is listed here
+            self._spawn(replay(self))
 
     async def aclose(self) -> None:
-        """Finish background work and release node connections (S3 HTTP sessions)."""
+        """Finish background work and release node connections (S3 HTTP sessions, each
+        closed on its own loop)."""
         await self.flush()
         for n in self.nodes:
             await n.aclose()
@@ -164,7 +176,7 @@ class ReplicatedStore(Store):
             n.close()
         super().close()
 
-    # --- placement ---------------------------------------------------------------------------
+    # --- placement, quorums, versions --------------------------------------------------------
     def targets(self, key: str) -> list[Node]:
         """The nodes that should hold ``key``, most preferred first."""
         return list(self._ranked(key)[0])
@@ -181,47 +193,51 @@ class ReplicatedStore(Store):
             self._rank_cache[key] = got
         return got
 
-    # --- background work -----------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def quorums(self, targets: int) -> tuple[int, int]:
+        """``(read quorum, write quorum)`` for a key with ``targets`` replicas."""
+        return min(self.read_quorum, targets), min(self.write_quorum, targets)
 
-    async def flush(self) -> None:
-        """Wait for background repairs and hint replays started so far."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+    def next_version(self, key: str, seen: Iterable[Version]) -> Version:
+        """One more than every counter seen, and than this instance's last for ``key``."""
+        counter = max(1, max((c for c, _ in seen), default=0) + 1, self._counters.get(key, 0) + 1)
+        if len(self._counters) >= 65536:
+            self._counters.clear()
+        self._counters[key] = counter
+        return (counter, self.writer)
+
+    def grace(self, elapsed: float) -> float:
+        return grace(elapsed, self._grace_cap)
+
+    # --- errors --------------------------------------------------------------------------------
+    @staticmethod
+    def _reraise_bugs(results: Iterable[object]) -> None:
+        """Node failures are OSErrors (and missing keys KeyErrors); anything else is a bug or
+        bad input and must reach the caller, not be counted as a dead node."""
+        for e in results:
+            if isinstance(e, BaseException) and not isinstance(e, (OSError, KeyError)):
+                raise e
+
+    def _quorum_error(
+        self, key: str, op: str, acked: int, needed: int, failures: dict[Node, BaseException]
+    ) -> QuorumError:
+        whys = {n.name: f"{type(e).__name__}: {e}" for n, e in failures.items()}
+        _events.emit(
+            "quorum-missed",
+            {"key": key, "op": op, "acked": acked, "needed": needed, "failures": whys},
+        )
+        return QuorumError(key, acked, needed, whys)
 
     # --- reads ----------------------------------------------------------------------------------
-    async def _fetch_full(self, node: Node, key: str) -> tuple[bytes, Record | None]:
-        return await fetch_full(node, key)
-
-    async def _fetch_range(self, node: Node, key: str, byte_range: ByteRequest) -> bytes:
-        return await fetch_range(node, key, byte_range, self.min_block)
-
-    async def _locate(
-        self, key: str, attempt: Any
+    async def _fetch(
+        self, nodes: Sequence[Node], attempt: Any, key: str, nbytes: int | None = None
     ) -> tuple[Node | None, Any, dict[Node, BaseException]]:
-        """Run ``attempt`` on the key's replicas (router order), then on the other nodes."""
-        primary, rest = self._ranked(key)
-        usable = [n for n in primary if not self.hints.blocks_read(n.name, key)]
-        src, result, failures = await self.router.fetch(usable, attempt, name=_name)
-        if src is None and rest:
-            others = [n for n in rest if not self.hints.blocks_read(n.name, key)]
-            src, result, more = await self.router.fetch(others, attempt, name=_name)
-            failures.update(more)
-        return src, result, failures
-
-    def _absent_or_raise(self, key: str, failures: dict[Node, BaseException]) -> None:
-        """No replica answered with data: decide between "absent" and "unreadable"."""
-        unreachable = [n for n, e in failures.items() if not isinstance(e, _Missing)]
-        corrupt = [n for n, e in failures.items() if isinstance(e, ChecksumMismatch)]
-        if corrupt or (unreachable and len(unreachable) >= self.write_quorum):
-            _events.emit("replica-unavailable", {"key": key, "tried": _whys(failures)})
-            raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
-        if failures and not any(isinstance(e, _Missing) for e in failures.values()):
-            _events.emit("replica-unavailable", {"key": key, "tried": _whys(failures)})
-            raise ReplicaUnavailable(key, {n.name: _why(e) for n, e in failures.items()})
+        """``router.fetch`` with the byte count when known (the router learns bandwidth)."""
+        kwargs: dict[str, Any] = {"name": _name, "nbytes": nbytes}
+        if self._new_api:
+            kwargs.update(size=nbytes, measure=_measure)
+        else:
+            kwargs["size"] = _measure
+        return await self.router.fetch(list(nodes), attempt, **kwargs)
 
     async def get(
         self,
@@ -234,58 +250,16 @@ class ReplicatedStore(Store):
             byte_range, (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
         ):
             raise TypeError(f"Unexpected byte_range, got {byte_range}.")
-        await self._ensure_open()
         check_key(key)
-        if byte_range is None:
-            src, result, failures = await self._locate(key, lambda n: self._fetch_full(n, key))
-        else:
-            src, result, failures = await self._locate(
-                key, lambda n: self._fetch_range(n, key, byte_range)
-            )
-        self._after_read(key, src, result if byte_range is None else None, failures)
-        if src is None:
-            self._absent_or_raise(key, failures)
-            return None
-        data = result[0] if byte_range is None else result
-        return prototype.buffer.from_bytes(data)
-
-    def _after_read(
-        self, key: str, src: Node | None, full: Any, failures: dict[Node, BaseException]
-    ) -> None:
-        if src is None or not self.read_repair:
-            return
-        primary = set(self.targets(key))
-        bad = [
-            n
-            for n, e in failures.items()
-            if n in primary and isinstance(e, (_Missing, ChecksumMismatch))
-        ]
-        if bad:
-            why = {n.name: _why(failures[n]) for n in bad}
-            _events.emit("read-repair", {"key": key, "nodes": why})
-            self._spawn(self._repair_key(key, bad, full))
-
-    async def _repair_key(
-        self, key: str, bad: list[Node], full: tuple[bytes, Record | None] | None = None
-    ) -> int:
-        """Rewrite ``key`` on ``bad`` nodes from a verified copy; returns copies written."""
-        with qos("bulk"):
-            if full is None or full[1] is None:
-                src, full, _ = await self._locate(key, lambda n: self._fetch_full(n, key))
-                if src is None:
-                    return 0
-            data, record = full
-            record = record or Record.of(data, self.min_block)
-            done = 0
-            for node in bad:
-                try:
-                    await self.router.send(
-                        node, lambda n: n.write(key, data, record), name=_name, nbytes=len(data)
-                    )
-                    done += 1
-                except OSError:
-                    continue
-            return done
+        await self._ensure_open()
+        verdict = await QuorumRead(self, key, byte_range, want_data=True).run()
+        if self.read_repair:
+            _repairs.after_read(self, key, verdict, full=byte_range is None)
+        if verdict.got is not None:
+            return prototype.buffer.from_bytes(verdict.got.data)
+        if verdict.unrecorded is not None:
+            return prototype.buffer.from_bytes(verdict.unrecorded)
+        return None
 
     async def get_partial_values(
         self,
@@ -295,34 +269,32 @@ class ReplicatedStore(Store):
         # docstring inherited
         return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
+    async def _head(self, key: str) -> tuple[int, Record | None] | None:
+        """``(size, record)`` of the key's newest value by a quorum of versions; None if absent."""
+        check_key(key)
+        await self._ensure_open()
+        verdict = await QuorumRead(self, key, None, want_data=False).run()
+        if verdict.got is not None:
+            return verdict.got.size, verdict.got.record
+        if verdict.unrecorded is not None:
+            return verdict.size or 0, None
+        return None
+
     async def exists(self, key: str) -> bool:
         # docstring inherited
         return await self._head(key) is not None
 
-    async def _head(self, key: str) -> tuple[int, Record | None] | None:
-        await self._ensure_open()
-        check_key(key)
-
-        async def attempt(n: Node) -> tuple[int, Record | None]:
-            got = await n.head(key)
-            if got is None:
-                raise _Missing(key)
-            return got
-
-        src, result, failures = await self._locate(key, attempt)
-        if src is None:
-            self._absent_or_raise(key, failures)
-            return None
-        return result  # type: ignore[no-any-return]
-
     async def cache_token(self, key: str) -> str | None:
-        """A token that changes whenever ``key``'s value does (its checksum record), or
-        None when absent: lets a TieredStore with ``validate=True`` revalidate exactly."""
+        """A token that changes whenever ``key``'s value does (its version and content
+        hash), or None when absent: lets a TieredStore revalidate exactly."""
         head = await self._head(key)
         if head is None:
             return None
         size, record = head
-        return record.encode() if record is not None else f"unrecorded:{size}"
+        if record is None:
+            return f"unrecorded:{size}"
+        digest = xxhash.xxh3_64_hexdigest(repr(record.hashes).encode())
+        return f"{record.counter}.{record.writer:x}.{record.size}.{digest}"
 
     async def getsize(self, key: str) -> int:
         # docstring inherited
@@ -335,210 +307,67 @@ class ReplicatedStore(Store):
     async def set(self, key: str, value: Buffer) -> None:
         # docstring inherited
         self._check_writable()
-        await self._ensure_open()
         if not isinstance(value, Buffer):
             raise TypeError(
                 f"ReplicatedStore.set(): `value` must be a Buffer instance. "
                 f"Got an instance of {type(value)} instead."
             )
         check_key(key)
-        await self.put(key, value.to_bytes())
+        await self._ensure_open()
+        await put(self, key, value.to_bytes(), None)
 
     async def put(self, key: str, data: bytes, record: Record | None = None) -> list[Node]:
-        """Write raw bytes to the key's replicas; returns the nodes that acknowledged."""
-        record = record or Record.of(data, self.min_block)
-        targets = self.targets(key)
-
-        async def prepare(n: Node) -> Any:
-            return await self.router.send(
-                n, lambda n: n.prepare(key, data, record), name=_name, nbytes=len(data)
-            )
-
-        staged = await asyncio.gather(*(prepare(n) for n in targets), return_exceptions=True)
-        ready = [(n, p) for n, p in zip(targets, staged, strict=True) if not _failed(p)]
-        failures = {n: p for n, p in zip(targets, staged, strict=True) if _failed(p)}
-        _reraise_bugs(failures.values())
-        if len(ready) < self.write_quorum:
-            await asyncio.gather(*(n.abort(p) for n, p in ready), return_exceptions=True)
-            _events.emit("quorum-missed", self._missed(key, "set", len(ready), failures))
-            raise QuorumError(key, len(ready), self.write_quorum, _whys(failures))
-        done = await asyncio.gather(
-            *(self.router.send(n, lambda n, p=p: n.commit(p), name=_name) for n, p in ready),
-            return_exceptions=True,
-        )
-        acked = [n for (n, _), r in zip(ready, done, strict=True) if not _failed(r)]
-        failures.update({n: r for (n, _), r in zip(ready, done, strict=True) if _failed(r)})
-        _reraise_bugs(failures.values())
-        self._note_outcome(key, "set", acked, failures)
-        if len(acked) < self.write_quorum:
-            _events.emit("quorum-missed", self._missed(key, "set", len(acked), failures))
-            raise QuorumError(key, len(acked), self.write_quorum, _whys(failures))
-        return acked
-
-    def _missed(
-        self, key: str, op: str, acked: int, failures: dict[Node, BaseException], needed: int = 0
-    ) -> dict[str, Any]:
-        """The fields of a ``quorum-missed`` event (swarmstore._events)."""
-        needed = needed or self.write_quorum
-        return {"key": key, "op": op, "acked": acked, "needed": needed, "failures": _whys(failures)}
-
-    def _note_outcome(
-        self, key: str, op: str, acked: list[Node], failures: dict[Node, BaseException]
-    ) -> None:
-        for n in failures:
-            self.hints.add(n.name, key, op)
-        for n in acked:
-            self.hints.discard(n.name, key)
-            if self.hints.pending(n.name) and n.name not in self._replaying:
-                self._spawn(self._replay(n))  # the node answers again: catch it up
+        """Write raw bytes (``record``: their checksum record, if already computed; its
+        version is replaced); returns the nodes that acknowledged."""
+        self._check_writable()
+        check_key(key)
+        await self._ensure_open()
+        return await put(self, key, bytes(data), record)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        """Write ``value`` unless ``key`` exists; of racing writers exactly one wins.
-
-        Each replica does an atomic conditional create (``os.link``, S3 ``IfNoneMatch``,
-        a dict check); a writer wins with ``write_quorum`` creations, which at most one
-        writer can gather when the quorum is a majority. A writer that falls short takes
-        its creations back; after a split vote (nobody won) the writers retry after a
-        random pause.
-        """
+        """Write ``value`` unless ``key`` exists; of racing writers exactly one wins, and
+        once any returns, every read returns the winner's value
+        (:mod:`swarmstore.storage._create`)."""
         self._check_writable()
-        await self._ensure_open()
         check_key(key)
-        data = value.to_bytes()
-        record = Record.of(data, self.min_block)
-        targets = self.targets(key)
-        for attempt in range(8):
-            results = await asyncio.gather(
-                *(
-                    self.router.send(n, lambda n: n.create(key, data, record), name=_name)
-                    for n in targets
-                ),
-                return_exceptions=True,
-            )
-            created = [n for n, r in zip(targets, results, strict=True) if r is True]
-            existed = [n for n, r in zip(targets, results, strict=True) if r is False]
-            failures = {n: r for n, r in zip(targets, results, strict=True) if _failed(r)}
-            _reraise_bugs(failures.values())
-            if len(created) >= self.write_quorum:
-                self._note_outcome(key, "set", created, {**failures, **dict.fromkeys(existed)})
-                return
-            await asyncio.gather(
-                *(self.router.send(n, lambda n: n.delete(key), name=_name) for n in created),
-                return_exceptions=True,
-            )
-            if len(existed) >= self.write_quorum:
-                return  # somebody else's value holds a quorum: the key exists
-            if len(created) + len(existed) < self.write_quorum:
-                _events.emit("quorum-missed", self._missed(key, "create", len(created), failures))
-                raise QuorumError(key, len(created), self.write_quorum, _whys(failures))
-            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))  # split vote
-        _events.emit("quorum-missed", self._missed(key, "create", 0, {}))
-        raise QuorumError(key, 0, self.write_quorum, {"*": "conditional create kept colliding"})
+        await self._ensure_open()
+        await create(self, key, value.to_bytes())
 
     async def delete(self, key: str) -> None:
         # docstring inherited
         self._check_writable()
-        await self._ensure_open()
         check_key(key)
-        await self._everywhere(key, "delete", lambda n: n.delete(key))
+        await self._ensure_open()
+        await delete(self, key)
 
     async def delete_dir(self, prefix: str) -> None:
         # docstring inherited
         self._check_writable()
-        await self._ensure_open()
         check_key(prefix, prefix=True)
-        prefix = prefix.rstrip("/")
-        await self._everywhere(prefix, "delete_dir", lambda n: n.delete_dir(prefix))
+        await self._ensure_open()
+        await _listing.delete_dir(self, prefix.rstrip("/"))
 
     async def clear(self) -> None:
         # docstring inherited
         self._check_writable()
         await self._ensure_open()
-        await self._everywhere("", "delete_dir", lambda n: n.store.clear())
-
-    async def _everywhere(self, key: str, op: str, action: Any) -> None:
-        """Apply ``action`` on every node (copies may sit outside the replica set)."""
-        results = await asyncio.gather(
-            *(self.router.send(n, action, name=_name) for n in self.nodes),
-            return_exceptions=True,
-        )
-        acked = [n for n, r in zip(self.nodes, results, strict=True) if not _failed(r)]
-        failures = {n: r for n, r in zip(self.nodes, results, strict=True) if _failed(r)}
-        _reraise_bugs(failures.values())
-        self._note_outcome(key, op, acked, failures)
-        needed = self.write_quorum if op == "delete" else 1
-        primary = set(self.targets(key)) if op == "delete" else set(self.nodes)
-        if len([n for n in acked if n in primary]) < min(needed, len(primary)):
-            _events.emit("quorum-missed", self._missed(key, op, len(acked), failures, needed))
-            raise QuorumError(key, len(acked), needed, _whys(failures))
-
-    # --- hinted handoff --------------------------------------------------------------------------
-    async def _replay(self, node: Node) -> int:
-        """Apply ``node``'s missed operations from healthy replicas; returns hints replayed."""
-        return await replay(self, node)
-
-    async def replay_hints(self) -> int:
-        """Replay every pending hint whose node is reachable; returns how many were applied.
-
-        Replays already running in the background are waited for (and counted), so on
-        return every reachable node has caught up.
-        """
-        before = self.hints_replayed
-        await self._ensure_open()
-        await self.flush()
-        for name in self.hints.nodes():
-            if name in self._by_name:
-                await self._replay(self._by_name[name])
-        return self.hints_replayed - before
+        await _listing.delete_dir(self, "")
 
     # --- listing ---------------------------------------------------------------------------------
-    async def _union(self, op: str, prefix: str) -> list[str]:
-        async def one(n: Node) -> list[str]:
-            return await (n.list_prefix(prefix) if op == "prefix" else n.list_dir(prefix))
-
-        results = await asyncio.gather(*(one(n) for n in self.nodes), return_exceptions=True)
-        ok = [r for r in results if not isinstance(r, BaseException)]
-        errors = [r for r in results if isinstance(r, BaseException)]
-        _reraise_bugs(errors)
-        if not ok:
-            raise ReplicaUnavailable(
-                prefix, {n.name: _why(e) for n, e in zip(self.nodes, errors, strict=False)}
-            )
-        return sorted(set().union(*ok))
-
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
-        for key in await self._union("prefix", ""):
+        for key in await _listing.keys(self, ""):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        for key in await self._union("prefix", prefix):
+        for key in await _listing.keys(self, prefix):
             yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
-        for key in await self._union("dir", prefix):
+        for key in await _listing.entries(self, prefix):
             yield key
-
-    # --- maintenance (swarmstore.storage._maintenance) ------------------------------------------
-    async def scrub(self, progress: Any = None) -> Any:
-        """Verify every replica of every key; see :func:`swarmstore.storage.scrub`."""
-        from swarmstore.storage._maintenance import scrub
-
-        return await scrub(self, progress=progress)
-
-    async def repair(self, progress: Any = None) -> Any:
-        """Restore ``replicas`` healthy copies of every key (:func:`swarmstore.storage.repair`)."""
-        from swarmstore.storage._maintenance import repair
-
-        return await repair(self, progress=progress)
-
-    async def rebalance(self, progress: Any = None, *, limit: int | None = None) -> Any:
-        """Move keys where placement says after nodes joined or left; resumable."""
-        from swarmstore.storage._maintenance import rebalance
-
-        return await rebalance(self, progress=progress, limit=limit)
 
 
 def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedStore:
@@ -547,25 +376,3 @@ def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedSt
     from swarmstore.network import default_router
 
     return cls(**kwargs, router=default_router())
-
-
-def _failed(result: object) -> bool:
-    return isinstance(result, BaseException)
-
-
-def _reraise_bugs(errors: Iterable[BaseException]) -> None:
-    """Node failures are OSErrors (and missing keys KeyErrors); anything else is a bug or
-    bad input and must reach the caller, not be counted as a dead node."""
-    for e in errors:
-        if not isinstance(e, (OSError, KeyError)):
-            raise e
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, _Missing):
-        return "missing"
-    return f"{type(e).__name__}: {e}"
-
-
-def _whys(failures: dict[Node, BaseException]) -> dict[str, str]:
-    return {n.name: _why(e) for n, e in failures.items()}

@@ -9,6 +9,7 @@ the faults a test sets.
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 import threading
 import time
@@ -44,7 +45,17 @@ class Faults:
     - ``error_rate``: probability that a request fails with :class:`NodeUnavailable`
     - ``down``: every request fails (an outage)
     - ``corrupt_reads``: keys whose bytes come back with one byte flipped (``"*"`` for all)
-    - ``fail_writes``: writes fail while reads still work (a full disk, a read-only mount)
+    - ``fail_writes``: writes fail while reads still work (:class:`NodeUnavailable`)
+    - ``fail_commits``: staging works, publishing fails (an S3 PUT that fails)
+    - ``full_disk`` / ``read_only``: writes fail with ``ENOSPC`` / ``EROFS``: the node's
+      answer, not an outage
+    - ``crash_after``: node operations ("commit", "bury", "prepare", ...) that do all their
+      work and then raise, as if the reply were lost
+    - ``half``: operations that do half their work and then raise ("bury": the data is
+      removed, the tombstone never written; "prepare": staged, the answer lost)
+    - ``frozen``: every request waits (a SIGSTOPped node) until it is cleared
+    - ``hold_next``: ``{op: n}`` holds the next ``n`` requests of ``op`` while ``gate`` is
+      closed (a laggard that lands late, after later writes)
     """
 
     latency: float = 0.0
@@ -53,6 +64,14 @@ class Faults:
     down: bool = False
     corrupt_reads: set[str] = field(default_factory=set)
     fail_writes: bool = False
+    fail_commits: bool = False
+    full_disk: bool = False
+    read_only: bool = False
+    crash_after: set[str] = field(default_factory=set)
+    half: set[str] = field(default_factory=set)
+    frozen: bool = False
+    hold_next: dict[str, int] = field(default_factory=dict)
+    gate: bool = False
     seed: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -78,17 +97,44 @@ class Faults:
         return self.latency + extra
 
     async def before(self, op: str, name: str, *, write: bool = False) -> None:
-        """Apply latency, then raise if this request is to fail."""
+        """Apply latency (and a freeze), then raise if this request is to fail."""
         self.count(op)
         d = self.delay()
         if d > 0:
             await asyncio.sleep(d)
+        while self.frozen:
+            await asyncio.sleep(0.005)
+        if self.hold_next.get(op):
+            self.hold_next[op] -= 1
+            while self.gate:
+                await asyncio.sleep(0.002)
         if self.down:
             raise NodeUnavailable(f"{name} is down (injected outage)")
-        if write and self.fail_writes:
-            raise NodeUnavailable(f"{name} refuses writes (injected)")
+        if write:
+            self.refuse_write(op, name)
         if self.error_rate and self._rng.random() < self.error_rate:
             raise NodeUnavailable(f"{name}: injected error on {op}")
+
+    def refuse_write(self, op: str, name: str) -> None:
+        """Raise the injected write failure, if any."""
+        if self.fail_writes:
+            raise NodeUnavailable(f"{name} refuses writes (injected)")
+        if self.full_disk:
+            raise OSError(errno.ENOSPC, f"{name}: no space left on device (injected)")
+        if self.read_only:
+            raise OSError(errno.EROFS, f"{name}: read-only file system (injected)")
+        if op == "commit" and self.fail_commits:
+            raise NodeUnavailable(f"{name}: commit failed (injected)")
+
+    def after(self, op: str, name: str) -> None:
+        """Raise when ``op`` is to lose its reply (it did its work)."""
+        if op in self.crash_after:
+            raise NodeUnavailable(f"{name}: {op} done, reply lost (injected crash)")
+
+    @property
+    def immediate(self) -> bool:
+        """No latency, jitter or freeze: sync paths may run (no await needed)."""
+        return not (self.latency or self.jitter or self.frozen)
 
     def before_sync(self, op: str, name: str, *, write: bool = False) -> None:
         """:meth:`before` for synchronous callers."""
@@ -96,8 +142,10 @@ class Faults:
         d = self.delay()
         if d > 0:
             time.sleep(d)
-        if self.down or (write and self.fail_writes):
+        if self.down:
             raise NodeUnavailable(f"{name} is down (injected outage)")
+        if write:
+            self.refuse_write(op, name)
         if self.error_rate and self._rng.random() < self.error_rate:
             raise NodeUnavailable(f"{name}: injected error on {op}")
 

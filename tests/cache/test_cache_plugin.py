@@ -22,7 +22,7 @@ def test_registry_shares_one_store_per_backing_and_one_budget(tmp_path: pathlib.
     assert a.namespace != b.namespace
     assert registry.get(a) is a  # a TieredStore given: its backing's cache
     assert registry.disk.max_bytes == 2**30 and registry.memory.max_bytes == 8 * 2**20
-    assert set(registry.stats()) == {"memory", "disk", "backing"}
+    assert set(registry.stats()) == {"memory", "disk", "backing", "coherence"}
     registry.close()
 
 

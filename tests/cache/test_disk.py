@@ -45,7 +45,7 @@ def hammer(tier: DiskTier, seed: int, seconds: float, keys: int = 12) -> dict[st
         if op < 0.45:
             version += 1
             data = value(key, seed * 10**6 + version, int(rng.integers(1, 600)))  # noqa: F821
-            tier.write("ns", key, None, data, started_ns=time.time_ns())
+            tier.write("ns", key, None, data)
             counts["writes"] += 1
         elif op < 0.9:
             entry = tier.read("ns", key, None)
@@ -59,7 +59,7 @@ def hammer(tier: DiskTier, seed: int, seconds: float, keys: int = 12) -> dict[st
 
 
 def test_threads_share_a_disk_tier_safely(tmp_path: pathlib.Path) -> None:
-    tier = DiskTier(tmp_path / "c", max_bytes=60_000, fsync=False)
+    tier = DiskTier(tmp_path / "c", max_bytes=200_000, fsync=False)
     results: list[dict[str, int]] = []
     errors: list[BaseException] = []
 
@@ -76,7 +76,7 @@ def test_threads_share_a_disk_tier_safely(tmp_path: pathlib.Path) -> None:
         t.join(30)
     assert not errors, errors
     assert sum(r["hits"] for r in results) > 0
-    assert tier.stats()["bytes"] <= 60_000 and tier.disk_usage() <= 60_000
+    assert tier.stats()["bytes"] <= 200_000 and tier.disk_usage() <= 200_000
     assert tier.stats()["corrupt"] == 0
     tier.close()
 
@@ -87,7 +87,7 @@ import numpy as np
 from swarmstore.cache import DiskTier
 {value}
 {hammer}
-tier = DiskTier(sys.argv[1], max_bytes=60_000, fsync=True)
+tier = DiskTier(sys.argv[1], max_bytes=200_000, fsync=True)
 out = hammer(tier, int(sys.argv[2]), float(sys.argv[3]))
 out["corrupt"] = tier.stats()["corrupt"]
 tier.close()
@@ -122,8 +122,8 @@ def test_two_processes_share_a_cache_dir(tmp_path: pathlib.Path) -> None:
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
     assert all(o["writes"] > 10 and o["corrupt"] == 0 for o in outs), outs
     assert sum(o["hits"] for o in outs) > 0
-    tier = DiskTier(cache, max_bytes=60_000)
-    assert tier.stats()["bytes"] <= 60_000 and tier.disk_usage() <= 60_000
+    tier = DiskTier(cache, max_bytes=200_000)
+    assert tier.stats()["bytes"] <= 200_000 and tier.disk_usage() <= 200_000
     assert not list(cache.rglob(".*.tmp"))
     tier.close()
 
@@ -133,13 +133,15 @@ def test_fill_started_before_another_process_invalidated_is_dropped(
 ) -> None:
     reader = DiskTier(tmp_path / "c", max_bytes=2**20, fsync=False)
     writer = DiskTier(tmp_path / "c", max_bytes=2**20, fsync=False)  # its own index handle
-    started = time.time_ns()  # the reader begins fetching the old value
+    ticket = reader.ticket("ns", "k")  # the reader begins fetching the old value
     writer.invalidate("ns", "k")  # the writer replaces the value and invalidates
-    assert reader.write("ns", "k", None, b"old", started_ns=started) is False
+    assert reader.write("ns", "k", None, b"old", ticket=ticket) is False
     assert writer.read("ns", "k", None) is None
-    assert reader.write("ns", "k", None, b"new", started_ns=time.time_ns()) is True
+    assert reader.write("ns", "k", None, b"new", ticket=reader.ticket("ns", "k")) is True
+    ticket = reader.ticket("ns", "k2")
     writer.invalidate_prefix("ns", "")
     assert reader.read("ns", "k", None) is None
+    assert reader.write("ns", "k2", None, b"old", ticket=ticket) is False  # under the prefix
     reader.close()
     writer.close()
 
@@ -147,7 +149,7 @@ def test_fill_started_before_another_process_invalidated_is_dropped(
 def test_range_reads_verify_only_needed_blocks(tmp_path: pathlib.Path) -> None:
     tier = DiskTier(tmp_path / "c", max_bytes=2**24, fsync=False)
     data = np.random.default_rng(0).bytes(3 * 2**20 + 5)
-    tier.write("ns", "big", None, data, started_ns=0)
+    tier.write("ns", "big", None, data)
     path = next(p for p in (tmp_path / "c" / "data").rglob("*") if p.is_file())
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF  # corrupt the last block only
@@ -206,11 +208,11 @@ def test_hits_and_fills_never_wait_for_a_locked_index(
     a read: hits keep their access times in memory and fills queue for the fill thread."""
     import sqlite3
 
-    from swarmstore.cache import _disk
+    from swarmstore.cache import _diskengine
 
-    monkeypatch.setattr(_disk, "_TOUCH_EVERY", 0.0)  # every hit wants its access time written
+    monkeypatch.setattr(_diskengine, "_HOUSEKEEPING_EVERY", 0.0)  # every hit writes its atime
     tier = DiskTier(tmp_path / "c", max_bytes=2**24, fsync=False)
-    tier.write("ns", "a", None, b"x" * 1000, started_ns=0)
+    tier.write("ns", "a", None, b"x" * 1000)
     other = sqlite3.connect(tmp_path / "c" / "index.sqlite3", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # hold the write lock, as another worker would
     done: list[bytes] = []
@@ -221,7 +223,7 @@ def test_hits_and_fills_never_wait_for_a_locked_index(
             assert entry is not None
             done.append(bytes(entry.data))
             time.sleep(0.01)
-        tier.submit("ns", "b", None, b"y" * 1000, started_ns=time.time_ns())
+        tier.submit("ns", "b", None, b"y" * 1000, ticket=tier.ticket("ns", "b"))
         done.append(b"submitted")
 
     thread = threading.Thread(target=reader)
@@ -242,17 +244,17 @@ def test_access_times_reach_the_index_without_fills(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hits alone (no fills to ride along with) still update the LRU order."""
-    from swarmstore.cache import _disk
+    from swarmstore.cache import _diskengine
 
-    monkeypatch.setattr(_disk, "_TOUCH_EVERY", 0.0)
-    writer = DiskTier(tmp_path / "c", max_bytes=3000, fsync=False)
+    monkeypatch.setattr(_diskengine, "_HOUSEKEEPING_EVERY", 0.0)
+    bound = 600_000  # two values of 200 KB fit beside the index, three do not
+    writer = DiskTier(tmp_path / "c", max_bytes=bound, fsync=False)
     for key in ("old", "mid"):
-        writer.write("ns", key, None, b"v" * 1000, started_ns=0)
-        time.sleep(0.01)
-    reader = DiskTier(tmp_path / "c", max_bytes=3000, fsync=False)
+        assert writer.write("ns", key, None, b"v" * 200_000)
+    reader = DiskTier(tmp_path / "c", max_bytes=bound, fsync=False)
     assert reader.read("ns", "old", None) is not None  # "old" is now the most recent
     reader.flush()
-    writer.write("ns", "new", None, b"v" * 1500, started_ns=0)  # evicts "mid", not "old"
+    assert writer.write("ns", "new", None, b"v" * 200_000)  # evicts "mid", not "old"
     assert reader.read("ns", "old", None) is not None
     assert reader.read("ns", "mid", None) is None
     reader.close()
@@ -262,13 +264,14 @@ def test_access_times_reach_the_index_without_fills(
 def test_fill_thread_batches_and_exits_on_close(tmp_path: pathlib.Path) -> None:
     tier = DiskTier(tmp_path / "c", max_bytes=2**24, fsync=False)
     for i in range(20):
-        tier.submit("ns", f"k{i}", None, bytes([i]) * 100, started_ns=time.time_ns())
+        tier.submit("ns", f"k{i}", None, bytes([i]) * 100, ticket=tier.ticket("ns", f"k{i}"))
     tier.flush()
     assert tier.stats()["writes"] == 20
     assert all(bytes(tier.read("ns", f"k{i}", None).data) == bytes([i]) * 100 for i in range(20))
+    thread = tier._engine.fills._thread
     tier.close()
-    assert not [t for t in threading.enumerate() if t.name == "swarmstore-disk-fill"]
-    tier.submit("ns", "again", None, b"z", started_ns=time.time_ns())  # usable after close
+    assert tier._engine.fills._thread is None and (thread is None or not thread.is_alive())
+    tier.submit("ns", "again", None, b"z", ticket=tier.ticket("ns", "again"))  # after close
     tier.close()
     assert bytes(tier.read("ns", "again", None).data) == b"z"
     tier.close()
@@ -277,8 +280,8 @@ def test_fill_thread_batches_and_exits_on_close(tmp_path: pathlib.Path) -> None:
 def test_a_truncated_file_is_corrupt_never_returned(tmp_path: pathlib.Path) -> None:
     tier = DiskTier(tmp_path / "c", max_bytes=2**25, fsync=False)
     small, big = b"s" * 5000, np.random.default_rng(1).bytes(5 * 2**20)  # big: read in parts
-    tier.write("ns", "small", None, small, started_ns=0)
-    tier.write("ns", "big", None, big, started_ns=0)
+    tier.write("ns", "small", None, small)
+    tier.write("ns", "big", None, big)
     for path in (p for p in (tmp_path / "c" / "data").rglob("*") if p.is_file()):
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size - 7)

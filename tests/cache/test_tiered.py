@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -95,18 +96,19 @@ def test_lost_index_is_rebuilt_from_files(faulty: FaultyStore, disk: DiskTier) -
 
 
 def test_disk_bound_holds_and_shrinks_on_open(faulty: FaultyStore, tmp_path: pathlib.Path) -> None:
-    tier = DiskTier(tmp_path / "small", max_bytes=40_000, fsync=False)
+    bound = 1_000_000  # files, temp files and the index together
+    tier = DiskTier(tmp_path / "small", max_bytes=bound, fsync=False)
     for i in range(50):
-        assert tier.write("ns", f"k{i}", None, bytes([i]) * 4000, started_ns=0)
-        assert tier.disk_usage() <= 40_000
+        assert tier.write("ns", f"k{i}", None, bytes([i]) * 40_000)
+        assert tier.disk_usage() <= bound
     stats = tier.stats()
-    assert stats["bytes"] <= 40_000 and stats["evictions"] > 30
-    assert tier.read("ns", "k49", None).data == bytes([49]) * 4000  # newest kept
+    assert stats["bytes"] <= bound and stats["evictions"] > 20
+    assert tier.read("ns", "k49", None).data == bytes([49]) * 40_000  # newest kept
     assert tier.read("ns", "k0", None) is None  # oldest gone
     tier.close()
-    smaller = DiskTier(tmp_path / "small", max_bytes=10_000)
-    assert smaller.stats()["bytes"] <= 10_000 and smaller.disk_usage() <= 10_000
-    assert smaller.write("ns", "huge", None, b"x" * 20_000, started_ns=0) is False
+    smaller = DiskTier(tmp_path / "small", max_bytes=bound // 4)
+    assert smaller.stats()["bytes"] <= bound // 4 and smaller.disk_usage() <= bound // 4
+    assert smaller.write("ns", "huge", None, b"x" * bound) is False
     smaller.close()
 
 
@@ -303,6 +305,29 @@ async def test_backing_down_serves_cached_keys_only(faulty: FaultyStore, disk: D
     assert (await store.get("cached", proto)).to_bytes() == b"c"
     with pytest.raises(NodeUnavailable, match="down"):
         await store.get("other", proto)
+
+
+async def test_backing_down_and_no_token_serves_the_stale_copy(tmp_path: pathlib.Path) -> None:
+    class Flaky(MemoryStore):
+        down = False
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            if self.down:
+                raise ConnectionResetError("peer reset")
+            return await super().get(key, prototype, byte_range)
+
+        async def cache_token(self, key: str) -> str | None:
+            if self.down:
+                raise ConnectionResetError("peer reset")
+            return "v1"
+
+    backing = Flaky()
+    await backing.set("k", buf(b"c"))
+    store = TieredStore(backing, memory_bytes=2**20, disk=False, ttl=0.05)
+    assert (await store.get("k", proto)).to_bytes() == b"c"
+    backing.down = True
+    await asyncio.sleep(0.1)  # past the TTL: revalidation fails, the copy is still served
+    assert (await store.get("k", proto)).to_bytes() == b"c"
     assert store.stats()["backing"]["stale_served"] == 1
 
 
@@ -345,9 +370,16 @@ async def test_failed_disk_invalidation_disables_the_disk_tier(
     for f in disk.path.glob("index.sqlite3*"):
         f.unlink()
     (disk.path / "index.sqlite3").mkdir()  # the index can no longer be opened
-    with pytest.warns(CacheWarning, match="disk tier disabled"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         await store.set("k", buf(b"new"))
+    assert any(
+        issubclass(w.category, CacheWarning)
+        and ("tier is disabled" in str(w.message) or "bypassed" in str(w.message))
+        for w in caught
+    ), [str(w.message) for w in caught]
     assert (await store.get("k", proto)).to_bytes() == b"new"
+    assert (await TieredStore(faulty, memory_bytes=0, disk=False).get("k", proto)) is not None
 
 
 def test_sharded_array_over_s3_read_twice_hits_cache(s3_store: Any, tmp_path: pathlib.Path) -> None:

@@ -23,7 +23,8 @@ def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
         return ReplicatedStore(nodes, replicas=2, state_dir=str(tmp_path / "state"))
     if kind == "tiered":
         return TieredStore(
-            zarr.storage.LocalStore(tmp_path / "ckpt"), memory_bytes="8MiB",
+            zarr.storage.LocalStore(tmp_path / "ckpt"),
+            memory_bytes="8MiB",
             disk=DiskTier(tmp_path / "cache", max_bytes="16MiB"),
         )
     raise ValueError(kind)

@@ -15,7 +15,10 @@ from swarmstore.checkpoint import CheckpointManager
 def client():
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
             worker_dashboard_address=None,
         ) as cluster,
         Client(cluster) as c,
@@ -36,7 +39,11 @@ def test_workers_write_their_blocks_and_return_only_entries(client, tmp_path):
     assert info.written_objects == 16 + 1
     np.testing.assert_array_equal(mgr.restore()["x"][:], x.compute())
     again = mgr.save({"x": x, "n": np.arange(3)})
-    assert again.written_objects == 0 and again.reused_objects == 17
+    # nothing is re-encoded: every block's and the numpy array's raw bytes are unchanged
+    assert again.written_objects == 0 and again.reused_objects == 0
+    fresh = CheckpointManager(zarr.storage.LocalStore(tmp_path))  # no fingerprints: encodes
+    third = fresh.save({"x": x, "n": np.arange(3)})
+    assert third.written_objects == 0 and third.reused_objects == 17
 
 
 def test_misaligned_dask_chunks_are_rechunked_to_the_zarr_grid(client, tmp_path):
@@ -61,3 +68,16 @@ def test_workers_write_to_s3_and_the_restore_reads_there(client, s3_store):
     np.testing.assert_array_equal(mgr.restore()["x"][:], x.compute())
     lazy = da.from_zarr(mgr.restore()["x"])  # read back by the workers, through the manifest
     assert float(lazy.sum().compute()) == float(x.sum().compute())
+
+
+def test_a_dask_save_does_not_re_encode_unchanged_blocks(client, tmp_path):
+    x = da.random.default_rng(2).random((64, 64), chunks=(16, 16))
+    mgr = CheckpointManager(zarr.storage.LocalStore(tmp_path))
+    first = mgr.save({"x": x}, encoding={"x": {"chunks": (8, 8)}})
+    y = x.copy()
+    y[0, 0] = -1.0  # one of the 64 zarr chunks changes
+    again = mgr.save({"x": y}, encoding={"x": {"chunks": (8, 8)}})
+    assert first.written_objects == 64 and again.written_objects == 1
+    assert again.reused_objects == 0  # the 63 others were not even encoded
+    np.testing.assert_array_equal(mgr.restore()["x"][:], y.compute())
+    assert mgr.verify_report().ok

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zarr
+from distributed.utils_test import poll_for
 from hypothesis import given
 from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
@@ -41,8 +42,14 @@ def test_keep_last_and_every_combine():
 
 def test_keep_best_min_and_max_ignore_missing_and_nan():
     cks = _ckpts(
-        [(0, {"loss": 3.0}), (1, {"loss": 1.0}), (2, {}), (3, {"loss": float("nan")}),
-         (4, {"loss": 2.0, "acc": 0.9}), (5, {"loss": 9.0, "acc": 0.1})]
+        [
+            (0, {"loss": 3.0}),
+            (1, {"loss": 1.0}),
+            (2, {}),
+            (3, {"loss": float("nan")}),
+            (4, {"loss": 2.0, "acc": 0.9}),
+            (5, {"loss": 9.0, "acc": 0.1}),
+        ]
     )
     assert RetentionPolicy(keep_best=KeepBest("loss", n=2)).select(cks) == {1, 4, 5}
     assert RetentionPolicy(keep_best=KeepBest("acc", mode="max")).select(cks) == {4, 5}
@@ -90,8 +97,12 @@ def test_retention_properties(steps, last, every):
 def test_config_supplies_the_rules():
     import dask.config
 
-    with dask.config.set({"swarmstore.checkpoint.keep-last": 2,
-                          "swarmstore.checkpoint.keep-best": {"metric": "loss", "n": 1}}):
+    with dask.config.set(
+        {
+            "swarmstore.checkpoint.keep-last": 2,
+            "swarmstore.checkpoint.keep-best": {"metric": "loss", "n": 1},
+        }
+    ):
         mgr = CheckpointManager(zarr.storage.MemoryStore())
     assert mgr.policy == RetentionPolicy(keep_last=2, keep_best=KeepBest("loss"))
 
@@ -142,6 +153,8 @@ def test_a_save_in_flight_defers_the_sweep_and_an_abandoned_one_does_not(tmp_pat
     assert orphaned  # the dropped steps' objects wait
     _marker(store, time.time() - 3600)  # a writer that died an hour ago
     report = mgr.collect_garbage()
+    assert report.deferred and "dead save marker" in report.reason  # removed, sweep next time
+    report = mgr.collect_garbage()
     assert not report.deferred and report.deleted_objects == len(orphaned)
     assert _objects(store) == _named(mgr)
     assert not (tmp_path / INFLIGHT).exists() or not list((tmp_path / INFLIGHT).iterdir())
@@ -182,38 +195,53 @@ class GatedStore(WrapperStore):
         await self._store.set(key, value)
 
 
-@pytest.mark.parametrize("lease", [60.0, 0.0])
-def test_gc_beside_a_save_in_flight(tmp_path, lease):
+@pytest.mark.parametrize("dead", [False, True], ids=["alive", "declared-dead"])
+def test_gc_beside_a_save_in_flight(tmp_path, monkeypatch, dead):
     """GC runs while a save has written some objects but not committed.
 
-    With a real lease the save's marker defers the sweep and the save commits intact.
-    With lease 0 (every marker looks abandoned) the sweep deletes the save's objects:
-    the negative control showing it is the marker that protects them.
+    While the save renews its marker, the marker defers the sweep and the save commits
+    intact. Once the clock says its lease ran out (the negative control), a collection
+    removes the marker, the next one sweeps the save's objects, and the save, finding
+    its marker gone, refuses to commit a checkpoint that would name them.
     """
+    from swarmstore import _clock
+    from swarmstore.errors import LeaseLostError
+
     base = zarr.storage.LocalStore(tmp_path)
-    mgr = CheckpointManager(base, keep_last=1, lease=lease)
+    mgr = CheckpointManager(base, keep_last=1, lease=60)
     mgr.save({"x": np.arange(64.0)}, encoding={"x": {"chunks": (8,)}})
+    before = _objects(base)
     gate, arrived = threading.Event(), threading.Event()
-    writer = CheckpointManager(GatedStore(base, gate, arrived), lease=lease, concurrency=1)
+    writer = CheckpointManager(GatedStore(base, gate, arrived), lease=60, concurrency=1)
     data = {"x": np.arange(64.0) * 2, "y": np.arange(64.0) * 3}
     box: dict = {}
     enc = {"x": {"chunks": (8,)}, "y": {"chunks": (8,)}}
-    t = threading.Thread(target=lambda: box.update(info=writer.save(data, encoding=enc)))
+
+    def save():
+        try:
+            box["info"] = writer.save(data, encoding=enc)
+        except Exception as e:
+            box["error"] = e
+
+    t = threading.Thread(target=save)
     t.start()
     assert arrived.wait(30)
-    time.sleep(0.1)  # let the writer's first objects land
+    poll_for(lambda: len(_objects(base) - before) >= 3, timeout=30)  # its first objects landed
+    if dead:
+        later = _clock.wall() + 3600
+        monkeypatch.setattr(_clock, "wall", lambda: later)
+        assert "dead save marker" in mgr.collect_garbage().reason
     report = mgr.collect_garbage()
     gate.set()
     t.join(30)
-    step = box["info"].step
-    if lease:
+    if not dead:
         assert report.deferred
+        step = box["info"].step
         mgr.verify_step(step)
         np.testing.assert_array_equal(mgr.restore(step)["y"][:], data["y"])
     else:
-        assert not report.deferred and report.deleted_objects > 0
-        with pytest.raises(OSError):
-            mgr.verify_step(step)
+        assert not report.deferred and report.deleted_objects >= 3
+        assert isinstance(box["error"], LeaseLostError) and mgr.steps() == [0]
 
 
 def test_gc_loop_beside_a_save_loop_never_loses_a_kept_chunk(tmp_path):
@@ -228,8 +256,12 @@ def test_gc_loop_beside_a_save_loop_never_loses_a_kept_chunk(tmp_path):
         try:
             while not stop.is_set():
                 x[step % 16, :] = step
-                mgr.save({"x": x}, step=step, metadata={"row": step % 16, "v": step},
-                         encoding={"x": {"chunks": (2, 16)}})
+                mgr.save(
+                    {"x": x},
+                    step=step,
+                    metadata={"row": step % 16, "v": step},
+                    encoding={"x": {"chunks": (2, 16)}},
+                )
                 step += 1
                 time.sleep(0.002 * (step % 5))  # gaps, so collections also run between saves
         except Exception as e:  # pragma: no cover - reported below
@@ -239,8 +271,10 @@ def test_gc_loop_beside_a_save_loop_never_loses_a_kept_chunk(tmp_path):
     t.start()
     gc = CheckpointManager(store, keep_last=2, lease=60)
     swept = deferred = 0
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    # collect until both kinds of collection happened several times (however slow the
+    # machine): sweeps between saves, and sweeps deferred by a save in flight
+    while (swept < 5 or deferred < 5) and time.monotonic() < deadline and not errors:
         report = gc.collect_garbage()
         swept += not report.deferred
         deferred += report.deferred
@@ -254,3 +288,40 @@ def test_gc_loop_beside_a_save_loop_never_loses_a_kept_chunk(tmp_path):
         gc.verify_step(info.step)
         assert gc.restore(info.step)["x"][info.metadata["row"], 0] == info.metadata["v"]
     assert _objects(store) == _named(gc)
+
+
+def test_collections_beside_sessions_on_two_branches_lose_nothing_kept(tmp_path):
+    """Sessions commit on main and on a branch while another manager collects in a loop."""
+    store = zarr.storage.LocalStore(tmp_path)
+    base = CheckpointManager(store)
+    base.save({"x": np.zeros((8, 8))}, encoding={"x": {"chunks": (2, 8)}})
+    base.create_branch("exp", 0)
+    errors: list = []
+
+    def writes(branch, sign):
+        mgr = CheckpointManager(store, branch=branch)
+        try:
+            for i in range(12):
+                with mgr.session() as s:
+                    zarr.open_array(s.store, path="x", mode="r+")[i % 4 * 2, :] = sign * (i + 1)
+                    s.commit(metadata={"row": i % 4 * 2, "v": sign * (i + 1)})
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writes, args=a) for a in (("main", 1), ("exp", -1))]
+    for t in threads:
+        t.start()
+    gc = CheckpointManager(store, keep_last=2, lease=60)
+    while any(t.is_alive() for t in threads):
+        gc.collect_garbage()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not gc.collect_garbage().deferred
+    for branch in ("main", "exp"):
+        mgr = CheckpointManager(store, branch=branch)
+        assert len(mgr.steps()) >= 2
+        for info in mgr.list():
+            mgr.verify_step(info.step)
+            assert mgr.restore(info.step)["x"][info.metadata["row"], 0] == info.metadata["v"]
+    assert CheckpointManager(store).verify_report().ok

@@ -25,8 +25,10 @@ def busy(x: int, delay: float = 0.4) -> int:
 
 # ------------------------------------------------------------------ planner alone
 def _pools(cpu_min=1, gpu_min=0):
-    return [Pool("cpu", CPU_SPEC, minimum=cpu_min, maximum=3),
-            Pool("gpu", GPU_SPEC, minimum=gpu_min, maximum=2)]
+    return [
+        Pool("cpu", CPU_SPEC, minimum=cpu_min, maximum=3),
+        Pool("gpu", GPU_SPEC, minimum=gpu_min, maximum=2),
+    ]
 
 
 def test_pool_defaults_from_spec():
@@ -57,8 +59,11 @@ def test_planner_scales_each_pool_on_its_own_demand():
 
 def test_planner_scales_down_after_wait_count_and_only_closable_idle():
     planner = PoolPlanner(_pools(), wait_count=2)
-    report = {"cpu": PoolReport(workers=["c1", "c2", "c3"], idle=["c1", "c2", "c3"],
-                                closable=["c2", "c3"])}
+    report = {
+        "cpu": PoolReport(
+            workers=["c1", "c2", "c3"], idle=["c1", "c2", "c3"], closable=["c2", "c3"]
+        )
+    }
     assert planner.plan(report, {"cpu": 3}).retire == []  # first low reading: wait
     assert planner.plan(report, {"cpu": 3}).retire == ["c2", "c3"]
     assert planner.target(planner.pools["cpu"], 0) == 1  # the minimum
@@ -81,8 +86,9 @@ def _pool_sizes(cluster) -> dict[str, int]:
 
 async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
     async with (
-        LocalCluster(n_workers=0, processes=False, asynchronous=True,
-                     dashboard_address=":0") as cluster,
+        LocalCluster(
+            n_workers=0, processes=False, asynchronous=True, dashboard_address=":0"
+        ) as cluster,
         Client(cluster, asynchronous=True) as client,
     ):
         adaptive = SwarmAdaptive(cluster, _pools(), interval="50ms", wait_count=2)
@@ -110,11 +116,12 @@ async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
 
 async def test_scale_down_never_loses_a_critical_key():
     async with (
-        LocalCluster(n_workers=0, processes=False, asynchronous=True,
-                     dashboard_address=":0") as cluster,
+        LocalCluster(
+            n_workers=0, processes=False, asynchronous=True, dashboard_address=":0"
+        ) as cluster,
         Client(cluster, asynchronous=True) as client,
     ):
-        await client.register_plugin(ReplicationPlugin(interval="60s"))
+        await client.register_plugin(ReplicationPlugin())
         pools = [Pool("cpu", CPU_SPEC, minimum=0, maximum=3), Pool("gpu", GPU_SPEC)]
         adaptive = SwarmAdaptive(cluster, pools, interval="50ms", wait_count=2)
         futs = client.map(busy, range(3), delay=0.3, key=["a0", "a1", "a2"])

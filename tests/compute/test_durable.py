@@ -45,8 +45,11 @@ class Opaque:
 
 
 def _chunk_files(root: pathlib.Path, token: str) -> list[pathlib.Path]:
-    return [p for p in (root / "swarm-results" / token).rglob("*") if p.is_file()
-            and p.name != "zarr.json"]
+    return [
+        p
+        for p in (root / "swarm-results" / token).rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    ]
 
 
 # ------------------------------------------------------------------ ResultStore
@@ -61,6 +64,11 @@ def _chunk_files(root: pathlib.Path, token: str) -> list[pathlib.Path]:
         [1, 2, 3],
         42,
         "hello",
+        np.float64(2.5),  # x.sum() of a float array (issue 11 item 26)
+        np.int64(-7),
+        np.float32(0.25),
+        np.bool_(True),
+        np.complex128(1 + 2j),
     ],
 )
 def test_round_trips_without_pickle(tmp_path, value):
@@ -88,6 +96,69 @@ def test_values_needing_pickle_are_refused_unless_opted_in(tmp_path):
         plain.load("t")
     assert plain.contains("t") is False
     assert trusting.contains("t") is True
+
+
+def test_a_scalar_result_of_a_reduction_is_persisted_without_pickle(tmp_path):
+    """``durable(x.sum())`` stores the numpy scalar as a 0-d array and reuses it."""
+    results = ResultStore(LocalStore(tmp_path))  # allow_pickle off
+    x = da.arange(10, chunks=5, dtype="int64")
+    assert durable(x.sum(), results).compute() == 45
+    reused = []
+    job = durable(x.sum(), results, on_reuse=lambda k, t: reused.append(t))
+    got = job.compute()
+    assert reused and got == 45 and isinstance(got, np.integer)
+    arr = zarr.open_array(LocalStore(tmp_path), path=f"swarm-results/{reused[0]}", mode="r")
+    assert arr.shape == () and arr.attrs["swarmstore-result"]["format"] == "scalar"
+
+
+class Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "ran"))
+
+
+@pytest.mark.parametrize("value", ["no", "off", "disabled", "False", "false", "0", 0, "yes"])
+def test_allow_pickle_is_a_strict_boolean(tmp_path, value):
+    """Issue 11 item 11: no string (nor 0) ever enables unpickling a crafted result."""
+    marker = tmp_path / "ran"
+    ResultStore(LocalStore(tmp_path / "r"), allow_pickle=True).save("t", Payload(str(marker)))
+    assert not marker.exists()  # pickling does not run it; unpickling would
+    # refused as config ("no", "off", 0 ...), or read as the boolean it spells ("False")
+    refused = (ConfigError, PermissionError)
+    with dask.config.set({"swarmstore.replication.allow-pickle": value}):
+        with pytest.raises(refused, match=r"allow-pickle|refusing to unpickle"):
+            ResultStore(LocalStore(tmp_path / "r")).load("t")
+    with pytest.raises(refused, match=r"allow-pickle|refusing to unpickle"):
+        ResultStore(LocalStore(tmp_path / "r"), allow_pickle=value).load("t")
+    with pytest.raises(PermissionError, match="refusing to unpickle"):
+        ResultStore(LocalStore(tmp_path / "r")).load("t")
+    assert not marker.exists()
+
+
+def test_allow_pickle_from_the_environment_is_strict(tmp_path):
+    marker = tmp_path / "ran"
+    ResultStore(LocalStore(tmp_path / "r"), allow_pickle=True).save("t", Payload(str(marker)))
+    assert not marker.exists()
+    script = textwrap.dedent(f"""
+        from zarr.storage import LocalStore
+        from swarmstore.compute.durable import ResultStore
+        from swarmstore.errors import ConfigError
+        try:
+            ResultStore(LocalStore({str(tmp_path / "r")!r})).load("t")
+        except (ConfigError, PermissionError) as e:
+            print("refused:", e)
+    """)
+    for value in ("no", "off", "False"):
+        env = {**__import__("os").environ, "DASK_SWARMSTORE__REPLICATION__ALLOW_PICKLE": value}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert "refused:" in out.stdout, out.stderr
+    assert not marker.exists()
 
 
 def test_allow_pickle_comes_from_config(tmp_path):
@@ -330,7 +401,10 @@ def test_reuse_across_two_cluster_processes(tmp_path):
     def run(n: int) -> str:
         out = subprocess.run(
             [sys.executable, str(script), root, str(marker), str(n)],
-            capture_output=True, text=True, timeout=90, check=True,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=True,
         )
         return out.stdout.strip().splitlines()[-1]
 

@@ -9,10 +9,9 @@ import dask
 import pytest
 from distributed import Event, Worker, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.utils_test import async_poll_for, gen_cluster
+from distributed.utils_test import async_poll_for, captured_logger, gen_cluster
 
 from swarmstore.compute import SwarmPlugin, annotate
-from swarmstore.compute.placement import FEEDER_BOOST
 from swarmstore.errors import PlacementError, UnsatisfiableRequirements
 from swarmstore.hashing import Member, Rendezvous
 
@@ -35,6 +34,13 @@ def plugin_of(s) -> SwarmPlugin:
     return s.plugins["swarmstore"]
 
 
+def owners_of(workers, weight: float = 2.0):
+    """chunk -> address as SwarmPlugin's ring picks it (workers known by name)."""
+    ring = Rendezvous([Member(f"name:{w.name}", weight=weight) for w in workers])
+    by_name = {f"name:{w.name}": w.address for w in workers}
+    return lambda chunk: by_name[ring.owner(chunk).name]
+
+
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
 async def test_gpu_tasks_go_to_gpu_workers_only(c, s, a, b):
     await c.register_plugin(SwarmPlugin(extensions=()))
@@ -54,17 +60,19 @@ async def test_gpu_tasks_dispatched_by_free_slots(c, s, a, b):
     with dask.annotate(swarm={"gpu": 1}):
         futs = c.map(lambda i, ev: (ev.wait(), where())[1], range(20), ev=ev, pure=False)
     # 1 GPU vs 4 GPUs, prefetch 1: 2 and 8 in flight, the other 10 held on the scheduler
-    await async_poll_for(lambda: len(plugin.charged) == 10, timeout=5)
+    committed = plugin.dispatcher.committed
+    await async_poll_for(lambda: len(committed) == 10, timeout=5)
     held = [f for f in futs if s.tasks[f.key].state == "no-worker"]
     assert len(held) == 10
-    assert Counter(a for a, _ in plugin.charged.values()) == {a.address: 2, b.address: 8}
-    assert plugin.placer.gpu.load(b.address) == (8.0, 0.0)
-    assert len(a.state.tasks) == 2  # the 1-GPU worker's spare thread is not reserved
+    assert Counter(c.worker for c in committed.values()) == {a.address: 2, b.address: 8}
+    assert plugin.dispatcher.committed_gpu(b.address) == (8.0, 0.0)
+    # the 1-GPU worker gets its 2 and no more (the messages may still be on their way)
+    await async_poll_for(lambda: len(a.state.tasks) == 2, timeout=5)
     await ev.set()
     placed = Counter(await c.gather(futs))
     assert placed[a.address] >= 2 and placed[b.address] >= 8
-    await async_poll_for(lambda: not plugin.charged, timeout=5)
-    assert plugin.placer.gpu.load(a.address) == (0, 0) == plugin.placer.gpu.load(b.address)
+    await async_poll_for(lambda: not committed, timeout=5)
+    assert plugin.dispatcher.committed_gpu(a.address) == (0, 0)
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
@@ -73,7 +81,7 @@ async def test_held_gpu_task_survives_worker_loss(c, s, a, b):
     ev = Event()
     with dask.annotate(swarm={"gpu": 1}):
         futs = c.map(lambda i, ev: (ev.wait(), where())[1], range(4), ev=ev, pure=False)
-    await async_poll_for(lambda: len(plugin_of(s).charged) == 2, timeout=5)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.committed) == 2, timeout=5)
     await b.close(executor_wait=False)  # the only GPU worker goes; its tasks are held again
     async with Worker(s.address, nthreads=2, resources={"GPU": 1}) as w:
         await ev.set()
@@ -90,22 +98,29 @@ async def test_gpu_memory_is_a_resource(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_non_rootish_cpu_tasks_kept_off_gpu_workers(c, s, a, b):
+async def test_cpu_work_leaves_a_thread_of_a_gpu_worker_for_gpu_work(c, s, a, b):
     await c.register_plugin(SwarmPlugin(extensions=()))
-    futs = c.map(where, range(6), pure=False)  # small group: not root-ish
-    assert set(await c.gather(futs)) == {a.address}
-    assert all(s.tasks[f.key].loose_restrictions for f in futs)  # soft: may fall back
+    ev = Event()
+    with dask.annotate(swarm={"gpu": 1}):
+        g = c.submit(lambda ev: ev.wait(), ev, key="gpu-gated", pure=False)
+    cpu = c.map(lambda i, ev: ev.wait(), range(20), ev=ev, pure=False)  # root-ish too
+    await async_poll_for(lambda: len(a.state.tasks) >= 2, timeout=5)
+    await async_poll_for(lambda: s.tasks[g.key].state == "processing", timeout=5)
+    on_gpu = [f for f in cpu if s.tasks[f.key].processing_on is s.workers[b.address]]
+    assert len(on_gpu) == 1  # 2 threads, one kept for the GPU task
+    assert not s.queued  # the plugin queues them (by free slots), not Dask
+    assert sum(s.tasks[f.key].state == "no-worker" for f in cpu) >= 20 - 3 - 2
+    for ws in s.workers.values():
+        assert len(ws.processing) <= 3  # ceil(1.1 * 2 threads) + the GPU task at most
+    await ev.set()
+    await wait([g, *cpu])
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_rootish_cpu_tasks_stay_queued(c, s, a, b):
+async def test_cpu_tasks_use_gpu_workers_when_no_gpu_work_exists(c, s, a, b):
     await c.register_plugin(SwarmPlugin(extensions=()))
-    ev = Event()
-    futs = c.map(lambda i, ev: ev.wait(), range(50), ev=ev, pure=False)
-    await async_poll_for(lambda: len(s.queued) > 0, timeout=5)
-    assert not s.tasks[futs[0].key].worker_restrictions
-    await ev.set()
-    await wait(futs)
+    got = await c.gather(c.map(where, range(40), pure=False))
+    assert set(got) == {a.address, b.address}  # every thread, in proportion
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1, GPU1])
@@ -139,8 +154,8 @@ async def test_chunk_affinity_follows_rendezvous(c, s, *workers):
         with dask.annotate(swarm={"chunk": ck}):
             futs.append(c.submit(where, i, pure=False))
     got = await c.gather(futs)
-    ring = Rendezvous([Member(w.address, weight=2.0) for w in workers])
-    assert got == [ring.owner(ck).name for ck in chunks]
+    owner = owners_of(workers)
+    assert got == [owner(ck) for ck in chunks]
     assert len(set(got)) == 3
     # second pass: same workers
     futs2 = []
@@ -168,10 +183,10 @@ async def test_chunk_tasks_move_when_owner_leaves(c, s, *workers):
     await ev.set()
     got = await c.gather(futs)
     assert victim.address not in got
-    survivors = Rendezvous([Member(w.address, weight=2.0) for w in workers[:2]])
+    survivor = owners_of(workers[:2])
     for f, ck, addr in zip(futs, chunks, got, strict=True):
         if f in pinned_to_victim:
-            assert addr == survivors.owner(ck).name
+            assert addr == survivor(ck)
 
 
 @gen_cluster(client=True, nthreads=[CPU])
@@ -189,35 +204,50 @@ async def test_priority_mapped(c, s, a):
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_gpu_feeders_boosted(c, s, a, b):
-    await c.register_plugin(SwarmPlugin(extensions=()))
-    # one graph: a feeder chain into a GPU task, beside unrelated work
-    feeder = dask.delayed(inc)(1, dask_key_name="feeder")
-    feeder2 = dask.delayed(inc)(feeder, dask_key_name="feeder2")
-    with dask.annotate(swarm={"gpu": 1}):
-        gpu = dask.delayed(inc)(feeder2, dask_key_name="gpu-task")
-    other = dask.delayed(inc)(5, dask_key_name="other")
-    futs = c.compute([gpu, other])
-    await wait(futs)
-    for key in ("feeder", "feeder2", "gpu-task"):
-        assert s.tasks[key].priority[0] == -FEEDER_BOOST
-    assert s.tasks["other"].priority[0] == 0
-
-
-@gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_gpu_feeders_boosted_across_submissions(c, s, a, b):
+async def test_feeders_are_known_by_their_gpu_task(c, s, a, b):
     await c.register_plugin(SwarmPlugin(extensions=()))
     ev = Event()
     gate = c.submit(lambda ev: ev.wait(), ev, key="gate", workers=[a.address])
     x = c.submit(inc, gate, key="feeder")  # submitted first, waits on the gate
     await async_poll_for(lambda: "feeder" in s.tasks, timeout=5)
-    assert s.tasks["feeder"].priority[0] == 0
     with dask.annotate(swarm={"gpu": 1}):
         y = c.submit(inc, x, key="gpu-task")
     await async_poll_for(lambda: "gpu-task" in s.tasks, timeout=5)
-    assert s.tasks["feeder"].priority[0] == -FEEDER_BOOST
+    assert plugin_of(s).held.consumer_of["feeder"] == "gpu-task"
     await ev.set()
     assert await y == 3
+
+
+def decode(i: int) -> bytes:
+    return bytes(2**20)  # 1 MiB, as a decoded block
+
+
+@gen_cluster(client=True, nthreads=[CPU, CPU, GPU1])
+async def test_producers_feeding_a_gpu_are_throttled(c, s, *workers):
+    """#9164: CPU decodes feeding a slow GPU stage stop at the pipe limit, not all in memory."""
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    ev = Event()
+    blocks = c.map(decode, range(60), key=[f"decode-{i}" for i in range(60)])
+    with dask.annotate(swarm={"gpu": 1}):
+        out = c.map(lambda blk, ev: (ev.wait(), len(blk))[1], blocks, ev=ev, pure=False)
+    limit = plugin_of(s).dispatcher.pipe_limit
+
+    def state(key: str) -> str | None:
+        ts = s.tasks.get(key)
+        return None if ts is None else ts.state
+
+    def decoded() -> int:
+        return sum(state(b.key) == "memory" for b in blocks)
+
+    def settled() -> bool:  # decodes stopped: none running or waiting to run on a worker
+        return decoded() >= 1 and not any(state(b.key) == "processing" for b in blocks)
+
+    await async_poll_for(settled, timeout=15)  # without the throttle: only once all 60 ran
+    # the pipe's limit, plus one round of free slots (9) dispatched before the GPU graph
+    # arrived and made those decodes known as feeders
+    assert decoded() <= limit + 9 < 60
+    await ev.set()
+    assert await c.gather(out) == [2**20] * 60
 
 
 @gen_cluster(client=True, nthreads=[CPU])
@@ -249,7 +279,7 @@ async def test_unsatisfiable_fails_after_timeout(c, s, a):
     with dask.annotate(swarm={"gpu": 1}):
         fut = c.submit(inc, 1)
     t0 = time.monotonic()
-    with pytest.raises(UnsatisfiableRequirements, match="no worker of 1 declares them"):
+    with pytest.raises(UnsatisfiableRequirements, match="no worker of 1 can give them"):
         await fut
     assert time.monotonic() - t0 >= 0.2
     events = [m for _, m in s.get_events("swarmstore")]
@@ -337,14 +367,15 @@ async def test_extension_protocol(c, s, a, b):
     await async_poll_for(lambda: "remove_worker" in rec.calls, timeout=5)
     await plugin_of(s).close()
     assert rec.calls[-1] == "close"
-    assert plugin_of(s).extensions == []  # closing twice (at scheduler close) is harmless
+    assert not plugin_of(s).extensions  # closing twice (at scheduler close) is harmless
 
 
 def test_default_extensions_skip_missing(monkeypatch, caplog):
+    from swarmstore.compute import _extensions
     from swarmstore.compute import plugin as mod
 
     monkeypatch.setattr(mod, "DEFAULT_EXTENSIONS", ("swarmstore.compute.nonexistent:Thing",))
-    assert mod._load("swarmstore.compute.nonexistent:Thing") is None
+    assert _extensions.load("swarmstore.compute.nonexistent:Thing") is None
     assert "not loaded" in caplog.text
     assert SwarmPlugin().extension_specs == mod.DEFAULT_EXTENSIONS
 
@@ -361,9 +392,9 @@ async def test_default_extension_is_replication(c, s, a):
 async def test_hooks_direct(s, a, b):
     """update_graph's work, without a client: the scheduler swallows hook errors."""
     plugin = SwarmPlugin(extensions=())
-    assert dask.config.get("optimization.fuse.active") is None
     await plugin.start(s)
-    assert dask.config.get("optimization.fuse.active") is False  # annotations survive
+    assert dask.config.get("optimization.fuse.active") is None  # no process-wide change
+    assert s.stream_handlers["update-graph"] == plugin._guard.update_graph
     assert set(plugin.placer.workers) == {a.address, b.address}
     # nothing of ours -> nothing happens, even with GPU workers and no tasks
     plugin.update_graph(s, keys=set(), tasks=[], annotations={})
@@ -376,7 +407,7 @@ async def test_hooks_direct(s, a, b):
     plugin.add_worker(s, b.address)
     assert plugin.placer.has_gpu_workers
     await plugin.close()
-    assert dask.config.get("optimization.fuse.active") is None  # put back
+    assert s.stream_handlers["update-graph"] == s.update_graph  # put back
 
 
 def test_plugin_is_a_scheduler_plugin():
@@ -405,9 +436,86 @@ async def test_dataset_read_tasks_follow_their_chunks(c, s, *workers):
     reqs = dict(plugin.requirements)
     assert len(reqs) == 10
     assert all(k[0].startswith(READ_PREFIX) for k in reqs)
-    ring = Rendezvous([Member(w.address, weight=2.0) for w in workers])
-    owners = {k: ring.owner(r.chunk).name for k, r in reqs.items()}
+    owner = owners_of(workers)
+    owners = {k: owner(r.chunk) for k, r in reqs.items()}
     assert len(set(owners.values())) >= 2
     for key, owner in owners.items():
         assert {ws.address for ws in s.tasks[key].who_has} == {owner}
     assert await c.compute(x.sum()) == sum(range(40))
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_unmanaged_resource_waits_for_a_worker_past_the_timeout(c, s, a):
+    """Only GPU requests are failed; {"X": 1} waits for a worker as in stock Dask."""
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="100ms"))
+    x = c.submit(inc, 1, resources={"X": 1}, key="needs-x")
+    with dask.annotate(swarm={"gpu": 1}):
+        g = c.submit(inc, 2, key="needs-gpu")
+    with pytest.raises(UnsatisfiableRequirements):
+        await g  # the timeout has passed, and the checks ran
+    assert s.tasks["needs-x"].state == "no-worker"
+    async with Worker(s.address, nthreads=1, resources={"X": 1}):
+        assert await x == 2
+
+
+@gen_cluster(client=True, nthreads=[CPU])
+async def test_one_log_line_per_unsatisfiable_requirement(c, s, a):
+    await c.register_plugin(SwarmPlugin(extensions=(), unsatisfiable_timeout="100ms"))
+    with captured_logger("swarmstore.compute.plugin") as log:
+        with dask.annotate(swarm={"gpu": 1}):
+            futs = c.map(inc, range(10), key=[f"g-{i}" for i in range(10)])
+        for f in futs:
+            with pytest.raises(UnsatisfiableRequirements, match="no worker of 1 can give"):
+                await f
+    lines = log.getvalue().splitlines()
+    assert len([ln for ln in lines if "no worker can run tasks needing" in ln]) == 1
+    assert len([ln for ln in lines if "failed: each" in ln]) == 1
+    actions = [m["action"] for _, m in s.get_events("swarmstore")]
+    assert actions.count("unsatisfiable-waiting") == 1
+    assert actions.count("unsatisfiable-failed") == 1
+
+
+@gen_cluster(client=True, nthreads=[CPU, CPU])
+async def test_fusion_changes_for_annotated_graphs_on_the_scheduler_only(c, s, a, b):
+    """distributed's test_task_group_non_tuple_key with SwarmPlugin: stock fusion for graphs
+    without our annotations, annotations kept for graphs with them, config untouched."""
+    np = pytest.importorskip("numpy")
+    da = pytest.importorskip("dask.array")
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    assert dask.config.get("optimization.fuse.active", None) is None
+    y = await c.persist((da.arange(100, chunks=(20,)) + 1).sum())
+    assert s.task_prefixes["sum"].states["released"] == 4  # fused as stock fuses
+    await c.submit(np.sum, [1, 2, 3])
+    assert s.task_prefixes["sum"].states["memory"] == 1
+    with dask.annotate(swarm={"priority": 3}):
+        z = da.ones(40, chunks=10).map_blocks(lambda b: b * 2, name="annotated")
+    assert await c.compute(z.sum()) == 80
+    plugin = plugin_of(s)
+    assert sum(1 for k in plugin.requirements if k[0].startswith("annotated")) == 4
+    assert plugin._guard.graphs_kept == 1
+    assert dask.config.get("optimization.fuse.active", None) is None  # nothing process-wide
+    del y
+
+
+@gen_cluster(client=True, nthreads=[CPU] * 2)
+async def test_chunks_follow_a_named_worker_restarted_on_a_new_port(c, s, a, b):
+    """Issue 12: the ring keys workers by name, so a restart keeps each worker's chunks."""
+    await c.register_plugin(SwarmPlugin(extensions=()))
+    chunks = [f"arr/c/{i}" for i in range(40)]
+
+    async def placed(tag: str) -> list[str]:
+        futs = []
+        for i, ck in enumerate(chunks):
+            with dask.annotate(swarm={"chunk": ck}):
+                futs.append(c.submit(where, f"{tag}-{i}", pure=False))
+        return await c.gather(futs)
+
+    before = await placed("before")
+    assert set(before) == {a.address, b.address}
+    name, old = b.name, b.address
+    await b.close()
+    await async_poll_for(lambda: old not in s.workers, timeout=10)
+    async with Worker(s.address, nthreads=2, name=name) as b2:
+        assert b2.address != old
+        after = await placed("after")
+    assert after == [b2.address if w == old else w for w in before]

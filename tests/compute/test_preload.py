@@ -82,8 +82,19 @@ def test_preload_on_real_processes(tmp_path):
     try:
         procs.append(
             subprocess.Popen(
-                [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                 "--scheduler-file", str(sched_file), "--preload", SCHED_PRELOAD],
+                [
+                    DASK,
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--preload",
+                    SCHED_PRELOAD,
+                ],
                 **common,
             )
         )
@@ -93,8 +104,21 @@ def test_preload_on_real_processes(tmp_path):
         address = json.loads(sched_file.read_text())["address"]
         procs.append(
             subprocess.Popen(
-                [DASK, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                 "--host", "127.0.0.1", "--preload", WORKER_PRELOAD, "--resources", "GPU=1"],
+                [
+                    DASK,
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--preload",
+                    WORKER_PRELOAD,
+                    "--resources",
+                    "GPU=1",
+                ],
                 **common,
             )
         )
@@ -133,17 +157,20 @@ def test_preload_on_real_processes(tmp_path):
 @pytest.mark.timeout(90)
 def test_preload_on_tls_cluster():
     sec = Security.temporary()
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=False,
-        protocol="tls://",
-        host="127.0.0.1",
-        security=sec,
-        dashboard_address=":0",
-        scheduler_kwargs={"preload": [SCHED_PRELOAD]},
-        preload=[WORKER_PRELOAD],
-    ) as cluster, Client(cluster, security=sec) as c:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tls://",
+            host="127.0.0.1",
+            security=sec,
+            dashboard_address=":0",
+            scheduler_kwargs={"preload": [SCHED_PRELOAD]},
+            preload=[WORKER_PRELOAD],
+        ) as cluster,
+        Client(cluster, security=sec) as c,
+    ):
         assert cluster.scheduler_address.startswith("tls://")
         view = c.run_on_scheduler(scheduler_view)
         assert "swarmstore" in view["plugins"]

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import dask
 import pytest
@@ -27,15 +28,9 @@ from swarmstore.compute.replication import (
 )
 from swarmstore.errors import PlacementError
 
-FAST = {
-    "swarmstore.replication.interval": "50ms",
-    "distributed.scheduler.active-memory-manager.interval": "50ms",
-}
-# Only the fast path may act: both managers wait a minute between runs.
-SLOW_AMM = {
-    "swarmstore.replication.interval": "60s",
-    "distributed.scheduler.active-memory-manager.interval": "60s",
-}
+FAST = {"distributed.scheduler.active-memory-manager.interval": "50ms"}
+# Only the fast path may act: the AMM waits a minute between runs.
+SLOW_AMM = {"distributed.scheduler.active-memory-manager.interval": "60s"}
 
 
 # ------------------------------------------------------------------ decisions
@@ -119,13 +114,18 @@ async def test_replicas_count_from_annotation(c, s, *workers):
     await ctl.close()
 
 
-@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=FAST)
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1)] * 3,
+    config={"distributed.scheduler.active-memory-manager.start": False},
+)
 async def test_stock_reduce_replicas_undoes_extra_copies(c, s, *workers):
-    """The fact the policy exists for: stock AMM drops a second copy within moments."""
+    """The fact the policy exists for: one stock AMM run drops a second copy."""
     x = c.submit(inc, 1, key="x")
     await x
     await c.replicate([x], n=2)
     assert len(s.tasks["x"].who_has) == 2
+    s.extensions["amm"].run_once()
     await async_poll_for(lambda: len(s.tasks["x"].who_has) == 1, timeout=5)
 
 
@@ -133,7 +133,8 @@ async def test_stock_reduce_replicas_undoes_extra_copies(c, s, *workers):
 async def test_policy_keeps_counts_and_still_trims_other_keys(c, s, *workers):
     ctl = await _start_controller(s)
     main = s.extensions["amm"]
-    assert not any(isinstance(p, ReduceReplicas) for p in main.policies)
+    (stock,) = [p for p in main.policies if type(p) is ReduceReplicas]
+    assert ctl.policy not in main.policies  # nothing tracked yet: stock policies only
     with dask.annotate(swarm={"critical": True}):
         x = c.submit(inc, 1, key="x")
     y = c.submit(inc, 2, key="y")
@@ -148,8 +149,10 @@ async def test_policy_keeps_counts_and_still_trims_other_keys(c, s, *workers):
     # a third copy of a critical key is trimmed back to the desired two
     await c.replicate([x], n=3)
     await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    # ReduceReplicas stayed in the user's AMM, the same object, beside our policy
+    assert stock in main.policies and ctl.policy in main.policies
     await ctl.close()
-    assert any(isinstance(p, ReduceReplicas) for p in main.policies)
+    assert ctl.policy not in main.policies and stock.manager is main
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SLOW_AMM)
@@ -192,6 +195,7 @@ async def test_amm_policy_alone_replicates_to_fresh_host(c, s, a, b1, b2):
     x = c.submit(inc, 1, key="x", workers=[b2.address])
     await x
     ctl.desired["x"] = 2  # tracked after the fact: only the periodic policy will see it
+    ctl._join()
     await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
     assert {ws.host for ws in s.tasks["x"].who_has} == {"127.0.0.1", "127.0.0.2"}
     assert ctl.fast_requests == 0
@@ -308,15 +312,10 @@ def run_kill9_workload(
     gate = client.submit(slow_inc, 0, 1.5, key="gate")
     final = client.submit(total, *parts, gate, key="final")
     wait(parts, timeout=30)
-    poll_for(
-        lambda: all(len(scheduler.tasks[p.key].who_has) >= copies for p in parts), timeout=10
-    )
+    poll_for(lambda: all(len(scheduler.tasks[p.key].who_has) >= copies for p in parts), timeout=10)
     gate_ws = scheduler.tasks["gate"].processing_on
     held = Counter(
-        ws.address
-        for p in parts
-        for ws in scheduler.tasks[p.key].who_has
-        if ws is not gate_ws
+        ws.address for p in parts for ws in scheduler.tasks[p.key].who_has if ws is not gate_ws
     )
     victim = held.most_common(1)[0][0]
     pids = client.run(os.getpid)
@@ -351,9 +350,9 @@ def test_kill9_costs_no_recomputation_of_critical_keys(replicate):
 @gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SLOW_AMM)
 async def test_end_to_end_through_swarm_plugin(c, s, *workers):
     await c.register_plugin(SwarmPlugin())
-    [ctl] = [e for e in s.plugins["swarmstore"].extensions
-             if isinstance(e, ReplicationController)]
-    assert not any(isinstance(p, ReduceReplicas) for p in s.extensions["amm"].policies)
+    [ctl] = [e for e in s.plugins["swarmstore"].extensions if isinstance(e, ReplicationController)]
+    amm = s.extensions["amm"]
+    assert ctl.policy not in amm.policies
     with dask.annotate(swarm={"critical": True, "replicas": 3}):
         x = c.submit(inc, 1, key="x")
     y = c.submit(inc, 2, key="y")
@@ -361,5 +360,126 @@ async def test_end_to_end_through_swarm_plugin(c, s, *workers):
     await async_poll_for(lambda: len(s.tasks["x"].who_has) == 3, timeout=5)
     assert ctl.desired == {"x": 3} and len(s.tasks["y"].who_has) == 1
     assert len(s.workers_to_close(n=3)) == 2  # one holder of x always stays
+    assert ctl.policy in amm.policies
+    assert any(type(p) is ReduceReplicas for p in amm.policies)
     await s.plugins["swarmstore"].close()  # unregistering alone does not close a plugin
-    assert any(isinstance(p, ReduceReplicas) for p in s.extensions["amm"].policies)
+    assert ctl.policy not in amm.policies
+
+
+# ------------------------------------------------------------------ the user's AMM (issue 23)
+@contextmanager
+def amm_log(expect: list[str]):
+    """The AMM's log lines, each starting as ``expect`` says (as distributed's own tests do)."""
+    with captured_logger("distributed.active_memory_manager", level=logging.DEBUG) as log:
+        yield
+    actual = log.getvalue().splitlines()
+    assert len(actual) == len(expect), actual
+    assert all(a.startswith(e) for a, e in zip(actual, expect, strict=True)), actual
+
+
+TWO_REDUCE = {
+    "distributed.scheduler.active-memory-manager.start": False,
+    "distributed.scheduler.active-memory-manager.policies": [
+        {"class": "distributed.active_memory_manager.ReduceReplicas"},
+        {"class": "distributed.active_memory_manager.ReduceReplicas"},
+    ],
+}
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=TWO_REDUCE)
+async def test_untracked_cluster_runs_exactly_the_stock_policies(c, s, *workers):
+    """distributed's test_ReduceReplicas, with SwarmPlugin installed: same log, same drops."""
+    await c.register_plugin(SwarmPlugin())
+    run = ["Running policy: ReduceReplicas()"] * 2
+    with amm_log([*run, "Active Memory Manager run in "]):
+        s.extensions["amm"].run_once()
+    futures = await c.scatter({"x": 123}, broadcast=True)
+    assert len(s.tasks["x"].who_has) == 4
+    drop = "(drop, <TaskState 'x' memory>, None): dropping from <WorkerState "
+    with amm_log(
+        [
+            run[0],
+            drop,
+            drop,
+            drop,
+            "ReduceReplicas: Dropping 3 superfluous replicas of 1 tasks",
+            run[1],
+            "Enacting suggestions for 1 tasks:",
+            *["- <WorkerState "] * 3,
+            "Active Memory Manager run in ",
+        ]
+    ):
+        s.extensions["amm"].run_once()
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 1, timeout=5)
+    del futures
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=TWO_REDUCE)
+async def test_reduce_replicas_governs_unmarked_keys_beside_critical_ones(c, s, *workers):
+    await c.register_plugin(SwarmPlugin())
+    amm = s.extensions["amm"]
+    stock = [p for p in amm.policies if type(p) is ReduceReplicas]
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x")
+    await x
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    y = await c.scatter({"y": 1}, broadcast=True)
+    await c.replicate([x], n=4)
+    assert len(s.tasks["y"].who_has) == len(s.tasks["x"].who_has) == 4
+    amm.run_once()  # one run: y to one copy (stock), x to the two it asked for (ours)
+    await async_poll_for(lambda: len(s.tasks["y"].who_has) == 1, timeout=5)
+    await async_poll_for(lambda: len(s.tasks["x"].who_has) == 2, timeout=5)
+    for _ in range(3):  # and it stays there: ReduceReplicas no longer fights the count
+        amm.run_once()
+        await asyncio.sleep(0.05)
+        assert len(s.tasks["x"].who_has) == 2
+    assert [p for p in amm.policies if type(p) is ReduceReplicas] == stock  # in place
+    del x, y
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1)] * 3,
+    config={
+        "distributed.scheduler.active-memory-manager.start": False,
+        "distributed.scheduler.active-memory-manager.interval": "20ms",
+    },
+)
+async def test_amm_off_means_no_trimming(c, s, *workers):
+    """Copies made by replicate() and broadcast scatter stay when the user turned the AMM off."""
+    await c.register_plugin(SwarmPlugin())
+    with dask.annotate(swarm={"critical": True}):
+        crit = c.submit(inc, 1, key="crit")  # tracked: our policy is in the AMM now
+    await crit
+    await async_poll_for(lambda: len(s.tasks["crit"].who_has) == 2, timeout=5)  # fast path
+    y = c.submit(inc, 2, key="y")
+    await c.replicate([y], n=3)
+    z = await c.scatter({"z": 3}, broadcast=True)
+    assert not any(k.startswith("amm-") for k in s.periodic_callbacks)  # nothing runs it
+    await asyncio.sleep(0.3)  # many AMM intervals: stock (and we) trim nothing
+    assert len(s.tasks["y"].who_has) == 3 and len(s.tasks["z"].who_has) == 3
+    del crit, y, z
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SLOW_AMM)
+async def test_policy_leaves_the_amm_when_no_key_is_tracked(c, s, a, b):
+    await c.register_plugin(SwarmPlugin())
+    amm = s.extensions["amm"]
+    with dask.annotate(swarm={"critical": True}):
+        x = c.submit(inc, 1, key="x")
+    await x
+    (ctl,) = [e for e in s.plugins["swarmstore"].extensions if isinstance(e, ReplicationController)]
+    assert ctl.policy in amm.policies
+    assert all(
+        type(p.manager).__name__ == "_ShieldedManager"
+        for p in amm.policies
+        if type(p) is ReduceReplicas
+    )
+    del x
+    await async_poll_for(lambda: ctl.policy not in amm.policies, timeout=5)
+    assert all(p.manager is amm for p in amm.policies)
+
+
+def test_interval_is_deprecated(recwarn):
+    with pytest.warns(DeprecationWarning, match="interval"):
+        ReplicationController(object(), interval="50ms")  # type: ignore[arg-type]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from zarr.core.buffer import default_buffer_prototype
@@ -64,3 +65,29 @@ def reader(key: str):
         return data
 
     return attempt
+
+
+class Script:
+    """An ``attempt`` whose outcome per source is set by the test; it logs what it saw."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.seen: list[tuple[str, str]] = []
+
+    def block(self, *names: str) -> None:
+        for nm in names:
+            self.gates[nm] = asyncio.Event()
+
+    async def __call__(self, src):
+        self.seen.append((src.name, "start"))
+        try:
+            if src.name in self.gates:
+                await self.gates[src.name].wait()
+            if src.name in self.errors:
+                raise self.errors[src.name]
+        except asyncio.CancelledError:
+            self.seen.append((src.name, "cancelled"))
+            raise
+        self.seen.append((src.name, "done"))
+        return src.name

@@ -23,7 +23,12 @@ def test_pickling_keeps_settings_not_figures():
     r = TransferRouter(hedge=False, source_concurrency=3, host="h1", zone="z1")
     r.observe("n0", 0.01)
     back = pickle.loads(pickle.dumps(r))
-    assert (back.hedge, back.source_concurrency, back.host, back.zone) == (False, 3, "h1", "z1")
+    assert (back.hedge, back.settings.source_concurrency, back.host, back.zone) == (
+        False,
+        3,
+        "h1",
+        "z1",
+    )
     assert back.sources == {}
     assert pickle.loads(pickle.dumps(default_router())) is default_router()
 

@@ -11,16 +11,19 @@ import threading
 import weakref
 
 import pytest
-from netsupport import make_sources, name, reader
+from distributed.utils_test import async_poll_for
+from netsupport import Script, make_sources, name, reader
 
 from swarmstore.errors import ChecksumMismatch, NodeUnavailable
 from swarmstore.network import TransferRouter, qos
+from swarmstore.network._hedge import Watch
 
 
 async def hedging_router(sources, **kwargs):
     """A router that has learned n0 answers in ~1 ms, and earns a hedge token per fetch."""
     kwargs.setdefault("host", "here")
     kwargs.setdefault("hedge_budget", 1.0)
+    kwargs.setdefault("probe", False)
     r = TransferRouter(hedge=True, hedge_min_samples=5, **kwargs)
     for _ in range(30):
         r.observe("n0", 0.001)
@@ -30,39 +33,15 @@ async def hedging_router(sources, **kwargs):
     return r
 
 
-class Script:
-    """An ``attempt`` whose outcome per source is set by the test; it logs what it saw."""
-
-    def __init__(self) -> None:
-        self.gates: dict[str, asyncio.Event] = {}
-        self.errors: dict[str, BaseException] = {}
-        self.seen: list[tuple[str, str]] = []
-
-    def block(self, *names: str) -> None:
-        for nm in names:
-            self.gates[nm] = asyncio.Event()
-
-    async def __call__(self, src):
-        self.seen.append((src.name, "start"))
-        try:
-            if src.name in self.gates:
-                await self.gates[src.name].wait()
-            if src.name in self.errors:
-                raise self.errors[src.name]
-        except asyncio.CancelledError:
-            self.seen.append((src.name, "cancelled"))
-            raise
-        self.seen.append((src.name, "done"))
-        return src.name
+async def until(predicate) -> None:
+    await async_poll_for(predicate, timeout=30, period=0.001)
 
 
-def idle(r: TransferRouter) -> bool:
-    """Every lane slot given back, no hedge attempt still registered."""
+def idle(r: TransferRouter, loop: bool = True) -> bool:
+    """Every lane slot given back, no race still registered with this loop's watch."""
     lanes = [r.lanes, *r.source_lanes.values()]
-    watch = r._watch
-    return all(ln.busy() == 0 and ln.queued() == 0 for ln in lanes) and (
-        watch is None or not watch.races
-    )
+    free = all(ln.busy() == 0 and ln.queued() == 0 for ln in lanes)
+    return free and (not loop or not Watch.of(asyncio.get_running_loop()).races)
 
 
 def only_me() -> bool:
@@ -88,8 +67,7 @@ async def test_cancelling_the_caller_cancels_and_awaits_both_attempts(sources):
     script = Script()
     script.block("n0", "n1")
     task = asyncio.create_task(r.fetch(sources[:2], script, name=name))
-    while ("n1", "start") not in script.seen:
-        await asyncio.sleep(0.001)
+    await until(lambda: ("n1", "start") in script.seen)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -104,8 +82,7 @@ async def test_a_cancel_from_outside_wins_over_a_hedge_that_wins_at_once(sources
     script = Script()
     script.block("n0", "n1")
     caller = asyncio.create_task(r.fetch(sources[:2], script, name=name))
-    while ("n1", "start") not in script.seen:
-        await asyncio.sleep(0.001)
+    await until(lambda: ("n1", "start") in script.seen)
     (hedge,) = asyncio.all_tasks() - {caller, asyncio.current_task()}
     hedge.add_done_callback(lambda _: caller.cancel())  # runs right after the race's own
     script.gates["n1"].set()
@@ -122,9 +99,7 @@ async def test_a_failed_hedge_is_reported_and_the_first_answers(sources):
     script.block("n0")
     script.errors["n1"] = ChecksumMismatch("n1/k fails its checksum")
     task = asyncio.create_task(r.fetch(sources[:2], script, name=name))
-    while ("n1", "start") not in script.seen:
-        await asyncio.sleep(0.001)
-    await asyncio.sleep(0.005)  # the hedge has failed by now; the first still runs
+    await until(lambda: r.sources["n1"].failures == 1)  # the hedge failed; the first runs
     script.gates["n0"].set()
     src, result, failures = await task
     assert (src, result) == (sources[0], "n0")
@@ -138,11 +113,10 @@ async def test_a_failed_first_attempt_waits_for_the_running_hedge(sources):
     script.block("n0", "n1")
     script.errors["n0"] = NodeUnavailable("n0 went away")
     task = asyncio.create_task(r.fetch(sources[:2], script, name=name))
-    while ("n1", "start") not in script.seen:
-        await asyncio.sleep(0.001)
+    await until(lambda: ("n1", "start") in script.seen)
     script.gates["n0"].set()  # the first fails while the hedge runs
-    await asyncio.sleep(0.005)
-    assert not task.done()
+    await until(lambda: r.sources["n0"].failures == 1)
+    assert not task.done()  # it waits for the hedge, still gated
     script.gates["n1"].set()
     src, result, failures = await task
     assert (src, result) == (sources[1], "n1")
@@ -158,9 +132,7 @@ async def test_both_racers_fail_then_the_next_source_answers(sources):
     script.errors["n0"] = NodeUnavailable("n0 went away")
     script.errors["n1"] = KeyError("k")
     task = asyncio.create_task(r.fetch(sources, script, name=name))
-    while ("n1", "start") not in script.seen:
-        await asyncio.sleep(0.001)
-    await asyncio.sleep(0.005)
+    await until(lambda: r.sources["n1"].missing == 1)  # the hedge found no key
     script.gates["n0"].set()
     src, result, failures = await task
     assert (src, result) == (sources[2], "n2")
@@ -232,7 +204,7 @@ async def test_hedging_leaves_no_task_and_no_unretrieved_exception(sources):
 
 
 def test_the_hedge_watch_keeps_no_event_loop_alive():
-    r = TransferRouter(hedge=True, hedge_min_samples=5, host="here")
+    r = TransferRouter(hedge=True, hedge_min_samples=5, host="here", probe=False)
     loops = []
 
     async def main():
@@ -241,7 +213,7 @@ def test_the_hedge_watch_keeps_no_event_loop_alive():
         read = reader("k")
         for _ in range(30):
             await r.fetch(sources, read, name=name)
-        assert r._watch is not None
+        assert r.hedges >= 0
 
     asyncio.run(main())
     gc.collect()
@@ -250,7 +222,7 @@ def test_the_hedge_watch_keeps_no_event_loop_alive():
 
 def test_one_router_hedges_on_two_event_loops_at_once():
     """A worker's loop and zarr's I/O loop share the process router: one watch per loop."""
-    r = TransferRouter(hedge=True, hedge_min_samples=5, hedge_budget=1.0, host="here")
+    r = TransferRouter(hedge=True, hedge_min_samples=5, hedge_budget=1.0, host="here", probe=False)
     for _ in range(30):
         r.observe("n0", 0.001)
         r.observe("n1", 0.01)
@@ -281,4 +253,4 @@ def test_one_router_hedges_on_two_event_loops_at_once():
     for t in threads:
         t.join(30)
     assert hedged[0] >= 1 and hedged[1] >= 1  # each loop's watch hedged its own reads
-    assert r.hedges == hedged[0] + hedged[1] and idle(r)
+    assert r.hedges == hedged[0] + hedged[1] and idle(r, loop=False)

@@ -1,8 +1,10 @@
 import asyncio
 import threading
+import time
 
 import dask.config
 import pytest
+from distributed.utils_test import async_poll_for
 from zarr.core.sync import sync
 
 import swarmstore
@@ -67,11 +69,11 @@ async def test_freed_slot_goes_to_classes_under_reserve_then_by_priority():
         order.append(cls)
 
     tasks = [asyncio.create_task(want(c)) for c in ["interactive", "bulk", "normal"]]
-    await asyncio.sleep(0.01)
-    assert ln.queued() == 3 and not order
-    for _ in range(3):
+    await async_poll_for(lambda: ln.queued() == 3, timeout=30, period=0.001)
+    assert not order
+    for i in range(3):
         ln.release("interactive")
-        await asyncio.sleep(0.01)
+        await async_poll_for(lambda i=i: len(order) == i + 1, timeout=30, period=0.001)
     # normal and bulk are below their reserves, interactive is not
     assert order == ["normal", "bulk", "interactive"]
     await asyncio.gather(*tasks)
@@ -88,7 +90,7 @@ async def test_fifo_within_a_class_and_cancelled_waiters_leave():
             await asyncio.sleep(0)
 
     tasks = [asyncio.create_task(want(i)) for i in range(4)]
-    await asyncio.sleep(0.01)
+    await async_poll_for(lambda: ln.queued() == 4, timeout=30, period=0.001)
     tasks[1].cancel()
     ln.release("all")
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -121,8 +123,8 @@ def test_lanes_serve_waiters_on_other_event_loops():
 
     async def waiter():
         task = asyncio.ensure_future(ln.acquire("all"))
-        await asyncio.sleep(0.02)
-        assert not task.done()
+        await async_poll_for(lambda: ln.queued() == 1, timeout=30, period=0.001)
+        assert not task.done()  # the slot is held on the other loop
         release.set()
         await asyncio.wait_for(task, 5)
         ln.release("all")
@@ -192,9 +194,35 @@ async def test_try_acquire_never_jumps_the_queue():
     ln = Lanes(2, ["all"])
     assert ln.try_acquire("all") and ln.try_acquire("all")
     waiter = asyncio.create_task(ln.acquire("all"))
-    await asyncio.sleep(0.01)
+    await async_poll_for(lambda: ln.queued() == 1, timeout=30, period=0.001)
     assert ln.would_queue("all") == 2
     ln.release("all")  # the slot goes to the waiter, not to a newcomer
     assert not ln.try_acquire("all")
     await waiter
     assert ln.busy() == 2 and ln.queued() == 0
+
+
+def test_the_lowest_class_yields_while_a_higher_one_is_active():
+    ln = Lanes(16, CLASSES, {"interactive": 0.25, "normal": 0.15, "bulk": 0.1}, {"bulk": 0.125}, 0)
+    assert ln.limits == {"bulk": 2}
+    assert ln.try_acquire("interactive")
+    assert ln.try_acquire("bulk") and ln.try_acquire("bulk")
+    assert not ln.try_acquire("bulk")  # 13 slots free, but interactive is active here
+    assert ln.would_queue("bulk") == 1
+    ln.release("interactive")  # quiet again (window 0): bulk has its whole budget back
+    assert sum(ln.try_acquire("bulk") for _ in range(20)) == 8  # 10 in all, as without yield
+
+
+async def test_yielded_waiters_go_once_the_higher_class_is_quiet():
+    ln = Lanes(16, CLASSES, {"interactive": 0.25}, {"bulk": 0.125}, window=0.05)
+    assert ln.try_acquire("interactive") and ln.try_acquire("bulk") and ln.try_acquire("bulk")
+    waiting = [asyncio.ensure_future(ln.acquire("bulk")) for _ in range(3)]
+    await async_poll_for(lambda: ln.queued() == 3, timeout=30, period=0.001)
+    ln.release("interactive")  # quiet, but recently active: bulk still yields
+    t_quiet = time.monotonic()
+    await async_poll_for(lambda: time.monotonic() > t_quiet + 0.05, timeout=30, period=0.01)
+    ln.release("bulk")  # the window is over: this one release lets every waiter in
+    await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    assert ln.figures()["bulk"]["in_flight"] == 4
+    with pytest.raises(ConfigError, match="yields"):
+        Lanes(8, CLASSES, None, {"bulk": 1.5})

@@ -12,20 +12,21 @@ from swarmstore.testing import Faults, FaultyStore, flip_byte
 from swarmstore.testing.contracts import ReplicaContractTests
 
 
-def _build(stores, tmp_path, replicas):
+def _build(stores, tmp_path, replicas, **kwargs):
     faults = [Faults() for _ in stores]
     nodes = [
         FaultyStore(s, f, name=f"n{i}") for i, (s, f) in enumerate(zip(stores, faults, strict=True))
     ]
-    return ReplicatedStore(nodes, replicas=replicas, state_dir=tmp_path / uuid.uuid4().hex), faults
+    state = tmp_path / uuid.uuid4().hex
+    return ReplicatedStore(nodes, replicas=replicas, state_dir=state, **kwargs), faults
 
 
 class TestLocalNodes(ReplicaContractTests):
     @pytest.fixture
     def replicated(self, tmp_path):
-        def make(n, replicas):
+        def make(n, replicas, **kwargs):
             dirs = [tmp_path / uuid.uuid4().hex for _ in range(n)]
-            store, faults = _build([LocalStore(d) for d in dirs], tmp_path, replicas)
+            store, faults = _build([LocalStore(d) for d in dirs], tmp_path, replicas, **kwargs)
 
             def rot(i, key):
                 path = dirs[i] / key
@@ -40,9 +41,9 @@ class TestLocalNodes(ReplicaContractTests):
 class TestMemoryNodes(ReplicaContractTests):
     @pytest.fixture
     def replicated(self, tmp_path):
-        def make(n, replicas):
+        def make(n, replicas, **kwargs):
             stores = [MemoryStore() for _ in range(n)]
-            store, faults = _build(stores, tmp_path, replicas)
+            store, faults = _build(stores, tmp_path, replicas, **kwargs)
 
             def rot(i, key):
                 node = store.nodes[i].inner
@@ -61,10 +62,10 @@ class TestS3Nodes(ReplicaContractTests):
     def replicated(self, tmp_path, s3_store_factory, s3_endpoint):
         fs = s3_endpoint.filesystem()  # a synchronous client for the backdoor
 
-        def make(n, replicas):
+        def make(n, replicas, **kwargs):
             prefix = uuid.uuid4().hex[:8]
             stores = [s3_store_factory(f"{prefix}/n{i}") for i in range(n)]
-            store, faults = _build(stores, tmp_path, replicas)
+            store, faults = _build(stores, tmp_path, replicas, **kwargs)
 
             def rot(i, key):
                 node = store.nodes[i].inner

@@ -84,7 +84,7 @@ async def test_all_replicas_corrupt_raises_naming_key_and_nodes(tmp_path):
     assert info.value.key == "a/b"
     for node in store.targets("a/b"):
         assert "checksum" in info.value.tried[node.name]
-    assert set(info.value.tried) == {"node0", "node1", "node2"}  # the third says "missing"
+    assert set(info.value.tried) == {n.name for n in store.targets("a/b")}
 
 
 async def test_injected_in_flight_corruption_fails_over(tmp_path):
@@ -117,13 +117,39 @@ async def test_r_minus_one_nodes_wiped_everything_still_readable(tmp_path):
         store, shape=data.shape, chunks=(8, 8), dtype="f8"
     )
     await arr.setitem(slice(None), data)
-    shutil.rmtree(tmp_path / "node0")
-    shutil.rmtree(tmp_path / "node2")
+    for i in (0, 2):  # the disks were replaced: empty, but mounted
+        shutil.rmtree(tmp_path / f"node{i}")
+        (tmp_path / f"node{i}").mkdir()
     arr2 = await zarr.api.asynchronous.open_array(store=store, mode="r")
     np.testing.assert_array_equal(await arr2.getitem(slice(None)), data)
     report = await store.repair()
-    assert not report.unrecoverable and report.copies_written > 0
+    assert report.ok and report.copies_written > 0
     assert (await store.scrub()).ok
+
+
+async def test_a_missing_node_root_is_an_outage_never_recreated(tmp_path):
+    """Issue 14: a deleted node directory (an unmounted disk) is reported unreachable by
+    scrub and repair, which go on with the other nodes; nothing recreates it."""
+    store, _ = make(tmp_path, n=3, replicas=2)
+    for i in range(10):
+        await store.set(f"k{i}", buf(b"v"))
+    shutil.rmtree(tmp_path / "node1")
+    urls = [NodeSpec(f"file://{tmp_path}/node{i}", name=f"node{i}") for i in range(3)]
+    again = ReplicatedStore(urls, replicas=2, state_dir=tmp_path / "state2")
+    scrubbed = await again.scrub()
+    assert scrubbed.unreachable == ["node1"] and not scrubbed.ok
+    fixed = await again.repair()
+    assert fixed.unreachable == ["node1"] and not fixed.ok
+    assert not (tmp_path / "node1").exists()
+    for i in range(10):  # one of two replicas left: still readable (Rq = 1)
+        assert (await again.get(f"k{i}", PROTO)).to_bytes() == b"v"
+    key = next(f"k{i}" for i in range(10) if "node1" in {n.name for n in store.targets(f"k{i}")})
+    with pytest.raises(QuorumError):
+        await again.set(key, buf(b"w"))
+    assert not (tmp_path / "node1").exists()
+    fresh = ReplicatedStore(urls, replicas=2, state_dir=tmp_path / "s3", create=True)
+    await fresh.set(key, buf(b"w"))  # explicit: create=True makes the root again
+    assert (tmp_path / "node1").is_dir()
 
 
 async def test_write_with_a_node_down_leaves_a_hint_replayed_on_return(tmp_path):
@@ -151,7 +177,7 @@ async def test_hints_survive_a_restart_of_the_coordinator(tmp_path):
     reopened = ReplicatedStore(
         store.nodes, replicas=3, write_quorum=2, state_dir=tmp_path / "state"
     )
-    assert reopened.hints.pending("node1") == {"k": "delete"}
+    assert set(reopened.hints.pending("node1")) == {"k"}
     assert await reopened.replay_hints() == 1
     assert not (tmp_path / "node1" / "k").exists()
 
@@ -309,6 +335,7 @@ async def test_rebalance_after_adding_a_node_is_resumable(tmp_path):
     keys = [f"k{i:03d}" for i in range(150)]
     for k in keys:
         await store.set(k, buf(k.encode()))
+    (tmp_path / "node3").mkdir()  # a new disk, mounted: its root exists
     grown = ReplicatedStore(
         [*store.nodes, LocalStore(tmp_path / "node3")], replicas=2, state_dir=tmp_path / "state"
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -15,40 +18,84 @@ from swarmstore.storage import ReplicatedStore
 PROTO = default_buffer_prototype()
 
 
+class ServerLog(logging.Handler):
+    """Counts the requests the moto server answered (its werkzeug access log), by
+    ``(method, "meta" | "data")``: counted at the server, not in the client."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.search(
+            r'"(?:\x1b\[[0-9;]*m)*(GET|HEAD|PUT|DELETE|POST) (\S+)', record.getMessage()
+        )
+        if match:
+            method, path = match.groups()
+            self.calls[(method, "meta" if "/.swarmstore/" in path else "data")] += 1
+
+
 @pytest.fixture
-def counted(s3_store_factory, tmp_path):
-    """A ReplicatedStore over 3 S3 nodes, counting S3 requests by method."""
+def server_log():
+    log = ServerLog()
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.addHandler(log)
+    yield log
+    werkzeug.removeHandler(log)
+    werkzeug.setLevel(level)
+
+
+@pytest.fixture
+def counted(s3_store_factory, tmp_path, server_log):
+    """A ReplicatedStore over 3 S3 nodes (R=3, W=2, so Rq=2), with the server's request log."""
     stores = [s3_store_factory(f"n{i}") for i in range(3)]
     store = ReplicatedStore(stores, replicas=3, state_dir=tmp_path / "state")
-    calls: collections.Counter[str] = collections.Counter()
-    for node in store.nodes:
-        original = node.fs._call_s3
-
-        async def call(method, *args, _original=original, **kwargs):
-            calls[method] += 1
-            return await _original(method, *args, **kwargs)
-
-        node.fs._call_s3 = call
-    return store, stores, calls
+    return store, stores, server_log
 
 
-async def test_one_request_per_replica_write_and_per_read(counted):
-    store, _, calls = counted
+async def _settled(log: ServerLog) -> collections.Counter[tuple[str, str]]:
+    """The counts once the server logged every request it answered (the log line comes
+    after the response, from the server's thread)."""
+    seen = -1
+    while sum(log.calls.values()) != seen:
+        seen = sum(log.calls.values())
+        await asyncio.sleep(0.05)
+    return collections.Counter(log.calls)
+
+
+async def test_a_write_is_phase_one_then_one_put_and_a_read_one_get_plus_one_probe(counted):
+    store, _, log = counted
     await store.set("a/c/0", PROTO.buffer.from_bytes(b"x" * 5000))
-    assert calls == {"put_object": 3}
-    calls.clear()
+    # new key: HEAD of the data and of its tombstone (phase 1), then the PUT, per replica
+    assert await _settled(log) == {("HEAD", "data"): 3, ("HEAD", "meta"): 3, ("PUT", "data"): 3}
+    log.calls.clear()
+    await store.set("a/c/0", PROTO.buffer.from_bytes(b"y" * 5000))
+    assert await _settled(log) == {("HEAD", "data"): 3, ("PUT", "data"): 3}  # an overwrite
+    log.calls.clear()
     got = await store.get("a/c/0", PROTO)
-    assert got.to_bytes() == b"x" * 5000
-    assert calls == {"get_object": 1}  # the checksum came back in the same response
+    assert got.to_bytes() == b"y" * 5000
+    assert await _settled(log) == {("GET", "data"): 1, ("HEAD", "data"): 1}  # Rq - 1 probes
 
 
-async def test_ranged_read_is_one_request(counted):
-    store, _, calls = counted
+async def test_with_a_read_quorum_of_one_a_read_is_one_get(s3_store_factory, tmp_path, server_log):
+    stores = [s3_store_factory(f"q{i}") for i in range(2)]
+    store = ReplicatedStore(stores, replicas=2, state_dir=tmp_path / "state")  # W=2, Rq=1
+    await store.set("k", PROTO.buffer.from_bytes(b"v" * 100))
+    server_log.calls.clear()
+    assert (await store.get("k", PROTO)).to_bytes() == b"v" * 100
+    assert await _settled(server_log) == {("GET", "data"): 1}
+
+
+async def test_ranged_read_is_one_get_plus_the_probe(counted):
+    store, _, log = counted
     await store.set("shard", PROTO.buffer.from_bytes(bytes(range(256)) * 40))
-    calls.clear()
+    await _settled(log)
+    log.calls.clear()
     got = await store.get("shard", PROTO, byte_range=zarr.abc.store.RangeByteRequest(10, 90))
     assert got.to_bytes() == (bytes(range(256)) * 40)[10:90]
-    assert calls == {"get_object": 1}
+    assert await _settled(log) == {("GET", "data"): 1, ("HEAD", "data"): 1}
 
 
 async def test_plain_zarr_reads_any_single_s3_node(counted):
@@ -90,3 +137,5 @@ async def test_conditional_create_on_s3_nodes_has_one_winner(s3_store_factory, t
         await w.replay_hints()
     held = {(await n.read("m"))[0] for n in writers[0].nodes}
     assert len(held) == 1
+    for w in writers:
+        assert (await w.get("m", PROTO)).to_bytes() in {f"w{i}".encode() for i in range(4)}

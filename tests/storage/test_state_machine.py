@@ -1,35 +1,54 @@
-"""ReplicatedStore against a dict model under random outages and corruption.
+"""ReplicatedStore against a model of acknowledged values, under the widened fault model.
 
-Invariant: while at most R-1 replicas of a key are bad (down, corrupt, stale or
-missing), a read returns exactly the model's value; a read never returns bytes that
-differ from it. Failed quorum writes change nothing.
+Several coordinators (separate stores with their own state dirs and writer ids) share four
+nodes; reads come from them and from foreign readers (a fresh store per read). Faults:
+outages, commit failures on every replica, replies lost after the work was done (a crash
+between two steps of a write or delete), half-done deletes, full disks, bit rot, swapped
+files, stripped records, flipped version fields, and clock skew.
+
+Model: ``allowed[key]`` is the set of values a read may return (None: absent). An
+acknowledged write or delete makes it one value; a failed one adds its value. A read
+returns an allowed value, or raises ReplicaUnavailable only when more replicas are bad
+than a read quorum tolerates; after a repair (from any coordinator) every replica agrees.
+Faults are injected only while every key keeps at most R - W bad replicas (the guarantees
+hold within what the write quorum tolerates).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tempfile
+import uuid
 
+import dask.config
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import MemoryStore
 
-from swarmstore.errors import QuorumError
+from swarmstore import _clock
+from swarmstore.errors import QuorumError, ReplicaUnavailable
 from swarmstore.storage import ReplicatedStore
-from swarmstore.testing import Faults, FaultyStore, flip_byte
+from swarmstore.storage._memory import MemoryNode
+from swarmstore.testing import Faults, flip_byte
+from swarmstore.testing._faulty_node import FaultyNode
 
 PROTO = default_buffer_prototype()
 N, R, W = 4, 3, 2
-KEYS = st.sampled_from(["k0", "k1", "a/c/0", "a/c/1"])
-VALUES = st.binary(min_size=0, max_size=64)
+RQ = R - W + 1
+COORDS = 3
+KEYS = ["k0", "k1", "a/c/0", "a/c/1"]
+KEY = st.sampled_from(KEYS)
+VALUE = st.binary(min_size=0, max_size=48)
 NODE = st.integers(0, N - 1)
+COORD = st.integers(0, COORDS - 1)
+SUBSET = st.sets(st.integers(0, R - 1), max_size=R)
 
 
 class PinnedRouter:
-    """Tries one chosen node first, then the store's order: makes the machine's reads hit
-    the replica a rule just damaged, whatever a real router would measure."""
+    """Tries one chosen node first, then the store's order: the machine's reads hit the
+    replica a rule just damaged, whatever a real router would measure."""
 
     def __init__(self) -> None:
         self.first: str | None = None
@@ -50,147 +69,292 @@ class PinnedRouter:
 class ReplicatedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.config = dask.config.set({"swarmstore.storage.write-grace": 0.01})
+        self.config.__enter__()
         self.loop = asyncio.new_event_loop()
+        self.tag = uuid.uuid4().hex[:8]
         self.faults = [Faults() for _ in range(N)]
-        self.mem = [MemoryStore() for _ in range(N)]
-        nodes = [FaultyStore(self.mem[i], self.faults[i], name=f"n{i}") for i in range(N)]
-        self.state_dir = tempfile.TemporaryDirectory()
+        self.dirs = tempfile.TemporaryDirectory()
         self.router = PinnedRouter()
-        self.store = ReplicatedStore(
-            nodes, replicas=R, write_quorum=W, state_dir=self.state_dir.name, router=self.router
+        self.coords = [self._store(f"c{i}") for i in range(COORDS)]
+        self.raw = [MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}") for i in range(N)]
+        self.allowed: dict[str, set[bytes | None]] = {k: {None} for k in KEYS}
+        self.damaged: dict[str, set[int]] = {k: set() for k in KEYS}
+        self.fresh = itertools.count()
+
+    def _store(self, label: str) -> ReplicatedStore:
+        nodes = [
+            FaultyNode(MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}"), self.faults[i])
+            for i in range(N)
+        ]
+        return ReplicatedStore(
+            nodes,
+            replicas=R,
+            write_quorum=W,
+            state_dir=f"{self.dirs.name}/{label}",
+            router=self.router,
         )
-        self.model: dict[str, bytes] = {}
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
-        self.run(self.store.flush())
+        _clock._OFFSET_NS = 0
+        for f in self.faults:
+            f.__init__()
+        for c in self.coords:
+            self.run(c.flush())
         self.loop.close()
-        self.state_dir.cleanup()
+        self.dirs.cleanup()
+        self.config.__exit__(None, None, None)
 
     # --- what is bad right now -------------------------------------------------------------
-    def good_replicas(self, key: str) -> int:
-        """Target replicas that are up, verified and hold the model's value."""
-        want = self.model.get(key)
-        good = 0
-        for node in self.store.targets(key):
-            i = int(node.name[1:])
-            if self.faults[i].down or self.store.hints.blocks_read(node.name, key):
-                continue
-            got = self.run(node.inner.read(key))
-            if want is None:
-                good += got is None
-                continue
-            if got is None or got[1] is None:
-                continue
-            data, record, _ = got
-            try:
-                record.verify(data)
-            except OSError:
-                continue
-            good += data == want
-        return good
+    def targets(self, key: str) -> list[int]:
+        return [int(n.name[1:]) for n in self.coords[0].targets(key)]
 
-    def safe_after(self, extra_bad_key: str | None = None, down: int | None = None) -> bool:
-        """Would every key keep at least one good replica after the change?"""
-        for key in set(self.model) | ({extra_bad_key} if extra_bad_key else set()):
-            good = self.good_replicas(key)
-            if key == extra_bad_key:
-                good -= 1
-            if down is not None and any(n.name == f"n{down}" for n in self.store.targets(key)):
-                good -= 1
-            if good < 1:
-                return False
-        return True
+    def newest(self, key: str) -> tuple[object, int]:
+        """The newest trustworthy version over the key's targets, and how many hold it."""
+        seen = []
+        for i in self.targets(key):
+            st_ = self.raw[i].state_now(key, tomb=True)
+            if st_.corrupt is None and st_.version is not None:
+                seen.append(st_.version)
+        best = max(seen, default=None)
+        return best, sum(v == best for v in seen)
 
-    # --- rules --------------------------------------------------------------------------------
-    @rule(key=KEYS, value=VALUES)
-    def write(self, key: str, value: bytes) -> None:
-        self.run(self.store.set(key, PROTO.buffer.from_bytes(value)))
-        self.model[key] = value
+    def bad(self, key: str) -> set[int]:
+        """Targets that are down, damaged at rest, or not at the key's newest version."""
+        best, _ = self.newest(key)
+        out = set(self.damaged[key])
+        for i in self.targets(key):
+            st_ = self.raw[i].state_now(key, tomb=True)
+            if self.faults[i].down or st_.corrupt is not None or st_.version != best:
+                out.add(i)
+        return out
 
-    @rule(key=KEYS)
-    def delete(self, key: str) -> None:
-        self.run(self.store.delete(key))
-        self.model.pop(key, None)
+    def tolerates(self, extra: dict[str, set[int]]) -> bool:
+        return all(len(self.bad(k) | extra.get(k, set())) <= R - W for k in KEYS)
 
-    @rule(node=NODE)
-    def prefer(self, node: int) -> None:
-        self.router.first = f"n{node}"
+    def faulty(self) -> bool:
+        return any(f.down or f.full_disk for f in self.faults)
 
-    @rule(key=KEYS)
-    def read(self, key: str) -> None:
-        got = self.run(self.store.get(key, PROTO))
-        want = self.model.get(key)
-        assert (got.to_bytes() if got is not None else None) == want, key
-
-    @rule(node=NODE)
-    def take_down(self, node: int) -> None:
-        if sum(f.down for f in self.faults) >= 1 or not self.safe_after(down=node):
-            return
-        self.faults[node].down = True
-
-    @rule()
-    def bring_back(self) -> None:
-        """End the outage, then read every key from the returning node first."""
-        for i, f in enumerate(self.faults):
-            if f.down:
-                f.down = False
-                self.router.first = f"n{i}"
-                for key in list(self.model):
-                    self.read(key)
-
-    @rule(key=KEYS, node=NODE)
-    def rot(self, key: str, node: int) -> None:
-        """Flip a stored byte in place (bit rot: the checksum record stays)."""
-        stored = self.mem[node]._store_dict.get(key)
-        if stored is None or len(stored) == 0 or self.faults[node].down:
-            return
-        if not self.safe_after(extra_bad_key=key):
-            return
-        inner = self.store.nodes[node].inner
-        entry = inner.records.get(key)
-        if entry is None or entry[0] is not stored:
-            return
-        rotten = PROTO.buffer.from_bytes(flip_byte(stored.to_bytes()))
-        self.mem[node]._store_dict[key] = rotten
-        inner.records[key] = (rotten, entry[1])  # same checksum record: bit rot
-        self.router.first = f"n{node}"  # and read the rotten replica first
-        self.read(key)
-
-    @rule(key=KEYS, value=VALUES, pair=st.sampled_from([(0, 1), (1, 2), (2, 3), (0, 3)]))
-    def write_without_quorum(self, key: str, value: bytes, pair: tuple[int, int]) -> None:
-        targets = {int(n.name[1:]) for n in self.store.targets(key)}
-        if len(targets - set(pair)) >= W or any(f.down for f in self.faults):
-            return
-        for i in pair:
-            self.faults[i].down = True
+    # --- writes and deletes ----------------------------------------------------------------
+    @rule(c=COORD, key=KEY, value=VALUE)
+    def write(self, c: int, key: str, value: bytes) -> None:
         try:
-            self.run(self.store.set(key, PROTO.buffer.from_bytes(value)))
-            raise AssertionError("write without quorum succeeded")
+            self.run(self.coords[c].set(key, PROTO.buffer.from_bytes(value)))
+            self.allowed[key] = {value}
+        except QuorumError:
+            self.allowed[key].add(value)
+
+    @rule(c=COORD, key=KEY)
+    def delete(self, c: int, key: str) -> None:
+        try:
+            self.run(self.coords[c].delete(key))
+            self.allowed[key] = {None}
+        except QuorumError:
+            self.allowed[key].add(None)
+
+    @rule(c=COORD, key=KEY, value=VALUE)
+    def create(self, c: int, key: str, value: bytes) -> None:
+        before = set(self.allowed[key])
+        try:
+            self.run(self.coords[c].set_if_not_exists(key, PROTO.buffer.from_bytes(value)))
+        except QuorumError:
+            self.allowed[key].add(value)
+            return
+        got = self.read_value(key, foreign=True)
+        assert got is not None, f"{key}: absent after set_if_not_exists returned"
+        assert got in before | {value}, key
+        if None not in before:
+            assert got in before, f"{key}: set_if_not_exists replaced an existing value"
+        self.allowed[key] = {got}
+
+    @rule(c=COORD, key=KEY, value=VALUE)
+    def write_with_every_commit_failing(self, c: int, key: str, value: bytes) -> None:
+        """Issue 11 item 1: prepare works, every commit fails; nothing may change."""
+        for f in self.faults:
+            f.fail_commits = True
+        try:
+            self.run(self.coords[c].set(key, PROTO.buffer.from_bytes(value)))
+            raise AssertionError("a write whose every commit failed succeeded")
         except QuorumError:
             pass
         finally:
-            for i in pair:
-                self.faults[i].down = False
+            for f in self.faults:
+                f.fail_commits = False
 
-    @precondition(lambda self: not any(f.down for f in self.faults))
+    @rule(c=COORD, key=KEY, value=VALUE, lost=SUBSET, failed=SUBSET)
+    def write_with_lost_replies(self, c: int, key: str, value: bytes, lost, failed) -> None:
+        """A crash between two steps: some commits land but their replies are lost, some
+        never land; the coordinator is then replaced by a fresh one (its hints gone)."""
+        nodes = self.targets(key)
+        for j in lost:
+            self.faults[nodes[j]].crash_after.add("commit")
+        for j in failed - lost:
+            self.faults[nodes[j]].fail_commits = True
+        self.write(c, key, value)
+        for f in self.faults:
+            f.crash_after.clear()
+            f.fail_commits = False
+        self.coords[c] = self._store(f"c{c}-{next(self.fresh)}")
+
+    @rule(c=COORD, key=KEY, v1=VALUE, v2=VALUE, j=st.integers(0, R - 1))
+    def late_commit(self, c: int, key: str, v1: bytes, v2: bytes, j: int) -> None:
+        """A commit of v1 lands on one replica after v2 was acknowledged there: the
+        replica's compare-and-swap must refuse it (no regression)."""
+        if self.faulty():
+            return
+        node, store = self.targets(key)[j], self.coords[c]
+        self.faults[node].hold_next["commit"], self.faults[node].gate = 1, True
+        try:
+            self.write(c, key, v1)  # returns after W acks and the grace; one commit held
+            self.write(c, key, v2)
+        finally:
+            self.faults[node].gate = False
+            self.faults[node].hold_next.clear()
+        while store._laggards:
+            self.run(asyncio.wait(set(store._laggards)))
+        self.run(store.flush())
+        if self.allowed[key] == {v2}:
+            best, _ = self.newest(key)
+            got = self.raw[node].state_now(key, tomb=True)
+            assert got.version == best, f"{key}: a late commit regressed n{node}"
+
+    @rule(c=COORD, key=KEY, half=SUBSET)
+    def delete_halfway(self, c: int, key: str, half) -> None:
+        """Deletes that remove the data but lose the tombstone on some replicas."""
+        nodes = self.targets(key)
+        for j in half:
+            self.faults[nodes[j]].half.add("bury")
+        self.delete(c, key)
+        for f in self.faults:
+            f.half.clear()
+
+    # --- reads -------------------------------------------------------------------------------
+    def read_value(self, key: str, *, foreign: bool, c: int = 0) -> bytes | None:
+        store = self._store(f"f{next(self.fresh)}") if foreign else self.coords[c]
+        got = self.run(store.get(key, PROTO))
+        self.run(store.flush())
+        return got.to_bytes() if got is not None else None
+
+    @rule(c=COORD, key=KEY, foreign=st.booleans(), first=NODE)
+    def read(self, c: int, key: str, foreign: bool, first: int) -> None:
+        self.router.first = f"n{first}"
+        tolerable = len(self.bad(key)) <= R - RQ
+        try:
+            got = self.read_value(key, foreign=foreign, c=c)
+        except ReplicaUnavailable:
+            assert not tolerable, f"{key}: unavailable with {self.bad(key)} bad replicas"
+            return
+        assert got in self.allowed[key], f"{key}: read {got!r}, allowed {self.allowed[key]}"
+
+    # --- faults ------------------------------------------------------------------------------
+    @rule(node=NODE)
+    def take_down(self, node: int) -> None:
+        extra = {k: {node} for k in KEYS if node in self.targets(k)}
+        if not self.faulty() and self.tolerates(extra):
+            self.faults[node].down = True
+
+    @rule(node=NODE)
+    def fill_disk(self, node: int) -> None:
+        extra = {k: {node} for k in KEYS if node in self.targets(k)}
+        if not self.faulty() and self.tolerates(extra):
+            self.faults[node].full_disk = True
+
     @rule()
-    def maintain(self) -> None:
-        self.run(self.store.replay_hints())
-        self.run(self.store.repair())
-        for key in self.model:
-            assert self.good_replicas(key) == R, key
+    def heal(self) -> None:
+        for i, f in enumerate(self.faults):
+            if f.down or f.full_disk:
+                f.down = f.full_disk = False
+                self.router.first = f"n{i}"
 
-    @invariant()
-    def background_work_settles(self) -> None:
-        self.run(self.store.flush())
+    def _at_rest(self, key: str, node: int) -> tuple[MemoryNode, object, str] | None:
+        raw = self.raw[node]
+        buf = raw._data.get(key)
+        entry = raw.side.records.get(key)
+        if buf is None or entry is None or entry[0] is not buf or self.faults[node].down:
+            return None
+        if node not in self.targets(key) or not self.tolerates({key: {node}}):
+            return None
+        return raw, buf, entry[1]
+
+    @rule(key=KEY, node=NODE)
+    def rot(self, key: str, node: int) -> None:
+        """Flip a stored byte (bit rot: the record stays)."""
+        got = self._at_rest(key, node)
+        if got is None or len(got[1]) == 0:
+            return
+        raw, buf, text = got
+        rotten = PROTO.buffer.from_bytes(flip_byte(buf.to_bytes()))
+        raw._data[key], raw.side.records[key] = rotten, (rotten, text)
+        self.damaged[key].add(node)
+        self.read(0, key, True, node)
+
+    @rule(key=KEY, node=NODE)
+    def strip_record(self, key: str, node: int) -> None:
+        """The record is lost (a copy tool); the bytes are rotten too (issue 11 item 8)."""
+        got = self._at_rest(key, node)
+        if got is None:
+            return
+        raw, buf, _ = got
+        raw._data[key] = PROTO.buffer.from_bytes(flip_byte(buf.to_bytes() or b"\0"))
+        del raw.side.records[key]
+        self.damaged[key].add(node)
+        self.read(0, key, True, node)
+
+    @rule(key=KEY, node=NODE, bit=st.integers(0, 62))
+    def flip_version(self, key: str, node: int, bit: int) -> None:
+        """A bit of the record's version counter flips (issue 11 item 5)."""
+        got = self._at_rest(key, node)
+        if got is None:
+            return
+        raw, buf, text = got
+        parts = text.split(":")
+        parts[2] = str(int(parts[2]) ^ (1 << bit))
+        raw.side.records[key] = (buf, ":".join(parts))
+        self.damaged[key].add(node)
+        self.read(0, key, True, node)
+
+    @rule(pair=st.sampled_from([("k0", "k1"), ("a/c/0", "a/c/1")]), node=NODE)
+    def swap(self, pair: tuple[str, str], node: int) -> None:
+        """Two files trade places on one node, records and all (issue 11 item 3)."""
+        a, b = pair
+        got_a, got_b = self._at_rest(a, node), self._at_rest(b, node)
+        if got_a is None or got_b is None or not self.tolerates({a: {node}, b: {node}}):
+            return
+        raw = self.raw[node]
+        raw._data[a], raw._data[b] = got_b[1], got_a[1]
+        raw.side.records[a], raw.side.records[b] = (got_b[1], got_b[2]), (got_a[1], got_a[2])
+        self.damaged[a].add(node)
+        self.damaged[b].add(node)
+        self.read(1, a, True, node)
+
+    @rule(seconds=st.floats(-600, 600))
+    def skew_clock(self, seconds: float) -> None:
+        """Nothing may order by the wall clock: skew it by up to ten minutes."""
+        _clock._OFFSET_NS = int(seconds * 1e9)
+
+    # --- maintenance -------------------------------------------------------------------------
+    @precondition(lambda self: not self.faulty())
+    @rule(c=COORD)
+    def repair(self, c: int) -> None:
+        """A repair from any coordinator (another process) leaves every replica agreeing."""
+        report = self.run(self.coords[c].repair())
+        assert not report.unrecoverable and not report.failed, report
+        for key in KEYS:
+            self.damaged[key].clear()
+            best, holders = self.newest(key)
+            assert holders == R or (best is None and holders == 0), (key, best, holders)
+            got = self.read_value(key, foreign=True)
+            assert got in self.allowed[key], f"{key}: repaired to {got!r}, not allowed"
+            self.allowed[key] = {got}
+        assert (self.run(self.coords[c].scrub())).ok
 
 
 ReplicatedMachine.TestCase.settings = settings(
-    max_examples=50,
-    stateful_step_count=50,  # up to 50 x 50 = 2,500 steps per run
+    max_examples=40,
+    stateful_step_count=40,  # up to 40 x 40 = 1,600 steps per run
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -1,0 +1,460 @@
+"""The disk tier's machinery: open and restart, read, invalidate, housekeeping.
+
+:class:`Engine` is everything a :class:`~swarmstore.cache.DiskTier` does, kept apart from
+it so the fill thread and the garbage-collection finalizer reference the engine, never
+the tier. Directory layout::
+
+    <path>/index.sqlite3     sizes, access order, reservations (``_diskindex``)
+    <path>/data/xxx/<name>   one file per cached value (``_diskformat``)
+    <path>/data/xxx/_gen     generations of the keys of that subdirectory (``_diskgens``)
+    <path>/data/_prefixes    prefix invalidations (``_diskgens``)
+    <path>/tmp/<owner>.<n>   fills being written (counted against the bound)
+    <path>/owners/<owner>    liveness locks of the processes using the directory
+    <path>/claims/<name>     single-flight claims (``_disklocks``)
+
+Mutations hold the directory lock and first check that the directory is still the one
+this process opened: a deleted cache directory stops this process's fills and is only
+re-created by a foreground call, with a :class:`~swarmstore.errors.CacheWarning`. Files
+are created, renamed and unlinked relative to the directory fds, so nothing is ever
+written into a directory that was deleted meanwhile. A replaced index is reopened (and
+rebuilt from the files when it is new); an unreadable one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import warnings
+from typing import TYPE_CHECKING
+
+import swarmstore.cache._diskformat as fmt
+from swarmstore import _clock
+from swarmstore.cache._diskevict import Space
+from swarmstore.cache._diskfill import FillQueue
+from swarmstore.cache._diskgens import Gens, Ticket, subdir
+from swarmstore.cache._diskindex import Index
+from swarmstore.cache._disklocks import Claims, DirLock, Owner
+from swarmstore.cache._diskpublish import Publisher
+from swarmstore.cache._span import WHOLE, Span
+from swarmstore.cache._tier import Entry
+from swarmstore.errors import CacheWarning
+
+if TYPE_CHECKING:
+    import pathlib
+    from collections.abc import Callable, Iterator
+
+__all__ = ["HOOKS", "Engine", "Gone"]
+
+logger = logging.getLogger(__name__)
+
+#: test hooks: a function run at a named point of publishing or invalidating (a kill)
+HOOKS: dict[str, Callable[[], None]] = {}
+_HOUSEKEEPING_EVERY = 1.0  # seconds between access-time writes and dead-owner sweeps
+_RETRY_BROKEN = 5.0  # seconds before a tier that could not open tries again
+_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class Gone(OSError):
+    """The cache directory was deleted or replaced under this process."""
+
+
+class Engine:
+    """The state and work of one DiskTier instance (one "process" of the directory)."""
+
+    def __init__(self, path: pathlib.Path, max_bytes: int, fsync: bool, pending: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.data = str(path / "data")
+        self.index = Index(path / "index.sqlite3")
+        self.publisher = Publisher(self)
+        self.gens = Gens(self.data, self.publisher.temp_name)
+        self.fills = FillQueue(self.publisher.publish, self.housekeeping, pending)
+        self.lock: DirLock | None = None
+        self.owner: Owner | None = None
+        self.claims = Claims(str(path / "claims"))
+        self.space: Space | None = None
+        self.tmp_fd = -1
+        self._mutex = threading.RLock()
+        self._touched: dict[str, None] = {}
+        self._last_chores = _clock.monotonic()
+        self._deferred: list[tuple[str, str, bool]] = []
+        self._pending: dict[tuple[str, str, bool], int] = {}
+        self._warned: set[str] = set()
+        self._later: list[str] = []
+        self.state = "new"  # "open", "gone" (directory deleted), "broken", "closed"
+        self._retry_at = 0.0
+        self.hits = self.misses = self.corrupt = self.errors = self.restarts = 0
+
+    @staticmethod
+    def at(point: str) -> None:
+        hook = HOOKS.get(point)
+        if hook is not None:
+            hook()
+
+    # -- open, restart, close -----------------------------------------------------------
+
+    def ensure_open(self, *, foreground: bool) -> bool:
+        """Open (first use, or after close) or restart; False when this call may not.
+
+        Only a foreground call (a read or write by a caller) creates a directory that is
+        missing, and warns when it had been open before: the fill thread never does.
+        """
+        if self.state == "open" and (not foreground or self._still_there()):
+            return True
+        with self._mutex:
+            if self.state == "open" and (not foreground or self._still_there()):
+                return True
+            if not foreground and self.state in ("gone", "broken"):
+                return False
+            if self.state == "broken" and _clock.monotonic() < self._retry_at:
+                return False
+            if self.state == "gone":
+                self.warn(f"disk cache directory {self.path} was removed; it starts afresh")
+            try:
+                self._open(create=foreground)
+            except (OSError, sqlite3.Error) as e:
+                self._release_fds()
+                self.index.close()
+                self.state, self._retry_at = "broken", _clock.monotonic() + _RETRY_BROKEN
+                self.errors += 1
+                self.warn(f"disk cache {self.path} cannot be used ({e}); bypassed for now")
+                return False
+            return True
+
+    def _still_there(self) -> bool:
+        """Whether the open directory is still in place (else this process's view is gone)."""
+        if self.lock is not None and self.lock.is_current():
+            return True
+        self.state = "gone"
+        return False
+
+    def _open(self, *, create: bool) -> None:
+        self._release_fds()
+        if not create and not (self.path / "data").is_dir():
+            raise Gone(f"disk cache directory {self.path} is missing")
+        for sub in ("data", "tmp", "owners", "claims"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self.lock = DirLock(self.data)
+        self.owner = Owner(str(self.path / "owners"))
+        self.tmp_fd = os.open(self.path / "tmp", _O_DIR)
+        self.space = Space(
+            self.index, self.max_bytes, self.unlink, self.tmp_fd,
+            str(self.path / "owners"), self.owner.token,
+        )  # fmt: skip
+        with self.lock.held():
+            self._open_index()
+            with self.index.transaction() as db:
+                self.space.reclaim(db)
+                self.space.shrink(db)
+        self.state = "open"
+
+    def _open_index(self) -> None:
+        """Open the index at ``path`` (held lock); rebuild it from the files if it is new."""
+        try:
+            fresh = self.index.open()
+        except sqlite3.DatabaseError as e:
+            self.index.recreate()  # raises if even that fails: the caller bypasses the tier
+            self.warn(f"disk cache index {self.index.path} was unreadable ({e}); rebuilt")
+            fresh = True
+        if fresh:
+            self.restarts += 1
+            self._reindex()
+
+    def _reindex(self) -> None:
+        rows = []
+        for sub in os.scandir(self.data):
+            if not sub.is_dir():
+                continue
+            for f in os.scandir(sub.path):
+                if f.name == "_gen":
+                    continue
+                row = _describe(f.path, f.name, self.gens)
+                if row is None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(f.path)  # foreign, corrupt, stale or an old format
+                else:
+                    rows.append(row)
+        with self.index.transaction() as db:
+            self.index.reindex(db, rows)
+
+    def close(self, *, flush: bool = True) -> None:
+        """Write what is queued (if ``flush``), stop the fill thread, release everything."""
+        if flush:
+            self.fills.close()
+        else:  # garbage collection or exit: never wait on the disk or on other processes
+            self.fills.close(timeout=0)
+        with self._mutex:
+            if flush:
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    self._write_touches()
+            self.index.close()
+            self._release_fds()
+            if self.state == "open":
+                self.state = "closed"
+
+    def _release_fds(self) -> None:
+        for thing in (self.lock, self.owner):
+            if thing is not None:
+                thing.close()
+        self.lock = self.owner = None
+        if self.tmp_fd >= 0:
+            os.close(self.tmp_fd)
+            self.tmp_fd = -1
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[DirLock]:
+        """The directory lock, after checking the directory is still this process's."""
+        lock = self.lock
+        if lock is None or self.state != "open":
+            raise Gone(f"disk cache {self.path} is not open")
+        with lock.held():
+            if not lock.is_current():
+                self.state = "gone"
+                raise Gone(f"disk cache directory {self.path} was removed")
+            yield lock
+
+    @contextlib.contextmanager
+    def locked(self, after: list[Callable[[], None]] | None = None) -> Iterator[sqlite3.Connection]:
+        """:meth:`held`, and an index transaction on the current index.
+
+        ``after``: callables run once the transaction has committed, the lock still held
+        (publishing renames files in there, so each published file has its row).
+        """
+        with self.held():
+            if not self.index.is_current():
+                self.warn(f"disk cache index {self.index.path} was replaced; reopened")
+                self._open_index()
+            try:
+                with self.index.transaction() as db:
+                    yield db
+            except sqlite3.DatabaseError as e:
+                if not (isinstance(e, sqlite3.OperationalError) and "locked" in str(e)):
+                    self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
+                    self.index.recreate()
+                    self._reindex()
+                raise
+            for fn in after or ():
+                fn()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def file(self, name: str) -> str:
+        return f"{self.data}/{subdir(name)}/{name}"
+
+    def might_have(self, ns: str, key: str, span: Span) -> bool:
+        names = (WHOLE, span) if span is not WHOLE else (WHOLE,)
+        return any(os.path.exists(self.file(fmt.name_of(ns, key, s))) for s in names)
+
+    def read(self, ns: str, key: str, span: Span) -> Entry | None:
+        if (self._pending and self.is_pending(ns, key)) or self.state in ("gone", "broken"):
+            self.misses += 1
+            return None
+        for stored in (WHOLE, span) if span is not WHOLE else (WHOLE,):
+            name = fmt.name_of(ns, key, stored)
+            try:
+                got = fmt.read_file(self.file(name), ns, key, stored, span)
+            except FileNotFoundError:
+                continue
+            except fmt.Corrupt as e:
+                self.drop(name, str(e))
+                continue
+            except OSError as e:
+                self.warn(f"disk cache read of {key!r} failed ({e}); using the backing store")
+                continue
+            if got is None:
+                continue
+            head, data = got
+            if self.gens.covered(ns, key, head.prefixes):  # a delete_dir the index missed
+                self.drop(name, "under a prefix invalidated since it was filled")
+                continue
+            self.hits += 1
+            self.touch(name)
+            return Entry(data, head.filled_at, head.token)
+        self.misses += 1
+        return None
+
+    def drop(self, name: str, why: str) -> None:
+        """Delete a file that must not be served (corrupt, or stale)."""
+        self.corrupt += 1
+        logger.warning("Disk cache file %s dropped (%s); refetched", name, why)
+        try:
+            if not self.ensure_open(foreground=True):
+                return
+            with self.locked() as db:
+                self.unlink(name)
+                self.index.delete(db, list(self.index.sizes(db, [name]).items()))
+        except (OSError, sqlite3.Error) as e:
+            self.warn(f"could not drop disk cache file {name} ({e})")
+
+    def unlink(self, name: str) -> None:
+        assert self.lock is not None
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(f"{subdir(name)}/{name}", dir_fd=self.lock.fd)
+
+    def ticket(self, ns: str, key: str) -> Ticket | None:
+        """The ticket a fill takes before its fetch (None: this tier cannot take fills)."""
+        if self._later:
+            self.raise_warnings()
+        if not self.ensure_open(foreground=True):
+            return None
+        return self.gens.ticket(fmt.key_stem(ns, key))
+
+    # -- invalidation -------------------------------------------------------------------
+
+    def invalidate(self, ns: str, key: str, prefix: bool, *, foreground: bool = True) -> None:
+        """Void the tickets of ``key`` (or prefix) taken before now and drop its files.
+
+        The generation files and the files' names decide, not the index, so this holds
+        whatever state the index is in. Raises OSError if the directory cannot be used.
+        """
+        if self.ensure_open(foreground=foreground):
+            with self.held() as lock:
+                self._invalidate_in(lock.fd, self.tmp_fd, ns, key, prefix)
+                self.at("bumped")
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    self._drop_rows(ns, key, prefix)
+            return
+        if self.state != "broken" or not os.path.isdir(self.data):
+            return  # the directory is gone: nothing of it can be read
+        # no index here, but other processes may read the files: lock and drop them anyway
+        lock = DirLock(self.data)
+        try:
+            tmp_fd = os.open(self.path / "tmp", _O_DIR)
+            try:
+                with lock.held():
+                    self._invalidate_in(lock.fd, tmp_fd, ns, key, prefix)
+            finally:
+                os.close(tmp_fd)
+        finally:
+            lock.close()
+
+    def _invalidate_in(self, data_fd: int, tmp_fd: int, ns: str, key: str, prefix: bool) -> None:
+        if prefix:
+            self.gens.bump_prefix(data_fd, tmp_fd, ns, key)
+        else:
+            stem = fmt.key_stem(ns, key)
+            self.gens.bump(data_fd, tmp_fd, stem)
+            self._unlink_stem(data_fd, stem)
+
+    def _unlink_stem(self, data_fd: int, stem: str) -> None:
+        sub = subdir(stem)
+        try:
+            names = os.listdir(os.path.join(self.data, sub))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(stem):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{sub}/{name}", dir_fd=data_fd)
+
+    def _drop_rows(self, ns: str, key: str, prefix: bool) -> None:
+        """The index's side of an invalidation (held lock): unlink what it lists, drop rows."""
+        if not self.index.is_current():
+            self._open_index()
+        try:
+            with self.index.transaction() as db:
+                rows = self.index.rows_of(db, ns, key, prefix=prefix)
+                for name, _ in rows:  # files first, rows after
+                    self.unlink(name)
+                self.index.delete(db, rows)
+        except sqlite3.DatabaseError as e:
+            self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
+            self.index.recreate()
+            self._reindex()
+
+    def defer(self, ns: str, key: str, prefix: bool) -> None:
+        """Invalidate soon, in the fill thread; reads of the key miss until it is done."""
+        with self._mutex:
+            self._pending[(ns, key, prefix)] = self._pending.get((ns, key, prefix), 0) + 1
+            self._deferred.append((ns, key, prefix))
+        self.fills.want_housekeeping()
+
+    def is_pending(self, ns: str, key: str) -> bool:
+        pending = list(self._pending)
+        return any(
+            p_ns == ns and (k == key or (pre and key.startswith(k))) for p_ns, k, pre in pending
+        )
+
+    def _run_deferred(self) -> None:
+        with self._mutex:
+            todo, self._deferred = self._deferred, []
+        for item in todo:
+            try:
+                self.invalidate(*item, foreground=False)
+            except OSError as e:
+                self.warn(f"disk cache could not drop {item[1]!r} ({e})")
+            finally:
+                with self._mutex:
+                    left = self._pending.pop(item, 1) - 1
+                    if left > 0:
+                        self._pending[item] = left
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def touch(self, name: str) -> None:
+        """Note an access (written with the next housekeeping, about once a second)."""
+        self._touched[name] = None
+        if _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY:
+            self._last_chores = _clock.monotonic()
+            self.fills.want_housekeeping()
+
+    def housekeeping(self) -> None:
+        """Deferred invalidations, access times, dead owners' temp files (fill thread)."""
+        if self._deferred:
+            self._run_deferred()
+        try:
+            self._write_touches()
+            due = _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY
+            if self.state == "open" and due:
+                self._last_chores = _clock.monotonic()
+                with self.locked() as db:
+                    assert self.space is not None
+                    self.space.reclaim(db)
+        except (OSError, sqlite3.Error) as e:
+            self.warn(f"disk cache index at {self.path} failed ({e})")
+
+    def _write_touches(self) -> None:
+        if not self._touched or not self.ensure_open(foreground=False):
+            return
+        touched, self._touched = self._touched, {}
+        with self.locked() as db:
+            self.index.touch(db, touched)
+
+    def warn(self, message: str) -> None:
+        """Log ``message``; the first time of its kind, a CacheWarning too, on a caller's
+        thread (from the fill thread it waits for the next call: :meth:`raise_warnings`)."""
+        logger.warning("%s", message)
+        kind = message.split("(")[0]
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        if threading.current_thread().name == "swarmstore-disk-fill":
+            self._later.append(message)
+        else:
+            warnings.warn(message, CacheWarning, stacklevel=4)
+
+    def raise_warnings(self) -> None:
+        """Issue the CacheWarnings the fill thread noted (on this, a caller's, thread)."""
+        while self._later:
+            warnings.warn(self._later.pop(0), CacheWarning, stacklevel=4)
+
+
+def _describe(path: str, name: str, gens: Gens) -> tuple[str, str, str, int] | None:
+    """``(name, ns, key, size)`` of a well-formed, current file stored under its own name."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(fmt.PREFIX.size)
+            raw += f.read(fmt.prefix_length(raw) - len(raw))
+            size = os.fstat(f.fileno()).st_size
+        head = fmt.decode_header(raw, size)
+    except (OSError, fmt.Corrupt):
+        return None
+    if fmt.key_stem(head.ns, head.key) + fmt.span_digest(head.span) != name:
+        return None
+    if gens.covered(head.ns, head.key, head.prefixes):
+        return None
+    return name, head.ns, head.key, size

@@ -1,0 +1,173 @@
+"""Publishing fills: reserve room, write temp files, then make them visible in one step.
+
+1. *Reserve* (directory lock, one index transaction): the batch's sizes must fit the
+   bound (``_diskevict``); what does not fit is cut; the rest becomes this process's
+   reservation, so temp files being written count against the bound.
+2. *Stage* (no lock): each value to its own temp file in ``tmp/``, fsynced if asked.
+3. *Commit* (directory lock): each fill whose ticket is still current (``_diskgens``)
+   gets its index row, the transaction commits, and only then are the temp files renamed
+   into place, the lock still held: an invalidation cannot run between the check and the
+   rename, and every published file has its row (the bound sees it).
+
+A fill that is dropped (stale ticket, cut, a failure) releases its claim, so a process
+waiting for it fetches the value itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import swarmstore.cache._diskformat as fmt
+from swarmstore.cache._diskgens import subdir
+
+if TYPE_CHECKING:
+    from swarmstore.cache._diskengine import Engine
+    from swarmstore.cache._diskfill import Fill
+
+__all__ = ["Publisher"]
+
+logger = logging.getLogger(__name__)
+
+_O_TMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+type Staged = tuple["Fill", str, int]  # fill, temp file name, size
+
+
+class Publisher:
+    """The fill path of one :class:`~swarmstore.cache._diskengine.Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+        self._seq = itertools.count()
+        self.writes = self.cut = self.errors = 0
+
+    def temp_name(self) -> str:
+        owner = self.e.owner
+        token = owner.token if owner is not None else f"detached-{os.getpid()}"
+        return f"{token}.{next(self._seq)}"
+
+    def publish(self, batch: list[Fill]) -> None:
+        """Write ``batch`` and publish what is still fresh (fill thread, or a caller)."""
+        e = self.e
+        try:
+            if not e.ensure_open(foreground=False):
+                return
+            items = self._reserve(batch)
+            if not items:
+                return
+            try:
+                self._commit(self._stage(items))
+            except BaseException:
+                self._clear_reservation()
+                raise
+        except OSError as err:  # Gone included: the directory was removed
+            self._failed(err)
+        except sqlite3.Error as err:
+            self._failed(err)
+
+    def _failed(self, err: Exception) -> None:
+        if self.e.state == "gone":
+            logger.info("disk cache %s is gone; fills dropped", self.e.path)
+            return
+        self.errors += 1
+        self.e.warn(f"disk cache writes to {self.e.path} failed ({err})")
+
+    def _reserve(self, batch: list[Fill]) -> list[tuple[Fill, tuple[Any, ...], int]]:
+        e = self.e
+        encoded = []
+        for fill in batch:
+            mark = fill.ticket.prefixes if fill.ticket is not None else ""
+            parts = fmt.encode(
+                fill.ns, fill.key, fill.span, fill.data, fill.filled_at, fill.token, mark
+            )
+            encoded.append((fill, parts, sum(len(p) for p in parts)))
+        assert e.space is not None
+        with e.locked() as db:
+            fits = e.space.fit(db, [size for _, _, size in encoded])
+        self.cut += fits.count(False)
+        e.at("reserved")
+        return [item for item, ok in zip(encoded, fits, strict=True) if ok]
+
+    def _stage(self, items: list[tuple[Fill, tuple[Any, ...], int]]) -> list[Staged]:
+        """Write each value to a temp file; (fill, temp name, size) of those written."""
+        staged: list[Staged] = []
+        fds = []
+        try:
+            for fill, parts, size in items:
+                tmp = self.temp_name()
+                fd = os.open(tmp, _O_TMP, 0o644, dir_fd=self.e.tmp_fd)
+                fds.append(fd)
+                staged.append((fill, tmp, size))
+                for part in parts:
+                    if os.write(fd, part) != len(part):
+                        raise OSError("short write to a disk cache temp file")
+            if self.e.fsync:
+                for fd in fds:
+                    os.fsync(fd)
+        except BaseException:
+            self._discard(staged)
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.e.at("staged")
+        return staged
+
+    def _commit(self, staged: list[Staged]) -> None:
+        """Rows first (committed), then renames, under one hold of the directory lock."""
+        e = self.e
+        assert e.owner is not None
+        fresh: dict[str, Staged] = {}  # name -> staged; the last fill of a name wins
+        try:
+            with e.locked(after=[lambda: self._rename_all(fresh)]) as db:
+                for item in staged:
+                    fill = item[0]
+                    stem = fmt.key_stem(fill.ns, fill.key)
+                    if fill.ticket is not None and e.gens.current(
+                        stem, fill.ns, fill.key, fill.ticket
+                    ):
+                        fresh[fmt.name_of(fill.ns, fill.key, fill.span)] = item
+                rows = [(n, f.ns, f.key, size) for n, (f, _, size) in fresh.items()]
+                e.index.insert(db, rows)
+                e.index.set_reservation(db, e.owner.token, 0)
+                e.at("inserted")
+        finally:
+            self._discard([s for s in staged if not s[0].done])  # dropped, or not renamed
+
+    def _rename_all(self, fresh: dict[str, Staged]) -> None:
+        e = self.e
+        e.at("committed")
+        for name, (fill, tmp, _) in fresh.items():
+            self._rename(tmp, name)
+            fill.done = True
+            fill.release()
+            self.writes += 1
+            e.at("renamed")
+
+    def _rename(self, tmp: str, name: str) -> None:
+        e = self.e
+        assert e.lock is not None
+        sub = subdir(name)
+        try:
+            os.replace(tmp, f"{sub}/{name}", src_dir_fd=e.tmp_fd, dst_dir_fd=e.lock.fd)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub, dir_fd=e.lock.fd)
+            os.replace(tmp, f"{sub}/{name}", src_dir_fd=e.tmp_fd, dst_dir_fd=e.lock.fd)
+
+    def _discard(self, staged: list[Staged]) -> None:
+        for _, tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.e.tmp_fd)
+
+    def _clear_reservation(self) -> None:
+        e = self.e
+        if e.owner is None or e.state != "open":
+            return
+        with contextlib.suppress(OSError, sqlite3.Error), e.locked() as db:
+            e.index.set_reservation(db, e.owner.token, 0)

@@ -1,0 +1,83 @@
+"""What the checkpoint asks of a store, by capability, never by swarmstore type.
+
+- :func:`control_store`: where commits, refs, markers and listings go. A caching store
+  announces itself with ``is_cache = True`` and names what it caches as ``backing``; the
+  checkpoint looks through it so every process sees the same committed state.
+- :func:`atomic_create`: whether ``set_if_not_exists`` is an atomic create across
+  writers. A store announces it with ``supports_atomic_create = True`` (ReplicatedStore
+  does: a quorum of atomic creates). zarr's own stores are known here: ``LocalStore``
+  (``os.link``), ``FsspecStore`` on S3 (``If-None-Match: *``), ``MemoryStore``
+  (in-process only).
+- :func:`forget_listings`: drop fsspec's cached listings (s3fs answers existence from
+  them), so a key another process created since is not reported missing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
+
+__all__ = ["Guarantee", "atomic_create", "control_store", "forget_listings", "is_s3"]
+
+type Guarantee = Literal["atomic", "atomic-in-process", "store-defined"]
+
+
+def _is_cache(store: Store) -> bool:
+    if getattr(store, "is_cache", False):
+        return True
+    # TieredStore predates the ``is_cache`` flag: recognised by where it lives, without
+    # importing it (checkpoint never imports cache), until it announces the flag itself.
+    return type(store).__module__.startswith("swarmstore.cache") and hasattr(store, "backing")
+
+
+def control_store(store: Store) -> Store:
+    """``store`` without the caches above it: where commits and listings must go.
+
+    A cache may answer from RAM or disk (absent keys included) what another process has
+    changed since; refs, markers and locks are read and written on the store beneath.
+    Objects and pieces, immutable by construction, are still read through the cache.
+    """
+    while _is_cache(store):
+        store = store.backing  # type: ignore[attr-defined]
+    return store
+
+
+def is_s3(store: Store) -> bool:
+    """An ``FsspecStore`` over s3fs (commits use S3's conditional ``PutObject``)."""
+    if not isinstance(store, FsspecStore):
+        return False
+    protocol = store.fs.protocol
+    return "s3" in (protocol if isinstance(protocol, tuple | list) else (protocol,))
+
+
+def atomic_create(store: Store) -> Guarantee:
+    """How atomic ``set_if_not_exists`` on ``store`` is against a concurrent writer."""
+    store = control_store(store)
+    if getattr(store, "supports_atomic_create", False) or is_s3(store):
+        return "atomic"
+    if isinstance(store, LocalStore):
+        return "atomic"
+    if isinstance(store, MemoryStore) or getattr(store, "atomic_in_process", False):
+        return "atomic-in-process"
+    return "store-defined"
+
+
+def forget_listings(store: Store) -> bool:
+    """Drop fsspec's cached directory listings under ``store``; True if it had any cache.
+
+    s3fs answers ``_info`` (and so the size probe in ``_cat_file``) from cached listings:
+    once a prefix was listed, a key another process created since reads as missing.
+    Checkpoints are shared between processes, so each operation starts from fresh
+    listings, and a missing object is retried once after forgetting them.
+    """
+    while isinstance(store, WrapperStore):
+        store = store._store
+    fs = getattr(store, "fs", None)
+    if fs is None or not hasattr(fs, "invalidate_cache"):
+        return False
+    fs.invalidate_cache()
+    return True

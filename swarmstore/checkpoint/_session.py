@@ -1,0 +1,356 @@
+"""Sessions: write into a branch through a zarr store, then commit once.
+
+``Session.store`` is a writable :class:`ManifestStore` over the branch's tip: plain zarr
+or xarray (``to_zarr(region=...)``) write into it, and only the chunks they write are
+encoded, hashed and stored. ``commit`` then runs the protocol, each step a point the
+crash tests kill at (``_trace``):
+
+1. ``save:marker``    the session's ``inflight/`` marker is written (at the start) and
+                      renewed while it lives, so collections spare its objects;
+2. ``save:written``   the objects are in (written by zarr, or by Dask workers);
+3. ``save:pieces``    the manifest pieces the changes fall into are rewritten;
+4. ``save:snapshot``  the snapshot document is written under a fresh id;
+5. ``save:committed`` the branch moves: one conditional create of its next version.
+                      If another writer moved it first, and the two changed disjoint
+                      chunks, the session rebases onto the new tip and goes back to 3;
+                      otherwise :class:`CheckpointConflictError`;
+6. ``save:done``      the marker is removed.
+
+A crash before 5 leaves the branch where it was (the partial objects, pieces and
+snapshot are garbage); after 5 the commit is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+import swarmstore.checkpoint._json as _json
+import swarmstore.checkpoint._trace as trace
+from swarmstore import _clock
+from swarmstore.checkpoint._diff import diff_trees
+from swarmstore.checkpoint._lease import Lease, LeaseTerms
+from swarmstore.checkpoint._manifest import INFLIGHT, check_step, is_metadata_key
+from swarmstore.checkpoint._objects import existing
+from swarmstore.checkpoint._snapshot import Snapshot, new_id, piece_key, snapshot_key
+from swarmstore.checkpoint._store import ManifestStore
+from swarmstore.checkpoint._tree import merge
+from swarmstore.errors import (
+    CheckpointConflictError,
+    CheckpointNotFoundError,
+    LeaseLostError,
+    ManifestError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable, Mapping
+
+    from swarmstore.checkpoint._manifest import Entry
+    from swarmstore.checkpoint._refs import Ref
+    from swarmstore.checkpoint._repo import Commit, Repo
+
+__all__ = ["Session", "open_session"]
+
+logger = logging.getLogger(__name__)
+
+ATTEMPTS = 8
+
+
+def _array_nodes(meta: Mapping[str, Any]) -> set[str]:
+    """Nodes whose array definition (``zarr.json`` of an array, ``.zarray``) is in ``meta``."""
+    nodes = set()
+    for key, text in meta.items():
+        name = key.rsplit("/", 1)[-1]
+        node = key.rsplit("/", 1)[0] if "/" in key else ""
+        if name == ".zarray" or (name == "zarr.json" and '"array"' in str(text)):
+            nodes.add(node)
+    return nodes
+
+
+def clashes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """Keys both sides changed, and keys one side changed in an array the other redefined."""
+    found = set(ours) & set(theirs)
+    for a, b in ((ours, theirs), (theirs, ours)):
+        for node in _array_nodes({k: v for k, v in b.items() if is_metadata_key(k)}):
+            start = f"{node}/" if node else ""
+            found.update(k for k in a if k.startswith(start))
+    return sorted(found)
+
+
+class Session:
+    """A writable view of one branch (see the module docstring); commit it once.
+
+    ``full``: the writes are a whole new state (``CheckpointManager.save``): keys of the
+    base that were not written are deleted at commit, and rewrites of unchanged bytes
+    count as no change.
+    """
+
+    def __init__(
+        self,
+        repo: Repo,
+        branch: str,
+        tip: Ref | None,
+        base: Snapshot | None,
+        history: list[Commit],
+        *,
+        verify: bool,
+        terms: LeaseTerms,
+        known: Collection[str] = (),
+        full: bool = False,
+    ) -> None:
+        self.repo, self.branch, self.full = repo, branch, full
+        self._tip, self.base, self._history = tip, base, history
+        #: the base's entries; a full session's store starts empty (the writes are the whole
+        #: new state) and is compared with this tree at commit
+        self.tree = repo.tree(base)
+        start = repo.tree(None) if full else self.tree
+        self.store = ManifestStore(repo.store, base=start, verify=verify, known=known)
+        self._kept: set[str] = set()
+        self._pending: dict[str, Entry | None] | None = None
+        self._claimed: set[str] = set()
+        self.manifest_bytes = 0
+        self._done = False
+        #: written (and renewed) by ``open_session`` before anything else
+        self._marker = Lease(repo.control, f"{INFLIGHT}{new_id()}.json", {"branch": branch}, terms)
+
+    @property
+    def parent(self) -> Snapshot | None:
+        """The snapshot this session writes on top of (moves on a rebase)."""
+        return self.base
+
+    def keep(self, keys: Iterable[str]) -> None:
+        """In a full session, keep these base keys as they are (unchanged chunks not rewritten)."""
+        self._kept.update(keys)
+
+    def fork(self) -> ManifestStore:
+        """A writable copy for another process (a Dask task); ``merge`` what it changed."""
+        store = ManifestStore(
+            self.repo.store,
+            base=self.store.base,
+            verify=self.store.verify,
+            known=self.store.known,
+        )
+        return store
+
+    def merge(self, *changes: ManifestStore | Mapping[str, Entry | None]) -> None:
+        """Take in the changes of forks (their stores, or the maps their tasks returned)."""
+        mine = self.store.changes
+        for part in changes:
+            part = part.changes if isinstance(part, ManifestStore) else part
+            for key, entry in part.items():
+                if key in mine and mine[key] != entry and not is_metadata_key(key):
+                    raise ValueError(f"two forks wrote {key!r} with different bytes")
+                mine[key] = entry
+
+    def commit(
+        self,
+        step: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        message: str = "",
+        *,
+        rebase: bool = True,
+    ) -> Snapshot:
+        """Commit the session's writes as ``step`` (default: newest step + 1) on its branch."""
+        if self._done:
+            raise RuntimeError("this session was committed or closed already; open a new one")
+        meta = dict(metadata or {})
+        _json.check_plain(meta, "checkpoint metadata")
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a string, got {message!r}")
+        try:
+            snap = sync(self._commit(step, meta, message, rebase))
+        except CheckpointConflictError as e:
+            if not getattr(e, "disjoint", False):
+                self.close()
+            raise  # disjoint: still open, so the caller can rebase() and commit again
+        except BaseException:
+            self.close()
+            raise
+        self.close()
+        return snap
+
+    def rebase(self) -> None:
+        """Move onto the branch's current tip; :class:`CheckpointConflictError` on overlap."""
+        sync(self._rebase(sync(self._changes()), True, None))
+
+    def close(self) -> None:
+        """Give up the session (its writes become garbage); idempotent."""
+        if not self._done:
+            self._done = True
+            sync(self._marker.release())
+            trace.point("save:done")
+
+    def __del__(self) -> None:
+        # a session dropped without commit or close: stop its heartbeat so its marker dies
+        # within a lease (and no pending task is left for the interpreter to complain about)
+        if not getattr(self, "_done", True):
+            self._marker.abandon()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def _step(self, step: int | None) -> int:
+        steps = {c.step for c in self._history}
+        if step is None:
+            return max(steps) + 1 if steps else 0
+        step = check_step(step)
+        if step in steps:
+            raise CheckpointConflictError(
+                f"step {step} is already committed on branch {self.branch!r}"
+            )
+        return step
+
+    async def _changes(self) -> dict[str, Entry | None]:
+        if self._pending is None:
+            self._pending = await self._effective()
+        return self._pending
+
+    async def _effective(self) -> dict[str, Entry | None]:
+        """The writes as changes to the base (computed once, against the first base)."""
+        changes = dict(self.store.changes)
+        if not self.full:
+            return changes
+        before = await self.tree.entries()
+        # the new state is the whole of it: any concurrent change to a key it holds (or
+        # held) conflicts, even where it equals the base
+        self._claimed = set(before) | set(changes)
+        for key, entry in before.items():
+            if key not in changes and key not in self._kept:
+                changes[key] = None  # not part of the new state
+            elif changes.get(key) == entry:
+                del changes[key]  # rewritten unchanged
+        return {k: e for k, e in changes.items() if e is not None or k in before}
+
+    async def _commit(
+        self, step: int | None, metadata: dict[str, Any], message: str, rebase: bool
+    ) -> Snapshot:
+        trace.point("save:written")
+        changes = await self._changes()
+        for _ in range(ATTEMPTS):
+            number = self._step(step)
+            snap, held = await self._write(changes, number, metadata, message)
+            if not held:
+                raise LeaseLostError(
+                    f"the save of step {number} went without a heartbeat for longer than "
+                    f"the {self._marker.terms.lease:g} s lease and may have lost objects; "
+                    "nothing was committed: save again"
+                )
+            if await self.repo.refs.advance(self.branch, self._tip, snap) is not None:
+                trace.point("save:committed")
+                return snap
+            await self._rebase(changes, rebase, step)
+        raise CheckpointConflictError(
+            f"branch {self.branch!r} kept moving: {ATTEMPTS} commits in a row lost the race"
+        )
+
+    async def _write(
+        self, changes: dict[str, Entry | None], step: int, metadata: dict[str, Any], message: str
+    ) -> tuple[Snapshot, bool]:
+        """Pieces, then the snapshot; returns it and whether the marker is still ours."""
+        merged = await merge(self.tree, changes, self.store.dropped)
+        proto = default_buffer_prototype()
+        sem = asyncio.Semaphore(self.repo.limit)
+
+        async def put(key: str, data: bytes) -> None:
+            async with sem:
+                await self.repo.store.set(key, proto.buffer.from_bytes(data))
+
+        await asyncio.gather(*(put(piece_key(r.hash), d) for r, d in merged.new))
+        trace.point("save:pieces")
+        snap = Snapshot(
+            new_id(),
+            self.base.id if self.base else None,
+            step,
+            _clock.wall(),
+            metadata,
+            merged.inline,
+            merged.nodes,
+            message,
+        )
+        body = proto.buffer.from_bytes(snap.to_bytes())
+        #: bytes of manifest pieces and snapshot the (last) commit attempt wrote
+        self.manifest_bytes = len(body) + sum(len(d) for _, d in merged.new)
+        _, held = await asyncio.gather(
+            self.repo.control.set(snapshot_key(snap.id), body), self._marker.held()
+        )
+        trace.point("save:snapshot")
+        return snap, held
+
+    async def _rebase(
+        self, changes: dict[str, Entry | None], rebase: bool, step: int | None
+    ) -> None:
+        """Move onto the branch's new tip if the two sides changed disjoint chunks."""
+        tip = await self.repo.refs.tip(self.branch)
+        history = await self.repo.history(self.branch)
+        new_base = await self.repo.snapshot(tip.snapshot) if tip else None
+        theirs = await diff_trees(self.tree, self.repo.tree(new_base))
+        ours = dict.fromkeys(self._claimed, None) | changes if self.full else changes
+        clash = clashes(ours, {k: _text(theirs, k) for k in theirs.keys})
+        taken = step is not None and any(c.step == step for c in history)
+        if clash or taken or not rebase:
+            error = CheckpointConflictError(
+                f"branch {self.branch!r} moved while this session wrote"
+                + (f": both changed {clash[:5]}" if clash else "")
+                + (f": step {step} was committed meanwhile" if taken else "")
+                + ("" if clash or taken else ": the changes are disjoint, rebase() and commit")
+            )
+            error.keys, error.disjoint = clash, not clash and not taken  # type: ignore[attr-defined]
+            raise error
+        self._tip, self.base, self._history = tip, new_base, history
+        self.tree = self.repo.tree(new_base)
+        if not self.full:
+            self.store.base = self.tree
+
+
+async def _readable(repo: Repo, history: list[Commit]) -> Snapshot | None:
+    for commit in reversed(history):
+        try:
+            return await repo.snapshot(commit.snapshot)
+        except (ManifestError, CheckpointNotFoundError) as e:
+            logger.warning("Skipping step %d: %s", commit.step, e)
+    return None
+
+
+async def open_session(
+    repo: Repo, branch: str, *, full: bool, verify: bool, terms: LeaseTerms
+) -> Session:
+    """A session on ``branch``'s tip (for a full save, over a damaged tip: on the newest
+    snapshot that reads, since a full save only reuses its base's objects)."""
+    await repo.fresh()
+    history = await repo.history(branch)
+    seen = repo.refs_seen.get(branch)
+    tip = seen[-1] if seen else None  # the newest readable version, from that listing
+    try:
+        base = await repo.snapshot(tip.snapshot) if tip else await _readable(repo, history)
+    except (ManifestError, CheckpointNotFoundError):
+        if not full:
+            raise  # a session builds on the tip's content: it must read
+        base = await _readable(repo, history)
+    known: set[str] = set()
+    if full and base is not None:
+        # reuse only the base's objects that are really there: a lost one is rewritten
+        known = await existing(repo.control, await repo.tree(base).hashes(), repo.limit)
+    session = Session(
+        repo, branch, tip, base, history, verify=verify, terms=terms, known=known, full=full
+    )
+    await session._marker.write()
+    trace.point("save:marker")
+    return session
+
+
+def _text(diff: Any, key: str) -> Any:
+    for side in (diff.added, diff.removed):
+        if key in side:
+            return side[key]
+    a, b = diff.changed[key]
+    return json.dumps([a, b]) if not isinstance(a, str) else a + b

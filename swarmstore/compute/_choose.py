@@ -1,0 +1,108 @@
+"""Which worker takes a job now: GPU slots and memory, best fit, urgent jobs ahead of others.
+
+Pure functions over the workers as declared and the work committed to each (see
+:class:`~swarmstore.compute.dispatch.Dispatcher` for the policy they implement).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from swarmstore.compute._jobs import Committed, Job
+    from swarmstore.compute.placement import WorkerInfo
+
+__all__ = ["choose_gpu_worker", "choose_urgent_worker"]
+
+
+def _load(cs: Iterable[Committed]) -> tuple[float, float]:
+    cs = list(cs)
+    return sum(c.gpu for c in cs), sum(c.gpu_memory for c in cs)
+
+
+def choose_gpu_worker(
+    job: Job,
+    capable: list[WorkerInfo],
+    committed: Callable[[str], Iterable[Committed]],
+    *,
+    prefetch: float,
+    top_priority: float,
+) -> str | None:
+    """The worker ``job`` goes to now among ``capable`` (running, able to run it), or None.
+
+    A free slot before prefetch room, the smallest GPU that fits, then the least loaded.
+    Prefetch room is for jobs that need this size of GPU, and waits while more urgent GPU
+    work is on its way (it would wait behind what is prefetched now).
+    """
+    smallest = min(w.memory_per_gpu for w in capable)
+    best: tuple[Any, ...] | None = None
+    choice = None
+    for w in capable:
+        used, mem = _load(committed(w.address))
+        free = used + job.gpu <= w.gpus + 1e-9 and _mem_ok(w, mem, job, 1.0)
+        bigger = w.memory_per_gpu > smallest * 1.001
+        allowed = not (bigger or job.gpu > 1 or job.priority < top_priority)
+        room = 1.0 + prefetch if allowed else 1.0
+        fits = used + job.gpu <= w.gpus * room + 1e-9 and _mem_ok(w, mem, job, room)
+        if not (free or fits):
+            continue
+        score = (not free, w.memory_per_gpu, used / w.gpus)
+        if best is None or score < best:
+            best, choice = score, w.address
+    return choice or _overflow(job, capable, committed, prefetch)
+
+
+def _overflow(
+    job: Job,
+    capable: list[WorkerInfo],
+    committed: Callable[[str], Iterable[Committed]],
+    prefetch: float,
+) -> str | None:
+    """An urgent job goes ahead of lower-ranked work waiting on a full worker.
+
+    Up to a worker's room of such work may queue there (the worker runs it by priority,
+    before what it prefetched); the least loaded such worker wins.
+    """
+    if job.gpu > 1:
+        return None
+    room = 1.0 + prefetch
+    best = None
+    for w in capable:
+        cs = list(committed(w.address))
+        if not any(c.gpu and c.priority < job.priority for c in cs):
+            continue  # nothing of lower rank to go ahead of
+        ahead = sum(c.gpu for c in cs if c.priority >= job.priority)
+        used = sum(c.gpu for c in cs)
+        if ahead + job.gpu > w.gpus * room + 1e-9 or used + job.gpu > 2 * w.gpus * room:
+            continue
+        if best is None or (ahead, used) < best[0]:
+            best = ((ahead, used), w.address)
+    return None if best is None else best[1]
+
+
+def _mem_ok(w: WorkerInfo, used: float, job: Job, room: float) -> bool:
+    if not job.gpu_memory or not w.gpu_memory:
+        return True
+    return used + job.gpu_memory <= w.gpu_memory * room + 1e-6
+
+
+def choose_urgent_worker(
+    job: Job,
+    free: Mapping[str, int],
+    workers: Mapping[str, WorkerInfo],
+    committed: Callable[[str], Iterable[Committed]],
+) -> str | None:
+    """A full worker where the CPU ``job`` goes ahead of lower-ranked work queued there:
+    one thread's turn each, CPU-only workers and the least queued first."""
+    best = None
+    for addr, n in free.items():
+        w = workers[addr]
+        ahead = sum(1 for c in committed(addr) if not c.gpu and c.priority >= job.priority)
+        if ahead >= w.nthreads:
+            continue
+        score = (w.is_gpu, ahead / w.nthreads, -n / w.nthreads)
+        if best is None or score < best[0]:
+            best = (score, addr)
+    return None if best is None else best[1]

@@ -1,0 +1,95 @@
+"""The tasks SwarmPlugin holds: what each needs, which GPU task a feeder feeds, GPU work left.
+
+Plain bookkeeping, kept in step with the scheduler by the plugin's hooks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable, Iterator, Mapping
+
+__all__ = ["HeldTasks"]
+
+
+class HeldTasks:
+    """Held tasks (ours to dispatch) and the GPU work among them.
+
+    >>> held = HeldTasks()
+    >>> held.add("g", {"GPU": 0.5}, gpu=(10, 0.5))
+    >>> held.add("f", {})
+    >>> held.consumer_of["f"] = "g"
+    >>> held.consumer("f"), held.top_priority, held.min_share
+    ('g', 10, 0.5)
+    >>> held.finish_gpu("g"); held.consumer("f") is None
+    True
+    """
+
+    def __init__(self) -> None:
+        #: key -> the resources it needs
+        self.needs: dict[Hashable, dict[str, float]] = {}
+        #: feeder key -> the GPU task it feeds first
+        self.consumer_of: dict[Hashable, Hashable] = {}
+        #: unfinished GPU tasks: key -> (user priority, share of a GPU)
+        self.gpu: dict[Hashable, tuple[float, float]] = {}
+        self._priorities: Counter[float] = Counter()
+        self._shares: Counter[float] = Counter()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.needs
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self.needs))
+
+    def __len__(self) -> int:
+        return len(self.needs)
+
+    def add(
+        self, key: Hashable, needs: Mapping[str, float], gpu: tuple[float, float] | None = None
+    ) -> None:
+        """Hold ``key``; ``gpu`` (user priority, share) when it is a GPU task."""
+        self.needs[key] = dict(needs)
+        if gpu is not None and key not in self.gpu:
+            self.gpu[key] = gpu
+            self._priorities[gpu[0]] += 1
+            self._shares[gpu[1]] += 1
+
+    def consumer(self, key: Hashable) -> Hashable | None:
+        """The unfinished GPU task ``key`` feeds, if any."""
+        c = self.consumer_of.get(key)
+        return c if c in self.gpu else None
+
+    def finish_gpu(self, key: Hashable) -> bool:
+        """A GPU task finished (or will never run); returns whether it was one of ours."""
+        entry = self.gpu.pop(key, None)
+        if entry is None:
+            return False
+        for counter, value in ((self._priorities, entry[0]), (self._shares, entry[1])):
+            counter[value] -= 1
+            if counter[value] <= 0:
+                del counter[value]
+        return True
+
+    def forget(self, key: Hashable) -> bool:
+        """Drop every trace of ``key``; returns whether it was an unfinished GPU task."""
+        self.needs.pop(key, None)
+        self.consumer_of.pop(key, None)
+        return self.finish_gpu(key)
+
+    def clear(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    @property
+    def top_priority(self) -> float:
+        """Highest user priority of the unfinished GPU work."""
+        return max(self._priorities, default=0.0)
+
+    @property
+    def min_share(self) -> float:
+        """Smallest share of a GPU the unfinished GPU work takes."""
+        return min(self._shares, default=1.0)
+
+    def figures(self) -> dict[str, Any]:
+        return {"held": len(self.needs), "gpu": len(self.gpu)}

@@ -1,0 +1,420 @@
+"""Dispatch held tasks to the workers that have room for them: list scheduling, plain objects.
+
+SwarmPlugin holds GPU tasks always, and every CPU task on a cluster with GPU workers
+(:mod:`~swarmstore.compute.placement`). Once a held task is ready the plugin hands it here as a
+:class:`Job`; :meth:`Dispatcher.plan` then says which ready job goes to which worker *now*,
+and the plugin applies the answer (:mod:`swarmstore.compute._apply`). Nothing here touches
+Dask: it is tested alone.
+
+The policy (``docs/compute.md`` justifies it):
+
+- **Ranks.** Jobs run in the order of their Dask priority (user ``priority=`` first, then
+  graph generation, then ``dask.order``). ``dask.order`` already orders a graph's tasks
+  along its critical path while keeping memory low; list scheduling by a HEFT upward rank
+  would reorder them breadth-first.
+- **GPU work first, on the workers that alone can run it.** GPU jobs go in rank order, scarce
+  jobs first among equals (those fitting fewer GPU workers); each to a worker whose *free*
+  GPU slots and memory (not declared totals) fit it: a free slot before prefetch room, the
+  smallest GPU that fits (best fit), then the least loaded. A job that fits smaller GPUs may
+  take a bigger GPU's free slot, never its prefetch room, so an 80 GiB GPU stays ready for
+  the jobs only it can run. ``gpu_prefetch`` GPUs' worth wait on each worker behind the
+  running ones, so no GPU idles between tasks; a job of higher user priority than all the
+  work committed to a worker may go there beyond that room, and the worker runs it next.
+- **Threads.** CPU jobs go to free task slots, ``worker-saturation`` times the threads (as
+  Dask's own queue), so heterogeneous workers fill in proportion to their threads. A job of
+  higher user priority than all the work committed to a worker may go there beyond its
+  slots, and the worker runs it next: an urgent job takes the next thread that frees. While
+  GPU work is outstanding a GPU worker keeps a thread per GPU task it can run at once. A
+  job whose inputs mostly sit on one worker goes there when it has room.
+- **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
+  GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks are
+  being fed or wait, unless its own GPU task is among them; when that pipe runs short of
+  what keeps the GPUs busy, feeders go before other CPU jobs of the same user priority.
+  The limit follows the expected durations (Dask's task-prefix averages): enough to cover
+  the time feeding takes, as a multiple of a GPU task's time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import TYPE_CHECKING, Any
+
+from swarmstore.compute._choose import choose_gpu_worker, choose_urgent_worker
+from swarmstore.compute._jobs import Committed, Job, is_gpu
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable, Iterable, Mapping
+
+    from swarmstore.compute.placement import WorkerInfo
+
+__all__ = ["Dispatcher", "Job"]
+
+_SCAN = 64  # jobs looked at past the head of a queue before giving up on a worker
+
+
+class Dispatcher:
+    """Ready jobs, the work committed to each worker, and the choice of who runs what next.
+
+    Parameters
+    ----------
+    workers : mapping of address to WorkerInfo
+        The cluster as declared (the placer's live mapping).
+    gpu_prefetch : float
+        GPU work waiting on a GPU worker beyond its GPUs, in multiples of its GPUs.
+    saturation : float
+        CPU jobs in flight per thread, as Dask's ``distributed.scheduler.worker-saturation``
+        (1.1: a worker of 2 threads holds 3, so a thread that frees starts the next job
+        without a round trip to the scheduler); ``inf``: twice the threads.
+    lookahead : float
+        Extra GPU tasks' worth of feeding the pipe keeps, per GPU, beyond the time ratio.
+
+    Examples
+    --------
+    >>> from swarmstore.compute.placement import WorkerInfo
+    >>> ws = {"c": WorkerInfo("c", 2), "g": WorkerInfo("g", 1, {"GPU": 1})}
+    >>> d = Dispatcher(ws, gpu_prefetch=0)
+    >>> d.ready(Job("gpu-task", (0, 0, 1), {"GPU": 1.0}))
+    >>> d.ready(Job("cpu-task", (0, 0, 2)))
+    >>> sorted(d.plan(lambda addr: 0, ["c", "g"]))
+    [('cpu-task', 'c'), ('gpu-task', 'g')]
+    """
+
+    def __init__(
+        self,
+        workers: Mapping[str, WorkerInfo],
+        *,
+        gpu_prefetch: float = 1.0,
+        saturation: float = 1.1,
+        lookahead: float = 1.0,
+    ) -> None:
+        self.workers = workers
+        self.gpu_prefetch = gpu_prefetch
+        self.saturation = saturation
+        self.lookahead = lookahead
+        self.jobs: dict[Hashable, Job] = {}
+        self.committed: dict[Hashable, Committed] = {}
+        #: GPU tasks being fed (a feeder dispatched) or waiting, not yet finished
+        self.pipe: set[Hashable] = set()
+        #: Unfinished GPU tasks the plugin knows of (held, waiting, running): set by it
+        self.gpu_outstanding = 0
+        #: Highest user priority among them, and their smallest share of a GPU: set by it
+        self.gpu_top_priority = 0.0
+        self.gpu_min_share = 1.0
+        self._gpu: list[tuple[Any, int, Hashable]] = []
+        self._feeders: list[tuple[Any, int, Hashable]] = []
+        self._others: list[tuple[Any, int, Hashable]] = []
+        self._local: dict[str, list[tuple[Any, int, Hashable]]] = {}
+        self._seq = 0
+        self._entry: dict[Hashable, int] = {}
+        self._parked: set[Hashable] = set()  # GPU jobs no worker can run now
+        self._per_worker: dict[str, dict[Hashable, Committed]] = {}
+        self._durations = {"feed": 0.5, "gpu": 0.5}
+        self._ready_gpu = 0
+        self._gpu_committed = 0
+        self._feeding = 0  # feeders dispatched and not finished
+
+    def __repr__(self) -> str:
+        return (
+            f"Dispatcher(ready={len(self.jobs)}, committed={len(self.committed)}, "
+            f"pipe={len(self.pipe)}/{self.pipe_limit})"
+        )
+
+    # ---- jobs in and out
+    def ready(self, job: Job) -> None:
+        """``job`` can run now: queue it (again, if it was queued before)."""
+        self.withdraw(job.key)
+        self._seq += 1
+        seq = self._seq
+        self.jobs[job.key] = job
+        self._entry[job.key] = seq
+        if is_gpu(job):
+            self._ready_gpu += 1
+            self._learn("gpu", job.duration)
+            item = ((job.rank[:1], self._scarcity(job), *job.rank[1:]), seq, job.key)
+            heapq.heappush(self._gpu, item)
+            return
+        item = (job.rank, seq, job.key)
+        if job.consumer is not None:
+            self._learn("feed", job.duration)
+            heapq.heappush(self._feeders, item)
+        else:
+            heapq.heappush(self._others, item)
+        if job.home is not None:
+            local = self._local.setdefault(job.home, [])
+            heapq.heappush(local, item)
+            if len(local) > 2 * len(self.jobs) + 64:  # drop stale entries now and then
+                self._local[job.home] = [i for i in local if self._live(i) is not None]
+                heapq.heapify(self._local[job.home])
+
+    def withdraw(self, key: Hashable) -> None:
+        """``key`` is no longer ready (released, forgotten, computed elsewhere)."""
+        job = self.jobs.pop(key, None)
+        if job is not None and is_gpu(job):
+            self._ready_gpu -= 1
+        self._entry.pop(key, None)
+        self._parked.discard(key)
+
+    def done(self, key: Hashable) -> Hashable | None:
+        """A dispatched task left its worker; returns that worker's address."""
+        c = self.committed.pop(key, None)
+        if c is None:
+            return None
+        self._gpu_committed -= bool(c.gpu or c.gpu_memory)
+        self._feeding -= c.consumer is not None
+        self._per_worker.get(c.worker, {}).pop(key, None)
+        return c.worker
+
+    def gpu_task_finished(self, key: Hashable) -> None:
+        """A GPU task finished (or will never run): it leaves the pipe."""
+        self.pipe.discard(key)
+
+    def membership_changed(self) -> None:
+        """Workers joined or left: parked GPU jobs may fit now; forget departed workers."""
+        for key in list(self._parked):
+            job = self.jobs.get(key)
+            self._parked.discard(key)
+            if job is not None:
+                self.ready(job)
+        for addr in [a for a in self._per_worker if a not in self.workers]:
+            for key in list(self._per_worker[addr]):
+                self.done(key)
+            del self._per_worker[addr]
+
+    # ---- figures
+    @property
+    def gpu_slots(self) -> float:
+        return sum(w.gpus for w in self.workers.values())
+
+    @property
+    def pipe_limit(self) -> int:
+        """GPU tasks fed at once: enough to keep every GPU busy while feeders run."""
+        slots = self.gpu_slots
+        ratio = self._durations["feed"] / max(self._durations["gpu"], 1e-3)
+        return max(1, math.ceil(slots * (1 + self.gpu_prefetch + self.lookahead + min(ratio, 8))))
+
+    def committed_gpu(self, addr: str) -> tuple[float, float]:
+        """``(GPU units, GPU memory)`` of work dispatched to ``addr`` and not finished."""
+        cs = self._per_worker.get(addr, {}).values()
+        return sum(c.gpu for c in cs), sum(c.gpu_memory for c in cs)
+
+    def gpu_tasks_on(self, addr: str) -> int:
+        return sum(1 for c in self._per_worker.get(addr, {}).values() if c.gpu)
+
+    def ready_gpu(self) -> int:
+        """GPU jobs ready and not dispatched."""
+        return self._ready_gpu
+
+    # ---- the plan
+    def plan(
+        self, busy: Callable[[str], int | None], candidates: Iterable[str]
+    ) -> list[tuple[Hashable, str]]:
+        """Which ready jobs go where now; each pick is committed (see :meth:`done`).
+
+        ``busy(addr)`` is the number of threads in use on a worker (``None`` when it takes
+        no work: paused, closing); ``candidates`` the workers that may have free threads.
+        """
+        picks = self._plan_gpu(busy) if self._gpu else []
+        if not (self._feeders or self._others):
+            return picks
+        new: dict[str, int] = {}
+        for _, addr in picks:  # committed now, not yet processing on the scheduler
+            new[addr] = new.get(addr, 0) + 1
+
+        def busy_now(addr: str) -> int | None:
+            n = busy(addr)
+            return None if n is None else n + new.get(addr, 0)
+
+        free = self._free_threads(busy_now, candidates)
+        # CPU-only workers first, most free threads first: CPU work stays off GPU workers
+        order = sorted(free.items(), key=lambda i: (self.workers[i[0]].is_gpu, -i[1]))
+        for addr, n in order:
+            for _ in range(n):
+                job = self._next_cpu(addr)
+                if job is None:
+                    break
+                self._commit(job, addr)
+                picks.append((job.key, addr))
+        picks += self._overflow_cpu(free)
+        return picks
+
+    def _overflow_cpu(self, free: dict[str, int]) -> list[tuple[Hashable, str]]:
+        """Urgent CPU jobs onto full workers whose committed work all ranks below them."""
+        picks: list[tuple[Hashable, str]] = []
+        while True:
+            head = _better(
+                self._head(self._feeders, None, admissible=True),
+                self._head(self._others, None),
+                prefer_first=False,
+            )
+            job = None if head is None else self.jobs[head[2]]
+            if job is None or job.needs or job.priority <= 0:
+                return picks
+            addr = choose_urgent_worker(
+                job, free, self.workers, lambda a: self._per_worker.get(a, {}).values()
+            )
+            if addr is None:
+                return picks
+            free[addr] -= 1
+            self._commit(job, addr)
+            picks.append((job.key, addr))
+
+    # ---- GPU side
+    def _plan_gpu(self, busy: Callable[[str], int | None]) -> list[tuple[Hashable, str]]:
+        picks: list[tuple[Hashable, str]] = []
+        skipped: list[tuple[Any, int, Hashable]] = []
+        while self._gpu and len(skipped) < _SCAN:
+            item = heapq.heappop(self._gpu)
+            job = self._live(item)
+            if job is None:
+                continue
+            addr = self._gpu_worker(job, busy)
+            if addr is None:
+                skipped.append(item)
+                continue
+            self._commit(job, addr)
+            picks.append((job.key, addr))
+        for item in skipped:
+            heapq.heappush(self._gpu, item)
+        return picks
+
+    def _capable_gpu(self, job: Job) -> list[WorkerInfo]:
+        return [w for w in self.workers.values() if w.is_gpu and w.can_run(job.needs)]
+
+    def _scarcity(self, job: Job) -> int:
+        return len(self._capable_gpu(job))
+
+    def _gpu_worker(self, job: Job, busy: Callable[[str], int | None]) -> str | None:
+        capable = [w for w in self._capable_gpu(job) if busy(w.address) is not None]
+        if not capable:
+            if not self._capable_gpu(job):
+                self._parked.add(job.key)
+            return None
+        return choose_gpu_worker(
+            job,
+            capable,
+            lambda addr: self._per_worker.get(addr, {}).values(),
+            prefetch=self.gpu_prefetch,
+            top_priority=self.gpu_top_priority,
+        )
+
+    # ---- CPU side
+    def _free_threads(
+        self, busy: Callable[[str], int | None], candidates: Iterable[str]
+    ) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for addr in candidates:
+            w = self.workers.get(addr)
+            n = busy(addr) if w is not None else None
+            if w is None or n is None:
+                continue
+            if w.is_gpu and self.gpu_outstanding > 0:  # keep threads for the GPU work
+                # no CPU prefetch here: the worker runs ready tasks by priority, and a CPU
+                # task waiting for a thread could take the one a GPU task needs
+                share = min(max(self.gpu_min_share, 1e-3), 1.0)
+                threads = w.nthreads - min(w.nthreads, math.ceil(w.gpus / share - 1e-9))
+                free = threads - (n - self.gpu_tasks_on(addr))
+            else:
+                free = self._slots(w.nthreads) - n
+            out[addr] = free
+        return out
+
+    def _slots(self, threads: int) -> int:
+        """Task slots for ``threads`` threads (none for none)."""
+        if threads <= 0:
+            return 0
+        if not math.isfinite(self.saturation):
+            return 2 * threads
+        return max(1, math.ceil(self.saturation * threads))
+
+    @property
+    def _starving(self) -> bool:
+        """Fewer GPU tasks being fed than the GPUs need to stay busy."""
+        return len(self.pipe) < self.gpu_slots * (1 + self.gpu_prefetch)
+
+    def _admissible(self, job: Job) -> bool:
+        c = job.consumer
+        if c is None or c in self.pipe or len(self.pipe) < self.pipe_limit:
+            return True
+        # safety valve: nothing in flight can drain the pipe (a consumer may wait for a task
+        # fed by a consumer outside it), so let one more through
+        return not (self._gpu_committed or self._ready_gpu or self._feeding)
+
+    def _next_cpu(self, addr: str) -> Job | None:
+        w = self.workers[addr]
+
+        def fits(j: Job) -> bool:
+            return not j.needs or w.can_run(j.needs)
+
+        local = self._head(self._local.get(addr), fits)
+        feeder = self._head(self._feeders, fits, admissible=True)
+        other = self._head(self._others, fits)
+        best = _better(feeder, other, prefer_first=self._starving)
+        if local is not None and (best is None or local[0][:2] <= best[0][:2]):
+            best = local
+        if best is None:
+            return None
+        return self.jobs[best[2]]
+
+    def _head(
+        self,
+        heap: list[tuple[Any, int, Hashable]] | None,
+        fits: Callable[[Job], bool] | None,
+        *,
+        admissible: bool = False,
+    ) -> tuple[Any, int, Hashable] | None:
+        """The best live entry of ``heap`` this worker may take (left in place)."""
+        if not heap:
+            return None
+        skipped = []
+        found = None
+        while heap and len(skipped) < _SCAN:
+            job = self._live(heap[0])
+            if job is None:
+                heapq.heappop(heap)
+                continue
+            if (fits is None or fits(job)) and (not admissible or self._admissible(job)):
+                found = heap[0]
+                break
+            skipped.append(heapq.heappop(heap))
+        for item in skipped:
+            heapq.heappush(heap, item)
+        return found
+
+    def _live(self, item: tuple[Any, int, Hashable]) -> Job | None:
+        key = item[2]
+        if self._entry.get(key) != item[1]:
+            return None
+        return self.jobs.get(key)
+
+    def _commit(self, job: Job, addr: str) -> None:
+        self.withdraw(job.key)
+        c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer)
+        self.committed[job.key] = c
+        self._gpu_committed += bool(c.gpu or c.gpu_memory)
+        self._feeding += c.consumer is not None
+        self._per_worker.setdefault(addr, {})[job.key] = c
+        if job.consumer is not None:
+            self.pipe.add(job.consumer)
+        elif is_gpu(job):
+            self.pipe.add(job.key)  # ready without feeders of ours: it is in the pipe
+
+    def _learn(self, kind: str, duration: float) -> None:
+        if duration > 0:
+            self._durations[kind] = 0.9 * self._durations[kind] + 0.1 * duration
+
+
+def _better(
+    a: tuple[Any, int, Hashable] | None,
+    b: tuple[Any, int, Hashable] | None,
+    *,
+    prefer_first: bool,
+) -> tuple[Any, int, Hashable] | None:
+    """The entry to run first: ``a`` wins ties of user priority when ``prefer_first``."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a[0][:1] != b[0][:1]:  # user priority dominates
+        return a if a[0][:1] < b[0][:1] else b
+    if prefer_first:
+        return a
+    return a if a[0] <= b[0] else b

@@ -1,0 +1,94 @@
+"""Source: what a router keeps per source name -- cost model, circuit, lanes -- and its figures."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from swarmstore.network._model import size_class
+
+if TYPE_CHECKING:
+    from swarmstore.network._circuit import Circuit
+    from swarmstore.network._model import SourceStats
+    from swarmstore.network._qos import Lanes
+
+__all__ = ["UNKNOWN", "Source"]
+
+#: expected time of a size class never measured at a source, while one request measures it
+UNKNOWN = 1e9
+
+
+class Source:
+    """The per-source record, looked up once per attempt."""
+
+    __slots__ = ("circuit", "exploring", "lanes", "name", "stats")
+
+    def __init__(self, name: str, stats: SourceStats, circuit: Circuit, lanes: Lanes) -> None:
+        self.name = name
+        self.stats = stats
+        self.circuit = circuit
+        self.lanes = lanes
+        self.exploring: set[int] = set()  #: size classes being measured for the first time
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, {self.stats!r}, {self.circuit!r})"
+
+    def expected(self, nbytes: int | None, cls: str) -> float:
+        """Expected seconds of a request of ``nbytes`` in class ``cls`` here.
+
+        Its cost model, plus its queue when its lanes have no slot free to ``cls``. A size
+        class never measured costs 0 (try it: that measures it) unless a request is already
+        measuring it, then :data:`UNKNOWN` (after every measured source).
+        """
+        t = self.stats.expected(nbytes)
+        if t is None:
+            return UNKNOWN if size_class(nbytes) in self.exploring else 0.0
+        lanes = self.lanes
+        cap = lanes.capacity
+        # Fast path: slots enough are free that no reserve above ``cls`` stands in the way.
+        if cap and (
+            lanes.queued() or cls in lanes.limits or cap - lanes.busy() <= lanes.reserve_above(cls)
+        ):
+            ahead = lanes.would_queue(cls)
+            t += ahead / cap * t
+        return t
+
+    def figures(self, now: float, hedge_quantile: float) -> dict[str, Any]:
+        """This source's figures as a plain dict (ms, MB/s, counts, circuit state)."""
+        st, c, ln = self.stats, self.circuit, self.lanes
+        ranked = sorted(st.samples)  # every size class together, as the metrics show them
+        p50, p95, p99 = (_rank(ranked, q) for q in (0.5, hedge_quantile, 0.99))
+        bw, lat = st.bandwidth, st.latency
+        return {
+            "latency_ms": _ms(lat),
+            "p50_ms": _ms(p50),
+            "p95_ms": _ms(p95),
+            "p99_ms": _ms(p99),
+            "bandwidth_MBps": None if bw is None else bw / 1e6,
+            "expected_ms": _ms(st.predicted),
+            "observed_ms": _ms(st.observed),
+            "size_classes": sorted(st.classes),
+            "requests": st.requests,
+            "failures": st.failures,
+            "deadline_misses": st.deadline_misses,
+            "missing": st.missing,
+            "hedges": st.hedges,
+            "hedge_wins": st.hedge_wins,
+            "cancelled": st.cancelled,
+            "probes": st.probes,
+            "setups": st.setups,
+            "circuit": c.state(now),
+            "consecutive_failures": c.consecutive,
+            "ejections": c.opened,
+            "ejection_s": c.reset if c.opened_at is not None else 0.0,
+            "in_flight": ln.busy(),
+            "queued": ln.queued(),
+            "idle_s": None if st.last_tried is None else now - st.last_tried,
+        }
+
+
+def _rank(ranked: list[float], q: float) -> float | None:
+    return ranked[min(len(ranked) - 1, int(q * len(ranked)))] if ranked else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3

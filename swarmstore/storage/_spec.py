@@ -1,0 +1,137 @@
+"""Building nodes from what users pass: URLs, zarr stores, :class:`NodeSpec`, nodes."""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from swarmstore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from swarmstore.storage._node import Node
+
+__all__ = ["NodeSpec", "node_from", "s3_config_kwargs"]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node description: a URL or zarr store plus placement attributes.
+
+    ``zone`` is the failure domain (replicas go to distinct zones while there are
+    enough), ``weight`` scales the share of keys the node receives, ``host`` lets the
+    transfer router prefer nodes on the reader's machine.
+    """
+
+    target: Any
+    name: str | None = None
+    weight: float = 1.0
+    zone: Hashable | None = None
+    host: str | None = None
+    storage_options: dict[str, Any] | None = None
+
+
+def node_from(spec: Any, **kwargs: Any) -> Node:
+    """Build a :class:`Node` from a URL, a zarr store, a :class:`NodeSpec` or a Node.
+
+    URLs: ``file:///path`` (or a plain absolute path), ``memory://name``,
+    ``s3://bucket/prefix`` (``storage_options`` are passed to s3fs; botocore's timeouts
+    and retries default to :func:`s3_config_kwargs`). Stores: ``LocalStore``,
+    ``MemoryStore``, an s3fs-backed ``FsspecStore``, or any object with an
+    ``as_node(**attrs)`` method (``swarmstore.testing.FaultyStore``).
+    """
+    from swarmstore.storage._node import Node
+
+    if isinstance(spec, Node):
+        return spec
+    if isinstance(spec, NodeSpec):
+        attrs = {"name": spec.name, "weight": spec.weight, "zone": spec.zone, "host": spec.host}
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        kwargs["storage_options"] = spec.storage_options or kwargs.get("storage_options")
+        return node_from(spec.target, **attrs, **kwargs)
+    if isinstance(spec, dict):
+        try:
+            return node_from(NodeSpec(**spec), **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"bad node description {spec!r}: {e}") from e
+    storage_options = kwargs.pop("storage_options", None) or {}
+    if hasattr(spec, "as_node"):
+        return spec.as_node(**kwargs)  # type: ignore[no-any-return]
+    if isinstance(spec, str):
+        return _node_from_url(spec, storage_options, kwargs)
+    return _node_from_store(spec, kwargs)
+
+
+def _node_from_store(spec: Any, kwargs: dict[str, Any]) -> Node:
+    from zarr.storage import FsspecStore, LocalStore, MemoryStore
+
+    from swarmstore.storage._local import LocalNode
+    from swarmstore.storage._memory import MemoryNode
+    from swarmstore.storage._s3 import S3Node
+
+    if isinstance(spec, LocalStore):
+        return LocalNode(spec.root, **kwargs)
+    if isinstance(spec, MemoryStore):
+        return MemoryNode(spec, **kwargs)
+    if isinstance(spec, FsspecStore):
+        protocol = spec.fs.protocol
+        protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+        if "s3" in protocols:
+            return S3Node(spec.fs, spec.path, **kwargs)
+    raise ConfigError(
+        f"cannot use {spec!r} as a storage node: give a file://, memory:// or s3:// URL, "
+        "a LocalStore, MemoryStore or s3fs FsspecStore"
+    )
+
+
+def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, Any]) -> Node:
+    from swarmstore.storage._local import LocalNode
+    from swarmstore.storage._memory import MemoryNode
+    from swarmstore.storage._s3 import S3Node
+
+    if not url:
+        raise ConfigError("empty node URL")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "file", url
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ConfigError(f"node URL {url!r}: file paths must be absolute")
+        return LocalNode(posixpath.normpath(rest), **kwargs)
+    if scheme == "memory":
+        if not rest:
+            raise ConfigError(f"node URL {url!r}: memory:// needs a name")
+        return MemoryNode.named(rest, **kwargs)
+    if scheme in ("s3", "s3a"):
+        bucket = rest.strip("/")
+        if not bucket:
+            raise ConfigError(f"node URL {url!r}: s3:// needs a bucket")
+        import s3fs
+
+        options = copy.deepcopy(storage_options)
+        options["config_kwargs"] = {**s3_config_kwargs(), **options.get("config_kwargs", {})}
+        try:
+            fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **options)
+        except TypeError as e:
+            raise ConfigError(f"node URL {url!r}: bad storage_options ({e})") from e
+        return S3Node(fs, bucket, **kwargs)
+    raise ConfigError(f"node URL {url!r}: unsupported scheme {scheme!r} (file, memory, s3)")
+
+
+def s3_config_kwargs() -> dict[str, Any]:
+    """botocore ``Config`` settings for the S3 nodes swarmstore builds from URLs.
+
+    The network room's :func:`swarmstore.network.s3_config_kwargs` (pool sized from the QoS
+    lanes) when it exists, else connect 2 s, read 10 s, no botocore retry
+    (``docs/storage.md`` says why). User ``storage_options["config_kwargs"]`` win.
+    """
+    from swarmstore.storage._s3 import S3_CONFIG
+
+    try:
+        from swarmstore.network import s3_config_kwargs as network_kwargs  # type: ignore[attr-defined]
+    except ImportError:
+        return copy.deepcopy(S3_CONFIG)
+    return {**copy.deepcopy(S3_CONFIG), **network_kwargs()}

@@ -1,0 +1,271 @@
+"""The dispatcher's policy, without a cluster: who runs what next."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from swarmstore.compute.dispatch import Dispatcher, Job
+from swarmstore.compute.placement import WorkerInfo
+
+GiB = 2**30
+GPU = {"GPU": 1.0}
+
+
+def workers(*infos: WorkerInfo) -> dict[str, WorkerInfo]:
+    return {w.address: w for w in infos}
+
+
+def gpu_worker(addr: str, gpus: int = 1, mem: float = 16 * GiB, threads: int = 2) -> WorkerInfo:
+    return WorkerInfo(addr, threads, {"GPU": gpus, "GPU_MEMORY": gpus * mem})
+
+
+def idle(addr: str) -> int:
+    return 0
+
+
+def job(key: object, needs: dict | None = None, prio: int = 0, order: int = 0, **kw) -> Job:
+    return Job(key, (-prio, 0, order), needs or {}, **kw)
+
+
+def where(picks: list[tuple[object, str]]) -> Counter[str]:
+    return Counter(addr for _, addr in picks)
+
+
+# ---------------------------------------------------------------- GPUs
+def test_gpu_jobs_go_by_free_slots_with_prefetch():
+    ws = workers(gpu_worker("one"), gpu_worker("four", gpus=4))
+    d = Dispatcher(ws, gpu_prefetch=1.0)
+    for i in range(20):
+        d.ready(job(i, GPU, order=i))
+    picks = d.plan(idle, [])
+    assert where(picks) == {"one": 2, "four": 8}  # 1 + 1 prefetched, 4 + 4 prefetched
+    assert d.committed_gpu("four") == (8.0, 0.0) and d.ready_gpu() == 10
+    d.done(picks[0][0])
+    assert len(d.plan(idle, [])) == 1
+
+
+def test_free_gpu_memory_counts_not_declared_totals():
+    ws = workers(gpu_worker("g", gpus=2, mem=16 * GiB))  # 2 GPUs, 32 GiB
+    d = Dispatcher(ws, gpu_prefetch=0.0)
+    for i in range(3):
+        d.ready(job(i, {"GPU": 1.0, "GPU_MEMORY": 12 * GiB}, order=i))
+    assert len(d.plan(idle, [])) == 2  # 24 GiB of 32: a third would need 36
+    d.ready(job("small", {"GPU": 0.5, "GPU_MEMORY": 1 * GiB}))
+    assert d.plan(idle, []) == []  # no GPU share left either
+
+
+def test_big_gpu_stays_for_the_jobs_only_it_fits():
+    ws = workers(gpu_worker("big", mem=80 * GiB), gpu_worker("small"), gpu_worker("small2"))
+    d = Dispatcher(ws, gpu_prefetch=1.0)
+    for i in range(10):
+        d.ready(job(f"train-{i}", {"GPU": 1.0, "GPU_MEMORY": 40 * GiB}, prio=10, order=i))
+    for i in range(10):
+        d.ready(job(f"infer-{i}", {"GPU": 1.0, "GPU_MEMORY": 8 * GiB}, order=i))
+    picks = dict(d.plan(idle, []))
+    on_big = [k for k, a in picks.items() if a == "big"]
+    assert sorted(on_big) == ["train-0", "train-1"]  # its slot and its prefetch room
+    assert all(a != "big" for k, a in picks.items() if k.startswith("infer"))
+    assert where(picks.items())["small"] == where(picks.items())["small2"] == 2
+
+
+def test_a_job_that_fits_small_gpus_takes_a_big_free_slot_but_not_its_prefetch():
+    ws = workers(gpu_worker("big", mem=80 * GiB), gpu_worker("small"))
+    d = Dispatcher(ws, gpu_prefetch=1.0)
+    for i in range(6):
+        d.ready(job(f"infer-{i}", {"GPU": 1.0, "GPU_MEMORY": 8 * GiB}, order=i))
+    assert where(d.plan(idle, [])) == {"small": 2, "big": 1}  # no GPU idles
+
+
+def test_scarce_jobs_first_among_equals():
+    ws = workers(gpu_worker("big", mem=80 * GiB), gpu_worker("small"))
+    d = Dispatcher(ws, gpu_prefetch=0.0)
+    d.ready(job("infer", {"GPU": 1.0, "GPU_MEMORY": 8 * GiB}, order=0))
+    d.ready(job("train", {"GPU": 1.0, "GPU_MEMORY": 40 * GiB}, order=1))
+    assert dict(d.plan(idle, [])) == {"train": "big", "infer": "small"}
+
+
+def test_an_urgent_gpu_job_goes_ahead_of_prefetched_work():
+    ws = workers(gpu_worker("a"), gpu_worker("b"))
+    d = Dispatcher(ws, gpu_prefetch=1.0)
+    for i in range(8):
+        d.ready(job(i, GPU, order=i))
+    assert len(d.plan(idle, [])) == 4  # full: 2 per worker
+    for i in range(3):
+        d.ready(job(f"urgent-{i}", GPU, prio=10, order=i))
+    urgent = d.plan(idle, [])
+    assert len(urgent) == 3 and len(set(where(urgent))) == 2  # spread, ahead of the rest
+    d.ready(job("normal", GPU, order=99))
+    assert d.plan(idle, []) == []  # normal work never overflows
+
+
+def test_prefetch_room_waits_while_more_urgent_gpu_work_is_coming():
+    ws = workers(gpu_worker("a"))
+    d = Dispatcher(ws, gpu_prefetch=1.0)
+    d.gpu_top_priority = 10  # an urgent GPU task exists, not ready yet
+    for i in range(3):
+        d.ready(job(i, GPU, order=i))
+    assert len(d.plan(idle, [])) == 1  # the free slot only
+
+
+def test_gangs_take_whole_gpus_at_once_and_never_prefetch():
+    ws = workers(gpu_worker("two", gpus=2), gpu_worker("one"))
+    d = Dispatcher(ws, gpu_prefetch=1.0)
+    d.ready(job("gang", {"GPU": 2.0}))
+    d.ready(job("single", GPU, order=1))
+    assert dict(d.plan(idle, [])) == {"gang": "two", "single": "one"}
+    d.ready(job("gang2", {"GPU": 2.0}, order=2))
+    assert d.plan(idle, []) == []  # "two" is busy: the gang waits whole, not in prefetch
+    d.done("gang")
+    assert d.plan(idle, []) == [("gang2", "two")]
+
+
+def test_fractional_gpus_share_a_gpu():
+    ws = workers(gpu_worker("g", threads=2))
+    d = Dispatcher(ws, gpu_prefetch=0.0)
+    for i in range(4):
+        d.ready(job(i, {"GPU": 0.5}, order=i))
+    assert len(d.plan(idle, [])) == 2
+
+
+def test_gpu_jobs_no_worker_can_run_park_until_one_joins():
+    ws = workers(gpu_worker("small"))
+    d = Dispatcher(ws)
+    d.ready(job("big", {"GPU": 1.0, "GPU_MEMORY": 40 * GiB}))
+    assert d.plan(idle, []) == []
+    ws["big"] = gpu_worker("big", mem=80 * GiB)
+    d.membership_changed()
+    assert d.plan(idle, []) == [("big", "big")]
+
+
+def test_a_paused_worker_gets_nothing():
+    ws = workers(gpu_worker("a"), WorkerInfo("c", 2))
+    d = Dispatcher(ws)
+    d.ready(job("g", GPU))
+    d.ready(job("c", order=1))
+    assert d.plan(lambda addr: None, list(ws)) == []
+
+
+# ---------------------------------------------------------------- threads
+def test_heterogeneous_workers_fill_in_proportion_to_threads():
+    ws = workers(WorkerInfo("one", 1), WorkerInfo("two", 2), WorkerInfo("four", 4))
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(20):
+        d.ready(job(i, order=i))
+    assert where(d.plan(idle, list(ws))) == {"one": 1, "two": 2, "four": 4}
+    d = Dispatcher(ws, saturation=1.1)  # as Dask's worker-saturation: one waiting behind
+    for i in range(20):
+        d.ready(job(i, order=i))
+    assert where(d.plan(idle, list(ws))) == {"one": 2, "two": 3, "four": 5}
+
+
+def test_gpu_workers_keep_threads_for_gpu_work_while_it_exists():
+    ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3))
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(10):
+        d.ready(job(i, order=i))
+    d.gpu_outstanding = 1
+    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 2}  # 1 of 3 threads kept
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(10):
+        d.ready(job(i, order=i))
+    d.gpu_outstanding, d.gpu_min_share = 1, 0.5  # two half-GPU tasks run at once
+    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 1}
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(10):
+        d.ready(job(i, order=i))
+    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 3}  # no GPU work: all threads
+
+
+def test_cpu_jobs_prefer_cpu_workers():
+    ws = workers(gpu_worker("gpu", threads=4), WorkerInfo("cpu", 4))
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(3):
+        d.ready(job(i, order=i))
+    assert where(d.plan(idle, list(ws))) == {"cpu": 3}
+
+
+def test_jobs_run_in_rank_order_and_go_where_their_inputs_are():
+    ws = workers(WorkerInfo("a", 1), WorkerInfo("b", 1))
+    d = Dispatcher(ws, saturation=1.0)
+    d.ready(job("late", order=5))
+    d.ready(job("early", order=1))
+    d.ready(job("urgent", prio=5, order=9))
+    assert {k for k, _ in d.plan(idle, list(ws))} == {"urgent", "early"}
+    d = Dispatcher(ws, saturation=1.0)
+    d.ready(job("x", order=1))
+    d.ready(job("local", order=2, home="b"))
+    assert dict(d.plan(idle, ["b", "a"])) == {"local": "b", "x": "a"}
+
+
+def test_an_urgent_cpu_job_goes_ahead_on_a_full_worker():
+    ws = workers(WorkerInfo("a", 2), WorkerInfo("b", 2))
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(4):
+        d.ready(job(i, order=i))
+    assert len(d.plan(idle, list(ws))) == 4
+
+    def full(addr: str) -> int:
+        return 2
+
+    for i in range(6):
+        d.ready(job(f"u{i}", prio=10, order=i))
+    urgent = d.plan(full, list(ws))
+    assert where(urgent) == {"a": 2, "b": 2}  # one turn of each thread, then they wait
+    d.ready(job("normal", order=9))
+    assert d.plan(full, list(ws)) == []
+
+
+# ---------------------------------------------------------------- feeding GPUs
+def feeders(d: Dispatcher, consumers: int, per: int = 1, start: int = 0) -> None:
+    for g in range(consumers):
+        for f in range(per):
+            d.ready(job(f"f{g}.{f}", order=start + g * per + f, consumer=f"g{g}"))
+
+
+def test_feeders_are_throttled_to_what_keeps_the_gpus_busy():
+    ws = workers(WorkerInfo("cpu", 40), gpu_worker("gpu"))
+    d = Dispatcher(ws, gpu_prefetch=1.0, saturation=1.0)
+    d.gpu_outstanding = 100
+    feeders(d, 30, per=2)
+    picks = d.plan(idle, ["cpu"])
+    fed = {k.split(".")[0] for k, _ in picks}
+    assert len(fed) == d.pipe_limit < 30 and len(picks) == 2 * d.pipe_limit  # whole consumers
+    assert d.plan(idle, ["cpu"]) == []  # full, and its feeders are in flight
+    d.ready(job("g0", GPU))
+    d.plan(idle, [])
+    feeders(d, 1, start=100)  # a feeder of a consumer already in the pipe always passes
+    assert d.plan(idle, ["cpu"]) == [("f0.0", "cpu")]
+    d.done("g0")
+    d.gpu_task_finished("g0")
+    assert len(d.plan(idle, ["cpu"])) == 2  # one consumer left: the next one is admitted
+
+
+def test_the_valve_lets_work_through_when_no_gpu_work_can_drain_the_pipe():
+    ws = workers(WorkerInfo("cpu", 40), gpu_worker("gpu"))
+    d = Dispatcher(ws, saturation=1.0)
+    feeders(d, d.pipe_limit + 5)
+    first = d.plan(idle, ["cpu"])
+    assert len(first) == d.pipe_limit
+    for key, _ in first:  # the feeders finish but no GPU job is ready or running
+        d.done(key)
+    assert len(d.plan(idle, ["cpu"])) == 1  # one at a time while nothing else moves
+
+
+def test_starving_gpus_get_their_feeders_first():
+    ws = workers(WorkerInfo("cpu", 1), gpu_worker("gpu", threads=1))
+    d = Dispatcher(ws, saturation=1.0)
+    d.gpu_outstanding = 1
+    d.ready(job("other", order=1))
+    d.ready(job("feeder", order=2, consumer="g"))
+    assert d.plan(idle, ["cpu"]) == [("feeder", "cpu")]
+
+
+def test_pipe_limit_follows_expected_durations():
+    ws = workers(gpu_worker("gpu"))
+    short, long_ = Dispatcher(ws), Dispatcher(ws)
+    for i in range(30):
+        short.ready(job(f"s{i}", order=i, consumer="g", duration=0.1))
+        long_.ready(job(f"l{i}", order=i, consumer="g", duration=2.0))
+        short.ready(job(f"gs{i}", GPU, order=i, duration=1.0))
+        long_.ready(job(f"gl{i}", GPU, order=i, duration=1.0))
+    assert long_.pipe_limit > short.pipe_limit
