@@ -8,7 +8,7 @@ is skipped with the reason, never run from anywhere else.
 from __future__ import annotations
 
 import pytest
-from peer_suite import SPECS, WANTED, finished
+from peer_suite import KNOWN_SEEN, SPECS, WANTED, finished
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,5 +26,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("peers: outcomes per store (see docs/peers.md)")
     for run in runs:
         terminalreporter.write_line(run.table())
+        for t in run.of("stock"):
+            if t.outcome in ("failed", "error"):
+                first = (t.summary.strip().splitlines() or [""])[0]
+                terminalreporter.write_line(f"  stock {t.outcome}: {t.nodeid}: {first[:200]}")
         if run.leftovers:
             terminalreporter.write_line(f"  left to the garbage collector: {len(run.leftovers)}")
+    for nodeid, cause in KNOWN_SEEN:
+        terminalreporter.write_line(f"  known defect: {nodeid}: {cause}")

@@ -11,19 +11,23 @@ it (``gen_cluster``, ``LocalCluster``, ``Scheduler()`` directly), gets
 distributed's tests name classes by their dotted path under ``distributed.tests`` (AMM
 policies in config); its sources keep the tests inside the package. The fetched
 ``distributed/`` directory is appended to the installed package's ``__path__`` so that
-``distributed.tests`` resolves to the fetched tests, as it does in distributed's checkout.
+``distributed.tests`` resolves to the fetched tests, as it does in distributed's checkout,
+and ``utils_test.certs_dir`` points at the TLS certificates among them.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import zlib
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import distributed
 import pytest
-from distributed import Scheduler
-from peer_harness import BASE, MODE, mark_known
-from peer_known import known_for, not_applicable
+from distributed import Scheduler, utils_test
+from peer_harness import BASE, MODE, mark_known, sampling, spread
+from peer_known import HEAVY, known_for, not_applicable
 
 from swarmstore.compute import SwarmPlugin
 
@@ -38,6 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
     fetched = pathlib.Path(config.rootpath) / "distributed"
     if fetched.is_dir() and str(fetched) not in distributed.__path__:
         distributed.__path__.append(str(fetched))
+    # the TLS certificates live with the tests, which the installed package lacks
+    utils_test.certs_dir = str(fetched / "tests")
+    # pytest-rerunfailures' marker, which distributed's CI has: here flaky tests run once
+    # (stock and with the plugin alike; a finding is re-run alone before it counts)
+    config.addinivalue_line("markers", "flaky: pytest-rerunfailures' marker (not installed)")
 
 
 @pytest.fixture(params=["stock", SWARM], autouse=True)
@@ -66,17 +75,56 @@ def _group(item: pytest.Item) -> tuple[Any, ...]:
     return (item.parent.nodeid if item.parent else "", item.originalname, others)  # type: ignore[attr-defined]
 
 
+def _kept_fraction(item: pytest.Item, fractions: dict[str, tuple[int, int]]) -> bool:
+    """``PEER_KEEP`` (``file:k/n,...``): keep the test functions of ``file`` whose name
+    hashes into k of n buckets (stable across runs); files not named keep every test."""
+    k, n = fractions.get(item.path.name, (1, 1))
+    return zlib.crc32(item.originalname.encode()) % n < k  # type: ignore[attr-defined]
+
+
+def _sampled(items: list[pytest.Item], always: set[str]) -> list[pytest.Item]:
+    """``PEER_SAMPLE`` parameter combinations per test function (its stock and swarm runs
+    together), spread over its combinations; known failures are always kept."""
+    per, _ = sampling()
+    combos: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    for it in items:
+        g = _group(it)
+        if g not in combos[g[:2]]:
+            combos[g[:2]].append(g)
+    kept = {g for gs in combos.values() for g in spread(gs, per)}
+    return [it for it in items if _group(it) in kept or it.nodeid.split("[", 1)[0] in always]
+
+
+def _fractions() -> dict[str, tuple[int, int]]:
+    out = {}
+    for part in filter(None, os.environ.get("PEER_KEEP", "").split(",")):
+        name, _, frac = part.partition(":")
+        k, _, n = frac.partition("/")
+        out[name.strip()] = (int(k), int(n))
+    return out
+
+
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     known = known_for("distributed")
     inapplicable = not_applicable("distributed")
+    heavy = set() if os.environ.get("PEER_HEAVY") else set(HEAVY)
+    fractions = _fractions()
+    base_ids = {k.rsplit("[", 1)[0] for k in known}
+    chosen = [
+        it
+        for it in items
+        if it.nodeid.split("[", 1)[0] in base_ids
+        or (_kept_fraction(it, fractions) and it.nodeid.split("[", 1)[0] not in heavy)
+    ]
+    chosen = _sampled(chosen, base_ids)
     stock = {}
-    for it in items:
+    for it in chosen:
         callspec = getattr(it, "callspec", None)
         if callspec is not None and callspec.params.get(_ARG) == "stock":
             stock[_group(it)] = it.nodeid
-    for it in items:
+    for it in chosen:
         callspec = getattr(it, "callspec", None)
         if callspec is not None and callspec.params.get(_ARG) == SWARM:
             it.stash[MODE] = SWARM
@@ -85,3 +133,8 @@ def pytest_collection_modifyitems(
             if why:
                 it.add_marker(pytest.mark.skip(reason=f"peers harness: {why}"))
         mark_known(it, known)
+    keep = set(chosen)
+    deselected = [it for it in items if it not in keep]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = chosen

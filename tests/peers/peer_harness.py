@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +162,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         summary=_summary(report),
         duration=round(report.duration, 4),
     )
+
+
+def pytest_warning_recorded(
+    warning_message: warnings.WarningMessage, when: str, nodeid: str, location: Any
+) -> None:
+    """A ResourceWarning about a swarmstore object (where the peer does not make warnings
+    errors, they never become unraisables) is a leftover too."""
+    if _report is None or not issubclass(warning_message.category, ResourceWarning):
+        return
+    what = f"{warning_message.category.__name__}: {warning_message.message}"
+    if any(mark in what for mark in _OURS):
+        _report.write(kind="leftover", during=nodeid or _report.current, thread="", what=what)
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:

@@ -7,11 +7,35 @@ entry. Keys are the peer's test ids exactly as its run names them.
 
 from __future__ import annotations
 
+import re
+
 KNOWN: dict[str, dict[str, str]] = {
     "zarr": {},
     "xarray": {},
-    "distributed": {},
+    "distributed": {
+        "distributed/tests/test_active_memory_manager.py::test_ReduceReplicas[swarm]": (
+            "issue 23: compute: ReplicationController.start() removes ReduceReplicas from the "
+            "scheduler's Active Memory Manager (and trims in a hidden AMM of its own)"
+        ),
+        "distributed/tests/test_scheduler.py::test_task_group_non_tuple_key[swarm]": (
+            "issue 23: compute: SwarmPlugin sets optimization.fuse.active=False for the whole "
+            "process, so a client in the scheduler's process loses low-level fusion"
+        ),
+    },
 }
+
+#: distributed tests left to the full run (``SWARMSTORE_PEERS=full``): each costs more
+#: than 10 s of a CI machine on its own, stock and with the plugin (measured, see docs)
+HEAVY = (
+    "distributed/tests/test_steal.py::test_restart",
+    "distributed/tests/test_steal.py::test_trivial_workload_should_not_cause_work_stealing",
+    "distributed/tests/test_steal.py::test_steal_very_fast_tasks",
+    "distributed/tests/test_active_memory_manager.py::test_client_proxy_sync",
+    "distributed/tests/test_scheduler.py::test_forget_tasks_while_processing",
+    "distributed/tests/test_client.py::test_context_manager_used_from_different_threads",
+    "distributed/tests/test_client.py::test_computation_object_code_not_available",
+    "distributed/tests/test_client.py::test_Future_exception_sync",
+)
 
 
 def known_for(peer: str) -> dict[str, str]:
@@ -31,3 +55,27 @@ NOT_APPLICABLE: dict[str, dict[str, str]] = {
 def not_applicable(peer: str) -> dict[str, str]:
     """Test function id (no parameters) -> why its swarmstore variants are skipped."""
     return NOT_APPLICABLE[peer]
+
+
+#: Known failures whose test ids vary from run to run (they race a background thread): a
+#: finding whose failure text matches is put down to the known defect instead of failing
+#: the comparison, and a deterministic test pins the defect as xfail(strict) (named here).
+#: (peer, modes, pattern, reason)
+CAUSES: list[tuple[str, frozenset[str], re.Pattern[str], str]] = [
+    (
+        "xarray",
+        frozenset({"ss-tiered-disk", "ss-tiered-replicated"}),
+        re.compile(r"OSError: \[Errno 39\] Directory not empty: '[^']*\.zarr(/swarmstore[^']*)?'"),
+        "issue 23: cache: disk-tier fills (of the store or of a pickled copy) still land in "
+        "the directory xarray removes after the test; pinned by test_peer_store_lifecycle.py::"
+        "test_removed_directory_stays_removed_under_a_pickled_copy",
+    ),
+]
+
+
+def known_cause(peer: str, mode: str, summary: str) -> str | None:
+    """The known defect a failure of ``peer`` over ``mode`` reads as, or None."""
+    for who, modes, pattern, reason in CAUSES:
+        if who == peer and mode in modes and pattern.search(summary):
+            return reason
+    return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import peer_runner
 import pytest
+from peer_known import known_cause
 
 FULL = os.environ.get("SWARMSTORE_PEERS", "") == "full"
 PARALLEL = max(1, min(2, os.cpu_count() or 1))
@@ -63,9 +64,9 @@ SPECS: dict[str, Spec] = {
             "tests/test_codecs/test_sharding.py",
         ],
         ["peer_zarr"],
-        env=_sample(1, 0),
+        env=_sample(1, 2),
     ),
-    "xarray": Spec("xarray", ["xarray/tests/test_backends.py"], ["peer_xarray"], _sample(1, 2)),
+    "xarray": Spec("xarray", ["xarray/tests/test_backends.py"], ["peer_xarray"], _sample(1, 1)),
     "distributed": Spec(
         "distributed",
         [
@@ -73,8 +74,17 @@ SPECS: dict[str, Spec] = {
             "distributed/tests/test_resources.py",
             "distributed/tests/test_active_memory_manager.py",
             "distributed/tests/test_steal.py",
+            "distributed/tests/test_scheduler.py",
+            "distributed/tests/test_client.py",
         ],
         ["peer_distributed"],
+        env={"PEER_HEAVY": "1"}
+        if FULL
+        else {
+            "PEER_KEEP": "test_active_memory_manager.py:1/2,test_steal.py:1/3,"
+            "test_scheduler.py:1/8,test_client.py:1/40",
+            "PEER_SAMPLE": "2",
+        },
         addopts="-p no:asyncio -p no:legacypath --strict-markers",
     ),
 }
@@ -82,6 +92,8 @@ SPECS: dict[str, Spec] = {
 #: the peers whose tests this session selected (set by conftest at collection)
 WANTED: set[str] = set()
 RUNS: dict[str, Future[peer_runner.Run]] = {}
+#: (test id, known defect) of findings put down to a known defect this session
+KNOWN_SEEN: list[tuple[str, str]] = []
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -109,6 +121,19 @@ def peer_run(name: str) -> peer_runner.Run:
 
 def finished() -> list[peer_runner.Run]:
     return [f.result() for f in RUNS.values() if f.done() and f.exception() is None]
+
+
+def unknown(peer: str, findings: list[peer_runner.Finding]) -> list[peer_runner.Finding]:
+    """``findings`` less those put down to a known defect (``peer_known.CAUSES``), which
+    are noted in ``KNOWN_SEEN`` for the end-of-run summary."""
+    left = []
+    for f in findings:
+        cause = known_cause(peer, f.mode, f.summary)
+        if cause is None:
+            left.append(f)
+        else:
+            KNOWN_SEEN.append((f.nodeid, cause))
+    return left
 
 
 def report_findings(confirmed: list[peer_runner.Finding], flaky: list[peer_runner.Finding]) -> str:

@@ -10,8 +10,11 @@ When pytest collects those two classes in ``test_backends.py``, this plugin adds
 subclass per swarmstore mode next to them (``TestZarrDictStore`` for modes on memory,
 ``TestZarrDirectoryStore`` for modes on local disk) whose ``create_zarr_target`` yields the
 mode's store built inside a fresh temporary directory made (and removed) the way
-``TestZarrDirectoryStore`` makes its own. Every other test method is inherited unchanged,
-so each swarmstore test has a stock twin with the same name and parameters.
+``TestZarrDirectoryStore`` makes its own, and closed before that directory is removed, as
+anyone deleting a store's directory closes the store first (copies a test makes by
+pickling cannot be closed by the harness: what they leave is theirs). Every other test
+method is inherited unchanged, so each swarmstore test has a stock twin with the same name
+and parameters.
 """
 
 from __future__ import annotations
@@ -46,7 +49,11 @@ def _subclass(module: Any, base: type, mode: str) -> type:
     def create_zarr_target(self: Any) -> Iterator[Any]:
         with create_tmp_file(suffix=".zarr") as tmp:
             os.mkdir(tmp)
-            yield build(mode, pathlib.Path(tmp))
+            store = build(mode, pathlib.Path(tmp))
+            try:
+                yield store
+            finally:
+                store.close()  # its background work ends before its directory goes
 
     doc = f"xarray's {base.__name__} tests over swarmstore's {mode} store."
     attrs = {"create_zarr_target": create_zarr_target, "__doc__": doc}
