@@ -109,7 +109,10 @@ class ReadPath:
         claimer, claim = self._claimer(), None
         if claimer is not None:
             claim, waited = await claimer.claim(self.namespace, key, span)
-            if waited and (found := await claimer.get(self.namespace, key, span)) is not None:
+            found = await claimer.get(self.namespace, key, span) if waited else None
+            if found is not None and not self._plain:
+                found = await self._fresh(key, found)  # filled before a write: revalidate
+            if found is not None:
                 if claim is not None:
                     claim.release()
                 self._fill(key, span, found, tickets[: self._shared.tiers.index(claimer)])
@@ -208,7 +211,10 @@ class ReadPath:
         claimer, claim = self._claimer(), None
         if claimer is not None:
             claim, waited = claimer.claim_sync(self.namespace, key, span)
-            if waited and (found := claimer.get_sync(self.namespace, key, span)) is not None:
+            found = claimer.get_sync(self.namespace, key, span) if waited else None
+            if found is not None and not self._plain:
+                found = _syncio.run(self._fresh(key, found))  # filled before a write
+            if found is not None:
                 if claim is not None:
                     claim.release()
                 self._fill(key, span, found, tickets[: self._shared.tiers.index(claimer)])

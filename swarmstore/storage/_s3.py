@@ -39,15 +39,9 @@ if TYPE_CHECKING:
 
     from swarmstore.storage._integrity import Version
 
-__all__ = ["S3_CONFIG", "S3_META", "S3Node"]
+__all__ = ["S3_META", "S3Node"]
 
 S3_META = "swarmstore-xxh3"
-#: botocore settings for the S3 nodes swarmstore builds (docs/storage.md says why)
-S3_CONFIG: dict[str, Any] = {
-    "connect_timeout": 2,
-    "read_timeout": 10,
-    "retries": {"total_max_attempts": 1, "mode": "standard"},
-}
 
 
 class _Absent(Exception):

@@ -122,16 +122,10 @@ def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, 
 
 
 def s3_config_kwargs() -> dict[str, Any]:
-    """botocore ``Config`` settings for the S3 nodes swarmstore builds from URLs.
+    """botocore ``Config`` settings for the S3 nodes swarmstore builds from URLs: the
+    network room's :func:`swarmstore.network.s3_config_kwargs` (pool sized from the QoS
+    lanes, ``network.s3-connect-timeout`` / ``network.s3-read-timeout``, no botocore retry;
+    ``docs/storage.md`` says why). User ``storage_options["config_kwargs"]`` win."""
+    from swarmstore.network import s3_config_kwargs as network_kwargs
 
-    The network room's :func:`swarmstore.network.s3_config_kwargs` (pool sized from the QoS
-    lanes) when it exists, else connect 2 s, read 10 s, no botocore retry
-    (``docs/storage.md`` says why). User ``storage_options["config_kwargs"]`` win.
-    """
-    from swarmstore.storage._s3 import S3_CONFIG
-
-    try:
-        from swarmstore.network import s3_config_kwargs as network_kwargs  # type: ignore[attr-defined]
-    except ImportError:
-        return copy.deepcopy(S3_CONFIG)
-    return {**copy.deepcopy(S3_CONFIG), **network_kwargs()}
+    return network_kwargs()

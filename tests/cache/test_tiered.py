@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import warnings
 from typing import Any
@@ -275,6 +276,36 @@ async def test_validation_against_s3_etag(s3_store: Any, tmp_path: pathlib.Path)
     await s3_store.set("k", buf(b"v2"))  # same size: only the ETag tells
     assert (await checked.get("k", proto)).to_bytes() == b"v2"
     checked.close()
+
+
+async def test_a_fill_waited_for_is_revalidated_before_it_is_served(
+    tmp_path: pathlib.Path,
+) -> None:
+    """validate=True: a reader that waited on another fetcher's claim (another process, or
+    this one's own slow fill) revalidates what that fetcher left on disk; it had been served
+    as is, so a fill from before a write came back after the write (CI, issue 12)."""
+    writer = LocalStore(tmp_path / "data")
+    await writer.set("k", buf(b"v1"))
+    checked = TieredStore(
+        LocalStore(tmp_path / "data"), memory_bytes=2**20, disk=tmp_path / "c", validate=True
+    )
+    assert (await checked.get("k", proto)).to_bytes() == b"v1"
+    checked.flush()  # v1 is on disk, stamped with v1's token
+    await writer.set("k", buf(b"v2"))
+    path = tmp_path / "data" / "k"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new token however coarse
+    holder = DiskTier(tmp_path / "c", fsync=False)  # another fetcher of the key
+    claim, waited = holder.claim_sync(checked.namespace, "k", None)
+    assert claim is not None and not waited
+    release = asyncio.get_running_loop().call_later(0.2, claim.release)
+    try:
+        assert (await checked.get("k", proto)).to_bytes() == b"v2"
+    finally:
+        release.cancel()
+        claim.release()
+        holder.close()
+        checked.close()
 
 
 async def test_corrupt_cache_file_is_refetched_never_returned(

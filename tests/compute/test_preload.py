@@ -146,7 +146,7 @@ def test_preload_on_real_processes(tmp_path):
             assert c.run_on_scheduler(annotated_gpu_tasks, prefix="inc_block") == 4
             with dask.annotate(swarm={"gpu": 2}):  # no worker has 2 GPUs
                 bad = c.submit(where, pure=False)
-            with pytest.raises(Exception, match="no worker of 1 declares them") as info:
+            with pytest.raises(Exception, match="no worker of 1 can give them") as info:
                 bad.result(timeout=30)
             assert type(info.value).__name__ == "UnsatisfiableRequirements"
     finally:

@@ -17,19 +17,10 @@ from distributed.utils_test import async_poll_for, gen_cluster, inc
 
 from swarmstore.compute import SwarmPlugin
 
-_COMPUTE = "issue 23: compute: "
 STOCK_AND_SWARM = [
     pytest.param("stock", id="stock"),
     pytest.param("swarm", id="swarm"),
 ]
-
-
-def _swarm(reason: str) -> list[Any]:
-    """stock, and swarm marked xfail(strict) with ``reason`` (the defect is known)."""
-    return [
-        STOCK_AND_SWARM[0],
-        pytest.param("swarm", id="swarm", marks=pytest.mark.xfail(strict=True, reason=reason)),
-    ]
 
 
 async def _install(mode: str, c: Any) -> None:
@@ -51,9 +42,7 @@ def _running_amms(s: Any) -> list[Any]:
     return [m for m in found if m.running]
 
 
-@pytest.mark.parametrize(
-    "mode", _swarm(_COMPUTE + "replicas are trimmed while the user turned the AMM off")
-)
+@pytest.mark.parametrize("mode", STOCK_AND_SWARM)
 def test_amm_off_means_no_trimming(mode: str) -> None:
     """``active-memory-manager.start: False``: copies made by ``replicate`` stay."""
 
@@ -75,9 +64,7 @@ def test_amm_off_means_no_trimming(mode: str) -> None:
     check()
 
 
-@pytest.mark.parametrize(
-    "mode", _swarm(_COMPUTE + "process-wide optimization.fuse.active=False seen by clients")
-)
+@pytest.mark.parametrize("mode", STOCK_AND_SWARM)
 def test_fusion_setting_stays_on_the_scheduler(mode: str) -> None:
     """A client in the scheduler's process keeps the fusion setting it had."""
     before = dask.config.get("optimization.fuse.active", None)
@@ -92,7 +79,7 @@ def test_fusion_setting_stays_on_the_scheduler(mode: str) -> None:
 
 @pytest.mark.parametrize(
     "mode",
-    _swarm(_COMPUTE + "the unsatisfiable-request timeout fails tasks on any resource (X)"),
+    STOCK_AND_SWARM,
 )
 def test_task_on_a_resource_nobody_has_yet_waits_for_a_worker(mode: str) -> None:
     """A task asking ``{"X": 1}`` waits, past the unsatisfiable timeout, for a worker with X.

@@ -80,7 +80,7 @@ def _released(before: set[threading.Thread], allow: tuple[type[Warning], ...] = 
     return problems
 
 
-@pytest.mark.parametrize("mode", _modes(_DISK))
+@pytest.mark.parametrize("mode", _modes(None))
 def test_store_dropped_unclosed_releases_everything(mode: str, tmp_path: pathlib.Path) -> None:
     before = _ours()
     store = build(mode, tmp_path)
@@ -89,7 +89,7 @@ def test_store_dropped_unclosed_releases_everything(mode: str, tmp_path: pathlib
     assert _released(before) == []
 
 
-@pytest.mark.parametrize("mode", _modes(_DISK))
+@pytest.mark.parametrize("mode", _modes(None))
 def test_pickled_copy_dropped_unclosed_releases_everything(
     mode: str, tmp_path: pathlib.Path
 ) -> None:
@@ -123,11 +123,7 @@ _REMOVED = (
 
 @pytest.mark.parametrize(
     "mode",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=_REMOVED))
-        for m, spec in MODES.items()
-        if spec.disk_tier
-    ],
+    [pytest.param(m) for m, spec in MODES.items() if spec.disk_tier],
 )
 def test_removed_directory_stays_removed_under_a_pickled_copy(
     mode: str, tmp_path: pathlib.Path

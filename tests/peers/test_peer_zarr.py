@@ -37,12 +37,6 @@ def test_zarr_suite_over_swarmstore(zarr_run: peer_runner.Run, mode: str) -> Non
     assert not confirmed, report_findings(confirmed, flaky)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23: cache: a TieredStore's disk tier (SQLite connection, fill thread) "
-    "is only released by close(); dropped unclosed, its connection reaches the garbage "
-    "collector open (ResourceWarning: unclosed database)",
-)
 def test_zarr_run_leaves_nothing_to_the_gc(zarr_run: peer_runner.Run) -> None:
     """Nothing swarmstore opened during zarr's tests is left for the garbage collector."""
     assert not zarr_run.leftovers, peer_runner.describe_leftovers(zarr_run)

@@ -7,6 +7,7 @@ import collections
 import logging
 import re
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -187,7 +188,9 @@ def test_s3_nodes_built_from_urls_never_hide_a_node_behind_botocore_retries():
 
     node = node_from("s3://bucket/p", storage_options={"anon": True})
     cfg = node.fs.config_kwargs
-    assert cfg["connect_timeout"] == 2 and cfg["read_timeout"] == 10
+    assert cfg["connect_timeout"] == 2 and cfg["read_timeout"] == 30  # the documented defaults
+    with dask.config.set({"swarmstore.network.s3-read-timeout": "7s"}):
+        assert node_from("s3://bucket/p").fs.config_kwargs["read_timeout"] == 7
     assert cfg["retries"] == {"total_max_attempts": 1, "mode": "standard"}
     mine = node_from("s3://bucket", storage_options={"config_kwargs": {"read_timeout": 60}})
     assert mine.fs.config_kwargs["read_timeout"] == 60
