@@ -30,10 +30,13 @@ demo: $(STAMP)
 peer-tests: $(STAMP)
 	$(VPY) tests/peers/fetch_sources.py
 
-# the suite; lint (ruff check + format check) is part of it: tests/test_lint.py
+# the suite; lint (ruff check + format check) is part of it: tests/test_lint.py.
+# One pytest process per core (pytest-xdist), a test module's tests kept together (their
+# module fixtures: moto servers, event loops, peer runs); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
 	-$(VPY) tests/peers/fetch_sources.py
-	$(VPY) -m pytest $(ARGS)
+	$(VPY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # a full run starts benchmarks/results/latest.jsonl afresh; the tables follow from it
 bench: $(STAMP)

@@ -12,11 +12,17 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+
+# before anything imports distributed.utils_test: it snapshots dask.config at import and every
+# gen_cluster resets to that snapshot, which would drop swarmstore's registered defaults
+import swarmstore.config  # noqa: F401
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -98,22 +104,50 @@ def leftover_processes(grace: float = _GRACE) -> list[psutil.Process]:
         time.sleep(0.1)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") or hasattr(session.config, "workerinput"):
-        return
-    if getattr(session.config.option, "collectonly", False):
-        return
+#: under pytest-xdist each worker checks its own children (an orphan of an exited worker is
+#: invisible to the controller) and leaves its findings here for the controller to report
+_LEFTOVER_DIR = "SWARMSTORE_LEFTOVER_DIR"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        import tempfile
+
+        where = tempfile.mkdtemp(prefix="swarmstore-leftovers-")
+        config._swarmstore_leftover_dir = where  # type: ignore[attr-defined]
+        os.environ[_LEFTOVER_DIR] = where  # workers start after this and inherit it
+
+
+def _reap() -> list[str]:
+    """Children still alive after the grace time, killed; one line each."""
     alive = leftover_processes()
-    if not alive:
-        return
     lines = [_describe(p) for p in alive]
     for proc in alive:  # leave nothing behind on the machine either
         try:
             proc.kill()
         except psutil.Error:
             pass
-    session.config._swarmstore_leftovers = lines  # type: ignore[attr-defined]
-    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return lines
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: Any) -> None:
+    if getattr(session.config.option, "collectonly", False):
+        return
+    lines = _reap()
+    if hasattr(session.config, "workerinput"):  # an xdist worker: tell the controller
+        where = os.environ.get(_LEFTOVER_DIR)
+        if lines and where:
+            name = f"{session.config.workerinput['workerid']}.txt"
+            pathlib.Path(where, name).write_text("\n".join(lines))
+        return
+    where = getattr(session.config, "_swarmstore_leftover_dir", None)
+    if where and os.path.isdir(where):
+        for found in sorted(pathlib.Path(where).glob("*.txt")):
+            lines += found.read_text().splitlines()
+        shutil.rmtree(where, ignore_errors=True)
+    if lines:
+        session.config._swarmstore_leftovers = lines  # type: ignore[attr-defined]
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: Any, config: pytest.Config) -> None:

@@ -378,9 +378,14 @@ async def test_scheduler_metrics_endpoint_shows_swarmstore_families(tmp_path: pa
     # nodes once. (Hits on the second pass are not asserted: in a one-process cluster a
     # graph's ChunkReader is shared by both workers and binds to the first one's cache.)
     assert hits + misses == 8 and reads == misses >= 4
+    # the router is process-wide: other tests' sources may be on it too; ours are named
     requests = fams["swarmstore_router_requests"]
-    assert {s.labels["source"] for s in requests.samples} <= set(nodes)
-    assert sum(sample_values(requests, "_total")) >= 4  # the first pass's chunk reads
-    p99 = sample_values(fams["swarmstore_router_latency_seconds"], quantile="0.99")
-    assert p99 and all(0 < v < 5 for v in p99)
+    ours = [
+        s for s in requests.samples if s.labels["source"] in nodes and s.name.endswith("_total")
+    ]
+    assert ours, "no router samples labelled with this test's node URLs"
+    assert sum(s.value for s in ours) >= 4  # the first pass's chunk reads
+    latency = fams["swarmstore_router_latency_seconds"]
+    p99 = [s.value for s in latency.samples if s.labels.get("quantile") == "0.99"]
+    assert p99 and all(v > 0 for v in p99)
     assert sample_values(fams["swarmstore_placement_gpu_queued"]) == [0.0]

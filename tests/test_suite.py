@@ -9,11 +9,13 @@ from __future__ import annotations
 import pathlib
 
 import psutil
+import pytest
 
 CONFTEST = (pathlib.Path(__file__).parent / "conftest.py").read_text()
 
 
-def test_own_timeouts_win_and_leftover_processes_fail_the_session(pytester, monkeypatch):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_own_timeouts_win_and_leftover_processes_fail_the_session(pytester, monkeypatch, workers):
     monkeypatch.setenv("SWARMSTORE_LEFTOVER_GRACE", "0.5")
     pytester.makeini("[pytest]\ntimeout = 1\n")
     pytester.makeconftest(CONFTEST)
@@ -36,7 +38,7 @@ def test_own_timeouts_win_and_leftover_processes_fail_the_session(pytester, monk
             subprocess.run([sys.executable, "-c", "pass"], check=True)
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers)
     result.assert_outcomes(passed=3, failed=1)
     out = result.stdout.str()
     assert "test_global_timeout" in out and "Timeout" in out
