@@ -137,7 +137,6 @@ def test_no_import_circles_outside_the_known_ones():
         {"swarmstore.network._router", "swarmstore.network._race"},
         {"swarmstore.storage._replicated", "swarmstore.storage._maintenance"},
         {"swarmstore.storage._node", "swarmstore.storage._backends"},
-        {"swarmstore.testing._faulty", "swarmstore.testing._faulty_node"},
         {"swarmstore.cache._diskengine", "swarmstore.cache._diskpublish"},
     ]
     unknown = [c for c in _cycles() if not any(k <= set(c) for k in known)]
@@ -170,7 +169,6 @@ def test_node_modules_form_no_circle():
     assert _circle_of("storage._node", "storage._backends") is None
 
 
-@pytest.mark.xfail(strict=True, reason="network room (test bed): _faulty and _faulty_node")
 def test_faulty_modules_form_no_circle():
     assert _circle_of("testing._faulty", "testing._faulty_node") is None
 

@@ -4,7 +4,8 @@ Imports: any room (it builds faulty stores, nodes and hosts around them); nothin
 library imports it, except the demo, which runs its moto server.
 """
 
-from swarmstore.testing._faulty import Faults, FaultyStore, flip_byte
+from swarmstore.testing._faults import Faults, flip_byte
+from swarmstore.testing._faulty import FaultyStore
 from swarmstore.testing._moto import S3Endpoint, free_port, moto_server, s3_storage_options
 
 __all__ = [

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from swarmstore.errors import NodeUnavailable
 from swarmstore.storage._wrapper import NodeWrapper
-from swarmstore.testing._faulty import Faults, flip_byte
+from swarmstore.testing._faults import Faults, flip_byte
 
 if TYPE_CHECKING:
     from swarmstore.storage._integrity import Record, Version
