@@ -21,8 +21,8 @@ from swarmstore.storage._node import State
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
 
 if TYPE_CHECKING:
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["Look", "Outcome", "converge", "decide", "examine"]
 
@@ -71,7 +71,7 @@ class Outcome:
     collected: bool = False
 
 
-async def examine(store: ReplicatedStore, node: Node, key: str) -> Look:
+async def examine(store: Coordinator, node: Node, key: str) -> Look:
     """Read and verify one replica, through the router (the ambient QoS lane)."""
     try:
         st = await store.router.send(node, lambda n: n.state(key, tomb=True), name=_name)
@@ -116,7 +116,7 @@ def decide(looks: list[Look]) -> Winner | None:
     return None
 
 
-async def converge(store: ReplicatedStore, key: str, extra: tuple[Node, ...] = ()) -> Outcome:
+async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -> Outcome:
     """Give ``key``'s targets the newest version (``extra``: other nodes holding copies).
 
     When the newest is a tombstone, every other node is looked at too: copies there are
@@ -164,7 +164,7 @@ def _current(lk: Look, win: Winner, target: bool) -> bool:
 
 
 async def _fix(
-    store: ReplicatedStore, key: str, lk: Look, win: Winner, target: bool, out: Outcome
+    store: Coordinator, key: str, lk: Look, win: Winner, target: bool, out: Outcome
 ) -> None:
     if lk.kind == "down":
         out.failed.append((lk.node, lk.why or "unreachable"))
@@ -190,7 +190,7 @@ async def _fix(
     out.current.add(lk.node)
 
 
-async def _copy(store: ReplicatedStore, node: Node, key: str, win: Winner) -> None:
+async def _copy(store: Coordinator, node: Node, key: str, win: Winner) -> None:
     data = win.data
     assert data is not None
 

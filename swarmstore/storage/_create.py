@@ -32,9 +32,9 @@ from swarmstore.storage._verified import fetch
 from swarmstore.storage._write import abort_late, put, stage, versions
 
 if TYPE_CHECKING:
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node, Pending, State
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["create"]
 
@@ -45,7 +45,7 @@ def _name(node: Node) -> str:
     return node.name
 
 
-async def create(store: ReplicatedStore, key: str, data: bytes) -> None:
+async def create(store: Coordinator, key: str, data: bytes) -> None:
     """Write ``data`` under ``key`` unless it exists (see the module docstring)."""
     targets = store.targets(key)
     rq, w = store.quorums(len(targets))
@@ -96,7 +96,7 @@ async def _abort(ready: dict[Node, Pending]) -> None:
 
 
 async def _walk(
-    store: ReplicatedStore, key: str, ready: dict[Node, Pending], record: Record
+    store: Coordinator, key: str, ready: dict[Node, Pending], record: Record
 ) -> tuple[list[Node], list[Node]]:
     """Create on the first node that answers definitively, then (if we got it) the rest."""
     created: list[Node] = []
@@ -118,7 +118,7 @@ async def _walk(
     return created, existed
 
 
-async def _create_on(store: ReplicatedStore, node: Node, pending: Pending, record: Record) -> str:
+async def _create_on(store: Coordinator, node: Node, pending: Pending, record: Record) -> str:
     try:
         return await store.router.send(
             node, lambda n: n.commit(pending, record, create=True), name=_name
@@ -129,9 +129,7 @@ async def _create_on(store: ReplicatedStore, node: Node, pending: Pending, recor
         return "failed"
 
 
-async def _withdraw(
-    store: ReplicatedStore, key: str, created: list[Node], version: Version
-) -> None:
+async def _withdraw(store: Coordinator, key: str, created: list[Node], version: Version) -> None:
     """Take back this racer's own creations (never anyone else's: the version says whose)."""
     results = await asyncio.gather(
         *(store.router.send(n, lambda n: n.remove(key, version), name=_name) for n in created),
@@ -140,7 +138,7 @@ async def _withdraw(
     store._reraise_bugs(results)
 
 
-async def _restamp(store: ReplicatedStore, key: str, data: bytes, base: Record) -> None:
+async def _restamp(store: Coordinator, key: str, data: bytes, base: Record) -> None:
     try:
         await put(store, key, data, base)
     except QuorumError:
@@ -148,7 +146,7 @@ async def _restamp(store: ReplicatedStore, key: str, data: bytes, base: Record) 
 
 
 async def _settled(
-    store: ReplicatedStore, key: str, targets: list[Node], w: int, patience: float
+    store: Coordinator, key: str, targets: list[Node], w: int, patience: float
 ) -> bool:
     """Wait until some value is held by ``w`` targets (True), or none is left (False)."""
     for attempt in range(_ATTEMPTS):
@@ -169,7 +167,7 @@ async def _settled(
     return False
 
 
-async def _states(store: ReplicatedStore, key: str, targets: list[Node]) -> list[State]:
+async def _states(store: Coordinator, key: str, targets: list[Node]) -> list[State]:
     results = await asyncio.gather(
         *(store.router.send(n, lambda n: n.state(key), name=_name) for n in targets),
         return_exceptions=True,
@@ -178,7 +176,7 @@ async def _states(store: ReplicatedStore, key: str, targets: list[Node]) -> list
     return [r for r in results if not isinstance(r, BaseException) and r.corrupt is None]
 
 
-async def _adopt(store: ReplicatedStore, key: str, targets: list[Node], best: State) -> None:
+async def _adopt(store: Coordinator, key: str, targets: list[Node], best: State) -> None:
     """A value short of a quorum for too long (its writer crashed): re-stamp it."""
     holders = [n for n in targets]
     src, got, _ = await store._fetch(holders, lambda n: fetch(n, key, None, store.min_block), key)

@@ -19,9 +19,9 @@ from swarmstore.storage._converge import converge
 from swarmstore.storage._hints import Hint, hint_body, hint_name, parse_hint
 
 if TYPE_CHECKING:
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["note_missed", "replay"]
 
@@ -31,7 +31,7 @@ def _name(node: Node) -> str:
 
 
 async def note_missed(
-    store: ReplicatedStore, key: str, missed: list[Node], acked: list[Node], version: Version
+    store: Coordinator, key: str, missed: list[Node], acked: list[Node], version: Version
 ) -> None:
     """Leave hints for ``missed`` on every acknowledging node (durable, seen by every host)
     and in the local cache; forget local hints the write made obsolete."""
@@ -54,7 +54,7 @@ async def note_missed(
     store._reraise_bugs(results)  # node errors: the local cache and repair still cover it
 
 
-async def _found_on_nodes(store: ReplicatedStore) -> tuple[list[Hint], list[str]]:
+async def _found_on_nodes(store: Coordinator) -> tuple[list[Hint], list[str]]:
     """Every hint in the nodes' metadata areas (one listing per node), and unreachable nodes."""
 
     async def one(node: Node) -> list[Hint]:
@@ -71,9 +71,7 @@ async def _found_on_nodes(store: ReplicatedStore) -> tuple[list[Hint], list[str]
     return found, down
 
 
-async def replay(
-    store: ReplicatedStore, nodes: list[str] | None = None, *, scan: bool = False
-) -> int:
+async def replay(store: Coordinator, nodes: list[str] | None = None, *, scan: bool = False) -> int:
     """Replay hints (this coordinator's, or with ``scan=True`` every node's); returns how
     many were applied. Hints whose node is still behind (down) are kept."""
     names = set(store.hints.nodes() if nodes is None else nodes) - store._replaying
@@ -93,7 +91,7 @@ async def replay(
     return done
 
 
-async def _apply(store: ReplicatedStore, hints: list[Hint]) -> int:
+async def _apply(store: Coordinator, hints: list[Hint]) -> int:
     merged: dict[tuple[str, str], Hint] = {}
     for h in hints:
         if h.node not in store._by_name:
@@ -123,7 +121,7 @@ async def _apply(store: ReplicatedStore, hints: list[Hint]) -> int:
     return done
 
 
-async def _forget(store: ReplicatedStore, hint: Hint) -> None:
+async def _forget(store: Coordinator, hint: Hint) -> None:
     """Drop a replayed hint: the local cache entry and its durable copies."""
     already = store.hints.has(hint.node, hint.key)
     store.hints.discard(hint.node, hint.key)

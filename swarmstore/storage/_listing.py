@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 from swarmstore.errors import QuorumError, ReplicaUnavailable
 
 if TYPE_CHECKING:
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["delete_dir", "entries", "keys", "listed"]
 
 _CONCURRENCY = 32
 
 
-async def listed(store: ReplicatedStore, prefix: str) -> tuple[dict[str, set[Node]], list[Node]]:
+async def listed(store: Coordinator, prefix: str) -> tuple[dict[str, set[Node]], list[Node]]:
     """``{key: nodes listing it}`` under ``prefix`` and the nodes that did not answer."""
     results = await asyncio.gather(
         *(n.list_keys(prefix) for n in store.nodes), return_exceptions=True
@@ -47,7 +47,7 @@ def _why(r: object) -> str:
     return f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else "ok"
 
 
-async def keys(store: ReplicatedStore, prefix: str) -> list[str]:
+async def keys(store: Coordinator, prefix: str) -> list[str]:
     """The live keys under ``prefix``, sorted."""
     holders, down = await listed(store, prefix)
     answering = set(store.nodes) - set(down)
@@ -66,7 +66,7 @@ async def keys(store: ReplicatedStore, prefix: str) -> list[str]:
     return sorted(k for k in holders if k not in gone)
 
 
-async def entries(store: ReplicatedStore, prefix: str) -> list[str]:
+async def entries(store: Coordinator, prefix: str) -> list[str]:
     """Names directly under ``prefix`` (the union over the reachable nodes)."""
     results = await asyncio.gather(
         *(n.list_entries(prefix) for n in store.nodes), return_exceptions=True
@@ -80,7 +80,7 @@ async def entries(store: ReplicatedStore, prefix: str) -> list[str]:
     return sorted(set().union(*ok))
 
 
-async def delete_dir(store: ReplicatedStore, prefix: str) -> None:
+async def delete_dir(store: Coordinator, prefix: str) -> None:
     """Delete every key under ``prefix`` (each a versioned delete), then drop the empty
     directories left on local nodes. Raises the first :class:`QuorumError` after trying all."""
     lead = f"{prefix}/" if prefix else ""

@@ -23,8 +23,8 @@ from swarmstore.storage._converge import Winner, _copy, converge, decide, examin
 
 if TYPE_CHECKING:
     from swarmstore.storage._converge import Look
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = [
     "RebalanceReport",
@@ -114,7 +114,7 @@ class RebalanceReport:
         return asdict(self)
 
 
-async def inventory(store: ReplicatedStore) -> tuple[dict[str, set[Node]], list[str]]:
+async def inventory(store: Coordinator) -> tuple[dict[str, set[Node]], list[str]]:
     """``{key: nodes holding data or a tombstone}`` over reachable nodes, and the names of
     the unreachable ones."""
 
@@ -149,7 +149,7 @@ async def _walk(keys: list[str], fn: Callable[[str], Awaitable[None]], progress:
     await asyncio.gather(*(one(k) for k in keys))
 
 
-async def scrub(store: ReplicatedStore, progress: Progress = None) -> ScrubReport:
+async def scrub(store: Coordinator, progress: Progress = None) -> ScrubReport:
     """Read and verify every replica of every key; change nothing."""
     report = ScrubReport()
     with qos("bulk"):
@@ -201,7 +201,7 @@ def _classify(
             report.healthy += 1
 
 
-async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairReport:
+async def repair(store: Coordinator, progress: Progress = None) -> RepairReport:
     """Give every key ``replicas`` verified, current copies on its target nodes; apply
     every delete a node missed and drop tombstones once everyone applied them."""
     report = RepairReport()
@@ -229,14 +229,14 @@ async def repair(store: ReplicatedStore, progress: Progress = None) -> RepairRep
     return report
 
 
-def _journal_path(store: ReplicatedStore) -> Any:
+def _journal_path(store: Coordinator) -> Any:
     members = "\0".join(f"{n.name}|{n.weight}|{n.zone}" for n in store.nodes)
     ident = xxhash.xxh3_64_hexdigest(f"{members}|{store.replicas}".encode())
     return store.hints.directory / f"rebalance-{ident}.json"
 
 
 async def rebalance(
-    store: ReplicatedStore, progress: Progress = None, *, limit: int | None = None
+    store: Coordinator, progress: Progress = None, *, limit: int | None = None
 ) -> RebalanceReport:
     """Copy each key to the nodes placement now names, then drop copies elsewhere.
 
@@ -276,7 +276,7 @@ def _save_cursor(journal: Any, key: str) -> None:
     os.replace(tmp, journal)
 
 
-async def _move(store: ReplicatedStore, key: str, held: set[Node], report: RebalanceReport) -> None:
+async def _move(store: Coordinator, key: str, held: set[Node], report: RebalanceReport) -> None:
     targets = store.targets(key)
     if any(n.name in report.unreachable for n in targets):
         report.skipped += 1

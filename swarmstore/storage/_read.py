@@ -30,9 +30,9 @@ from swarmstore.storage._verified import Got, Missing, Refused, Unrecorded, fetc
 if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
 
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._integrity import Record, Version
     from swarmstore.storage._node import Node, State
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["Answer", "QuorumRead", "Verdict"]
 
@@ -106,7 +106,7 @@ class QuorumRead:
     """One quorum read (or, with ``want_data=False``, a quorum version lookup) of a key."""
 
     def __init__(
-        self, store: ReplicatedStore, key: str, byte_range: ByteRequest | None, want_data: bool
+        self, store: Coordinator, key: str, byte_range: ByteRequest | None, want_data: bool
     ) -> None:
         self.store, self.key, self.byte_range, self.want_data = store, key, byte_range, want_data
         targets, self.rest = store._ranked(key)

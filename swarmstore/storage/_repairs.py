@@ -11,9 +11,9 @@ from swarmstore.network import qos
 from swarmstore.storage._converge import Winner, _copy, converge
 
 if TYPE_CHECKING:
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
     from swarmstore.storage._read import Answer, Verdict
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["after_read"]
 
@@ -28,7 +28,7 @@ def _behind(answer: Answer, verdict: Verdict) -> bool:
     return False
 
 
-def after_read(store: ReplicatedStore, key: str, verdict: Verdict, *, full: bool) -> None:
+def after_read(store: Coordinator, key: str, verdict: Verdict, *, full: bool) -> None:
     """Spawn the repair of the target replicas ``verdict``'s answers found behind."""
     answers = verdict.answers or {}
     targets = store.targets(key)
@@ -41,7 +41,7 @@ def after_read(store: ReplicatedStore, key: str, verdict: Verdict, *, full: bool
 
 
 async def _repair(
-    store: ReplicatedStore, key: str, bad: list[Node], verdict: Verdict, full: bool
+    store: Coordinator, key: str, bad: list[Node], verdict: Verdict, full: bool
 ) -> None:
     try:
         with qos("bulk"):

@@ -18,14 +18,14 @@ from swarmstore.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["allow_create", "configure", "default_state_dir"]
 
 
 def configure(
-    store: ReplicatedStore,
+    store: Coordinator,
     replicas: int | None,
     write_quorum: int | None,
     read_quorum: int | None,

@@ -27,9 +27,9 @@ from swarmstore.storage._node import State
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
 
+    from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node, Pending
-    from swarmstore.storage._replicated import ReplicatedStore
 
 __all__ = ["delete", "put", "settle", "stage", "versions"]
 
@@ -43,7 +43,7 @@ def _ok(result: object) -> bool:
 
 
 async def settle(
-    store: ReplicatedStore,
+    store: Coordinator,
     jobs: dict[Node, Coroutine[Any, Any, Any]],
     enough: Callable[[dict[Node, Any]], bool],
 ) -> tuple[dict[Node, Any], dict[Node, asyncio.Task[Any]]]:
@@ -77,7 +77,7 @@ def versions(states: Iterable[State]) -> list[Version]:
 
 
 async def stage(
-    store: ReplicatedStore, key: str, data: bytes, targets: list[Node]
+    store: Coordinator, key: str, data: bytes, targets: list[Node]
 ) -> tuple[dict[Node, Pending], dict[Node, BaseException], dict[Node, asyncio.Task[Any]]]:
     """Phase 1 and staging on every target; returns once enough answered (or all did):
     ``(staged, failures, late)``, ``late`` the prepares still running."""
@@ -100,19 +100,19 @@ async def stage(
     return staged, failures, late
 
 
-def abort_late(store: ReplicatedStore, late: dict[Node, asyncio.Task[Any]]) -> None:
+def abort_late(store: Coordinator, late: dict[Node, asyncio.Task[Any]]) -> None:
     """Drop what late prepares stage when they land (the write went on without them)."""
     for node, task in late.items():
         task.add_done_callback(lambda t, n=node: _abort_landed(store, n, t))
 
 
-def _abort_landed(store: ReplicatedStore, node: Node, task: asyncio.Task[Any]) -> None:
+def _abort_landed(store: Coordinator, node: Node, task: asyncio.Task[Any]) -> None:
     if task.cancelled() or task.exception() is not None:
         return
     store._spawn(node.abort(task.result()))
 
 
-async def put(store: ReplicatedStore, key: str, data: bytes, record: Record | None) -> list[Node]:
+async def put(store: Coordinator, key: str, data: bytes, record: Record | None) -> list[Node]:
     """Write ``data`` to ``key``'s replicas; returns the nodes that acknowledged."""
     targets = store.targets(key)
     rq, w = store.quorums(len(targets))
@@ -139,7 +139,7 @@ async def put(store: ReplicatedStore, key: str, data: bytes, record: Record | No
 
 
 async def _late_commit(
-    store: ReplicatedStore, node: Node, prepared: asyncio.Task[Any], record: Record
+    store: Coordinator, node: Node, prepared: asyncio.Task[Any], record: Record
 ) -> Any:
     pending = await prepared
     if pending.error is not None:
@@ -148,7 +148,7 @@ async def _late_commit(
 
 
 async def _follow(
-    store: ReplicatedStore,
+    store: Coordinator,
     key: str,
     version: Version,
     acked: list[Node],
@@ -165,7 +165,7 @@ async def _follow(
 
 
 async def commit(
-    store: ReplicatedStore,
+    store: Coordinator,
     key: str,
     ready: dict[Node, Pending],
     record: Record,
@@ -187,7 +187,7 @@ async def commit(
     return acked, failures, dict(laggards)
 
 
-async def delete(store: ReplicatedStore, key: str) -> None:
+async def delete(store: Coordinator, key: str) -> None:
     """Delete ``key``: a no-op when a read quorum holds no data; else versioned tombstones."""
     targets, rest = store._ranked(key)
     rq, w = store.quorums(len(targets))
@@ -221,13 +221,13 @@ async def delete(store: ReplicatedStore, key: str) -> None:
 
 
 def _bury(
-    store: ReplicatedStore, node: Node, key: str, tomb: Record, seen: State | None
+    store: Coordinator, node: Node, key: str, tomb: Record, seen: State | None
 ) -> Coroutine[Any, Any, Any]:
     seen = seen if seen is not None else State(tomb_known=False)
     return store.router.send(node, lambda n: n.bury(key, tomb, seen), name=_name)
 
 
-async def _clean(store: ReplicatedStore, key: str, rest: Iterable[Node]) -> bool:
+async def _clean(store: Coordinator, key: str, rest: Iterable[Node]) -> bool:
     """Remove copies of ``key`` outside its targets; True when every node answered."""
     results = await asyncio.gather(
         *(store.router.send(n, lambda n: n.remove(key), name=_name) for n in rest),
@@ -237,7 +237,7 @@ async def _clean(store: ReplicatedStore, key: str, rest: Iterable[Node]) -> bool
     return all(map(_ok, results))
 
 
-async def _collect(store: ReplicatedStore, key: str, targets: list[Node], tomb: Record) -> None:
+async def _collect(store: Coordinator, key: str, targets: list[Node], tomb: Record) -> None:
     """Every node applied the delete: drop its tombstones (the metadata area empties)."""
     await asyncio.gather(
         *(store.router.send(n, lambda n: n.unbury(key, tomb), name=_name) for n in targets),
