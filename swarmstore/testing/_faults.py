@@ -99,6 +99,10 @@ class Faults:
             self.hold_next[op] -= 1
             while self.gate:
                 await asyncio.sleep(0.002)
+        self._refuse(op, name, write)
+
+    def _refuse(self, op: str, name: str, write: bool) -> None:
+        """Raise the injected outage, write failure or random error due now, if any."""
         if self.down:
             raise NodeUnavailable(f"{name} is down (injected outage)")
         if write:
@@ -133,12 +137,7 @@ class Faults:
         d = self.delay()
         if d > 0:
             time.sleep(d)
-        if self.down:
-            raise NodeUnavailable(f"{name} is down (injected outage)")
-        if write:
-            self.refuse_write(op, name)
-        if self.error_rate and self._rng.random() < self.error_rate:
-            raise NodeUnavailable(f"{name}: injected error on {op}")
+        self._refuse(op, name, write)
 
     def corrupts(self, key: str) -> bool:
         return "*" in self.corrupt_reads or key in self.corrupt_reads
