@@ -30,6 +30,7 @@ from swarmstore.storage._node import check_key
 from swarmstore.storage._read import QuorumRead
 from swarmstore.storage._settings import allow_create, configure, default_state_dir
 from swarmstore.storage._spec import node_from
+from swarmstore.storage._syncsurface import SyncSurface
 from swarmstore.storage._verified import Got
 from swarmstore.storage._write import delete, grace, put
 
@@ -52,7 +53,7 @@ def _measure(result: Any) -> int:
     return len(result.data) if isinstance(result, Got) else 0
 
 
-class ReplicatedStore(Maintained, Store):
+class ReplicatedStore(Maintained, SyncSurface, Store):
     """Spread zarr keys over ``nodes``, ``replicas`` verified, versioned copies each.
 
     - Placement: weighted rendezvous hashing; replicas in distinct zones when possible.
