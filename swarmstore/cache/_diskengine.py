@@ -35,6 +35,8 @@ from swarmstore import _clock
 from swarmstore.cache._diskevict import Space
 from swarmstore.cache._diskfill import FillQueue
 from swarmstore.cache._diskgens import Gens, Ticket, subdir
+from swarmstore.cache._diskhost import HOOKS, Gone, at
+from swarmstore.cache._diskhost import O_DIR as _O_DIR
 from swarmstore.cache._diskindex import Index
 from swarmstore.cache._disklocks import Claims, DirLock, Owner
 from swarmstore.cache._diskpublish import Publisher
@@ -50,15 +52,8 @@ __all__ = ["HOOKS", "Engine", "Gone"]
 
 logger = logging.getLogger(__name__)
 
-#: test hooks: a function run at a named point of publishing or invalidating (a kill)
-HOOKS: dict[str, Callable[[], None]] = {}
 _HOUSEKEEPING_EVERY = 1.0  # seconds between access-time writes and dead-owner sweeps
 _RETRY_BROKEN = 5.0  # seconds before a tier that could not open tries again
-_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-class Gone(OSError):
-    """The cache directory was deleted or replaced under this process."""
 
 
 class Engine:
@@ -88,12 +83,6 @@ class Engine:
         self.state = "new"  # "open", "gone" (directory deleted), "broken", "closed"
         self._retry_at = 0.0
         self.hits = self.misses = self.corrupt = self.errors = self.restarts = 0
-
-    @staticmethod
-    def at(point: str) -> None:
-        hook = HOOKS.get(point)
-        if hook is not None:
-            hook()
 
     # -- open, restart, close -----------------------------------------------------------
 
@@ -314,7 +303,7 @@ class Engine:
         if self.ensure_open(foreground=foreground):
             with self.held() as lock:
                 self._invalidate_in(lock.fd, self.tmp_fd, ns, key, prefix)
-                self.at("bumped")
+                at("bumped")
                 with contextlib.suppress(OSError, sqlite3.Error):
                     self._drop_rows(ns, key, prefix)
             return

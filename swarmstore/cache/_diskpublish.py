@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import swarmstore.cache._diskformat as fmt
 from swarmstore.cache._diskgens import subdir
+from swarmstore.cache._diskhost import at
 
 if TYPE_CHECKING:
-    from swarmstore.cache._diskengine import Engine
     from swarmstore.cache._diskfill import Fill
+    from swarmstore.cache._diskhost import Host
 
 __all__ = ["Publisher"]
 
@@ -39,9 +40,9 @@ type Staged = tuple["Fill", str, int]  # fill, temp file name, size
 
 
 class Publisher:
-    """The fill path of one :class:`~swarmstore.cache._diskengine.Engine`."""
+    """The fill path of one engine (``_diskengine.Engine``, seen as a ``_diskhost.Host``)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Host) -> None:
         self.e = engine
         self._seq = itertools.count()
         self.writes = self.cut = self.errors = 0
@@ -90,7 +91,7 @@ class Publisher:
         with e.locked() as db:
             fits = e.space.fit(db, [size for _, _, size in encoded])
         self.cut += fits.count(False)
-        e.at("reserved")
+        at("reserved")
         return [item for item, ok in zip(encoded, fits, strict=True) if ok]
 
     def _stage(self, items: list[tuple[Fill, tuple[Any, ...], int]]) -> list[Staged]:
@@ -115,7 +116,7 @@ class Publisher:
         finally:
             for fd in fds:
                 os.close(fd)
-        self.e.at("staged")
+        at("staged")
         return staged
 
     def _commit(self, staged: list[Staged]) -> None:
@@ -135,19 +136,18 @@ class Publisher:
                 rows = [(n, f.ns, f.key, size) for n, (f, _, size) in fresh.items()]
                 e.index.insert(db, rows)
                 e.index.set_reservation(db, e.owner.token, 0)
-                e.at("inserted")
+                at("inserted")
         finally:
             self._discard([s for s in staged if not s[0].done])  # dropped, or not renamed
 
     def _rename_all(self, fresh: dict[str, Staged]) -> None:
-        e = self.e
-        e.at("committed")
+        at("committed")
         for name, (fill, tmp, _) in fresh.items():
             self._rename(tmp, name)
             fill.done = True
             fill.release()
             self.writes += 1
-            e.at("renamed")
+            at("renamed")
 
     def _rename(self, tmp: str, name: str) -> None:
         e = self.e

@@ -1,0 +1,65 @@
+"""What the disk tier's publisher needs of its engine, in a leaf module of its own.
+
+The engine (``_diskengine``) owns a publisher (``_diskpublish``), and the publisher calls
+back into the engine. Typing the publisher against :class:`Host` rather than the engine
+class keeps the imports one way (engine -> publisher -> this module), so either can be
+read, tested and changed without the other's module loaded. :class:`Gone` and the test
+hooks live here too: both modules raise and run them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import contextlib
+    import pathlib
+    import sqlite3
+    from collections.abc import Callable
+
+    from swarmstore.cache._diskevict import Space
+    from swarmstore.cache._diskgens import Gens
+    from swarmstore.cache._diskindex import Index
+    from swarmstore.cache._disklocks import DirLock, Owner
+
+__all__ = ["HOOKS", "O_DIR", "Gone", "Host", "at"]
+
+#: test hooks: a function run at a named point of publishing or invalidating (a kill)
+HOOKS: dict[str, Callable[[], None]] = {}
+
+#: flags to open a directory for ``dir_fd`` use (never inherited by child processes)
+O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class Gone(OSError):
+    """The cache directory was deleted or replaced under this process."""
+
+
+def at(point: str) -> None:
+    """Run the test hook registered for ``point``, if any."""
+    hook = HOOKS.get(point)
+    if hook is not None:
+        hook()
+
+
+class Host(Protocol):
+    """The engine as its publisher sees it (``_diskengine.Engine`` is the one there is)."""
+
+    path: pathlib.Path
+    fsync: bool
+    state: str
+    index: Index
+    gens: Gens
+    space: Space | None
+    lock: DirLock | None
+    owner: Owner | None
+    tmp_fd: int
+
+    def ensure_open(self, *, foreground: bool) -> bool: ...
+
+    def locked(
+        self, after: list[Callable[[], None]] | None = None
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
+
+    def warn(self, message: str) -> None: ...
