@@ -253,7 +253,7 @@ class DiskTier(SyncTier):
         """
         ticket = self.ticket(ns, key) if ticket is None else ticket
         fill = Fill(ns, key, span, data, _clock.wall(), token, ticket)
-        self._engine.publisher.publish([fill])
+        self._engine.publisher.publish([fill], foreground=True)
         return fill.done
 
     def submit(self, ns: str, key: str, span: Span, data: bytes | None, *, ticket: Any) -> None:
@@ -272,7 +272,7 @@ class DiskTier(SyncTier):
         """Drop every file (of every namespace) and void every ticket."""
         e = self._engine
         e.invalidate("*", "", True)  # every key of every store: readers drop what is left
-        with e.locked() as db:
+        with e.locked(foreground=True) as db:
             rows = db.execute("SELECT name, size FROM entries").fetchall()
             for name, _ in rows:
                 e.unlink(name)

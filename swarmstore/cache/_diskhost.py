@@ -49,6 +49,7 @@ class Host(Protocol):
     path: pathlib.Path
     fsync: bool
     state: str
+    index_trouble: str | None
     index: Index
     gens: Gens
     space: Space | None
@@ -59,7 +60,7 @@ class Host(Protocol):
     def ensure_open(self, *, foreground: bool) -> bool: ...
 
     def locked(
-        self, after: list[Callable[[], None]] | None = None
+        self, after: list[Callable[[], None]] | None = None, *, foreground: bool
     ) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
 
     def warn(self, message: str) -> None: ...
