@@ -134,8 +134,14 @@ class Publisher:
         assert e.owner is not None
         fresh: dict[str, Staged] = {}  # name -> staged; the last fill of a name wins
         try:
-            renames = [lambda: self._rename_all(fresh, foreground)]
-            with e.locked(after=renames, foreground=foreground) as db:
+            # renamed, then the dropped fills' temp files deleted, the lock still held: their
+            # reservation ends with this transaction, so they must be gone before another
+            # process can reserve that room (the bound holds for every holder of the lock)
+            after = [
+                lambda: self._rename_all(fresh, foreground),
+                lambda: self._discard([s for s in staged if not s[0].done]),
+            ]
+            with e.locked(after=after, foreground=foreground) as db:
                 for item in staged:
                     fill = item[0]
                     stem = fmt.key_stem(fill.ns, fill.key)
