@@ -34,22 +34,22 @@ import logging
 import os
 import sqlite3
 import threading
-import warnings
 from typing import TYPE_CHECKING
 
 import swarmstore.cache._diskformat as fmt
 from swarmstore import _clock
+from swarmstore.cache._diskdefer import Deferred
 from swarmstore.cache._diskevict import Space
 from swarmstore.cache._diskfill import FillQueue
 from swarmstore.cache._diskgens import Gens, Ticket, subdir
-from swarmstore.cache._diskhost import HOOKS, Gone, at
+from swarmstore.cache._diskhost import HOOKS, Gone, Notices, at
 from swarmstore.cache._diskhost import O_DIR as _O_DIR
 from swarmstore.cache._diskindex import Index
 from swarmstore.cache._disklocks import Claims, DirLock, Owner
 from swarmstore.cache._diskpublish import Publisher
+from swarmstore.cache._diskscan import scan
 from swarmstore.cache._span import WHOLE, Span
 from swarmstore.cache._tier import Entry
-from swarmstore.errors import CacheWarning
 
 if TYPE_CHECKING:
     import pathlib
@@ -63,10 +63,11 @@ _HOUSEKEEPING_EVERY = 1.0  # seconds between access-time writes and dead-owner s
 _RETRY_BROKEN = 5.0  # seconds before a tier that could not open tries again
 
 
-class Engine:
+class Engine(Notices):
     """The state and work of one DiskTier instance (one "process" of the directory)."""
 
     def __init__(self, path: pathlib.Path, max_bytes: int, fsync: bool, pending: int) -> None:
+        super().__init__()
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -83,10 +84,7 @@ class Engine:
         self._mutex = threading.RLock()
         self._touched: dict[str, None] = {}
         self._last_chores = _clock.monotonic()
-        self._deferred: list[tuple[str, str, bool]] = []
-        self._pending: dict[tuple[str, str, bool], int] = {}
-        self._warned: set[str] = set()
-        self._later: list[str] = []
+        self.deferred = Deferred()
         self.state = "new"  # "open", "gone" (directory deleted), "broken", "closed"
         #: why the fill thread stopped using the index: "replaced" (deleted, or another
         #: file now) or "failed"; a caller's next call reopens or rebuilds it
@@ -184,19 +182,7 @@ class Engine:
             self._reindex()
 
     def _reindex(self) -> None:
-        rows = []
-        for sub in os.scandir(self.data):
-            if not sub.is_dir():
-                continue
-            for f in os.scandir(sub.path):
-                if f.name == "_gen":
-                    continue
-                row = _describe(f.path, f.name, self.gens)
-                if row is None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(f.path)  # foreign, corrupt, stale or an old format
-                else:
-                    rows.append(row)
+        rows = scan(self.data, self.gens)
         with self.index.transaction() as db:
             self.index.reindex(db, rows)
 
@@ -295,7 +281,7 @@ class Engine:
         return any(os.path.exists(self.file(fmt.name_of(ns, key, s))) for s in names)
 
     def read(self, ns: str, key: str, span: Span) -> Entry | None:
-        if (self._pending and self.is_pending(ns, key)) or self.state in ("gone", "broken"):
+        if self.deferred.covers(ns, key) or self.state in ("gone", "broken"):
             self.misses += 1
             return None
         for stored in (WHOLE, span) if span is not WHOLE else (WHOLE,):
@@ -385,20 +371,7 @@ class Engine:
         if prefix:
             self.gens.bump_prefix(data_fd, tmp_fd, ns, key)
         else:
-            stem = fmt.key_stem(ns, key)
-            self.gens.bump(data_fd, tmp_fd, stem)
-            self._unlink_stem(data_fd, stem)
-
-    def _unlink_stem(self, data_fd: int, stem: str) -> None:
-        sub = subdir(stem)
-        try:
-            names = os.listdir(os.path.join(self.data, sub))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.startswith(stem):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{sub}/{name}", dir_fd=data_fd)
+            self.gens.void(data_fd, tmp_fd, fmt.key_stem(ns, key))
 
     def _drop_rows(self, ns: str, key: str, prefix: bool, *, foreground: bool) -> None:
         """The index's side of an invalidation (held lock): unlink what it lists, drop rows.
@@ -418,30 +391,11 @@ class Engine:
 
     def defer(self, ns: str, key: str, prefix: bool) -> None:
         """Invalidate soon, in the fill thread; reads of the key miss until it is done."""
-        with self._mutex:
-            self._pending[(ns, key, prefix)] = self._pending.get((ns, key, prefix), 0) + 1
-            self._deferred.append((ns, key, prefix))
+        self.deferred.add(ns, key, prefix)
         self.fills.want_housekeeping()
 
-    def is_pending(self, ns: str, key: str) -> bool:
-        pending = list(self._pending)
-        return any(
-            p_ns == ns and (k == key or (pre and key.startswith(k))) for p_ns, k, pre in pending
-        )
-
-    def _run_deferred(self) -> None:
-        with self._mutex:
-            todo, self._deferred = self._deferred, []
-        for item in todo:
-            try:
-                self.invalidate(*item, foreground=False)
-            except OSError as e:
-                self.warn(f"disk cache could not drop {item[1]!r} ({e})")
-            finally:
-                with self._mutex:
-                    left = self._pending.pop(item, 1) - 1
-                    if left > 0:
-                        self._pending[item] = left
+    def _invalidate_later(self, ns: str, key: str, prefix: bool) -> None:
+        self.invalidate(ns, key, prefix, foreground=False)
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -460,8 +414,8 @@ class Engine:
 
     def housekeeping(self) -> None:
         """Deferred invalidations, access times, dead owners' temp files (fill thread)."""
-        if self._deferred:
-            self._run_deferred()
+        if self.deferred:
+            self.deferred.run(self._invalidate_later, self.warn)
         try:
             self._write_touches()
             due = _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY
@@ -479,38 +433,3 @@ class Engine:
         touched, self._touched = self._touched, {}
         with self.locked(foreground=False) as db:
             self.index.touch(db, touched)
-
-    def warn(self, message: str) -> None:
-        """Log ``message``; the first time of its kind, a CacheWarning too, on a caller's
-        thread (from the fill thread it waits for the next call: :meth:`raise_warnings`)."""
-        logger.warning("%s", message)
-        kind = message.split("(")[0]
-        if kind in self._warned:
-            return
-        self._warned.add(kind)
-        if threading.current_thread().name == "swarmstore-disk-fill":
-            self._later.append(message)
-        else:
-            warnings.warn(message, CacheWarning, stacklevel=4)
-
-    def raise_warnings(self) -> None:
-        """Issue the CacheWarnings the fill thread noted (on this, a caller's, thread)."""
-        while self._later:
-            warnings.warn(self._later.pop(0), CacheWarning, stacklevel=4)
-
-
-def _describe(path: str, name: str, gens: Gens) -> tuple[str, str, str, int] | None:
-    """``(name, ns, key, size)`` of a well-formed, current file stored under its own name."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(fmt.PREFIX.size)
-            raw += f.read(fmt.prefix_length(raw) - len(raw))
-            size = os.fstat(f.fileno()).st_size
-        head = fmt.decode_header(raw, size)
-    except (OSError, fmt.Corrupt):
-        return None
-    if fmt.key_stem(head.ns, head.key) + fmt.span_digest(head.span) != name:
-        return None
-    if gens.covered(head.ns, head.key, head.prefixes):
-        return None
-    return name, head.ns, head.key, size
