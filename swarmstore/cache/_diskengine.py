@@ -424,6 +424,8 @@ class Engine(Notices):
                 with self.locked(foreground=False) as db:
                     assert self.space is not None
                     self.space.reclaim(db)
+        except Gone as e:  # removed, or its index is: nothing to keep, a caller restarts
+            logger.info("disk cache housekeeping skipped: %s", e)
         except (OSError, sqlite3.Error) as e:
             self.warn(f"disk cache index at {self.path} failed ({e})")
 
