@@ -14,7 +14,7 @@ import swarmstore.cache._diskformat as fmt
 from swarmstore import _clock, config
 from swarmstore.cache._diskengine import Engine
 from swarmstore.cache._diskfill import Fill
-from swarmstore.cache._disklocks import Backoff, Claim
+from swarmstore.cache._disklocks import Backoff, Claim, DirLock
 from swarmstore.cache._tier import Entry, SyncTier
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ class DiskTier(SyncTier):
         """
         ticket = self.ticket(ns, key) if ticket is None else ticket
         fill = Fill(ns, key, span, data, _clock.wall(), token, ticket)
-        self._engine.publisher.publish([fill])
+        self._engine.publisher.publish([fill], foreground=True)
         return fill.done
 
     def submit(self, ns: str, key: str, span: Span, data: bytes | None, *, ticket: Any) -> None:
@@ -272,22 +272,41 @@ class DiskTier(SyncTier):
         """Drop every file (of every namespace) and void every ticket."""
         e = self._engine
         e.invalidate("*", "", True)  # every key of every store: readers drop what is left
-        with e.locked() as db:
+        with e.locked(foreground=True) as db:
             rows = db.execute("SELECT name, size FROM entries").fetchall()
             for name, _ in rows:
                 e.unlink(name)
             e.index.delete(db, rows)
 
     def disk_usage(self) -> int:
-        """Bytes of everything under ``path``: files, temp files and the index."""
-        total = 0
-        for root, _dirs, files in os.walk(self.path):
-            for fn in files:
-                try:
-                    total += os.stat(os.path.join(root, fn)).st_size
-                except FileNotFoundError:
-                    pass
-        return total
+        """Bytes of everything under ``path``: files, temp files and the index.
+
+        One snapshot, comparable with the bound: walked under the directory lock, so no
+        fill is renamed from ``tmp/`` into ``data/`` (it would count twice) and no entry
+        is evicted to make room for a new temp file (both would count) during the walk.
+        """
+        try:
+            lock = DirLock(str(self.path / "data"))
+        except FileNotFoundError:
+            return _bytes_under(self.path)
+        try:
+            with lock.held():
+                return _bytes_under(self.path)
+        finally:
+            lock.close()
+
+
+def _bytes_under(path: pathlib.Path) -> int:
+    """Bytes of the files under ``path``, each counted once (by inode)."""
+    sizes: dict[tuple[int, int], int] = {}
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            try:
+                st = os.stat(os.path.join(root, fn))
+            except FileNotFoundError:
+                continue
+            sizes[st.st_dev, st.st_ino] = st.st_size
+    return sum(sizes.values())
 
 
 class _NoClaim:

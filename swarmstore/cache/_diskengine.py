@@ -16,8 +16,15 @@ Mutations hold the directory lock and first check that the directory is still th
 this process opened: a deleted cache directory stops this process's fills and is only
 re-created by a foreground call, with a :class:`~swarmstore.errors.CacheWarning`. Files
 are created, renamed and unlinked relative to the directory fds, so nothing is ever
-written into a directory that was deleted meanwhile. A replaced index is reopened (and
-rebuilt from the files when it is new); an unreadable one is rebuilt.
+written into a directory that was deleted meanwhile.
+
+The fill thread opens, creates and rebuilds nothing (issue 23): ``rmtree`` lists a
+directory, removes what it listed, then the directory, so anything added meanwhile makes
+the removal fail and leaves the directory behind. It writes only while the directory, its
+``tmp`` and its index are the ones opened, and renames into subdirectories that exist (a
+ticket, taken on a caller's thread before the fetch, creates the key's). A replaced index
+(deleted, or another file) or a failing one stops its fills; a caller's next call reopens
+it (rebuilt from the files when it is new) or rebuilds it.
 """
 
 from __future__ import annotations
@@ -27,20 +34,22 @@ import logging
 import os
 import sqlite3
 import threading
-import warnings
 from typing import TYPE_CHECKING
 
 import swarmstore.cache._diskformat as fmt
 from swarmstore import _clock
+from swarmstore.cache._diskdefer import Deferred
 from swarmstore.cache._diskevict import Space
 from swarmstore.cache._diskfill import FillQueue
 from swarmstore.cache._diskgens import Gens, Ticket, subdir
+from swarmstore.cache._diskhost import HOOKS, Gone, Notices, at
+from swarmstore.cache._diskhost import O_DIR as _O_DIR
 from swarmstore.cache._diskindex import Index
 from swarmstore.cache._disklocks import Claims, DirLock, Owner
 from swarmstore.cache._diskpublish import Publisher
+from swarmstore.cache._diskscan import scan
 from swarmstore.cache._span import WHOLE, Span
 from swarmstore.cache._tier import Entry
-from swarmstore.errors import CacheWarning
 
 if TYPE_CHECKING:
     import pathlib
@@ -50,21 +59,15 @@ __all__ = ["HOOKS", "Engine", "Gone"]
 
 logger = logging.getLogger(__name__)
 
-#: test hooks: a function run at a named point of publishing or invalidating (a kill)
-HOOKS: dict[str, Callable[[], None]] = {}
 _HOUSEKEEPING_EVERY = 1.0  # seconds between access-time writes and dead-owner sweeps
 _RETRY_BROKEN = 5.0  # seconds before a tier that could not open tries again
-_O_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-class Gone(OSError):
-    """The cache directory was deleted or replaced under this process."""
-
-
-class Engine:
+class Engine(Notices):
     """The state and work of one DiskTier instance (one "process" of the directory)."""
 
     def __init__(self, path: pathlib.Path, max_bytes: int, fsync: bool, pending: int) -> None:
+        super().__init__()
         self.path = path
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -81,41 +84,40 @@ class Engine:
         self._mutex = threading.RLock()
         self._touched: dict[str, None] = {}
         self._last_chores = _clock.monotonic()
-        self._deferred: list[tuple[str, str, bool]] = []
-        self._pending: dict[tuple[str, str, bool], int] = {}
-        self._warned: set[str] = set()
-        self._later: list[str] = []
+        self.deferred = Deferred()
         self.state = "new"  # "open", "gone" (directory deleted), "broken", "closed"
+        #: why the fill thread stopped using the index: "replaced" (deleted, or another
+        #: file now) or "failed"; a caller's next call reopens or rebuilds it
+        self.index_trouble: str | None = None
         self._retry_at = 0.0
         self.hits = self.misses = self.corrupt = self.errors = self.restarts = 0
-
-    @staticmethod
-    def at(point: str) -> None:
-        hook = HOOKS.get(point)
-        if hook is not None:
-            hook()
 
     # -- open, restart, close -----------------------------------------------------------
 
     def ensure_open(self, *, foreground: bool) -> bool:
         """Open (first use, or after close) or restart; False when this call may not.
 
-        Only a foreground call (a read or write by a caller) creates a directory that is
-        missing, and warns when it had been open before: the fill thread never does.
+        Only a foreground call (a read or write by a caller) opens, creates a directory
+        that is missing (warning when it had been open before) or reopens a lost index.
+        The fill thread (``foreground=False``) never does: it works only while the tier
+        is open and intact, so a directory being removed (``rmtree`` lists it, then
+        removes what it listed) never gets a file, an index or an owner back from it.
         """
-        if self.state == "open" and (not foreground or self._still_there()):
+        if not foreground:
+            return self.state == "open" and self.index_trouble is None
+        if self.state == "open" and self.index_trouble is None and self._still_there():
             return True
         with self._mutex:
-            if self.state == "open" and (not foreground or self._still_there()):
+            if self.state == "open" and self._still_there():
+                if self.index_trouble is not None:
+                    return self._repair_index()
                 return True
-            if not foreground and self.state in ("gone", "broken"):
-                return False
             if self.state == "broken" and _clock.monotonic() < self._retry_at:
                 return False
             if self.state == "gone":
                 self.warn(f"disk cache directory {self.path} was removed; it starts afresh")
             try:
-                self._open(create=foreground)
+                self._open()
             except (OSError, sqlite3.Error) as e:
                 self._release_fds()
                 self.index.close()
@@ -126,16 +128,31 @@ class Engine:
             return True
 
     def _still_there(self) -> bool:
-        """Whether the open directory is still in place (else this process's view is gone)."""
-        if self.lock is not None and self.lock.is_current():
+        """Whether the open directory is still in place (else this process's view is gone):
+        its ``data`` directory (the lock's) and ``tmp`` directory are the ones opened."""
+        try:
+            tmp_linked = self.tmp_fd >= 0 and os.fstat(self.tmp_fd).st_nlink > 0
+        except OSError:
+            tmp_linked = False
+        if tmp_linked and self.lock is not None and self.lock.is_current():
             return True
         self.state = "gone"
         return False
 
-    def _open(self, *, create: bool) -> None:
+    def _repair_index(self) -> bool:
+        """Reopen or rebuild the index the fill thread found replaced or failing (a
+        caller's thread, ``_mutex`` held); False if the directory cannot be used now."""
+        try:
+            with self.locked(foreground=True):
+                pass
+        except (OSError, sqlite3.Error) as e:
+            self.warn(f"disk cache index {self.index.path} cannot be reopened ({e})")
+            return False
+        return True
+
+    def _open(self) -> None:
         self._release_fds()
-        if not create and not (self.path / "data").is_dir():
-            raise Gone(f"disk cache directory {self.path} is missing")
+        self.index_trouble = None
         for sub in ("data", "tmp", "owners", "claims"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self.lock = DirLock(self.data)
@@ -165,19 +182,7 @@ class Engine:
             self._reindex()
 
     def _reindex(self) -> None:
-        rows = []
-        for sub in os.scandir(self.data):
-            if not sub.is_dir():
-                continue
-            for f in os.scandir(sub.path):
-                if f.name == "_gen":
-                    continue
-                row = _describe(f.path, f.name, self.gens)
-                if row is None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(f.path)  # foreign, corrupt, stale or an old format
-                else:
-                    rows.append(row)
+        rows = scan(self.data, self.gens)
         with self.index.transaction() as db:
             self.index.reindex(db, rows)
 
@@ -218,27 +223,53 @@ class Engine:
             yield lock
 
     @contextlib.contextmanager
-    def locked(self, after: list[Callable[[], None]] | None = None) -> Iterator[sqlite3.Connection]:
+    def locked(
+        self, after: list[Callable[[], None]] | None = None, *, foreground: bool
+    ) -> Iterator[sqlite3.Connection]:
         """:meth:`held`, and an index transaction on the current index.
 
         ``after``: callables run once the transaction has committed, the lock still held
         (publishing renames files in there, so each published file has its row).
+        ``foreground``: a caller's call, which reopens or rebuilds a replaced or failing
+        index; the fill thread raises :class:`Gone` instead and leaves that to a caller.
         """
         with self.held():
-            if not self.index.is_current():
-                self.warn(f"disk cache index {self.index.path} was replaced; reopened")
-                self._open_index()
+            self._usable_index(foreground=foreground)
             try:
                 with self.index.transaction() as db:
                     yield db
             except sqlite3.DatabaseError as e:
                 if not (isinstance(e, sqlite3.OperationalError) and "locked" in str(e)):
-                    self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
-                    self.index.recreate()
-                    self._reindex()
+                    self._index_failed(e, foreground=foreground)
                 raise
             for fn in after or ():
                 fn()
+
+    def _usable_index(self, *, foreground: bool) -> None:
+        """(held lock) Make sure the index is the one at its path, working, or raise Gone."""
+        if self.index_trouble is None and not self.index.is_current():
+            self.index_trouble = "replaced"
+        if self.index_trouble is None:
+            return
+        if not foreground:  # maybe the whole directory is being removed: create nothing
+            raise Gone(f"disk cache index {self.index.path} is {self.index_trouble}")
+        trouble, self.index_trouble = self.index_trouble, None
+        if trouble == "failed":
+            self.warn(f"disk cache index {self.index.path} failed; rebuilt")
+            self.index.recreate()
+            self._reindex()
+        else:
+            self.warn(f"disk cache index {self.index.path} was replaced; reopened")
+            self._open_index()
+
+    def _index_failed(self, e: sqlite3.DatabaseError, *, foreground: bool) -> None:
+        """(held lock) The index failed: a caller rebuilds it now, the fill thread later."""
+        if not foreground:
+            self.index_trouble = "replaced" if not self.index.is_current() else "failed"
+            return
+        self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
+        self.index.recreate()
+        self._reindex()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -250,7 +281,7 @@ class Engine:
         return any(os.path.exists(self.file(fmt.name_of(ns, key, s))) for s in names)
 
     def read(self, ns: str, key: str, span: Span) -> Entry | None:
-        if (self._pending and self.is_pending(ns, key)) or self.state in ("gone", "broken"):
+        if self.deferred.covers(ns, key) or self.state in ("gone", "broken"):
             self.misses += 1
             return None
         for stored in (WHOLE, span) if span is not WHOLE else (WHOLE,):
@@ -284,7 +315,7 @@ class Engine:
         try:
             if not self.ensure_open(foreground=True):
                 return
-            with self.locked() as db:
+            with self.locked(foreground=True) as db:
                 self.unlink(name)
                 self.index.delete(db, list(self.index.sizes(db, [name]).items()))
         except (OSError, sqlite3.Error) as e:
@@ -301,7 +332,11 @@ class Engine:
             self.raise_warnings()
         if not self.ensure_open(foreground=True):
             return None
-        return self.gens.ticket(fmt.key_stem(ns, key))
+        stem = fmt.key_stem(ns, key)
+        if self.lock is not None:  # the fill thread renames into existing subdirectories only
+            with contextlib.suppress(OSError):
+                os.mkdir(subdir(stem), dir_fd=self.lock.fd)
+        return self.gens.ticket(stem)
 
     # -- invalidation -------------------------------------------------------------------
 
@@ -314,11 +349,11 @@ class Engine:
         if self.ensure_open(foreground=foreground):
             with self.held() as lock:
                 self._invalidate_in(lock.fd, self.tmp_fd, ns, key, prefix)
-                self.at("bumped")
+                at("bumped")
                 with contextlib.suppress(OSError, sqlite3.Error):
-                    self._drop_rows(ns, key, prefix)
+                    self._drop_rows(ns, key, prefix, foreground=foreground)
             return
-        if self.state != "broken" or not os.path.isdir(self.data):
+        if self.state == "gone" or not os.path.isdir(self.data):
             return  # the directory is gone: nothing of it can be read
         # no index here, but other processes may read the files: lock and drop them anyway
         lock = DirLock(self.data)
@@ -336,25 +371,15 @@ class Engine:
         if prefix:
             self.gens.bump_prefix(data_fd, tmp_fd, ns, key)
         else:
-            stem = fmt.key_stem(ns, key)
-            self.gens.bump(data_fd, tmp_fd, stem)
-            self._unlink_stem(data_fd, stem)
+            self.gens.void(data_fd, tmp_fd, fmt.key_stem(ns, key))
 
-    def _unlink_stem(self, data_fd: int, stem: str) -> None:
-        sub = subdir(stem)
-        try:
-            names = os.listdir(os.path.join(self.data, sub))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.startswith(stem):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{sub}/{name}", dir_fd=data_fd)
+    def _drop_rows(self, ns: str, key: str, prefix: bool, *, foreground: bool) -> None:
+        """The index's side of an invalidation (held lock): unlink what it lists, drop rows.
 
-    def _drop_rows(self, ns: str, key: str, prefix: bool) -> None:
-        """The index's side of an invalidation (held lock): unlink what it lists, drop rows."""
-        if not self.index.is_current():
-            self._open_index()
+        The files are gone already (by name): an index the fill thread may not use keeps
+        rows too many, which only costs the bound's accuracy until a caller rebuilds it.
+        """
+        self._usable_index(foreground=foreground)
         try:
             with self.index.transaction() as db:
                 rows = self.index.rows_of(db, ns, key, prefix=prefix)
@@ -362,41 +387,26 @@ class Engine:
                     self.unlink(name)
                 self.index.delete(db, rows)
         except sqlite3.DatabaseError as e:
-            self.warn(f"disk cache index {self.index.path} failed ({e}); rebuilt")
-            self.index.recreate()
-            self._reindex()
+            self._index_failed(e, foreground=foreground)
 
     def defer(self, ns: str, key: str, prefix: bool) -> None:
         """Invalidate soon, in the fill thread; reads of the key miss until it is done."""
-        with self._mutex:
-            self._pending[(ns, key, prefix)] = self._pending.get((ns, key, prefix), 0) + 1
-            self._deferred.append((ns, key, prefix))
+        self.deferred.add(ns, key, prefix)
         self.fills.want_housekeeping()
 
-    def is_pending(self, ns: str, key: str) -> bool:
-        pending = list(self._pending)
-        return any(
-            p_ns == ns and (k == key or (pre and key.startswith(k))) for p_ns, k, pre in pending
-        )
-
-    def _run_deferred(self) -> None:
-        with self._mutex:
-            todo, self._deferred = self._deferred, []
-        for item in todo:
-            try:
-                self.invalidate(*item, foreground=False)
-            except OSError as e:
-                self.warn(f"disk cache could not drop {item[1]!r} ({e})")
-            finally:
-                with self._mutex:
-                    left = self._pending.pop(item, 1) - 1
-                    if left > 0:
-                        self._pending[item] = left
+    def _invalidate_later(self, ns: str, key: str, prefix: bool) -> None:
+        self.invalidate(ns, key, prefix, foreground=False)
 
     # -- housekeeping -------------------------------------------------------------------
 
     def touch(self, name: str) -> None:
-        """Note an access (written with the next housekeeping, about once a second)."""
+        """Note an access (written with the next housekeeping, about once a second).
+
+        A hit of a tier not open yet (a reader's first) opens it here, on the caller's
+        thread: the fill thread that writes the access times never opens anything.
+        """
+        if self.state != "open" and not self.ensure_open(foreground=True):
+            return
         self._touched[name] = None
         if _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY:
             self._last_chores = _clock.monotonic()
@@ -404,16 +414,18 @@ class Engine:
 
     def housekeeping(self) -> None:
         """Deferred invalidations, access times, dead owners' temp files (fill thread)."""
-        if self._deferred:
-            self._run_deferred()
+        if self.deferred:
+            self.deferred.run(self._invalidate_later, self.warn)
         try:
             self._write_touches()
             due = _clock.monotonic() - self._last_chores > _HOUSEKEEPING_EVERY
             if self.state == "open" and due:
                 self._last_chores = _clock.monotonic()
-                with self.locked() as db:
+                with self.locked(foreground=False) as db:
                     assert self.space is not None
                     self.space.reclaim(db)
+        except Gone as e:  # removed, or its index is: nothing to keep, a caller restarts
+            logger.info("disk cache housekeeping skipped: %s", e)
         except (OSError, sqlite3.Error) as e:
             self.warn(f"disk cache index at {self.path} failed ({e})")
 
@@ -421,40 +433,5 @@ class Engine:
         if not self._touched or not self.ensure_open(foreground=False):
             return
         touched, self._touched = self._touched, {}
-        with self.locked() as db:
+        with self.locked(foreground=False) as db:
             self.index.touch(db, touched)
-
-    def warn(self, message: str) -> None:
-        """Log ``message``; the first time of its kind, a CacheWarning too, on a caller's
-        thread (from the fill thread it waits for the next call: :meth:`raise_warnings`)."""
-        logger.warning("%s", message)
-        kind = message.split("(")[0]
-        if kind in self._warned:
-            return
-        self._warned.add(kind)
-        if threading.current_thread().name == "swarmstore-disk-fill":
-            self._later.append(message)
-        else:
-            warnings.warn(message, CacheWarning, stacklevel=4)
-
-    def raise_warnings(self) -> None:
-        """Issue the CacheWarnings the fill thread noted (on this, a caller's, thread)."""
-        while self._later:
-            warnings.warn(self._later.pop(0), CacheWarning, stacklevel=4)
-
-
-def _describe(path: str, name: str, gens: Gens) -> tuple[str, str, str, int] | None:
-    """``(name, ns, key, size)`` of a well-formed, current file stored under its own name."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(fmt.PREFIX.size)
-            raw += f.read(fmt.prefix_length(raw) - len(raw))
-            size = os.fstat(f.fileno()).st_size
-        head = fmt.decode_header(raw, size)
-    except (OSError, fmt.Corrupt):
-        return None
-    if fmt.key_stem(head.ns, head.key) + fmt.span_digest(head.span) != name:
-        return None
-    if gens.covered(head.ns, head.key, head.prefixes):
-        return None
-    return name, head.ns, head.key, size

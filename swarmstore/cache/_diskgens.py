@@ -178,6 +178,20 @@ class Gens:
             os.mkdir(sub, dir_fd=data_fd)
         _write(tmp_fd, self._tmp_name(), data_fd, f"{sub}/_gen", lines)
 
+    def void(self, data_fd: int, tmp_fd: int, stem: str) -> None:
+        """Invalidate one key (held lock): a new token, then its files deleted, found by
+        name (so this holds whatever state the index is in)."""
+        self.bump(data_fd, tmp_fd, stem)
+        sub = subdir(stem)
+        try:
+            names = os.listdir(os.path.join(self.data, sub))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(stem):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{sub}/{name}", dir_fd=data_fd)
+
     def bump_prefix(self, data_fd: int, tmp_fd: int, ns: str, prefix: str) -> None:
         """Record an invalidation of every key of ``ns`` (``"*"``: all) under ``prefix``."""
         epoch, rows = _read(f"{self.data}/_prefixes")

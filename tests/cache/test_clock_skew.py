@@ -72,6 +72,7 @@ class Peer:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(30)
+        self.proc.stdout.close()  # else a ResourceWarning when the Popen is collected
 
 
 @pytest.mark.timeout(120)

@@ -155,6 +155,7 @@ def test_a_dead_or_stopped_claim_holder_blocks_nobody(tmp_path: pathlib.Path, ho
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+        holder.stdout.close()  # else a ResourceWarning when the Popen is collected
 
 
 def _state(pid: int) -> str:
