@@ -40,17 +40,36 @@ def _fsspec_store(endpoint: S3Endpoint, path: str, **kwargs: Any) -> Any:
     return FsspecStore(fs, path=path, **kwargs)
 
 
+def close_http(fs: Any) -> None:
+    """Close an async s3fs filesystem's HTTP connections now, from any thread or loop.
+
+    The session belongs to whichever loop first used it (a test's, zarr's), and the test is
+    over: closing its connector marks the session closed, so the garbage collector finds no
+    "Unclosed client session" later, during another test (s3fs's own finalizer path)."""
+    import s3fs
+
+    creator = getattr(fs, "_s3creator", None)
+    if creator is not None:
+        s3fs.S3FileSystem.close_session(None, creator)
+
+
 @pytest.fixture
-def s3_store(s3_endpoint: S3Endpoint, s3_bucket: str) -> Any:
+def s3_store(s3_endpoint: S3Endpoint, s3_bucket: str) -> Iterator[Any]:
     """A zarr ``FsspecStore`` on an s3fs filesystem at ``s3://<fresh bucket>/root``."""
-    return _fsspec_store(s3_endpoint, f"{s3_bucket}/root")
+    store = _fsspec_store(s3_endpoint, f"{s3_bucket}/root")
+    yield store
+    close_http(store.fs)
 
 
 @pytest.fixture
-def s3_store_factory(s3_endpoint: S3Endpoint, s3_bucket: str) -> Any:
+def s3_store_factory(s3_endpoint: S3Endpoint, s3_bucket: str) -> Iterator[Any]:
     """``factory(name)``: an FsspecStore at ``s3://<bucket>/<name>`` (several nodes, one bucket)."""
+    made: list[Any] = []
 
     def factory(name: str, **kwargs: Any) -> Any:
-        return _fsspec_store(s3_endpoint, f"{s3_bucket}/{name}", **kwargs)
+        made.append(_fsspec_store(s3_endpoint, f"{s3_bucket}/{name}", **kwargs))
+        return made[-1]
 
-    return factory
+    yield factory
+    for store in made:
+        close_http(store.fs)
