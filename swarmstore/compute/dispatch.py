@@ -23,9 +23,13 @@ The policy (``docs/compute.md`` justifies it):
 - **Threads.** CPU jobs go to free task slots, ``worker-saturation`` times the threads (as
   Dask's own queue), so heterogeneous workers fill in proportion to their threads. A job of
   higher user priority than all the work committed to a worker may go there beyond its
-  slots, and the worker runs it next: an urgent job takes the next thread that frees. While
-  GPU work is outstanding a GPU worker keeps a thread per GPU task it can run at once. A
+  slots, and the worker runs it next: an urgent job takes the next thread that frees. A
   job whose inputs mostly sit on one worker goes there when it has room.
+- **CPU work off GPU workers.** While a CPU-only worker runs, CPU jobs go to CPU workers
+  only, even when those are full and a GPU worker idles: GPU work then never waits for a
+  thread behind CPU work, whenever it arrives. GPU workers alone take CPU work; while GPU
+  work is outstanding each keeps a thread per GPU task it can run at once, but leaves at
+  least one thread for CPU work (it may be what the GPU tasks wait for).
 - **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
   GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks are
   being fed or wait, unless its own GPU task is among them; when that pipe runs short of
@@ -226,7 +230,7 @@ class Dispatcher:
             return None if n is None else n + new.get(addr, 0)
 
         free = self._free_threads(busy_now, candidates)
-        # CPU-only workers first, most free threads first: CPU work stays off GPU workers
+        # most free threads first (GPU workers are there only when no CPU worker runs)
         order = sorted(free.items(), key=lambda i: (self.workers[i[0]].is_gpu, -i[1]))
         for addr, n in order:
             for _ in range(n):
@@ -302,21 +306,29 @@ class Dispatcher:
     def _free_threads(
         self, busy: Callable[[str], int | None], candidates: Iterable[str]
     ) -> dict[str, int]:
-        out: dict[str, int] = {}
+        """Free CPU task slots per worker taking work now (the module's "CPU work off GPU
+        workers": none on GPU workers while a CPU-only worker runs)."""
+        running: dict[str, tuple[WorkerInfo, int]] = {}
         for addr in candidates:
             w = self.workers.get(addr)
             n = busy(addr) if w is not None else None
-            if w is None or n is None:
-                continue
-            if w.is_gpu and self.gpu_outstanding > 0:  # keep threads for the GPU work
+            if w is not None and n is not None:
+                running[addr] = (w, n)
+        cpu_only = any(not w.is_gpu for w, _ in running.values())
+        out: dict[str, int] = {}
+        for addr, (w, n) in running.items():
+            if not w.is_gpu:
+                out[addr] = self._slots(w.nthreads) - n
+            elif cpu_only:
+                continue  # CPU work stays off GPU workers while a CPU worker can take it
+            elif self.gpu_outstanding > 0:
                 # no CPU prefetch here: the worker runs ready tasks by priority, and a CPU
                 # task waiting for a thread could take the one a GPU task needs
                 share = min(max(self.gpu_min_share, 1e-3), 1.0)
-                threads = w.nthreads - min(w.nthreads, math.ceil(w.gpus / share - 1e-9))
-                free = threads - (n - self.gpu_tasks_on(addr))
+                kept = min(w.nthreads - 1, math.ceil(w.gpus / share - 1e-9))
+                out[addr] = w.nthreads - max(kept, 0) - (n - self.gpu_tasks_on(addr))
             else:
-                free = self._slots(w.nthreads) - n
-            out[addr] = free
+                out[addr] = self._slots(w.nthreads) - n
         return out
 
     def _slots(self, threads: int) -> int:

@@ -7,7 +7,7 @@ import time
 
 import dask
 import pytest
-from distributed import Client, LocalCluster, Worker
+from distributed import Client, Event, LocalCluster, Worker
 from distributed.utils_test import async_poll_for
 
 from swarmstore.compute.adaptive import Pool, PoolPlanner, PoolReport, SwarmAdaptive
@@ -20,6 +20,11 @@ GPU_SPEC = {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}
 
 def busy(x: int, delay: float = 0.4) -> int:
     time.sleep(delay)
+    return x
+
+
+def gated(x: int, ev: Event) -> int:
+    ev.wait()
     return x
 
 
@@ -85,6 +90,8 @@ def _pool_sizes(cluster) -> dict[str, int]:
 
 
 async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
+    """Each burst is held (gated on an Event) until its pool has grown, so a loaded machine
+    that runs the tasks late or slowly changes how long the polls take, never what they see."""
     async with (
         LocalCluster(
             n_workers=0, processes=False, asynchronous=True, dashboard_address=":0"
@@ -92,25 +99,32 @@ async def test_bursts_scale_the_right_pool_and_idle_returns_to_minimum():
         Client(cluster, asynchronous=True) as client,
     ):
         adaptive = SwarmAdaptive(cluster, _pools(), interval="50ms", wait_count=2)
-        await async_poll_for(lambda: _pool_sizes(cluster) == {"cpu": 1, "gpu": 0}, timeout=10)
+        await async_poll_for(lambda: _pool_sizes(cluster) == {"cpu": 1, "gpu": 0}, timeout=60)
 
+        gate = Event()
         with dask.annotate(resources={"GPU": 1}):
-            gpu_futs = client.map(busy, range(6), key=[f"g{i}" for i in range(6)])
-        await async_poll_for(lambda: _pool_sizes(cluster)["gpu"] == 2, timeout=10)
+            gpu_futs = client.map(gated, range(6), ev=gate, key=[f"g{i}" for i in range(6)])
+        await async_poll_for(lambda: _pool_sizes(cluster)["gpu"] == 2, timeout=60)
         assert _pool_sizes(cluster)["cpu"] == 1, "a GPU burst added CPU workers"
+        await gate.set()
         await client.gather(gpu_futs)
         del gpu_futs
 
         gpu_names = {n for n in cluster.worker_spec if str(n).startswith("gpu-")}
-        cpu_futs = client.map(busy, range(6), key=[f"c{i}" for i in range(6)])
-        await async_poll_for(lambda: _pool_sizes(cluster)["cpu"] == 3, timeout=10)
+        gate = Event()
+        cpu_futs = client.map(gated, range(6), ev=gate, key=[f"c{i}" for i in range(6)])
+        await async_poll_for(lambda: _pool_sizes(cluster)["cpu"] == 3, timeout=60)
         now = {n for n in cluster.worker_spec if str(n).startswith("gpu-")}
         assert now <= gpu_names, "a CPU burst added GPU workers"
+        await gate.set()
         await client.gather(cpu_futs)
         del cpu_futs
 
-        await async_poll_for(lambda: _pool_sizes(cluster) == {"cpu": 1, "gpu": 0}, timeout=15)
-        assert adaptive.current() == {"cpu": 1, "gpu": 0}
+        def at_minimum() -> bool:
+            want = {"cpu": 1, "gpu": 0}
+            return _pool_sizes(cluster) == want and adaptive.current() == want
+
+        await async_poll_for(at_minimum, timeout=60)
         adaptive.stop()
 
 

@@ -158,22 +158,38 @@ def test_heterogeneous_workers_fill_in_proportion_to_threads():
     assert where(d.plan(idle, list(ws))) == {"one": 2, "two": 3, "four": 5}
 
 
-def test_gpu_workers_keep_threads_for_gpu_work_while_it_exists():
+def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3))
-    d = Dispatcher(ws, saturation=1.0)
+    for outstanding in (0, 1):  # with GPU work coming or not, a full CPU worker waits
+        d = Dispatcher(ws, saturation=1.0)
+        for i in range(10):
+            d.ready(job(i, order=i))
+        d.gpu_outstanding = outstanding
+        assert where(d.plan(idle, list(ws))) == {"cpu": 2}
+    d.ready(job("urgent", prio=10, order=99))
+    assert where(d.plan(lambda addr: 2 if addr == "cpu" else 0, list(ws))) == {"cpu": 1}
+
+    def cpu_paused(addr: str) -> int | None:
+        return None if addr == "cpu" else 0
+
+    d = Dispatcher(ws, saturation=1.0)  # no CPU worker takes work: the GPU worker does
     for i in range(10):
         d.ready(job(i, order=i))
-    d.gpu_outstanding = 1
-    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 2}  # 1 of 3 threads kept
-    d = Dispatcher(ws, saturation=1.0)
+    assert where(d.plan(cpu_paused, list(ws))) == {"gpu": 3}
+
+
+def test_a_lone_gpu_worker_keeps_threads_for_gpu_work_and_one_for_cpu_work():
+    for threads, share, expected in ((3, 1.0, 2), (3, 0.5, 1), (2, 0.25, 1), (1, 1.0, 1)):
+        ws = workers(gpu_worker("gpu", threads=threads))
+        d = Dispatcher(ws, saturation=1.0)
+        for i in range(10):
+            d.ready(job(i, order=i))
+        d.gpu_outstanding, d.gpu_min_share = 1, share
+        assert where(d.plan(idle, list(ws))) == {"gpu": expected}, (threads, share)
+    d = Dispatcher(workers(gpu_worker("gpu", threads=3)), saturation=1.0)
     for i in range(10):
         d.ready(job(i, order=i))
-    d.gpu_outstanding, d.gpu_min_share = 1, 0.5  # two half-GPU tasks run at once
-    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 1}
-    d = Dispatcher(ws, saturation=1.0)
-    for i in range(10):
-        d.ready(job(i, order=i))
-    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 3}  # no GPU work: all threads
+    assert where(d.plan(idle, ["gpu"])) == {"gpu": 3}  # no GPU work: all threads
 
 
 def test_cpu_jobs_prefer_cpu_workers():
