@@ -17,7 +17,10 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -45,10 +48,12 @@ def _modes(disk_reason: str | None) -> list[Any]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def _earlier_garbage_collected() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def _earlier_garbage_collected() -> Iterator[None]:
     """Collect what earlier tests left (an s3fs session of another room's test, say) before
-    the store under test exists, so what ``_released`` finds is this store's alone."""
+    any store under test exists, so what ``_released`` finds is that store's alone; then
+    freeze the survivors (``gc.freeze``), so each test's collections walk only what it made
+    (a worker that ran zarr's peer suite has a large heap: 10 s per test otherwise)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hook, sys.unraisablehook = sys.unraisablehook, lambda u: None
@@ -57,6 +62,9 @@ def _earlier_garbage_collected() -> None:
                 gc.collect()
         finally:
             sys.unraisablehook = hook
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 def _ours() -> set[threading.Thread]:
