@@ -51,9 +51,8 @@ def _modes(disk_reason: str | None) -> list[Any]:
 @pytest.fixture(scope="module", autouse=True)
 def _earlier_garbage_collected() -> Iterator[None]:
     """Collect what earlier tests left (an s3fs session of another room's test, say) before
-    any store under test exists, so what ``_released`` finds is that store's alone; then
-    freeze the survivors (``gc.freeze``), so each test's collections walk only what it made
-    (a worker that ran zarr's peer suite has a large heap: 10 s per test otherwise)."""
+    any store under test exists, so what ``_released`` finds is that store's alone (once per
+    module: each collection walks the whole heap of a worker that ran zarr's peer suite)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hook, sys.unraisablehook = sys.unraisablehook, lambda u: None
@@ -62,9 +61,7 @@ def _earlier_garbage_collected() -> Iterator[None]:
                 gc.collect()
         finally:
             sys.unraisablehook = hook
-    gc.freeze()
     yield
-    gc.unfreeze()
 
 
 def _ours() -> set[threading.Thread]:
