@@ -35,6 +35,7 @@ from _results import Line, emit
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from swarmstore.cache import DiskTier, TieredStore
+from swarmstore.cache._disk import disk_usage
 from swarmstore.testing import moto_server
 
 MiB = 2**20
@@ -76,7 +77,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            self.peak = max(self.peak, dir_size(self.path))
+            self.peak = max(self.peak, disk_usage(self.path))
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -85,7 +86,7 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, dir_size(self.path))
+        self.peak = max(self.peak, disk_usage(self.path))
 
 
 _SAME = -1

@@ -285,15 +285,21 @@ class DiskTier(SyncTier):
         fill is renamed from ``tmp/`` into ``data/`` (it would count twice) and no entry
         is evicted to make room for a new temp file (both would count) during the walk.
         """
-        try:
-            lock = DirLock(str(self.path / "data"))
-        except FileNotFoundError:
-            return _bytes_under(self.path)
-        try:
-            with lock.held():
-                return _bytes_under(self.path)
-        finally:
-            lock.close()
+        return disk_usage(self.path)
+
+
+def disk_usage(path: pathlib.Path) -> int:
+    """:meth:`DiskTier.disk_usage` of the cache directory ``path``, for a sampler that
+    holds no DiskTier (a benchmark, a test watching another process's tier)."""
+    try:
+        lock = DirLock(str(path / "data"))
+    except FileNotFoundError:
+        return _bytes_under(path)
+    try:
+        with lock.held():
+            return _bytes_under(path)
+    finally:
+        lock.close()
 
 
 def _bytes_under(path: pathlib.Path) -> int:

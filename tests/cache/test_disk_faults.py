@@ -8,7 +8,6 @@ than one fill batch.
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import LocalStore
 
 from swarmstore.cache import DiskTier, TieredStore
-from swarmstore.cache._disklocks import DirLock
+from swarmstore.cache._disk import disk_usage
 
 proto = default_buffer_prototype()
 
@@ -137,36 +136,9 @@ async def test_every_header_bit_flip_is_dropped_and_refetched(tmp_path) -> None:
 
 
 def disk_footprint(cache: pathlib.Path) -> int:
-    """Every byte under the cache directory: files, temp files and the index, at one time.
-
-    A plain walk is no snapshot: a fill renamed from ``tmp/`` into ``data/`` while it runs
-    is counted twice when ``tmp/`` is walked first (a sampler measured 100 KB over the
-    real footprint that way), and an entry evicted for a new temp file is counted with
-    it. So the walk holds the directory lock (another holder, the kind every process
-    sharing the directory is: no rename or eviction meanwhile, and temp files being
-    written are within reservations), and counts each file once, by inode.
-    """
-    try:
-        lock = DirLock(str(cache / "data"))
-    except FileNotFoundError:
-        return _bytes_under(cache)
-    try:
-        with lock.held():
-            return _bytes_under(cache)
-    finally:
-        lock.close()
-
-
-def _bytes_under(cache: pathlib.Path) -> int:
-    sizes: dict[int, int] = {}
-    for root, _dirs, files in os.walk(cache):
-        for fn in files:
-            try:
-                st = os.stat(os.path.join(root, fn))
-            except FileNotFoundError:
-                continue
-            sizes[st.st_ino] = st.st_size
-    return sum(sizes.values())
+    """Every byte under the cache directory at one time (walked under its lock, each file
+    once: a plain walk counts a fill renamed from ``tmp/`` into ``data/`` twice)."""
+    return disk_usage(cache)
 
 
 async def test_one_batch_larger_than_the_bound_is_cut(tmp_path) -> None:
