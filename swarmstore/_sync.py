@@ -64,8 +64,11 @@ def run[T](coro: Coroutine[Any, Any, T], *, timeout: float | None = None, grace:
         finally:
             finished.set()
 
-    future = asyncio.run_coroutine_threadsafe(tracked(), io_loop())
+    # The future exists before anything is scheduled, so a Ctrl-C that lands anywhere
+    # below (even inside the scheduling call) still finds something to cancel.
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
+        io_loop().call_soon_threadsafe(_start, tracked(), future, finished)
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()
@@ -75,6 +78,37 @@ def run[T](coro: Coroutine[Any, Any, T], *, timeout: float | None = None, grace:
         future.cancel()  # the task unwinds on the I/O loop: finally blocks, session closes
         finished.wait(grace)
         raise
+
+
+def _start[T](
+    coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T], finished: threading.Event
+) -> None:
+    """On the I/O loop: run ``coro`` as a task whose outcome lands in ``future``; a cancel
+    of ``future`` (from the waiting thread) cancels the task."""
+    if future.cancelled():  # cancelled before the loop got here: nothing ran
+        coro.close()
+        finished.set()
+        return
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(coro)
+
+    def settle(done: asyncio.Task[T]) -> None:
+        try:
+            if done.cancelled():
+                future.cancel()
+            elif (error := done.exception()) is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result())
+        except concurrent.futures.InvalidStateError:
+            pass  # the waiting thread cancelled it first
+
+    def relay(f: concurrent.futures.Future[T]) -> None:
+        if f.cancelled():
+            loop.call_soon_threadsafe(task.cancel)
+
+    task.add_done_callback(settle)
+    future.add_done_callback(relay)
 
 
 async def hop[T](coro: Coroutine[Any, Any, T]) -> T:

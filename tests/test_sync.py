@@ -87,6 +87,30 @@ def test_ctrl_c_cancels_the_coroutine_and_lets_it_unwind():
     assert unwound.is_set()
 
 
+def test_ctrl_c_inside_the_scheduling_call_still_unwinds_the_coroutine(monkeypatch):
+    """CI's failure: the Ctrl-C landed after the coroutine was scheduled but before ``run``
+    held anything to cancel, so the coroutine ran on, never unwound."""
+    unwound = threading.Event()
+    loop = _sync.io_loop()
+
+    async def work() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            unwound.set()
+
+    class Interrupted:
+        def call_soon_threadsafe(self, *args: object) -> None:
+            loop.call_soon_threadsafe(*args)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_sync, "io_loop", lambda: Interrupted())
+    monkeypatch.setattr(_sync, "on_io_loop", lambda: False)
+    with pytest.raises(KeyboardInterrupt):
+        _sync.run(work(), grace=30)
+    assert unwound.wait(30)
+
+
 def test_timeout_cancels():
     unwound = threading.Event()
 
