@@ -86,6 +86,23 @@ def _note_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
         _first_seen.setdefault(child.pid, request.node.nodeid)
 
 
+@pytest.fixture(autouse=True)
+def _swarmstore_config_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves ``swarmstore.*`` config changed fails: the change would reach
+    every later test in its process (a CLI ``--config`` with ``keep-last: 1`` once made
+    checkpoint tests in other modules lose old steps, only in full runs)."""
+    import copy
+
+    import dask.config
+
+    before = copy.deepcopy(dask.config.get("swarmstore"))
+    yield
+    after = dask.config.get("swarmstore")
+    if after != before:
+        dask.config.config["swarmstore"] = before  # later tests start clean either way
+        pytest.fail(f"{request.node.nodeid} left swarmstore config changed", pytrace=False)
+
+
 def _describe(proc: psutil.Process) -> str:
     try:
         cmd = " ".join(proc.cmdline())[:160]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+from swarmstore import config
 from swarmstore.cli import main
 from swarmstore.storage import ReplicatedStore
 
@@ -235,6 +236,9 @@ def test_config_is_read_with_store(tmp_path, capsys):
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert json.loads(out)["kept"] == [3]
+    # the file applied to that command only: in-process callers keep their config (it
+    # leaked once, and later checkpoint tests in the same process lost old steps)
+    assert config.value("checkpoint.keep-last") is None
 
 
 def test_debug_shows_the_traceback(capsys):

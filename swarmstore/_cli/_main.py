@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import sys
 import traceback
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING
 from swarmstore._cli._exit import INTERRUPTED, classify
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 __all__ = ["run"]
 
@@ -22,12 +24,36 @@ def _say(line: str) -> None:
     print(f"swarmstore: error: {line}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _own_config() -> Iterator[None]:
+    """dask.config as it was before the command, once it returns.
+
+    ``--config FILE`` merges the file into dask.config for the command; called in-process
+    (``swarmstore.cli.main``), that merge must not outlive it: a ``keep-last: 1`` left
+    behind would make every later CheckpointManager in the process delete old steps.
+    """
+    loaded = sys.modules.get("dask.config")  # --help and --version never import dask
+    saved = None if loaded is None else copy.deepcopy(loaded.config)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            loaded.config.clear()  # type: ignore[union-attr]
+            loaded.config.update(saved)  # type: ignore[union-attr]
+        elif (later := sys.modules.get("dask.config")) is not None:
+            later.refresh()  # nothing but the command set anything: start from the sources
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run one ``swarmstore`` command; returns its exit status (never raises but SystemExit)."""
+    with _own_config():
+        return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(argv: list[str]) -> int:
     from swarmstore import __version__
     from swarmstore._cli._parser import build
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         args = build(__version__).parse_args(argv)

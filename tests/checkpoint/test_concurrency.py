@@ -101,12 +101,6 @@ class LostResponse(zarr.storage.WrapperStore):
             raise ConnectionResetError("connection reset by peer (the response was lost)")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="checkpoint room: in full `make test` runs (xdist) since 2026-12-02 a second "
-    "manager's steps() misses step 0 ([1], not [0, 1]); alone, and as a module, it passes "
-    "(stop 24's closing note). Remove this mark once the cause is found.",
-)
 def test_a_lost_commit_response_is_neither_a_conflict_nor_a_double_commit(tmp_path):
     base = zarr.storage.LocalStore(tmp_path)
     mgr = _start(base)
