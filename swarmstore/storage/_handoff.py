@@ -82,16 +82,19 @@ async def replay(store: Coordinator, nodes: list[str] | None = None, *, scan: bo
             found, _ = await _found_on_nodes(store)
             hints += found
         with qos("bulk"):
-            done = await _apply(store, hints)
+            per_node = await _apply(store, hints)
     finally:
         store._replaying -= names
+    done = sum(per_node.values())
     store.hints_replayed += done
-    if done:
-        _events.emit("hints-replayed", {"replayed": done, "pending": store.hints.count()})
+    for node, replayed in sorted(per_node.items()):  # one event per node, as metrics.md says
+        pending = len(store.hints.pending(node))
+        _events.emit("hints-replayed", {"node": node, "replayed": replayed, "pending": pending})
     return done
 
 
-async def _apply(store: Coordinator, hints: list[Hint]) -> int:
+async def _apply(store: Coordinator, hints: list[Hint]) -> dict[str, int]:
+    """Apply ``hints``; how many were applied (and dropped) per node."""
     merged: dict[tuple[str, str], Hint] = {}
     for h in hints:
         if h.node not in store._by_name:
@@ -103,10 +106,9 @@ async def _apply(store: Coordinator, hints: list[Hint]) -> int:
     for h in merged.values():
         by_key.setdefault(h.key, []).append(h)
     sem = asyncio.Semaphore(8)
-    done = 0
+    done: dict[str, int] = {}
 
     async def one(key: str, group: list[Hint]) -> None:
-        nonlocal done
         async with sem:
             out = await converge(store, key)
         current = {n.name for n in out.current}
@@ -115,7 +117,7 @@ async def _apply(store: Coordinator, hints: list[Hint]) -> int:
         for h in group:
             if h.node in current or store._by_name[h.node] not in store.targets(key):
                 await _forget(store, h)
-                done += 1
+                done[h.node] = done.get(h.node, 0) + 1
 
     await asyncio.gather(*(one(k, g) for k, g in by_key.items()))
     return done
