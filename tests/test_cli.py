@@ -243,7 +243,7 @@ def test_config_is_read_with_store(tmp_path, capsys):
 
 def test_debug_shows_the_traceback(capsys):
     code, _, err = run(capsys, "--debug", "scrub", "--node", "ftp://x")
-    assert code == 2 and "Traceback" in err and err.rstrip().endswith("(file, memory, s3)")
+    assert code == 2 and "Traceback" in err and err.rstrip().endswith("abfss, http, https)")
     code, _, err = run(capsys, "scrub", "--node", "ftp://x", "--debug")
     assert code == 2 and "Traceback" in err
 

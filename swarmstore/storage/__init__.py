@@ -4,6 +4,7 @@ Imports: errors, config, hashing, _events, _clock, _sync and network (reads and 
 through the transfer router); never compute, cache, checkpoint or testing.
 """
 
+from swarmstore.storage._generic import StoreNode
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._maintenance import (
     RebalanceReport,
@@ -29,6 +30,7 @@ __all__ = [
     "ReplicatedStore",
     "ScrubReport",
     "State",
+    "StoreNode",
     "check_key",
     "inventory",
     "node_from",

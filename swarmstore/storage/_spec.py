@@ -14,7 +14,11 @@ if TYPE_CHECKING:
 
     from swarmstore.storage._node import Node
 
-__all__ = ["NodeSpec", "node_from", "s3_config_kwargs"]
+__all__ = ["FSSPEC_SCHEMES", "NodeSpec", "node_from", "s3_config_kwargs"]
+
+#: object stores and read-only HTTP reached through fsspec as generic nodes (``_generic``);
+#: the package behind each (gcsfs, adlfs, aiohttp) must be installed
+FSSPEC_SCHEMES = ("gs", "gcs", "az", "abfs", "abfss", "http", "https")
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,13 @@ def node_from(spec: Any, **kwargs: Any) -> Node:
 
     URLs: ``file:///path`` (or a plain absolute path), ``memory://name``,
     ``s3://bucket/prefix`` (``storage_options`` are passed to s3fs; botocore's timeouts
-    and retries default to :func:`s3_config_kwargs`). Stores: ``LocalStore``,
-    ``MemoryStore``, an s3fs-backed ``FsspecStore``, or any object with an
-    ``as_node(**attrs)`` method (``swarmstore.testing.FaultyStore``).
+    and retries default to :func:`s3_config_kwargs`), and :data:`FSSPEC_SCHEMES` through
+    fsspec (``http(s)://`` read-only). Stores: ``LocalStore``, ``MemoryStore`` and an
+    s3fs-backed ``FsspecStore`` get their own nodes; any other zarr store (a
+    ``WrapperStore`` chain, an ``FsspecStore`` over another filesystem, zarr's
+    ``ObjectStore``, a user's store) becomes a :class:`~swarmstore.storage.StoreNode`;
+    an object with an ``as_node(**attrs)`` method builds its own
+    (``swarmstore.testing.FaultyStore``).
     """
     from swarmstore.storage._node import Node
 
@@ -81,10 +89,25 @@ def _node_from_store(spec: Any, kwargs: dict[str, Any]) -> Node:
         protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
         if "s3" in protocols:
             return S3Node(spec.fs, spec.path, **kwargs)
-    raise ConfigError(
-        f"cannot use {spec!r} as a storage node: give a file://, memory:// or s3:// URL, "
-        "a LocalStore, MemoryStore or s3fs FsspecStore"
-    )
+    return _generic_node(spec, kwargs)
+
+
+def _generic_node(spec: Any, kwargs: dict[str, Any]) -> Node:
+    """Any other zarr store: records in sidecars (``_generic``)."""
+    from zarr.abc.store import Store
+
+    from swarmstore.storage._generic import StoreNode
+
+    if not isinstance(spec, Store):
+        raise ConfigError(
+            f"cannot use {spec!r} as a storage node: give a URL (file://, memory://, s3://, "
+            "or any fsspec protocol) or a zarr store"
+        )
+    if type(spec).__name__ in ("ReplicatedStore", "TieredStore"):
+        raise ConfigError(
+            f"cannot use a {type(spec).__name__} as a storage node: give the stores beneath it"
+        )
+    return StoreNode(spec, **kwargs)
 
 
 def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, Any]) -> Node:
@@ -118,7 +141,28 @@ def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, 
         except TypeError as e:
             raise ConfigError(f"node URL {url!r}: bad storage_options ({e})") from e
         return S3Node(fs, bucket, **kwargs)
-    raise ConfigError(f"node URL {url!r}: unsupported scheme {scheme!r} (file, memory, s3)")
+    return _fsspec_node(url, scheme, storage_options, kwargs)
+
+
+def _fsspec_node(
+    url: str, scheme: str, storage_options: dict[str, Any], kwargs: dict[str, Any]
+) -> Node:
+    """A node over any other fsspec protocol (gs://, az://, abfs://, http(s):// read-only)."""
+    from zarr.storage import FsspecStore
+
+    from swarmstore.storage._generic import StoreNode
+
+    if scheme not in FSSPEC_SCHEMES:
+        known = ", ".join(["file", "memory", "s3", *FSSPEC_SCHEMES])
+        raise ConfigError(f"node URL {url!r}: unsupported scheme {scheme!r} ({known})")
+    read_only = scheme in ("http", "https")
+    try:
+        store = FsspecStore.from_url(url, storage_options=storage_options, read_only=read_only)
+    except ImportError as e:
+        raise ConfigError(f"node URL {url!r}: {scheme}:// needs a package ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"node URL {url!r}: {e}") from None
+    return StoreNode(store, **kwargs)
 
 
 def s3_config_kwargs() -> dict[str, Any]:
