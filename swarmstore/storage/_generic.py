@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["StoreNode", "store_name"]
 
 _PROTO = default_buffer_prototype()
+#: per (event loop, node name, key): the compare-and-swap's lock (see StoreNode._exclusive)
+_LOCKS: dict[tuple[int, str, str], list[Any]] = {}
 
 
 def _protocol(fs: Any) -> str:
@@ -162,7 +164,6 @@ class StoreNode(Node):
             name or store_name(store), weight=weight, zone=zone, host=host or socket.gethostname()
         )
         self.store = store
-        self._locks: dict[tuple[int, str], asyncio.Lock] = {}
 
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
@@ -170,13 +171,18 @@ class StoreNode(Node):
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, key: str) -> AsyncIterator[None]:
-        """The compare and the swap of one key, one coroutine at a time in this process."""
-        slot = (id(asyncio.get_running_loop()), key)
-        lock = self._locks.setdefault(slot, asyncio.Lock())
-        async with lock:
-            yield
-        if not lock.locked() and self._locks.get(slot) is lock:
-            del self._locks[slot]
+        """The compare and the swap of one key, one coroutine at a time in this process
+        (every StoreNode of this name shares the lock: several stores, one node)."""
+        slot = (id(asyncio.get_running_loop()), self.name, key)
+        entry = _LOCKS.setdefault(slot, [asyncio.Lock(), 0])
+        entry[1] += 1  # users (holder and waiters): the lock goes when the last one leaves
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del _LOCKS[slot]
 
     async def _get(self, key: str, byte_range: Any = None) -> bytes | None:
         buf = await self.store.get(key, _PROTO, byte_range)

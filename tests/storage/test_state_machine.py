@@ -26,10 +26,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
 
 from swarmstore import _clock
 from swarmstore.errors import QuorumError, ReplicaUnavailable
-from swarmstore.storage import ReplicatedStore
+from swarmstore.storage import ReplicatedStore, StoreNode
+from swarmstore.storage._generic import _sidecar
 from swarmstore.storage._memory import MemoryNode
 from swarmstore.testing import Faults, flip_byte
 from swarmstore.testing._faulty_node import FaultyNode
@@ -66,7 +68,67 @@ class PinnedRouter:
         return await attempt(source)
 
 
+class MemoryNodes:
+    """The machine's nodes as memory nodes; ``at_rest``/``put`` reach past the API."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.raw = [self.node(i) for i in range(N)]
+
+    def node(self, i: int) -> MemoryNode:
+        return MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return self.raw[i].state_now(key, tomb=True)
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        """The bytes and record text node ``i`` holds for ``key`` (None: nothing whole)."""
+        raw = self.raw[i]
+        buf, entry = raw._data.get(key), raw.side.records.get(key)
+        if buf is None or entry is None or entry[0] is not buf:
+            return None
+        return buf.to_bytes(), entry[1]
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        """Store ``data`` with record ``text`` (None: without a record) behind the API."""
+        raw, buf = self.raw[i], PROTO.buffer.from_bytes(data)
+        raw._data[key] = buf
+        if text is None:
+            raw.side.records.pop(key, None)
+        else:
+            raw.side.records[key] = (buf, text)
+
+
+class GenericNodes:
+    """The machine's nodes as generic StoreNodes (records in sidecars) over shared dicts."""
+
+    def __init__(self, tag: str) -> None:
+        self.dicts: list[dict] = [{} for _ in range(N)]
+
+    def node(self, i: int) -> StoreNode:
+        return StoreNode(MemoryStore(self.dicts[i]), name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return run(self.node(i).state(key, tomb=True))
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        buf, side = self.dicts[i].get(key), self.dicts[i].get(_sidecar(key))
+        lines = side.to_bytes().decode().split("\n") if side is not None else []
+        if buf is None or len(lines) != 2:  # absent, or a write in flight
+            return None
+        return buf.to_bytes(), lines[1]
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        self.dicts[i][key] = PROTO.buffer.from_bytes(data)
+        if text is None:
+            self.dicts[i].pop(_sidecar(key), None)
+        else:
+            self.dicts[i][_sidecar(key)] = PROTO.buffer.from_bytes(f"{key}\n{text}".encode())
+
+
 class ReplicatedMachine(RuleBasedStateMachine):
+    nodes_cls: type = MemoryNodes
+
     def __init__(self) -> None:
         super().__init__()
         self.config = dask.config.set({"swarmstore.storage.write-grace": 0.01})
@@ -76,17 +138,14 @@ class ReplicatedMachine(RuleBasedStateMachine):
         self.faults = [Faults() for _ in range(N)]
         self.dirs = tempfile.TemporaryDirectory()
         self.router = PinnedRouter()
+        self.kind = self.nodes_cls(self.tag)
         self.coords = [self._store(f"c{i}") for i in range(COORDS)]
-        self.raw = [MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}") for i in range(N)]
         self.allowed: dict[str, set[bytes | None]] = {k: {None} for k in KEYS}
         self.damaged: dict[str, set[int]] = {k: set() for k in KEYS}
         self.fresh = itertools.count()
 
     def _store(self, label: str) -> ReplicatedStore:
-        nodes = [
-            FaultyNode(MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}"), self.faults[i])
-            for i in range(N)
-        ]
+        nodes = [FaultyNode(self.kind.node(i), self.faults[i]) for i in range(N)]
         return ReplicatedStore(
             nodes,
             replicas=R,
@@ -116,7 +175,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         """The newest trustworthy version over the key's targets, and how many hold it."""
         seen = []
         for i in self.targets(key):
-            st_ = self.raw[i].state_now(key, tomb=True)
+            st_ = self.kind.state(i, key, self.run)
             if st_.corrupt is None and st_.version is not None:
                 seen.append(st_.version)
         best = max(seen, default=None)
@@ -127,7 +186,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         best, _ = self.newest(key)
         out = set(self.damaged[key])
         for i in self.targets(key):
-            st_ = self.raw[i].state_now(key, tomb=True)
+            st_ = self.kind.state(i, key, self.run)
             if self.faults[i].down or st_.corrupt is not None or st_.version != best:
                 out.add(i)
         return out
@@ -218,7 +277,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         self.run(store.flush())
         if self.allowed[key] == {v2}:
             best, _ = self.newest(key)
-            got = self.raw[node].state_now(key, tomb=True)
+            got = self.kind.state(node, key, self.run)
             assert got.version == best, f"{key}: a late commit regressed n{node}"
 
     @rule(c=COORD, key=KEY, half=SUBSET)
@@ -269,25 +328,20 @@ class ReplicatedMachine(RuleBasedStateMachine):
                 f.down = f.full_disk = False
                 self.router.first = f"n{i}"
 
-    def _at_rest(self, key: str, node: int) -> tuple[MemoryNode, object, str] | None:
-        raw = self.raw[node]
-        buf = raw._data.get(key)
-        entry = raw.side.records.get(key)
-        if buf is None or entry is None or entry[0] is not buf or self.faults[node].down:
+    def _at_rest(self, key: str, node: int) -> tuple[bytes, str] | None:
+        if self.faults[node].down or node not in self.targets(key):
             return None
-        if node not in self.targets(key) or not self.tolerates({key: {node}}):
+        if not self.tolerates({key: {node}}):
             return None
-        return raw, buf, entry[1]
+        return self.kind.at_rest(node, key)
 
     @rule(key=KEY, node=NODE)
     def rot(self, key: str, node: int) -> None:
         """Flip a stored byte (bit rot: the record stays)."""
         got = self._at_rest(key, node)
-        if got is None or len(got[1]) == 0:
+        if got is None or len(got[0]) == 0:
             return
-        raw, buf, text = got
-        rotten = PROTO.buffer.from_bytes(flip_byte(buf.to_bytes()))
-        raw._data[key], raw.side.records[key] = rotten, (rotten, text)
+        self.kind.put(node, key, flip_byte(got[0]), got[1])
         self.damaged[key].add(node)
         self.read(0, key, True, node)
 
@@ -297,9 +351,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         got = self._at_rest(key, node)
         if got is None:
             return
-        raw, buf, _ = got
-        raw._data[key] = PROTO.buffer.from_bytes(flip_byte(buf.to_bytes() or b"\0"))
-        del raw.side.records[key]
+        self.kind.put(node, key, flip_byte(got[0] or b"\0"), None)
         self.damaged[key].add(node)
         self.read(0, key, True, node)
 
@@ -309,10 +361,9 @@ class ReplicatedMachine(RuleBasedStateMachine):
         got = self._at_rest(key, node)
         if got is None:
             return
-        raw, buf, text = got
-        parts = text.split(":")
+        parts = got[1].split(":")
         parts[2] = str(int(parts[2]) ^ (1 << bit))
-        raw.side.records[key] = (buf, ":".join(parts))
+        self.kind.put(node, key, got[0], ":".join(parts))
         self.damaged[key].add(node)
         self.read(0, key, True, node)
 
@@ -323,9 +374,8 @@ class ReplicatedMachine(RuleBasedStateMachine):
         got_a, got_b = self._at_rest(a, node), self._at_rest(b, node)
         if got_a is None or got_b is None or not self.tolerates({a: {node}, b: {node}}):
             return
-        raw = self.raw[node]
-        raw._data[a], raw._data[b] = got_b[1], got_a[1]
-        raw.side.records[a], raw.side.records[b] = (got_b[1], got_b[2]), (got_a[1], got_a[2])
+        self.kind.put(node, a, *got_b)
+        self.kind.put(node, b, *got_a)
         self.damaged[a].add(node)
         self.damaged[b].add(node)
         self.read(1, a, True, node)
@@ -359,3 +409,16 @@ ReplicatedMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestReplicatedMachine = ReplicatedMachine.TestCase
+
+
+class GenericNodesMachine(ReplicatedMachine):
+    """The same machine over generic nodes (any zarr store: records in sidecars)."""
+
+    nodes_cls = GenericNodes
+
+
+GenericNodesMachine.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+TestGenericNodesMachine = GenericNodesMachine.TestCase
