@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def run[T](coro: Coroutine[Any, Any, T], *, timeout: float | None = None, grace:
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
         io_loop().call_soon_threadsafe(_start, tracked(), future, finished)
-        return future.result(timeout)
+        return _wait(future, timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()
         finished.wait(grace)
@@ -78,6 +79,24 @@ def run[T](coro: Coroutine[Any, Any, T], *, timeout: float | None = None, grace:
         future.cancel()  # the task unwinds on the I/O loop: finally blocks, session closes
         finished.wait(grace)
         raise
+
+
+#: how often a waiting thread wakes to let Python run its signal handlers: a Ctrl-C goes to
+#: any thread of the process, and a wait without a timeout is not interrupted by a signal
+#: another thread took, so a plain ``future.result()`` could sleep through it for good
+_WAKE = 0.2
+
+
+def _wait[T](future: concurrent.futures.Future[T], timeout: float | None) -> T:
+    """``future.result(timeout)``, waking every :data:`_WAKE` seconds (see there)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = _WAKE if deadline is None else min(_WAKE, deadline - time.monotonic())
+        try:
+            return future.result(max(left, 0.0))
+        except concurrent.futures.TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def _start[T](

@@ -87,13 +87,16 @@ def test_ctrl_c_cancels_the_coroutine_and_lets_it_unwind():
     assert unwound.is_set()
 
 
-def test_ctrl_c_inside_the_scheduling_call_still_unwinds_the_coroutine(monkeypatch):
+@pytest.mark.parametrize("loop_first", [True, False], ids=["task-started", "not-yet"])
+def test_ctrl_c_inside_the_scheduling_call_still_unwinds_the_coroutine(monkeypatch, loop_first):
     """CI's failure: the Ctrl-C landed after the coroutine was scheduled but before ``run``
-    held anything to cancel, so the coroutine ran on, never unwound."""
-    unwound = threading.Event()
+    held anything to cancel, so the coroutine ran on, never unwound. Whether the loop
+    started it before the Ctrl-C (it unwinds) or not (it never runs), nothing runs on."""
+    started, unwound = threading.Event(), threading.Event()
     loop = _sync.io_loop()
 
     async def work() -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         finally:
@@ -101,14 +104,28 @@ def test_ctrl_c_inside_the_scheduling_call_still_unwinds_the_coroutine(monkeypat
 
     class Interrupted:
         def call_soon_threadsafe(self, *args: object) -> None:
+            if not loop_first:  # hold the loop until the Ctrl-C is handled
+                gate = threading.Event()
+                loop.call_soon_threadsafe(gate.wait, 30)
+                threading.Timer(0.5, gate.set).start()
             loop.call_soon_threadsafe(*args)
+            if loop_first:
+                ran = threading.Event()
+                loop.call_soon_threadsafe(ran.set)
+                ran.wait(30)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(_sync, "io_loop", lambda: Interrupted())
     monkeypatch.setattr(_sync, "on_io_loop", lambda: False)
     with pytest.raises(KeyboardInterrupt):
-        _sync.run(work(), grace=30)
-    assert unwound.wait(30)
+        _sync.run(work(), grace=1)
+    monkeypatch.undo()
+    for _ in range(3):  # let the loop run what was queued, and what that queued
+        _sync.run(asyncio.sleep(0))
+    if loop_first:
+        assert started.is_set() and unwound.wait(30)
+    else:
+        assert not started.is_set() and not unwound.is_set()
 
 
 def test_timeout_cancels():
