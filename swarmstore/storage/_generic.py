@@ -42,6 +42,7 @@ from swarmstore.storage._node import (
     Read,
     State,
     check_key,
+    finishes_delete,
     hidden,
     may_replace,
     tomb_name,
@@ -276,10 +277,13 @@ class StoreNode(Node):
     async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
         async with self._exclusive(check_key(key)):
             cur = await self.state(key, tomb=True)
-            if not may_replace(seen, cur, tomb.version):
+            if finishes_delete(cur, tomb):
+                pass  # a delete left halfway: its tombstone is there, the data goes now
+            elif not may_replace(seen, cur, tomb.version):
                 return "superseded"
-            # the tombstone first: a crash after it leaves data the tombstone outranks
-            await self.meta_put(tomb_name(key), key.encode() + b"\n" + tomb.encode(key).encode())
+            else:  # the tombstone first: a crash after it leaves data the tombstone outranks
+                body = key.encode() + b"\n" + tomb.encode(key).encode()
+                await self.meta_put(tomb_name(key), body)
             await self._drop(key)
             await self._drop(_sidecar(key))
         return "written"

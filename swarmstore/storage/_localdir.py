@@ -26,6 +26,7 @@ from swarmstore.storage._node import (
     Pending,
     Read,
     State,
+    finishes_delete,
     hidden,
     may_replace,
     tomb_name,
@@ -224,11 +225,14 @@ class Dir:
     def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
         with self.locked():
             cur = self.state(key, True)
-            if not may_replace(seen, cur, tomb.version):
-                return "superseded"
-            if cur.size is not None:  # data first, then the tombstone (see _write.py)
+            if not finishes_delete(cur, tomb):
+                if not may_replace(seen, cur, tomb.version):
+                    return "superseded"
+                # the tombstone first (see _write.py): a crash before the unlink leaves
+                # data the tombstone outranks, never a node with neither
+                self._put_meta(tomb_name(key), key.encode(), tomb.encode(key))
+            if cur.size is not None:
                 (self.root / key).unlink(missing_ok=True)  # a directory: IsADirectoryError
-            self._put_meta(tomb_name(key), key.encode(), tomb.encode(key))
         return "written"
 
     def unbury(self, key: str, tomb: Record) -> None:

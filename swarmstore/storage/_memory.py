@@ -26,6 +26,7 @@ from swarmstore.storage._node import (
     Read,
     State,
     check_key,
+    finishes_delete,
     hidden,
     may_replace,
 )
@@ -164,7 +165,7 @@ class MemoryNode(Node):
 
     async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
         cur = self.state_now(key, tomb=True)
-        if not may_replace(seen, cur, tomb.version):
+        if not finishes_delete(cur, tomb) and not may_replace(seen, cur, tomb.version):
             return "superseded"
         self._data.pop(key, None)
         self.side.records.pop(key, None)

@@ -40,6 +40,7 @@ __all__ = [
     "Read",
     "State",
     "check_key",
+    "finishes_delete",
     "may_replace",
     "tomb_name",
 ]
@@ -130,10 +131,12 @@ class State:
 
     ``size`` is None when there is no data object; ``record`` is None for data without
     a record (written by something else). ``tomb_known`` is False when the tombstone was
-    not looked at (an S3 node holding data: data present implies it is newer than any
-    tombstone there). ``corrupt`` says why the answer cannot be trusted (an unreadable or
-    foreign record, a directory where a file should be). ``token`` is the backend's
-    compare-and-swap token (S3 ETags).
+    not looked at (a node holding data: data present is taken as newer than any tombstone
+    there; only a delete that crashed between its tombstone and the data's removal leaves
+    older data under a tombstone, and the read quorum's other replicas outrank it).
+    ``corrupt`` says why the answer cannot be trusted (an unreadable or foreign record, a
+    directory where a file should be). ``token`` is the backend's compare-and-swap token
+    (S3 ETags).
     """
 
     size: int | None = None
@@ -187,6 +190,15 @@ def may_replace(seen: State, cur: State, version: Version, heal: bool = False) -
     if now is not None:
         return now <= version if heal else now < version
     return seen.version is None or seen.corrupt is not None
+
+
+def finishes_delete(cur: State, tomb: Record) -> bool:
+    """Whether ``cur`` is a delete at ``tomb``'s version left halfway: its tombstone is in
+    place and older data is still there (a crash between writing the tombstone and
+    removing the data). Burying again removes the data."""
+    if cur.tomb is None or cur.tomb.version != tomb.version or cur.size is None:
+        return False
+    return cur.data_version is None or cur.data_version < tomb.version
 
 
 @dataclass

@@ -29,6 +29,7 @@ from swarmstore.storage._node import (
     State,
     _name_hash,
     check_key,
+    finishes_delete,
     hidden,
     may_replace,
     tomb_name,
@@ -234,18 +235,21 @@ class S3Node(Node):
         cur = seen if seen.token is not None else await self.state(key, tomb=True)
         body, meta = key.encode(), {S3_META: tomb.encode(key)}
         for _ in range(4):
-            if not may_replace(seen, cur, tomb.version):
-                return "superseded"
             try:
-                if cur.size is not None:  # data first, then the tombstone (see _write.py)
+                if not finishes_delete(cur, tomb):
+                    if not may_replace(seen, cur, tomb.version):
+                        return "superseded"
+                    # the tombstone first (see _write.py): a crash before the data's
+                    # delete leaves data the tombstone outranks, never a node with neither
+                    await self._call(
+                        "put_object",
+                        Key=self._meta_key(tomb_name(key)),
+                        Body=body,
+                        Metadata=meta,
+                        **_expect(cur.token[1]),
+                    )
+                if cur.size is not None:
                     await self._call("delete_object", Key=k, **_expect(cur.token[0], put=False))
-                await self._call(
-                    "put_object",
-                    Key=self._meta_key(tomb_name(key)),
-                    Body=body,
-                    Metadata=meta,
-                    **_expect(cur.token[1]),
-                )
                 return "written"
             except (_Conflict, _Absent):
                 cur = await self.state(key, tomb=True)

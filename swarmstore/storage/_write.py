@@ -9,8 +9,9 @@ then becomes a hint while its attempt finishes or fails in the background. A wri
 misses ``W`` raises :class:`QuorumError` and leaves each replica with the old value or the
 new one, never "absent".
 
-Deletes write a versioned tombstone on the targets (data first removed, then the
-tombstone kept), and remove copies held elsewhere; once every node applied it the
+Deletes write a versioned tombstone on the targets (the tombstone first, then the older
+data removed: a crash between the two leaves data the tombstone outranks, never a replica
+with neither), and remove copies held elsewhere; once every node applied it the
 tombstones are dropped again, so a healthy store's metadata area is empty.
 """
 

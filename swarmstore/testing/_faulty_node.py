@@ -90,12 +90,23 @@ class FaultyNode(NodeWrapper):
 
     async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
         await self.faults.before("delete", self.name, write=True)
-        if "bury" in self.faults.half:
-            await self.inner.remove(key)
-            raise NodeUnavailable(f"{self.name}: data removed, tombstone lost (injected crash)")
+        if "bury" in self.faults.half:  # a crash between the tombstone and the data's removal
+            await self._bury_halfway(key, tomb, seen)
+            raise NodeUnavailable(f"{self.name}: tombstone written, data kept (injected crash)")
         outcome = await self.inner.bury(key, tomb, seen)
         self.faults.after("bury", self.name)
         return outcome
+
+    async def _bury_halfway(self, key: str, tomb: Record, seen: State) -> None:
+        """What a crash between a delete's two steps leaves: the tombstone (written first)
+        and the data it outranks (not removed yet)."""
+        try:
+            held = await self.inner.read(key)
+        except Exception:  # unreadable data: the crash leaves it as it is
+            held = None
+        await self.inner.bury(key, tomb, seen)
+        if held is not None and held.record is not None and held.record.version < tomb.version:
+            await self.inner.write(key, held.data, held.record)
 
     async def unbury(self, key: str, tomb: Record) -> None:
         await self.faults.before("delete", self.name, write=True)

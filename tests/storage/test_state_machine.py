@@ -422,3 +422,25 @@ GenericNodesMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
 TestGenericNodesMachine = GenericNodesMachine.TestCase
+
+
+def test_a_delete_crashed_on_every_newest_replica_never_resurrects_an_older_value():
+    """Found by this machine on a saturated machine: a write missed a full node, then a
+    delete crashed on every target between its two steps. With the data removed first the
+    newest replicas held nothing and the full node's older value was served as the newest;
+    with the tombstone first they hold data the tombstone outranks."""
+    m = ReplicatedMachine()
+    try:
+        m.write_with_lost_replies(c=0, failed=set(), key="k0", lost=set(), value=b"")
+        full = m.targets("k0")[0]
+        m.fill_disk(node=full)
+        assert m.faults[full].full_disk
+        m.write_with_lost_replies(c=0, failed=set(), key="k0", lost=set(), value=b"new")
+        m.delete_halfway(c=0, half={0, 1, 2}, key="k0")
+        m.create(c=0, key="k0", value=b"gC")  # reads back what holds the key: never b""
+        for c in range(COORDS):
+            m.read(c=c, key="k0", foreign=True, first=full)
+        m.heal()
+        m.repair(c=1)
+    finally:
+        m.teardown()
