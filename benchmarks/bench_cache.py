@@ -9,6 +9,8 @@ chunks; a quarter of that with --quick) it reads the whole array through zarr:
   ``simplecache::`` warm (goal >= 1.0: never slower);
 - cold read through the TieredStore (empty tiers) vs raw ``FsspecStore`` (time ratio, goal
   <= 1.10; the two alternate, best of the repeats each);
+- warm RAM and warm disk tiers vs zarr's own ``CacheStore`` (``zarr.experimental``) over the
+  same S3 array, its cache a ``MemoryStore`` and a ``LocalStore`` (goal >= 1.0);
 - the disk byte bound (:func:`bound_line`): the 1 MiB case read through a disk tier bounded
   at half of what the array takes on S3 (so it must evict); the largest size of the tier's
   directory, sampled every 20 ms, over the bound (goal <= 1.0). An unbounded tier peaks at
@@ -32,6 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import zarr
 from _results import Line, emit
+from zarr.experimental.cache_store import CacheStore
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from swarmstore.cache import DiskTier, TieredStore
@@ -188,6 +191,14 @@ def main() -> int:
             sc[:]  # warm it
             r["simplecache_warm"] = best(lambda a=sc: a[:], repeat)
             r["simplecache_bytes"] = dir_size(sc_dir)
+            peers = {
+                "cachestore_ram": MemoryStore(),
+                "cachestore_disk": LocalStore(tmp / f"cs-{name}"),
+            }
+            for label, cache in peers.items():
+                cs = CacheStore(s3(name), cache_store=cache, max_size=roomy)
+                read_all(cs)  # warm it
+                r[label] = best(lambda c=cs: read_all(c), repeat)
             results[name] = r
             disk_only.close()
             tiered.close()
@@ -201,7 +212,7 @@ def main() -> int:
 
 
 def report(name: str, r: dict[str, float]) -> None:
-    """The four lines of one case: warm RAM, warm disk (two peers), cold."""
+    """The lines of one case: warm RAM and disk (against their peers), cold."""
     mb = r["mb"]
     emit(Line("cache", f"warm RAM tier vs MemoryStore ({name} chunks)", ours=mb / r["ram_warm"],
               peer=mb / r["memory_store"], peer_name="zarr MemoryStore", unit="MB/s",
@@ -213,6 +224,14 @@ def report(name: str, r: dict[str, float]) -> None:
     emit(Line("cache", f"warm disk tier vs simplecache ({name} chunks)",
               ours=mb / r["disk_warm"], peer=mb / r["simplecache_warm"],
               peer_name="fsspec simplecache (warm)", unit="MB/s", better="higher",
+              goal=1.0))  # fmt: skip
+    emit(Line("cache", f"warm RAM tier vs zarr CacheStore on a MemoryStore ({name} chunks)",
+              ours=mb / r["ram_warm"], peer=mb / r["cachestore_ram"],
+              peer_name="zarr CacheStore (MemoryStore cache)", unit="MB/s", better="higher",
+              goal=1.0))  # fmt: skip
+    emit(Line("cache", f"warm disk tier vs zarr CacheStore on a LocalStore ({name} chunks)",
+              ours=mb / r["disk_warm"], peer=mb / r["cachestore_disk"],
+              peer_name="zarr CacheStore (LocalStore cache)", unit="MB/s", better="higher",
               goal=1.0))  # fmt: skip
     emit(Line("cache", f"cold read through the tiers vs raw FsspecStore ({name} chunks)",
               ours=r["tiered_cold"], peer=r["raw_cold"], peer_name="zarr FsspecStore (S3)",
