@@ -25,14 +25,12 @@ import dask.config
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from machine_nodes import GenericNodes, MemoryNodes
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import MemoryStore
 
 from swarmstore import _clock
 from swarmstore.errors import QuorumError, ReplicaUnavailable
-from swarmstore.storage import ReplicatedStore, StoreNode
-from swarmstore.storage._generic import _sidecar
-from swarmstore.storage._memory import MemoryNode
+from swarmstore.storage import ReplicatedStore
 from swarmstore.testing import Faults, flip_byte
 from swarmstore.testing._faulty_node import FaultyNode
 
@@ -68,64 +66,6 @@ class PinnedRouter:
         return await attempt(source)
 
 
-class MemoryNodes:
-    """The machine's nodes as memory nodes; ``at_rest``/``put`` reach past the API."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.raw = [self.node(i) for i in range(N)]
-
-    def node(self, i: int) -> MemoryNode:
-        return MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}")
-
-    def state(self, i: int, key: str, run) -> object:
-        return self.raw[i].state_now(key, tomb=True)
-
-    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
-        """The bytes and record text node ``i`` holds for ``key`` (None: nothing whole)."""
-        raw = self.raw[i]
-        buf, entry = raw._data.get(key), raw.side.records.get(key)
-        if buf is None or entry is None or entry[0] is not buf:
-            return None
-        return buf.to_bytes(), entry[1]
-
-    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
-        """Store ``data`` with record ``text`` (None: without a record) behind the API."""
-        raw, buf = self.raw[i], PROTO.buffer.from_bytes(data)
-        raw._data[key] = buf
-        if text is None:
-            raw.side.records.pop(key, None)
-        else:
-            raw.side.records[key] = (buf, text)
-
-
-class GenericNodes:
-    """The machine's nodes as generic StoreNodes (records in sidecars) over shared dicts."""
-
-    def __init__(self, tag: str) -> None:
-        self.dicts: list[dict] = [{} for _ in range(N)]
-
-    def node(self, i: int) -> StoreNode:
-        return StoreNode(MemoryStore(self.dicts[i]), name=f"n{i}")
-
-    def state(self, i: int, key: str, run) -> object:
-        return run(self.node(i).state(key, tomb=True))
-
-    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
-        buf, side = self.dicts[i].get(key), self.dicts[i].get(_sidecar(key))
-        lines = side.to_bytes().decode().split("\n") if side is not None else []
-        if buf is None or len(lines) != 2:  # absent, or a write in flight
-            return None
-        return buf.to_bytes(), lines[1]
-
-    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
-        self.dicts[i][key] = PROTO.buffer.from_bytes(data)
-        if text is None:
-            self.dicts[i].pop(_sidecar(key), None)
-        else:
-            self.dicts[i][_sidecar(key)] = PROTO.buffer.from_bytes(f"{key}\n{text}".encode())
-
-
 class ReplicatedMachine(RuleBasedStateMachine):
     nodes_cls: type = MemoryNodes
 
@@ -138,7 +78,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         self.faults = [Faults() for _ in range(N)]
         self.dirs = tempfile.TemporaryDirectory()
         self.router = PinnedRouter()
-        self.kind = self.nodes_cls(self.tag)
+        self.kind = self.nodes_cls(self.tag, N)
         self.coords = [self._store(f"c{i}") for i in range(COORDS)]
         self.allowed: dict[str, set[bytes | None]] = {k: {None} for k in KEYS}
         self.damaged: dict[str, set[int]] = {k: set() for k in KEYS}

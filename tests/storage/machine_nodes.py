@@ -1,0 +1,71 @@
+"""The state machine's nodes, and the backdoors its faults use to damage them at rest:
+memory nodes, and generic nodes (any zarr store: records in sidecars)."""
+
+from __future__ import annotations
+
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
+
+from swarmstore.storage import StoreNode
+from swarmstore.storage._generic import _sidecar
+from swarmstore.storage._memory import MemoryNode
+
+PROTO = default_buffer_prototype()
+
+
+class MemoryNodes:
+    """The machine's nodes as memory nodes; ``at_rest``/``put`` reach past the API."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        self.tag = tag
+        self.raw = [self.node(i) for i in range(n)]
+
+    def node(self, i: int) -> MemoryNode:
+        return MemoryNode.named(f"sm-{self.tag}-{i}", name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return self.raw[i].state_now(key, tomb=True)
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        """The bytes and record text node ``i`` holds for ``key`` (None: nothing whole)."""
+        raw = self.raw[i]
+        buf, entry = raw._data.get(key), raw.side.records.get(key)
+        if buf is None or entry is None or entry[0] is not buf:
+            return None
+        return buf.to_bytes(), entry[1]
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        """Store ``data`` with record ``text`` (None: without a record) behind the API."""
+        raw, buf = self.raw[i], PROTO.buffer.from_bytes(data)
+        raw._data[key] = buf
+        if text is None:
+            raw.side.records.pop(key, None)
+        else:
+            raw.side.records[key] = (buf, text)
+
+
+class GenericNodes:
+    """The machine's nodes as generic StoreNodes (records in sidecars) over shared dicts."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        self.dicts: list[dict] = [{} for _ in range(n)]
+
+    def node(self, i: int) -> StoreNode:
+        return StoreNode(MemoryStore(self.dicts[i]), name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return run(self.node(i).state(key, tomb=True))
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        buf, side = self.dicts[i].get(key), self.dicts[i].get(_sidecar(key))
+        lines = side.to_bytes().decode().split("\n") if side is not None else []
+        if buf is None or len(lines) != 2:  # absent, or a write in flight
+            return None
+        return buf.to_bytes(), lines[1]
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        self.dicts[i][key] = PROTO.buffer.from_bytes(data)
+        if text is None:
+            self.dicts[i].pop(_sidecar(key), None)
+        else:
+            self.dicts[i][_sidecar(key)] = PROTO.buffer.from_bytes(f"{key}\n{text}".encode())
