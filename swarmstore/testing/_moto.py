@@ -40,7 +40,7 @@ def free_port() -> int:
 
 @dataclass
 class S3Endpoint:
-    """Where a moto server listens, and helpers to reach it with s3fs."""
+    """Where a moto server listens, and helpers to reach it with s3fs and obstore."""
 
     url: str
 
@@ -54,6 +54,23 @@ class S3Endpoint:
         return s3fs.S3FileSystem(
             **self.storage_options(), asynchronous=asynchronous, skip_instance_cache=True
         )
+
+    def object_store(self, bucket: str, prefix: str = "") -> Any:
+        """zarr's ``ObjectStore`` on obstore's ``S3Store`` at ``s3://bucket/prefix`` here
+        (needs the ``obstore`` extra)."""
+        from obstore.store import S3Store
+        from zarr.storage import ObjectStore
+
+        s3 = S3Store(
+            bucket,
+            prefix=prefix or None,
+            endpoint=self.url,
+            access_key_id=_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret_access_key=_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region=_CREDENTIALS["AWS_DEFAULT_REGION"],
+            client_options={"allow_http": True},
+        )
+        return ObjectStore(s3)
 
     def make_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a random name if none) and return its name."""
