@@ -97,11 +97,11 @@ KNOWN_SEEN: list[tuple[str, str]] = []
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _start_all() -> None:
+def _start(names: set[str]) -> None:
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(PARALLEL, thread_name_prefix="peer-run")
-    for name in sorted(WANTED, key=list(SPECS).index):
+    for name in sorted(names, key=list(SPECS).index):
         if name not in RUNS and peer_runner.source_dir(name) is not None:
             RUNS[name] = _POOL.submit(SPECS[name].start)
 
@@ -111,7 +111,9 @@ def peer_run(name: str) -> peer_runner.Run:
     if peer_runner.source_dir(name) is None:
         pytest.skip(f"{name}'s own tests are not fetched (run `make peer-tests`)")
     WANTED.add(name)
-    _start_all()
+    # in one process, every selected peer starts at once; under xdist every worker collects
+    # every test, so each starts only the peer whose tests it runs (else each peer ran twice)
+    _start({name} if os.environ.get("PYTEST_XDIST_WORKER") else WANTED)
     run = RUNS[name].result()
     broken = run.broken()
     if broken:
