@@ -26,19 +26,25 @@ __all__ = ["opened", "rebalance", "repair", "scrub", "status"]
 def opened(args: argparse.Namespace) -> Iterator[Any]:
     """The replicated store ``args`` describe, closed (S3 sessions too) when done."""
     store = replicated_store(store_spec(args))
+    interrupted = False
     try:
         check_roots(store)
         yield store
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        close(store)
+        # after Ctrl-C, leave promptly: background repairs on a hung node would hold the
+        # exit for the whole 30 s (what was done stays done; a rerun finishes the rest)
+        close(store, timeout=2.0 if interrupted else 30.0)
 
 
-def close(store: Any) -> None:
+def close(store: Any, timeout: float = 30.0) -> None:
     """Finish background repairs and close node sessions on the loop that opened them."""
     from swarmstore import _sync
 
     with contextlib.suppress(Exception):
-        _sync.run(store.aclose(), timeout=30)
+        _sync.run(store.aclose(), timeout=timeout, grace=1.0)
 
 
 def _verdict(damage: bool, unreachable: list[str], done: str = "checked") -> int:
