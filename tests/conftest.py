@@ -103,6 +103,22 @@ def _swarmstore_config_unchanged(request: pytest.FixtureRequest) -> Iterator[Non
         pytest.fail(f"{request.node.nodeid} left swarmstore config changed", pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def _sigint_handler_kept(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves Python's SIGINT handler replaced would make Ctrl-C (and the
+    Ctrl-C tests after it in its process) do nothing: restore it, and say who did it."""
+    import signal
+
+    yield
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        note = os.environ.get("SWARMSTORE_SIGINT_LOG")
+        if note:
+            with open(note, "a") as f:
+                f.write(f"{request.node.nodeid}: {handler!r}\n")
+
+
 def _describe(proc: psutil.Process) -> str:
     try:
         cmd = " ".join(proc.cmdline())[:160]
