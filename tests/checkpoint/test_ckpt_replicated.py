@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -28,7 +29,12 @@ def test_the_drill_restores_every_step_after_killing_r_minus_1_s3_nodes(tmp_path
     from swarmstore.storage import NodeSpec
     from swarmstore.testing import moto_server
 
-    with contextlib.ExitStack() as servers:
+    # W=3 needs every server: a generous connect timeout keeps a saturated machine's slow
+    # moto servers from reading as down (the dead ones refuse connections at once)
+    with (
+        dask.config.set({"swarmstore.network.s3-connect-timeout": "30s"}),
+        contextlib.ExitStack() as servers,
+    ):
         stacks = [servers.enter_context(contextlib.ExitStack()) for _ in range(3)]
         endpoints = [s.enter_context(moto_server(process=True)) for s in stacks]
         nodes = []

@@ -282,7 +282,16 @@ async def test_hedge_skips_open_circuits(sources):
 
 async def test_a_hung_source_overtaken_by_hedges_is_ejected(sources):
     """Issue 15: attempts cancelled by a hedge did not count, so a hung node stayed in."""
-    r = router(hedge=True, hedge_budget=1.0, hedge_min_samples=5, circuit_failures=3)
+    # an ejection that outlasts a saturated machine's slowest fetch (the default 1 s had
+    # expired, and the circuit closed again, before a saturated run read the figures)
+    r = router(
+        hedge=True,
+        hedge_budget=1.0,
+        hedge_min_samples=5,
+        circuit_failures=3,
+        circuit_reset=600,
+        circuit_reset_max=600,
+    )
     await warm_hedging(r, sources[:2])
     first = r.order(sources[:2], name)[0]
     first.faults.latency = 600  # hung: never fails, never answers
