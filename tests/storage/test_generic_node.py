@@ -13,6 +13,8 @@ import fsspec
 import numpy as np
 import pytest
 import zarr
+from test_contract_replicas import _build
+from test_replicated_storetests import _Backdoor
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 from zarr.testing.store import StoreTests
@@ -20,7 +22,7 @@ from zarr.testing.store import StoreTests
 from swarmstore.errors import ConfigError
 from swarmstore.storage import Record, ReplicatedStore, StoreNode, node_from, scrub
 from swarmstore.storage._generic import _sidecar
-from swarmstore.testing import Faults, FaultyStore, flip_byte
+from swarmstore.testing import flip_byte
 from swarmstore.testing.contracts import ReplicaContractTests
 
 PROTO = default_buffer_prototype()
@@ -35,24 +37,13 @@ def _memory_store(tag: str) -> FsspecStore:
     return FsspecStore.from_url(f"memory://generic-{tag}")
 
 
-def _replicated(stores, tmp_path, replicas, **kwargs):
-    faults = [Faults() for _ in stores]
-    nodes = [
-        FaultyStore(s, f, name=f"n{i}") for i, (s, f) in enumerate(zip(stores, faults, strict=True))
-    ]
-    store = ReplicatedStore(
-        nodes, replicas=replicas, state_dir=tmp_path / uuid.uuid4().hex, **kwargs
-    )
-    return store, faults
-
-
 class TestWrapperNodes(ReplicaContractTests):
     @pytest.fixture
     def replicated(self, tmp_path):
         def make(n, replicas, **kwargs):
             dirs = [tmp_path / uuid.uuid4().hex for _ in range(n)]
             stores = [WrapperStore(LocalStore(d)) for d in dirs]
-            store, faults = _replicated(stores, tmp_path, replicas, **kwargs)
+            store, faults = _build(stores, tmp_path, replicas, **kwargs)
 
             def rot(i, key):
                 path = dirs[i] / key
@@ -69,7 +60,7 @@ class TestFsspecMemoryNodes(ReplicaContractTests):
         def make(n, replicas, **kwargs):
             tags = [uuid.uuid4().hex for _ in range(n)]
             stores = [_memory_store(t) for t in tags]
-            store, faults = _replicated(stores, tmp_path, replicas, **kwargs)
+            store, faults = _build(stores, tmp_path, replicas, **kwargs)
             fs = fsspec.filesystem("memory")
 
             def rot(i, key):
@@ -79,27 +70,6 @@ class TestFsspecMemoryNodes(ReplicaContractTests):
             return store, faults, rot
 
         return make
-
-
-class _Backdoor:
-    async def set(self, store: ReplicatedStore, key: str, value) -> None:
-        data = value.to_bytes()
-        for node in store.targets(key):
-            await node.write(key, data, Record.of(data))
-
-    async def get(self, store: ReplicatedStore, key: str):
-        got = await store.targets(key)[0].read(key)
-        assert got is not None, key
-        return PROTO.buffer.from_bytes(got[0])
-
-    def test_store_repr(self, store: ReplicatedStore) -> None:
-        assert repr(store).startswith("ReplicatedStore([")
-
-    def test_store_supports_writes(self, store: ReplicatedStore) -> None:
-        assert store.supports_writes
-
-    def test_store_supports_listing(self, store: ReplicatedStore) -> None:
-        assert store.supports_listing
 
 
 class TestReplicatedOverGenericNodes(_Backdoor, StoreTests[ReplicatedStore, cpu.Buffer]):

@@ -12,23 +12,15 @@ import obstore
 import pytest
 import zarr
 from obstore.store import MemoryStore as ObMemory
-from test_generic_node import _Backdoor
+from test_contract_replicas import _build
+from test_replicated_storetests import _Backdoor
 from zarr.core.buffer import cpu
 from zarr.storage import ObjectStore
 from zarr.testing.store import StoreTests
 
 from swarmstore.storage import ReplicatedStore, StoreNode
-from swarmstore.testing import Faults, FaultyStore, flip_byte
+from swarmstore.testing import flip_byte
 from swarmstore.testing.contracts import ReplicaContractTests
-
-
-def _replicated(stores, tmp_path, replicas, **kwargs):
-    faults = [Faults() for _ in stores]
-    nodes = [
-        FaultyStore(s, f, name=f"n{i}") for i, (s, f) in enumerate(zip(stores, faults, strict=True))
-    ]
-    state = tmp_path / uuid.uuid4().hex
-    return ReplicatedStore(nodes, replicas=replicas, state_dir=state, **kwargs), faults
 
 
 class TestObstoreMemoryNodes(ReplicaContractTests):
@@ -36,7 +28,7 @@ class TestObstoreMemoryNodes(ReplicaContractTests):
     def replicated(self, tmp_path):
         def make(n, replicas, **kwargs):
             raw = [ObMemory() for _ in range(n)]
-            store, faults = _replicated([ObjectStore(r) for r in raw], tmp_path, replicas, **kwargs)
+            store, faults = _build([ObjectStore(r) for r in raw], tmp_path, replicas, **kwargs)
 
             def rot(i, key):
                 body = bytes(obstore.get(raw[i], key).bytes())
@@ -55,7 +47,7 @@ class TestObstoreS3Nodes(ReplicaContractTests):
         def make(n, replicas, **kwargs):
             prefix = uuid.uuid4().hex[:8]
             stores = [s3_endpoint.object_store(storage_bucket, f"{prefix}/n{i}") for i in range(n)]
-            store, faults = _replicated(stores, tmp_path, replicas, **kwargs)
+            store, faults = _build(stores, tmp_path, replicas, **kwargs)
 
             def rot(i, key):
                 path = f"{storage_bucket}/{prefix}/n{i}/{key}"
