@@ -67,8 +67,8 @@ def test_an_s3_session_opened_by_zarrs_sync_api_is_usable_from_asyncio_run(s3_en
     _sync.run(store.fs._s3.close())
 
 
-def test_ctrl_c_cancels_the_coroutine_and_lets_it_unwind():
-    started, unwound = threading.Event(), threading.Event()
+def _waits_forever(started: threading.Event, unwound: threading.Event):
+    """A coroutine function that says it started, waits for good, and says it unwound."""
 
     async def work() -> None:
         started.set()
@@ -76,6 +76,13 @@ def test_ctrl_c_cancels_the_coroutine_and_lets_it_unwind():
             await asyncio.Event().wait()
         finally:
             unwound.set()
+
+    return work
+
+
+def test_ctrl_c_cancels_the_coroutine_and_lets_it_unwind():
+    started, unwound = threading.Event(), threading.Event()
+    work = _waits_forever(started, unwound)
 
     def interrupt() -> None:
         started.wait(60)
@@ -93,21 +100,13 @@ def test_ctrl_c_inside_the_scheduling_call_still_unwinds_the_coroutine(monkeypat
     held anything to cancel, so the coroutine ran on, never unwound. Whether the loop
     started it before the Ctrl-C (it unwinds) or not (it never runs), nothing runs on."""
     started, unwound = threading.Event(), threading.Event()
-    loop = _sync.io_loop()
-
-    async def work() -> None:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            unwound.set()
+    work = _waits_forever(started, unwound)
+    loop, gate = _sync.io_loop(), threading.Event()
 
     class Interrupted:
         def call_soon_threadsafe(self, *args: object) -> None:
-            if not loop_first:  # hold the loop until the Ctrl-C is handled
-                gate = threading.Event()
+            if not loop_first:  # hold the loop until the Ctrl-C was handled
                 loop.call_soon_threadsafe(gate.wait, 30)
-                threading.Timer(0.5, gate.set).start()
             loop.call_soon_threadsafe(*args)
             if loop_first:
                 ran = threading.Event()
@@ -119,6 +118,7 @@ def test_ctrl_c_inside_the_scheduling_call_still_unwinds_the_coroutine(monkeypat
     monkeypatch.setattr(_sync, "on_io_loop", lambda: False)
     with pytest.raises(KeyboardInterrupt):
         _sync.run(work(), grace=1)
+    gate.set()  # the Ctrl-C is handled: the held loop goes on to the scheduled start
     monkeypatch.undo()
     for _ in range(3):  # let the loop run what was queued, and what that queued
         _sync.run(asyncio.sleep(0))
