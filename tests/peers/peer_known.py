@@ -12,16 +12,7 @@ import re
 KNOWN: dict[str, dict[str, str]] = {
     "zarr": {},
     "xarray": {},
-    "distributed": {
-        "distributed/tests/test_active_memory_manager.py::test_ReduceReplicas[swarm]": (
-            "issue 23: compute: ReplicationController.start() removes ReduceReplicas from the "
-            "scheduler's Active Memory Manager (and trims in a hidden AMM of its own)"
-        ),
-        "distributed/tests/test_scheduler.py::test_task_group_non_tuple_key[swarm]": (
-            "issue 23: compute: SwarmPlugin sets optimization.fuse.active=False for the whole "
-            "process, so a client in the scheduler's process loses low-level fusion"
-        ),
-    },
+    "distributed": {},
 }
 
 #: distributed tests left to the full run (``SWARMSTORE_PEERS=full``): each costs more
