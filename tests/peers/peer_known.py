@@ -52,16 +52,7 @@ def not_applicable(peer: str) -> dict[str, str]:
 #: finding whose failure text matches is put down to the known defect instead of failing
 #: the comparison, and a deterministic test pins the defect as xfail(strict) (named here).
 #: (peer, modes, pattern, reason)
-CAUSES: list[tuple[str, frozenset[str], re.Pattern[str], str]] = [
-    (
-        "xarray",
-        frozenset({"ss-tiered-disk", "ss-tiered-replicated"}),
-        re.compile(r"OSError: \[Errno 39\] Directory not empty: '[^']*\.zarr(/swarmstore[^']*)?'"),
-        "issue 23: cache: disk-tier fills (of the store or of a pickled copy) still land in "
-        "the directory xarray removes after the test; pinned by test_peer_store_lifecycle.py::"
-        "test_removed_directory_stays_removed_under_a_pickled_copy",
-    ),
-]
+CAUSES: list[tuple[str, frozenset[str], re.Pattern[str], str]] = []
 
 
 def known_cause(peer: str, mode: str, summary: str) -> str | None:
