@@ -64,6 +64,14 @@ def storage_section(demo: Demo) -> None:
     same = sync(_bytes_match(store, demo.root / "node0"))
     demo.check("node0 holds exactly the bytes zarr wrote, under zarr's own keys", same[0], same[1])
 
+    _damage_and_repair(demo, store, data)
+    sync(store.aclose())
+
+
+def _damage_and_repair(demo: Demo, store: Any, data: np.ndarray) -> None:
+    """Wipe a node, rot a replica; scrub finds both, reads stay exact, repair heals."""
+    import zarr
+
     shutil.rmtree(demo.root / "node1")
     victim = next(
         k
@@ -88,7 +96,6 @@ def storage_section(demo: Demo) -> None:
     demo.check(
         "after repair every key has 3 verified replicas", after.ok, f"{after.healthy} healthy"
     )
-    sync(store.aclose())
 
 
 async def _bytes_match(store: Any, node_dir: Path) -> tuple[bool, str]:
@@ -123,9 +130,6 @@ print("saved", flush=True)
 
 def checkpoint_section(demo: Demo) -> None:
     """Save, save incrementally, kill -9 a writer mid-save, restore the last good step."""
-    import subprocess
-    import sys
-
     from swarmstore.checkpoint import CheckpointManager
     from swarmstore.storage import ReplicatedStore
 
@@ -133,31 +137,8 @@ def checkpoint_section(demo: Demo) -> None:
     demo.console.rule("[bold]5. Checkpoints: atomic, incremental, survive a crash")
     nodes = [f"file://{demo.root}/ckpt{i}" for i in range(3)]
     store = ReplicatedStore(nodes, replicas=2, state_dir=demo.root / "ckpt-state")
-    mgr = CheckpointManager(store, keep_last=5)
-    weights = np.random.default_rng(1).random((1024, 1024), dtype="f4")
-    enc = {"weights": {"chunks": (128, 128)}}
-    first = mgr.save({"weights": weights}, step=0, metadata={"loss": 0.9}, encoding=enc)
-    weights[:128, :128] += 1.0  # one chunk of 64 changes
-    second = mgr.save({"weights": weights}, step=1, metadata={"loss": 0.7}, encoding=enc)
-    ratio = second.written_bytes / first.written_bytes
-    demo.say(
-        f"step 0 wrote {first.written_bytes / 2**20:.2f} MiB; step 1 (1 of 64 chunks changed) "
-        f"wrote {second.written_bytes / 2**10:.0f} KiB, reused {second.reused_objects} objects"
-    )
-    demo.check(
-        "the incremental checkpoint writes <= 2% of a full one", ratio <= 0.02, f"{ratio:.2%}"
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CRASH_WRITER, ",".join(nodes), str(demo.root / "ckpt-state")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    started = child.stdout.readline().strip() == "saving"
-    time.sleep(0.3)
-    child.kill()
-    child.wait()
-    demo.say(f"killed a writer (kill -9) {'during' if started else 'before'} its save of step 2")
+    weights = _checkpoint_incremental(demo, CheckpointManager(store, keep_last=5))
+    _checkpoint_crash(demo, nodes)
     after = CheckpointManager(store)
     steps = [info.step for info in after.list()]
     demo.check("only complete checkpoints are visible", steps == [0, 1], f"steps {steps}")
@@ -180,6 +161,43 @@ def checkpoint_section(demo: Demo) -> None:
         "with node ckpt0 gone, step 1 still restores bit-exact",
         np.array_equal(back["weights"][:], weights),
     )
+
+
+def _checkpoint_incremental(demo: Demo, mgr: Any) -> np.ndarray:
+    """Steps 0 and 1 (one chunk of 64 changed); the weights as step 1 saved them."""
+    weights = np.random.default_rng(1).random((1024, 1024), dtype="f4")
+    enc = {"weights": {"chunks": (128, 128)}}
+    first = mgr.save({"weights": weights}, step=0, metadata={"loss": 0.9}, encoding=enc)
+    weights[:128, :128] += 1.0  # one chunk of 64 changes
+    second = mgr.save({"weights": weights}, step=1, metadata={"loss": 0.7}, encoding=enc)
+    ratio = second.written_bytes / first.written_bytes
+    demo.say(
+        f"step 0 wrote {first.written_bytes / 2**20:.2f} MiB; step 1 (1 of 64 chunks changed) "
+        f"wrote {second.written_bytes / 2**10:.0f} KiB, reused {second.reused_objects} objects"
+    )
+    demo.check(
+        "the incremental checkpoint writes <= 2% of a full one", ratio <= 0.02, f"{ratio:.2%}"
+    )
+    return weights
+
+
+def _checkpoint_crash(demo: Demo, nodes: list[str]) -> None:
+    """A writer in another process is killed (kill -9) while it saves step 2."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_WRITER, ",".join(nodes), str(demo.root / "ckpt-state")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    started = child.stdout.readline().strip() == "saving"
+    time.sleep(0.3)
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    demo.say(f"killed a writer (kill -9) {'during' if started else 'before'} its save of step 2")
 
 
 _READER = """

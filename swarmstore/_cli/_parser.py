@@ -7,9 +7,12 @@ imported only when that command runs.
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from swarmstore._cli._exit import BAD_INPUT, EXIT_CODES, CLIError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["build"]
 
@@ -76,6 +79,13 @@ def build(version: str) -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="where to work (default: a temp dir, removed after)")
     demo.add_argument("--keep", action="store_true", help="keep the work dir")
 
+    _maintenance_commands(command)
+    _checkpoint_command(command)
+    return parser
+
+
+def _maintenance_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """status, scrub, repair, rebalance: each takes a store by its nodes or a config."""
     for name, helptext in [
         ("status", "nodes, keys per node, replica health, hints, router figures"),
         ("scrub", "verify every replica of every key (exit 1 if anything is wrong)"),
@@ -93,6 +103,9 @@ def build(version: str) -> argparse.ArgumentParser:
                 help="a running cluster (tcp://host:port): show its swarmstore figures",
             )
 
+
+def _checkpoint_command(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """checkpoint list/restore/verify/gc/archive."""
     ckpt = command(
         "checkpoint",
         "list, restore, verify, gc or archive checkpoints",
@@ -107,4 +120,3 @@ def build(version: str) -> argparse.ArgumentParser:
         "--force", action="store_true", help="restore into a target that already holds data"
     )
     _store_args(ckpt)
-    return parser
