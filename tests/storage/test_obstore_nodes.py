@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 import uuid
 
+import dask
 import numpy as np
 import obstore
 import pytest
@@ -19,7 +20,8 @@ from zarr.core.buffer import cpu
 from zarr.storage import ObjectStore, WrapperStore
 from zarr.testing.store import StoreTests
 
-from swarmstore.storage import ObstoreNode, Record, ReplicatedStore, StoreNode
+from swarmstore.errors import ConfigError
+from swarmstore.storage import ObstoreNode, Record, ReplicatedStore, StoreNode, node_from
 from swarmstore.storage._node import finishes_delete
 from swarmstore.testing import flip_byte
 from swarmstore.testing.contracts import ReplicaContractTests
@@ -194,3 +196,41 @@ async def test_conditional_create_on_obstore_nodes_has_one_winner(s3_endpoint, s
     rb = await b.commit(pb, Record.of(b"from b", version=(1, 2)), create=True)
     assert (ra, rb) == ("written", "exists")
     assert (await a.read("k")).data == b"from a"
+
+
+# -- which client a URL gets (storage.object-client) ----------------------------------------
+
+
+def test_object_client_picks_the_node_kind_for_s3_urls(s3_endpoint, storage_bucket):
+    from swarmstore.storage._s3 import S3Node
+
+    url, options = f"s3://{storage_bucket}/pick", s3_endpoint.storage_options()
+    assert isinstance(node_from(url, storage_options=options), S3Node)  # the default: s3fs
+    for choice, kind in [("obstore", ObstoreNode), ("auto", ObstoreNode), ("fsspec", S3Node)]:
+        with dask.config.set({"swarmstore.storage.object-client": choice}):
+            node = node_from(url, storage_options=options)
+        assert type(node) is kind and node.name == url, choice
+    # auto keeps s3fs for options only s3fs understands
+    with dask.config.set({"swarmstore.storage.object-client": "auto"}):
+        node = node_from(url, storage_options={**options, "config_kwargs": {}})
+    assert isinstance(node, S3Node)
+
+
+def test_a_bad_object_client_is_a_config_error_naming_the_key():
+    with (
+        dask.config.set({"swarmstore.storage.object-client": "boto"}),
+        pytest.raises(ConfigError, match=r"storage\.object-client"),
+    ):
+        node_from("s3://bucket/x")
+
+
+def test_gcs_and_azure_urls_build_obstore_nodes_without_a_server():
+    """Built only: no GCS or Azure service can be reached here, so their requests are not
+    tested (docs/storage.md says so); the names match fsspec's for the same place."""
+    with dask.config.set({"swarmstore.storage.object-client": "obstore"}):
+        gs = node_from("gs://bucket/some/prefix")
+        az = node_from("az://container/p", storage_options={"account_name": "acct"})
+    assert isinstance(gs, ObstoreNode) and gs.name == "gs://bucket/some/prefix"
+    assert isinstance(az, ObstoreNode) and az.name == "az://container/p"
+    assert type(gs.raw).__name__ == "GCSStore" and type(az.raw).__name__ == "AzureStore"
+    assert pickle.loads(pickle.dumps(gs)) == gs
