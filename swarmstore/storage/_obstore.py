@@ -20,6 +20,7 @@ replica, which then looks behind and is repaired like any stale replica (docs/st
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import obstore
@@ -61,6 +62,13 @@ def _decode(attrs: Any, key: str, tomb: bool) -> tuple[Record | None, str | None
     raw = attrs.get(S3_META) if attrs else None
     if raw is None:
         return None, ("tombstone without a record" if tomb else None)
+    return _parse(raw, key, tomb)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse(raw: str, key: str, tomb: bool) -> tuple[Record | None, str | None]:
+    """A record's text, parsed once (records are immutable; zarr reads the same chunks,
+    and so the same record texts, again and again)."""
     try:
         record = Record.decode(raw, key)
     except ValueError as e:
@@ -311,6 +319,15 @@ class ObstoreNode(Node):
         paths = [*got["common_prefixes"], *(m["path"] for m in got["objects"])]
         names = {p.rstrip("/").rpartition("/")[2] for p in paths}
         return sorted(n for n in names if n and not hidden(f"{base}/{n}" if base else n))
+
+    async def ping(self) -> None:
+        """One LIST request: a missing bucket is a refusal here, where a HEAD of a key
+        would answer "absent"."""
+        try:
+            async for _ in obstore.list(self.raw, None, chunk_size=1):
+                break
+        except Exception as e:
+            raise classify(e, f"{self.name}: LIST") from e
 
     def close(self) -> None:
         return None

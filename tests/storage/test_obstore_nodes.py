@@ -234,3 +234,11 @@ def test_gcs_and_azure_urls_build_obstore_nodes_without_a_server():
     assert isinstance(az, ObstoreNode) and az.name == "az://container/p"
     assert type(gs.raw).__name__ == "GCSStore" and type(az.raw).__name__ == "AzureStore"
     assert pickle.loads(pickle.dumps(gs)) == gs
+
+
+async def test_a_missing_bucket_is_refused_by_ping_never_read_as_empty(s3_endpoint):
+    from swarmstore.errors import NodeRefused
+
+    node = ObstoreNode(s3_endpoint.object_store("no-such-bucket-here", "p"))
+    with pytest.raises(NodeRefused, match="no-such-bucket-here"):
+        await node.ping()
