@@ -209,12 +209,14 @@ class ObstoreNode(Node):
         heal: bool = False,
     ) -> Outcome:
         key, text = pending.key, record.encode(pending.key)
+        if create and pending.seen.size is not None:
+            return "exists"
         if not force and not may_replace(pending.seen, pending.seen, record.version, heal):
             return "superseded"  # phase 1 already saw this version or a newer one
         async with exclusive(self.name, key):  # a delete here removes without a condition
             cur = pending.seen
             for _ in range(4):
-                token = cur.token[0] if cur.size is not None else None
+                token = cur.token[0] if cur.size is not None and not create else None
                 try:
                     await self._put(key, pending.data, text, "overwrite" if force else _mode(token))
                     break

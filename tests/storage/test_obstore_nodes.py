@@ -242,3 +242,13 @@ async def test_a_missing_bucket_is_refused_by_ping_never_read_as_empty(s3_endpoi
     node = ObstoreNode(s3_endpoint.object_store("no-such-bucket-here", "p"))
     with pytest.raises(NodeRefused, match="no-such-bucket-here"):
         await node.ping()
+
+
+async def test_a_create_over_data_phase_one_saw_is_exists_and_leaves_it(
+    s3_endpoint, storage_bucket
+):
+    node = ObstoreNode(s3_endpoint.object_store(storage_bucket, uuid.uuid4().hex[:8]))
+    await node.write("k", b"first", Record.of(b"first", version=(1, 1)))
+    pending = await node.prepare("k", b"second")
+    assert await node.commit(pending, Record.of(b"second", version=(2, 1)), create=True) == "exists"
+    assert (await node.read("k")).data == b"first"
