@@ -1,5 +1,7 @@
 """StoreNode: any zarr v3 store as a node (a ``WrapperStore`` chain, an ``FsspecStore`` over
-gcs, az, http or another filesystem, zarr's ``ObjectStore``, a user's own store).
+gcs, az, http or another filesystem, zarr's ``ObjectStore`` over an obstore store without
+object attributes, a user's own store; obstore's S3, GCS, Azure and memory stores get an
+:class:`~swarmstore.storage.ObstoreNode` instead).
 
 A generic store has no metadata slot per object and no compare-and-swap, so:
 

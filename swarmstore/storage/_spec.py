@@ -50,11 +50,10 @@ def node_from(spec: Any, **kwargs: Any) -> Node:
     defaulting to :func:`s3_config_kwargs`), and :data:`FSSPEC_SCHEMES` through fsspec
     (``http(s)://`` read-only). Stores: ``LocalStore``, ``MemoryStore``, an s3fs-backed
     ``FsspecStore`` and a zarr ``ObjectStore`` over obstore's S3, GCS, Azure or memory
-    store get their own nodes; any other zarr store (a
-    ``WrapperStore`` chain, an ``FsspecStore`` over another filesystem, zarr's
-    ``ObjectStore``, a user's store) becomes a :class:`~swarmstore.storage.StoreNode`;
-    an object with an ``as_node(**attrs)`` method builds its own
-    (``swarmstore.testing.FaultyStore``).
+    store get their own nodes; any other zarr store (a ``WrapperStore`` chain, an
+    ``FsspecStore`` over another filesystem, zarr's ``ObjectStore`` over another obstore
+    store, a user's store) becomes a :class:`~swarmstore.storage.StoreNode`; an object
+    with an ``as_node(**attrs)`` method builds its own (``swarmstore.testing.FaultyStore``).
     """
     from swarmstore.storage._node import Node
 
