@@ -252,3 +252,42 @@ async def test_a_create_over_data_phase_one_saw_is_exists_and_leaves_it(
     pending = await node.prepare("k", b"second")
     assert await node.commit(pending, Record.of(b"second", version=(2, 1)), create=True) == "exists"
     assert (await node.read("k")).data == b"first"
+
+
+async def test_a_dead_obstore_node_is_one_attempt_then_node_unavailable(
+    s3_endpoint, storage_bucket, tmp_path
+):
+    """URL-built obstore nodes retry nothing (obstore's default is 10 attempts over up to
+    3 minutes, which would hide a dead node from the router): behind a proxy that resets
+    every connection, one request is one refused connection, then NodeUnavailable; reads
+    and writes go on over the others, and scrub reports the node unreachable."""
+    from swarmstore.errors import NodeUnavailable
+    from swarmstore.storage import NodeSpec
+    from swarmstore.testing import s3_storage_options
+    from swarmstore.testing.proxy import Proxy
+
+    with Proxy(s3_endpoint.url) as proxy:
+        urls = [s3_endpoint.url, s3_endpoint.url, proxy.url]
+        specs = [
+            NodeSpec(
+                f"s3://{storage_bucket}/dead-ob-{tmp_path.name}-{i}",
+                name=f"n{i}",
+                storage_options=s3_storage_options(url),
+            )
+            for i, url in enumerate(urls)
+        ]
+        with dask.config.set({"swarmstore.storage.object-client": "obstore"}):
+            store = ReplicatedStore(specs, replicas=3, write_quorum=2, state_dir=tmp_path / "s")
+        assert all(isinstance(n, ObstoreNode) for n in store.nodes)
+        await store.set("k", cpu.Buffer.from_bytes(b"v"))
+        proxy.kill()
+        before = proxy.counters.refused
+        with pytest.raises(NodeUnavailable):
+            await store.nodes[2].state("k")
+        assert proxy.counters.refused - before == 1  # one attempt, no retry
+        assert (await store.get("k", cpu.buffer_prototype)).to_bytes() == b"v"
+        await store.set("k", cpu.Buffer.from_bytes(b"new"))  # W=2 without n2
+        assert (await store.scrub()).unreachable == ["n2"]
+        proxy.revive()
+        assert (await store.repair()).ok
+        await store.aclose()
