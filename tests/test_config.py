@@ -117,7 +117,7 @@ def _readers(tmp_path):
     from swarmstore.network import TransferRouter
     from swarmstore.network._qos import current_qos, qos_classes
     from swarmstore.network._s3 import s3_config_kwargs
-    from swarmstore.storage import ReplicatedStore
+    from swarmstore.storage import ReplicatedStore, node_from
 
     def events():
         _events._warned.clear()
@@ -125,6 +125,7 @@ def _readers(tmp_path):
 
     return {
         "storage": lambda: ReplicatedStore(["memory://cfg-a", "memory://cfg-b"]),
+        "storage.object-client": lambda: node_from("s3://cfg-bucket/x"),
         "cache": lambda: TieredStore(MemoryStore(), disk=False),
         "cache.disk-dir": lambda: TieredStore(MemoryStore()),
         "cache.disk-bytes": lambda: DiskTier(tmp_path / "d"),

@@ -24,6 +24,7 @@ __all__ = [
     "Node",
     "NodeSpec",
     "NodeWrapper",
+    "ObstoreNode",
     "RebalanceReport",
     "Record",
     "RepairReport",
@@ -39,3 +40,12 @@ __all__ = [
     "s3_config_kwargs",
     "scrub",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``ObstoreNode`` on first use: obstore is an extra (``swarmstore[obstore]``)."""
+    if name == "ObstoreNode":
+        from swarmstore.storage._obstore import ObstoreNode
+
+        return ObstoreNode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,7 @@
 """StoreNode: any zarr v3 store as a node (a ``WrapperStore`` chain, an ``FsspecStore`` over
-gcs, az, http or another filesystem, zarr's ``ObjectStore``, a user's own store).
+gcs, az, http or another filesystem, zarr's ``ObjectStore`` over an obstore store without
+object attributes, a user's own store; obstore's S3, GCS, Azure and memory stores get an
+:class:`~swarmstore.storage.ObstoreNode` instead).
 
 A generic store has no metadata slot per object and no compare-and-swap, so:
 
@@ -34,6 +36,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore.errors import ChecksumMismatch
 from swarmstore.storage._integrity import Record
+from swarmstore.storage._keylock import exclusive
 from swarmstore.storage._node import (
     META,
     Node,
@@ -49,7 +52,7 @@ from swarmstore.storage._node import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Hashable
+    from collections.abc import Hashable
 
     from zarr.abc.store import Store
 
@@ -58,8 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["StoreNode", "store_name"]
 
 _PROTO = default_buffer_prototype()
-#: per (event loop, node name, key): the compare-and-swap's lock (see StoreNode._exclusive)
-_LOCKS: dict[tuple[int, str, str], list[Any]] = {}
 
 
 def _protocol(fs: Any) -> str:
@@ -170,20 +171,9 @@ class StoreNode(Node):
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
         return (_rebuild, (self.store, attrs))
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self, key: str) -> AsyncIterator[None]:
-        """The compare and the swap of one key, one coroutine at a time in this process
-        (every StoreNode of this name shares the lock: several stores, one node)."""
-        slot = (id(asyncio.get_running_loop()), self.name, key)
-        entry = _LOCKS.setdefault(slot, [asyncio.Lock(), 0])
-        entry[1] += 1  # users (holder and waiters): the lock goes when the last one leaves
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del _LOCKS[slot]
+    def _exclusive(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The compare and the swap of one key, one coroutine at a time in this process."""
+        return exclusive(self.name, key)
 
     async def _get(self, key: str, byte_range: Any = None) -> bytes | None:
         buf = await self.store.get(key, _PROTO, byte_range)

@@ -19,6 +19,8 @@ __all__ = ["FSSPEC_SCHEMES", "NodeSpec", "node_from", "s3_config_kwargs"]
 #: object stores and read-only HTTP reached through fsspec as generic nodes (``_generic``);
 #: the package behind each (gcsfs, adlfs, aiohttp) must be installed
 FSSPEC_SCHEMES = ("gs", "gcs", "az", "abfs", "abfss", "http", "https")
+#: obstore stores that carry attributes: zarr ObjectStores over them become ObstoreNodes
+_OBSTORE_KINDS = ("S3Store", "GCSStore", "AzureStore", "MemoryStore")
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,16 @@ def node_from(spec: Any, **kwargs: Any) -> Node:
     """Build a :class:`Node` from a URL, a zarr store, a :class:`NodeSpec` or a Node.
 
     URLs: ``file:///path`` (or a plain absolute path), ``memory://name``,
-    ``s3://bucket/prefix`` (``storage_options`` are passed to s3fs; botocore's timeouts
-    and retries default to :func:`s3_config_kwargs`), and :data:`FSSPEC_SCHEMES` through
-    fsspec (``http(s)://`` read-only). Stores: ``LocalStore``, ``MemoryStore`` and an
-    s3fs-backed ``FsspecStore`` get their own nodes; any other zarr store (a
-    ``WrapperStore`` chain, an ``FsspecStore`` over another filesystem, zarr's
-    ``ObjectStore``, a user's store) becomes a :class:`~swarmstore.storage.StoreNode`;
-    an object with an ``as_node(**attrs)`` method builds its own
-    (``swarmstore.testing.FaultyStore``).
+    ``s3://``, ``gs://``, ``az://`` ``bucket/prefix`` through obstore or fsspec as
+    ``storage.object-client`` says (obstore: an :class:`ObstoreNode`, s3fs-style
+    ``storage_options`` translated; s3fs: an S3 node, botocore's timeouts and retries
+    defaulting to :func:`s3_config_kwargs`), and :data:`FSSPEC_SCHEMES` through fsspec
+    (``http(s)://`` read-only). Stores: ``LocalStore``, ``MemoryStore``, an s3fs-backed
+    ``FsspecStore`` and a zarr ``ObjectStore`` over obstore's S3, GCS, Azure or memory
+    store get their own nodes; any other zarr store (a ``WrapperStore`` chain, an
+    ``FsspecStore`` over another filesystem, zarr's ``ObjectStore`` over another obstore
+    store, a user's store) becomes a :class:`~swarmstore.storage.StoreNode`; an object
+    with an ``as_node(**attrs)`` method builds its own (``swarmstore.testing.FaultyStore``).
     """
     from swarmstore.storage._node import Node
 
@@ -89,6 +93,13 @@ def _node_from_store(spec: Any, kwargs: dict[str, Any]) -> Node:
         protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
         if "s3" in protocols:
             return S3Node(spec.fs, spec.path, **kwargs)
+    if type(getattr(spec, "store", None)).__name__ in _OBSTORE_KINDS:
+        from zarr.storage import ObjectStore
+
+        if isinstance(spec, ObjectStore):
+            from swarmstore.storage._obstore import ObstoreNode
+
+            return ObstoreNode(spec, **kwargs)
     return _generic_node(spec, kwargs)
 
 
@@ -113,6 +124,7 @@ def _generic_node(spec: Any, kwargs: dict[str, Any]) -> Node:
 def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, Any]) -> Node:
     from swarmstore.storage._local import LocalNode
     from swarmstore.storage._memory import MemoryNode
+    from swarmstore.storage._obstore_io import OBSTORE_SCHEMES, client_for, store_from_url
     from swarmstore.storage._s3 import S3Node
 
     if not url:
@@ -128,6 +140,10 @@ def _node_from_url(url: str, storage_options: dict[str, Any], kwargs: dict[str, 
         if not rest:
             raise ConfigError(f"node URL {url!r}: memory:// needs a name")
         return MemoryNode.named(rest, **kwargs)
+    if scheme in OBSTORE_SCHEMES and client_for(scheme, storage_options) == "obstore":
+        from swarmstore.storage._obstore import ObstoreNode
+
+        return ObstoreNode(store_from_url(url, storage_options), **kwargs)
     if scheme in ("s3", "s3a"):
         bucket = rest.strip("/")
         if not bucket:

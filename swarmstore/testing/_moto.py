@@ -103,18 +103,27 @@ def _wait_ready(url: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def moto_server(process: bool = False, timeout: float = 30.0) -> Iterator[S3Endpoint]:
-    """Run moto's S3 server on 127.0.0.1 at a free port for the duration of the block."""
+def moto_server(
+    process: bool = False, timeout: float = 30.0, log: str | os.PathLike[str] | None = None
+) -> Iterator[S3Endpoint]:
+    """Run moto's S3 server on 127.0.0.1 at a free port for the duration of the block.
+
+    ``log`` (with ``process=True``): a file that receives the server's access log, one
+    line per request it answered (read it with :class:`swarmstore.testing.RequestLog`).
+    """
     for k, v in _CREDENTIALS.items():
         os.environ.setdefault(k, v)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if process:
+        sink = open(log, "ab") if log is not None else subprocess.DEVNULL
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=sink,
         )
+        if log is not None:
+            sink.close()  # the server holds its own descriptor
         try:
             _wait_ready(url, timeout)
             yield S3Endpoint(url)

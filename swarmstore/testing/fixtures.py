@@ -44,13 +44,22 @@ def close_http(fs: Any) -> None:
     """Close an async s3fs filesystem's HTTP connections now, from any thread or loop.
 
     The session belongs to whichever loop first used it (a test's, zarr's), and the test is
-    over: closing its connector marks the session closed, so the garbage collector finds no
-    "Unclosed client session" later, during another test (s3fs's own finalizer path)."""
+    over: closing its connectors marks the sessions closed, so the garbage collector finds
+    no "Unclosed client session" later, during another test or at exit. aiobotocore 3 keeps
+    one aiohttp session per proxy (``http_session._sessions``), which s3fs's own
+    ``close_session`` fallback (one ``_connector``) no longer reaches."""
     import s3fs
 
     creator = getattr(fs, "_s3creator", None)
-    if creator is not None:
-        s3fs.S3FileSystem.close_session(None, creator)
+    if creator is None:
+        return
+    endpoint = getattr(getattr(creator, "_client", None), "_endpoint", None)
+    sessions = getattr(getattr(endpoint, "http_session", None), "_sessions", None) or {}
+    for session in list(sessions.values()):
+        connector = session.connector
+        if connector is not None and not connector.closed:
+            connector._close()
+    s3fs.S3FileSystem.close_session(None, creator)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The state machine's nodes, and the backdoors its faults use to damage them at rest:
-memory nodes, and generic nodes (any zarr store: records in sidecars)."""
+memory nodes, generic nodes (any zarr store: records in sidecars) and obstore nodes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from zarr.storage import MemoryStore
 from swarmstore.storage import StoreNode
 from swarmstore.storage._generic import _sidecar
 from swarmstore.storage._memory import MemoryNode
+from swarmstore.storage._s3 import S3_META
 
 PROTO = default_buffer_prototype()
 
@@ -69,3 +70,37 @@ class GenericNodes:
             self.dicts[i].pop(_sidecar(key), None)
         else:
             self.dicts[i][_sidecar(key)] = PROTO.buffer.from_bytes(f"{key}\n{text}".encode())
+
+
+class ObstoreNodes:
+    """The machine's nodes as obstore nodes over obstore's in-memory stores (the record in
+    each object's attributes)."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        from obstore.store import MemoryStore as ObMemory
+
+        self.raw = [ObMemory() for _ in range(n)]
+
+    def node(self, i: int):
+        from swarmstore.storage import ObstoreNode
+
+        return ObstoreNode(self.raw[i], name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return run(self.node(i).state(key, tomb=True))
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        import obstore
+
+        try:
+            got = obstore.get(self.raw[i], key)
+        except FileNotFoundError:
+            return None
+        text = got.attributes.get(S3_META)
+        return None if text is None else (bytes(got.bytes()), text)
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        import obstore
+
+        attrs = {S3_META: text} if text is not None else None
+        obstore.put(self.raw[i], key, data, attributes=attrs)

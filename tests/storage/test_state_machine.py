@@ -25,7 +25,7 @@ import dask.config
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
-from machine_nodes import GenericNodes, MemoryNodes
+from machine_nodes import GenericNodes, MemoryNodes, ObstoreNodes
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore import _clock
@@ -362,6 +362,19 @@ GenericNodesMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
 TestGenericNodesMachine = GenericNodesMachine.TestCase
+
+
+class ObstoreNodesMachine(ReplicatedMachine):
+    """The same rules over obstore nodes (the record in each object's attributes)."""
+
+    nodes_cls = ObstoreNodes
+
+
+ObstoreNodesMachine.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+TestObstoreNodesMachine = ObstoreNodesMachine.TestCase
 
 
 def test_a_delete_crashed_on_every_newest_replica_never_resurrects_an_older_value():
