@@ -12,6 +12,13 @@ failing node, pending hints, an unopened store) and every call on a store with o
 So the store tells zarr to take its fused sync fast path (``_supports_sync_io``) exactly
 when every node has a sync form: that path calls ``get_sync`` per chunk from worker
 threads, which must not each park on a hop back to the loop.
+
+What is left: a call that falls back to the loop from inside zarr's fused pipeline parks
+its thread on the loop, whose local-node work runs in the loop's default executor, the
+same pool the pipeline's batches run in. Only when as many batches as that pool has
+threads (``min(32, cpu + 4)``) all fall back at once could they wait on each other; sync
+reads and writes over healthy replicas never fall back. Sync calls do not feed the
+router's statistics or circuit breakers (they order replicas by what it learned).
 """
 
 from __future__ import annotations
