@@ -5,9 +5,9 @@ the calling thread with no event loop: reads by :mod:`swarmstore.storage._syncre
 writes and deletes by :mod:`swarmstore.storage._syncwrite`, each the same protocol as the
 async twin (verified replicas, quorum reads, compare-and-swap writes, hints), deciding with
 the same objects. Whatever those cannot settle alone (a stale or unrecorded replica, a
-failing node, pending hints, an unopened store) and every call on a store with other nodes
-(S3, generic fsspec stores) runs the async twin on zarr's I/O loop
-(:mod:`swarmstore._sync`) instead.
+failing node, pending hints, a store's first sync call, which opens it and has the router
+make its node entries on the loop) and every call on a store with other nodes (S3, generic
+fsspec stores) runs the async twin on zarr's I/O loop (:mod:`swarmstore._sync`) instead.
 
 So the store tells zarr to take its fused sync fast path (``_supports_sync_io``) exactly
 when every node has a sync form: that path calls ``get_sync`` per chunk from worker
@@ -23,7 +23,7 @@ router's statistics or circuit breakers (they order replicas by what it learned)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import Buffer, default_buffer_prototype
@@ -34,13 +34,20 @@ from swarmstore.storage._syncread import all_sync, read_now
 from swarmstore.storage._syncwrite import delete_now, put_now
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import BufferPrototype
 
+    from swarmstore.network import TransferRouter
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
 
 __all__ = ["SyncSurface"]
+
+
+def _name(node: Node) -> str:
+    return node.name
 
 
 class SyncSurface:
@@ -49,6 +56,7 @@ class SyncSurface:
 
     if TYPE_CHECKING:  # provided by the store
         nodes: list[Node]
+        router: TransferRouter
         read_only: bool
         _is_open: bool
 
@@ -61,6 +69,26 @@ class SyncSurface:
         async def delete(self, key: str) -> None: ...
 
         def _check_writable(self) -> None: ...
+
+    #: whether the router knows every node: its per-node entries are made once, on the loop
+    _nodes_known = False
+
+    def _fast(self) -> bool:
+        """Whether the in-thread path may run: the store is open and the router holds an
+        entry for every node, made on the I/O loop (sync threads then only read them)."""
+        return self._is_open and self._nodes_known
+
+    def _on_loop[T](self, coro: Coroutine[Any, Any, T]) -> T:
+        """The async twin on zarr's I/O loop; there, also the router's node entries."""
+
+        async def run() -> T:
+            try:
+                return await coro
+            finally:
+                self.router.order(self.nodes, _name)  # makes the entries, on the loop
+                self._nodes_known = True
+
+        return _sync.run(run())
 
     @property
     def _supports_sync_io(self) -> bool:
@@ -85,9 +113,9 @@ class SyncSurface:
         ):
             raise TypeError(f"Unexpected byte_range, got {byte_range}.")
         check_key(key)
-        verdict = read_now(self._coordinator(), key, byte_range) if self._is_open else None
+        verdict = read_now(self._coordinator(), key, byte_range) if self._fast() else None
         if verdict is None:
-            return _sync.run(self.get(key, prototype, byte_range))
+            return self._on_loop(self.get(key, prototype, byte_range))
         if verdict.got is not None:
             return prototype.buffer.from_bytes(verdict.got.data)
         return None
@@ -101,12 +129,12 @@ class SyncSurface:
                 f"Got an instance of {type(value)} instead."
             )
         check_key(key)
-        if not self._is_open or put_now(self._coordinator(), key, value.to_bytes()) is None:
-            _sync.run(self.set(key, value))
+        if not self._fast() or put_now(self._coordinator(), key, value.to_bytes()) is None:
+            self._on_loop(self.set(key, value))
 
     def delete_sync(self, key: str) -> None:
         """:meth:`delete`, blocking: a versioned tombstone on a write quorum."""
         self._check_writable()
         check_key(key)
-        if not self._is_open or not delete_now(self._coordinator(), key):
-            _sync.run(self.delete(key))
+        if not self._fast() or not delete_now(self._coordinator(), key):
+            self._on_loop(self.delete(key))
