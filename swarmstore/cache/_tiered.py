@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +15,6 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 import swarmstore.cache._coherence as _coherence
-import swarmstore.cache._syncio as _syncio
 from swarmstore import config
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._flight import Flights
@@ -24,7 +22,7 @@ from swarmstore.cache._identity import store_identity
 from swarmstore.cache._memory import MemoryTier
 from swarmstore.cache._readpath import ReadPath
 from swarmstore.cache._span import span_of
-from swarmstore.errors import CacheWarning
+from swarmstore.cache._writepath import WritePath
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -55,7 +53,7 @@ class _Shared:
     stale_served: int = 0
 
 
-class TieredStore(ReadPath, Store):
+class TieredStore(ReadPath, WritePath, Store):
     """Serve reads from RAM, then local disk; on a miss read ``backing`` and back-fill.
 
     Parameters
@@ -336,109 +334,6 @@ class TieredStore(ReadPath, Store):
         import asyncio
 
         return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
-
-    # -- writes: through to the backing store, then invalidate ---------------------------
-
-    async def set(self, key: str, value: Buffer) -> None:
-        # docstring inherited
-        self._check_writable()
-        if not self._is_open:
-            await self._ensure_open()
-        try:
-            await self.backing.set(key, value)
-        finally:
-            await self._invalidate(key)
-
-    def set_sync(self, key: str, value: Buffer) -> None:
-        """:meth:`set` from sync code (the backing store's sync path when it has one)."""
-        self._check_writable()
-        try:
-            if _syncio.supports_sync_io(self.backing):
-                self.backing.set_sync(key, value)  # type: ignore[attr-defined]
-            else:
-                _syncio.run(self.backing.set(key, value))
-        finally:
-            self._invalidate_sync(key)
-
-    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        # docstring inherited
-        self._check_writable()
-        try:
-            await self.backing.set_if_not_exists(key, value)
-        finally:
-            await self._invalidate(key)
-
-    async def delete(self, key: str) -> None:
-        # docstring inherited
-        self._check_writable()
-        try:
-            await self.backing.delete(key)
-        finally:
-            await self._invalidate(key)
-
-    def delete_sync(self, key: str) -> None:
-        """:meth:`delete` from sync code."""
-        self._check_writable()
-        try:
-            if _syncio.supports_sync_io(self.backing):
-                self.backing.delete_sync(key)  # type: ignore[attr-defined]
-            else:
-                _syncio.run(self.backing.delete(key))
-        finally:
-            self._invalidate_sync(key)
-
-    async def delete_dir(self, prefix: str) -> None:
-        # docstring inherited
-        self._check_writable()
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        try:
-            await self.backing.delete_dir(prefix)
-        finally:
-            await self._invalidate(prefix, prefix=True)
-
-    async def clear(self) -> None:
-        # docstring inherited
-        self._check_writable()
-        try:
-            await self.backing.clear()
-        finally:
-            await self._invalidate("", prefix=True)
-
-    async def _invalidate(self, key: str, *, prefix: bool = False) -> None:
-        sh = self._shared
-        for tier in reversed(sh.tiers):  # lowest first: an upper tier cannot refill from it
-            try:  # distrusted tiers too: other processes may still read a shared one
-                await tier.evict(self.namespace, key, prefix=prefix)
-            except Exception as e:
-                self._distrust(tier, key, e)
-        sh.flights.drop(key, prefix=prefix)
-        if self.coherent:
-            await _coherence.announce(self._announce, self.namespace, key, prefix, self.disk)
-
-    def _invalidate_sync(self, key: str, *, prefix: bool = False) -> None:
-        sh = self._shared
-        for tier in reversed(sh.tiers):
-            try:
-                tier.evict_sync(self.namespace, key, prefix=prefix)
-            except Exception as e:
-                self._distrust(tier, key, e)
-        sh.flights.drop(key, prefix=prefix)
-        if self.coherent:
-            _coherence.announce_sync(self._announce, self.namespace, key, prefix, self.disk)
-
-    def _distrust(self, tier: Tier, key: str, e: Exception) -> None:
-        # The tier may still hold the old value: never read from it again.
-        if tier.name in self._shared.distrusted:
-            return
-        self._shared.distrusted.add(tier.name)
-        msg = f"{tier!r} could not drop {key!r} ({e}); that tier is disabled for this store"
-        logger.warning("%s", msg)
-        warnings.warn(msg, CacheWarning, stacklevel=4)
-
-    def drop_remote(self, key: str, *, prefix: bool = False) -> None:
-        """Another worker wrote ``key``: drop it here without waiting (see ``_coherence``)."""
-        self._shared.flights.drop(key, prefix=prefix)
 
     # -- everything else goes straight to the backing store ------------------------------
 

@@ -39,6 +39,8 @@ class LocalNode(Node):
     """
 
     supports_sync = True
+    #: sync forms of the write steps (``prepare_now``, ``commit_now``...): see _syncwrite
+    supports_sync_write = True
 
     def __init__(
         self,
@@ -74,6 +76,34 @@ class LocalNode(Node):
 
     def state_now(self, key: str, *, tomb: bool | None = None) -> State:
         return self._dir.state(self._key(key), tomb)
+
+    def prepare_now(self, key: str, data: bytes) -> Pending:
+        return self._dir.prepare(self._key(key), data)
+
+    def commit_now(
+        self,
+        pending: Pending,
+        record: Record,
+        *,
+        create: bool = False,
+        force: bool = False,
+        heal: bool = False,
+    ) -> Outcome:
+        return self._dir.commit(pending, record, (create, force, heal))
+
+    def abort_now(self, pending: Pending) -> None:
+        if pending.token is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending.token)
+
+    def bury_now(self, key: str, tomb: Record, seen: State) -> Outcome:
+        return self._dir.bury(self._key(key), tomb, seen)
+
+    def unbury_now(self, key: str, tomb: Record) -> None:
+        self._dir.unbury(self._key(key), tomb)
+
+    def remove_now(self, key: str, version: Version | None = None) -> bool:
+        return self._dir.remove(self._key(key), version)
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
         return await asyncio.to_thread(self._dir.read, self._key(key), start, end)

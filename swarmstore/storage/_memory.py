@@ -58,6 +58,8 @@ class MemoryNode(Node):
 
     supports_sync = True
     inline_sync = True  # a dict lookup: no thread hop at all
+    #: sync forms of the write steps (``prepare_now``, ``commit_now``...): see _syncwrite
+    supports_sync_write = True
 
     def __init__(
         self,
@@ -128,17 +130,10 @@ class MemoryNode(Node):
             corrupt = corrupt or why
         return State(size, record, t, corrupt=corrupt)
 
-    # --- async API -----------------------------------------------------------------------
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
-        return self.read_now(key, start, end)
-
-    async def state(self, key: str, *, tomb: bool | None = None) -> State:
-        return self.state_now(key, tomb=tomb)
-
-    async def prepare(self, key: str, data: bytes) -> Pending:
+    def prepare_now(self, key: str, data: bytes) -> Pending:
         return Pending(check_key(key), bytes(data), self.state_now(key, tomb=True))
 
-    async def commit(
+    def commit_now(
         self,
         pending: Pending,
         record: Record,
@@ -160,10 +155,10 @@ class MemoryNode(Node):
             del self.side.tombs[key]
         return "written"
 
-    async def abort(self, pending: Pending) -> None:
+    def abort_now(self, pending: Pending) -> None:
         return None
 
-    async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
+    def bury_now(self, key: str, tomb: Record, seen: State) -> Outcome:
         cur = self.state_now(key, tomb=True)
         if not finishes_delete(cur, tomb) and not may_replace(seen, cur, tomb.version):
             return "superseded"
@@ -172,12 +167,12 @@ class MemoryNode(Node):
         self.side.tombs[key] = tomb.encode(key)
         return "written"
 
-    async def unbury(self, key: str, tomb: Record) -> None:
+    def unbury_now(self, key: str, tomb: Record) -> None:
         held = self.state_now(key, tomb=True).tomb
         if held is not None and held.version == tomb.version:
             del self.side.tombs[key]
 
-    async def remove(self, key: str, version: Version | None = None) -> bool:
+    def remove_now(self, key: str, version: Version | None = None) -> bool:
         buf = self._data.get(check_key(key))
         if buf is None:
             return False
@@ -187,6 +182,39 @@ class MemoryNode(Node):
         del self._data[key]
         self.side.records.pop(key, None)
         return True
+
+    # --- async API -----------------------------------------------------------------------
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> Read | None:
+        return self.read_now(key, start, end)
+
+    async def state(self, key: str, *, tomb: bool | None = None) -> State:
+        return self.state_now(key, tomb=tomb)
+
+    async def prepare(self, key: str, data: bytes) -> Pending:
+        return self.prepare_now(key, data)
+
+    async def commit(
+        self,
+        pending: Pending,
+        record: Record,
+        *,
+        create: bool = False,
+        force: bool = False,
+        heal: bool = False,
+    ) -> Outcome:
+        return self.commit_now(pending, record, create=create, force=force, heal=heal)
+
+    async def abort(self, pending: Pending) -> None:
+        return None
+
+    async def bury(self, key: str, tomb: Record, seen: State) -> Outcome:
+        return self.bury_now(key, tomb, seen)
+
+    async def unbury(self, key: str, tomb: Record) -> None:
+        self.unbury_now(key, tomb)
+
+    async def remove(self, key: str, version: Version | None = None) -> bool:
+        return self.remove_now(key, version)
 
     async def meta_put(self, name: str, body: bytes) -> None:
         self.side.meta[name] = bytes(body)

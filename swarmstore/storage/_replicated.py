@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import threading
 from typing import TYPE_CHECKING, Any, Self
 
 import xxhash
@@ -114,6 +115,7 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         self.hints = HintLog(default_state_dir(self.nodes) if state_dir is None else state_dir)
         self.writer = int.from_bytes(os.urandom(8), "big") >> 1  # this instance's id
         self._counters: dict[str, int] = {}
+        self._counting = threading.Lock()
         self._background: set[asyncio.Future[Any]] = set()
         self._laggards: set[asyncio.Future[Any]] = set()  # held, not waited for by flush
         self._replaying: set[str] = set()
@@ -199,11 +201,16 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         return min(self.read_quorum, targets), min(self.write_quorum, targets)
 
     def next_version(self, key: str, seen: Iterable[Version]) -> Version:
-        """One more than every counter seen, and than this instance's last for ``key``."""
-        counter = max(1, max((c for c, _ in seen), default=0) + 1, self._counters.get(key, 0) + 1)
-        if len(self._counters) >= 65536:
-            self._counters.clear()
-        self._counters[key] = counter
+        """One more than every counter seen, and than this instance's last for ``key``.
+
+        Under a lock: sync writers (``set_sync``) run in many threads at once, and two of
+        them must never stamp two values with the same version."""
+        top = max((c for c, _ in seen), default=0)
+        with self._counting:
+            counter = max(1, top + 1, self._counters.get(key, 0) + 1)
+            if len(self._counters) >= 65536:
+                self._counters.clear()
+            self._counters[key] = counter
         return (counter, self.writer)
 
     def grace(self, elapsed: float) -> float:
