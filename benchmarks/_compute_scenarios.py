@@ -115,14 +115,15 @@ async def run_b(x: Ctx) -> None:
     big = {"GPU": 1, "GPU_MEMORY": 40 * GiB}
     small = {"GPU": 1, "GPU_MEMORY": 8 * GiB}
     hand = {"workers": x.roles["gpu"]} if x.mode == "hand" else {}
-    train = c.map(work, [2 * t] * 20, key=keys("train", 20), resources=big, priority=10)
-    infer = c.map(work, [t] * 30, key=keys("infer", 30), resources=small, **hand)
-    cpu = c.map(work, [2 * t] * 20, key=keys("cpu", 20), **x.cpu_only())
+    train = c.map(work, [t] * 40, key=keys("train", 40), resources=big, priority=10)
+    infer = c.map(work, [t] * 40, key=keys("infer", 40), resources=small, **hand)
+    cpu = c.map(work, [2 * t] * 40, key=keys("cpu", 40), **x.cpu_only())
     await wait([*train, *infer, *cpu])
 
 
 def bound_b(t: float) -> float:
-    return max(20 * 2 * t, (40 + 30) * t / 3, (40 + 30 + 40) * t / 5)
+    # train only on the big GPU; all GPU work over 3 GPUs; all work over all 7 threads
+    return max(40 * t, (40 + 40) * t / 3, (40 + 40 + 80) * t / 7)
 
 
 # --------------------------------------------------------------------------- c. burst
@@ -142,19 +143,20 @@ def bound_c(t: float) -> float:
 # --------------------------------------------------------------------------- d. heterogeneous
 async def run_d(x: Ctx) -> None:
     c, t = x.c, x.t
-    sizes = [(1 + i % 3) * t for i in range(60)]
-    loads = c.map(work, sizes, key=keys("load", 60), **x.cpu_only())
+    sizes = [(1 + i % 3) * t for i in range(120)]
+    loads = c.map(work, sizes, key=keys("load", 120), **x.cpu_only())
     g = [
         c.submit(work, 2 * t, *loads[4 * i : 4 * i + 4], key=k, resources=GPU1)
-        for i, k in enumerate(keys("gpu", 15))
+        for i, k in enumerate(keys("gpu", 30))
     ]
-    post = c.map(work, [t] * 15, g, key=keys("post", 15), **x.cpu_only())
+    post = c.map(work, [t] * 30, g, key=keys("post", 30), **x.cpu_only())
     final = c.submit(work, t, *post, key=keys("reduce", 1)[0], **x.cpu_only())
     await wait(final)
 
 
 def bound_d(t: float) -> float:
-    return max((120 + 30 + 15 + 1) * t / 9, (1 + 15 + 1 + 1) * t)
+    # all work over all 9 threads; GPU work over 2 GPUs after the first loads, then the tail
+    return max((240 + 60 + 30 + 1) * t / 9, (1 + 60 / 2 + 1 + 1) * t)
 
 
 # --------------------------------------------------------------------------- e. joins, leaves
@@ -253,7 +255,7 @@ SCENARIOS = [
     Scenario(
         "b",
         "train needs 40 GiB (one 80 GiB GPU), infer 8 GiB, CPU work",
-        [gpu(1, 80 * GiB, "big"), gpu(1), gpu(1), Spec(2)],
+        [gpu(2, 80 * GiB, "big"), gpu(2), gpu(2), Spec(1)],
         run_b,
         bound_b,
     ),

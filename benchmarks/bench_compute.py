@@ -41,7 +41,10 @@ from swarmstore.compute.placement import Placer, WorkerInfo
 from swarmstore.compute.requirements import Requirements
 
 BENCH = "compute"
-MODES = ("stock", "hand", "swarm")
+MODES = ("stock", "hand", "swarm", "strict")
+#: SwarmPlugin options per plugin mode (``strict``: no CPU work on GPU workers at all while
+#: a CPU worker takes work, ``share-gpu-threads: false``)
+PLUGIN_MODES: dict[str, dict[str, Any]] = {"swarm": {}, "strict": {"share_gpu_threads": False}}
 
 
 def inc(x: int) -> int:
@@ -49,7 +52,7 @@ def inc(x: int) -> int:
 
 
 @contextlib.asynccontextmanager
-async def cluster(specs: Sequence[Spec], plugin: bool):
+async def cluster(specs: Sequence[Spec], plugin: bool | dict[str, Any]):
     """An in-process scheduler and workers; yields (client, scheduler, roles, add_worker)."""
     async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
         workers: list[Worker] = []
@@ -71,8 +74,10 @@ async def cluster(specs: Sequence[Spec], plugin: bool):
             await add(spec)
         try:
             async with Client(s.address, asynchronous=True) as c:
-                if plugin:
-                    await c.register_plugin(SwarmPlugin())
+                if plugin is not False:
+                    await c.register_plugin(
+                        SwarmPlugin(**(plugin if isinstance(plugin, dict) else {}))
+                    )
                 yield c, s, roles, add
         finally:
             await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
@@ -80,7 +85,7 @@ async def cluster(specs: Sequence[Spec], plugin: bool):
 
 # ---------------------------------------------------------------- scenarios
 async def run_scenario(sc: Scenario, mode: str, t: float) -> tuple[float, dict[str, float]]:
-    async with cluster(sc.workers, mode == "swarm") as (c, _, roles, add):
+    async with cluster(sc.workers, PLUGIN_MODES.get(mode, False)) as (c, _, roles, add):
         await c.submit(work, 0, pure=False)  # everyone connected
         ctx = Ctx(c, t, mode, roles, add)
         t0 = time.perf_counter()
@@ -88,8 +93,10 @@ async def run_scenario(sc: Scenario, mode: str, t: float) -> tuple[float, dict[s
         return time.perf_counter() - t0, ctx.extra
 
 
-async def scenarios(t: float, reps: int) -> None:
+async def scenarios(t: float, reps: int, names: Sequence[str] = ()) -> None:
     for sc in SCENARIOS:
+        if names and sc.name not in names:
+            continue
         runs: dict[str, list[float]] = {m: [] for m in MODES}
         urgent: dict[str, list[float]] = {m: [] for m in MODES}
         for _ in range(reps):
@@ -104,54 +111,44 @@ async def scenarios(t: float, reps: int) -> None:
 def report(
     sc: Scenario, t: float, runs: dict[str, list[float]], urgent: dict[str, list[float]]
 ) -> None:
+    """Per plugin mode: makespan vs the bound and vs stock, and the urgent job's latency."""
     med = {m: statistics.median(v) for m, v in runs.items()}
     bound = sc.bound(t)
     raw = {m: [round(x / bound, 2) for x in v] for m, v in runs.items()}
     notes = f"{sc.title}; t={t}s; runs/bound {raw}"
-    extra = {"hand_ratio": med["hand"] / bound, "stock_ratio": med["stock"] / bound}
-    emit(
-        Line(
-            BENCH,
+    extra = {f"{m}_ratio": med[m] / bound for m in MODES}
+    u = {m: statistics.median(v) for m, v in urgent.items() if v}
+    for mode in PLUGIN_MODES:
+        tag = "" if mode == "swarm" else ", share-gpu-threads off"
+
+        def line(measure, ours, peer, peer_name, goal, note, tag=tag) -> None:
+            emit(Line(BENCH, measure + tag, ours, peer, peer_name, "s", "lower", goal, note, extra))
+
+        line(
             f"scenario {sc.name}: makespan / lower bound",
-            med["swarm"],
+            med[mode],
             bound,
             "lower bound",
-            "s",
-            "lower",
             1.2,
             notes,
-            extra,
         )
-    )
-    emit(
-        Line(
-            BENCH,
+        line(
             f"scenario {sc.name}: makespan vs stock",
-            med["swarm"],
+            med[mode],
             med["stock"],
             "stock Dask",
-            "s",
-            "lower",
             1.0,
             f"hand-set {med['hand']:.3g}s",
-            extra,
         )
-    )
-    if sc.urgent is not None and urgent["swarm"]:
-        u = {m: statistics.median(v) for m, v in urgent.items() if v}
-        emit(
-            Line(
-                BENCH,
+        if sc.urgent is not None and mode in u:
+            line(
                 f"scenario {sc.name}: urgent job latency / bound",
-                u["swarm"],
+                u[mode],
                 sc.urgent * t,
                 "lower bound",
-                "s",
-                "lower",
                 1.5,
                 f"stock {u['stock']:.3g}s, hand-set {u['hand']:.3g}s",
             )
-        )
 
 
 # ---------------------------------------------------------------- memory (#9164)
@@ -399,7 +396,7 @@ async def amain(args: argparse.Namespace) -> None:
         return not only or name in only
 
     if want("scenarios"):
-        await scenarios(0.05 if quick else 0.1, 1 if quick else 3)
+        await scenarios(0.05 if quick else 0.1, 1 if quick else 3, args.scenarios or ())
     if want("memory"):
         await memory(0.05 if quick else 0.1, 30 if quick else 60)
     if want("overhead"):
@@ -414,6 +411,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--scenarios", nargs="*", help="scenario names (default: all)")
     args = ap.parse_args(argv)
     with dask.config.set({"distributed.admin.tick.limit": "60s"}):
         asyncio.run(amain(args))

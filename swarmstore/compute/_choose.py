@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Hashable, Iterable, Mapping
 
     from swarmstore.compute._jobs import Committed, Job
     from swarmstore.compute.placement import WorkerInfo
 
-__all__ = ["choose_gpu_worker", "choose_urgent_worker"]
+__all__ = ["better_entry", "choose_gpu_worker", "choose_urgent_worker"]
 
 
 def _load(cs: Iterable[Committed]) -> tuple[float, float]:
@@ -106,3 +106,19 @@ def choose_urgent_worker(
         if best is None or score < best[0]:
             best = (score, addr)
     return None if best is None else best[1]
+
+
+def better_entry(
+    a: tuple[Any, int, Hashable] | None,
+    b: tuple[Any, int, Hashable] | None,
+    *,
+    prefer_first: bool,
+) -> tuple[Any, int, Hashable] | None:
+    """The entry to run first: ``a`` wins ties of user priority when ``prefer_first``."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a[0][:1] != b[0][:1]:  # user priority dominates
+        return a if a[0][:1] < b[0][:1] else b
+    if prefer_first:
+        return a
+    return a if a[0] <= b[0] else b

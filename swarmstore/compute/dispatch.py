@@ -27,9 +27,11 @@ The policy (``docs/compute.md`` justifies it):
   job whose inputs mostly sit on one worker goes there when it has room.
 - **CPU work off GPU workers.** While a CPU-only worker runs, CPU jobs go to CPU workers
   only, even when those are full and a GPU worker idles: GPU work then never waits for a
-  thread behind CPU work, whenever it arrives. GPU workers alone take CPU work; while GPU
-  work is outstanding each keeps a thread per GPU task it can run at once, but leaves at
-  least one thread for CPU work (it may be what the GPU tasks wait for).
+  thread behind CPU work, whenever it arrives. With ``share_gpu_threads`` a GPU worker also
+  lends CPU jobs the threads beyond one per GPU task it can run at once (those stay free
+  for GPU work, so that still holds). GPU workers alone take CPU work; while GPU work is
+  outstanding each keeps those threads, but leaves at least one for CPU work (it may be
+  what the GPU tasks wait for).
 - **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
   GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks are
   being fed or wait, unless its own GPU task is among them; when that pipe runs short of
@@ -44,8 +46,9 @@ import heapq
 import math
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.compute._choose import choose_gpu_worker, choose_urgent_worker
+from swarmstore.compute._choose import better_entry, choose_gpu_worker, choose_urgent_worker
 from swarmstore.compute._jobs import Committed, Job, is_gpu
+from swarmstore.compute._threads import ThreadPolicy, free_cpu_slots
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -72,6 +75,9 @@ class Dispatcher:
         without a round trip to the scheduler); ``inf``: twice the threads.
     lookahead : float
         Extra GPU tasks' worth of feeding the pipe keeps, per GPU, beyond the time ratio.
+    share_gpu_threads : bool
+        GPU workers lend CPU jobs their threads beyond one per GPU task they can run at
+        once, also while CPU-only workers take work.
 
     Examples
     --------
@@ -91,10 +97,11 @@ class Dispatcher:
         gpu_prefetch: float = 1.0,
         saturation: float = 1.1,
         lookahead: float = 1.0,
+        share_gpu_threads: bool = True,
     ) -> None:
         self.workers = workers
         self.gpu_prefetch = gpu_prefetch
-        self.saturation = saturation
+        self.threads = ThreadPolicy(saturation, share_gpu_threads)
         self.lookahead = lookahead
         self.jobs: dict[Hashable, Job] = {}
         self.committed: dict[Hashable, Committed] = {}
@@ -245,8 +252,10 @@ class Dispatcher:
     def _overflow_cpu(self, free: dict[str, int]) -> list[tuple[Hashable, str]]:
         """Urgent CPU jobs onto full workers whose committed work all ranks below them."""
         picks: list[tuple[Hashable, str]] = []
+        if any(not self.workers[a].is_gpu for a in free):  # GPU threads stay GPU's
+            free = {a: n for a, n in free.items() if not self.workers[a].is_gpu}
         while True:
-            head = _better(
+            head = better_entry(
                 self._head(self._feeders, None, admissible=True),
                 self._head(self._others, None),
                 prefer_first=False,
@@ -306,38 +315,20 @@ class Dispatcher:
     def _free_threads(
         self, busy: Callable[[str], int | None], candidates: Iterable[str]
     ) -> dict[str, int]:
-        """Free CPU task slots per worker taking work now (the module's "CPU work off GPU
-        workers": none on GPU workers while a CPU-only worker runs)."""
+        """Free CPU task slots per worker taking work now (see :mod:`._threads`)."""
         running: dict[str, tuple[WorkerInfo, int]] = {}
         for addr in candidates:
             w = self.workers.get(addr)
             n = busy(addr) if w is not None else None
             if w is not None and n is not None:
                 running[addr] = (w, n)
-        cpu_only = any(not w.is_gpu for w, _ in running.values())
-        out: dict[str, int] = {}
-        for addr, (w, n) in running.items():
-            if not w.is_gpu:
-                out[addr] = self._slots(w.nthreads) - n
-            elif cpu_only:
-                continue  # CPU work stays off GPU workers while a CPU worker can take it
-            elif self.gpu_outstanding > 0:
-                # no CPU prefetch here: the worker runs ready tasks by priority, and a CPU
-                # task waiting for a thread could take the one a GPU task needs
-                share = min(max(self.gpu_min_share, 1e-3), 1.0)
-                kept = min(w.nthreads - 1, math.ceil(w.gpus / share - 1e-9))
-                out[addr] = w.nthreads - max(kept, 0) - (n - self.gpu_tasks_on(addr))
-            else:
-                out[addr] = self._slots(w.nthreads) - n
-        return out
-
-    def _slots(self, threads: int) -> int:
-        """Task slots for ``threads`` threads (none for none)."""
-        if threads <= 0:
-            return 0
-        if not math.isfinite(self.saturation):
-            return 2 * threads
-        return max(1, math.ceil(self.saturation * threads))
+        return free_cpu_slots(
+            running,
+            self.gpu_tasks_on,
+            self.threads,
+            gpu_outstanding=self.gpu_outstanding > 0,
+            min_share=self.gpu_min_share,
+        )
 
     @property
     def _starving(self) -> bool:
@@ -361,7 +352,7 @@ class Dispatcher:
         local = self._head(self._local.get(addr), fits)
         feeder = self._head(self._feeders, fits, admissible=True)
         other = self._head(self._others, fits)
-        best = _better(feeder, other, prefer_first=self._starving)
+        best = better_entry(feeder, other, prefer_first=self._starving)
         if local is not None and (best is None or local[0][:2] <= best[0][:2]):
             best = local
         if best is None:
@@ -414,19 +405,3 @@ class Dispatcher:
     def _learn(self, kind: str, duration: float) -> None:
         if duration > 0:
             self._durations[kind] = 0.9 * self._durations[kind] + 0.1 * duration
-
-
-def _better(
-    a: tuple[Any, int, Hashable] | None,
-    b: tuple[Any, int, Hashable] | None,
-    *,
-    prefer_first: bool,
-) -> tuple[Any, int, Hashable] | None:
-    """The entry to run first: ``a`` wins ties of user priority when ``prefer_first``."""
-    if a is None or b is None:
-        return a if b is None else b
-    if a[0][:1] != b[0][:1]:  # user priority dominates
-        return a if a[0][:1] < b[0][:1] else b
-    if prefer_first:
-        return a
-    return a if a[0] <= b[0] else b

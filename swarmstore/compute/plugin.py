@@ -59,8 +59,10 @@ class SwarmPlugin(SchedulerPlugin):
     ----------
     extensions : sequence of str or type, optional
         Extensions to host (see the module docstring); default :data:`DEFAULT_EXTENSIONS`.
-    keep_cpu_off_gpu, affinity : bool, optional
-        Default ``swarmstore.compute.keep-cpu-off-gpu`` / ``.affinity``.
+    keep_cpu_off_gpu, share_gpu_threads, affinity : bool, optional
+        Default ``swarmstore.compute.keep-cpu-off-gpu`` / ``.share-gpu-threads`` /
+        ``.affinity``. ``share_gpu_threads``: GPU workers also run CPU work on the threads
+        their GPUs do not need.
     unsatisfiable_timeout : str or float, optional
         How long a task needing GPUs no worker can give waits before it fails with
         :class:`~swarmstore.errors.UnsatisfiableRequirements`; default
@@ -98,6 +100,7 @@ class SwarmPlugin(SchedulerPlugin):
         extensions: Sequence[str | type] | None = None,
         *,
         keep_cpu_off_gpu: bool | None = None,
+        share_gpu_threads: bool | None = None,
         affinity: bool | None = None,
         unsatisfiable_timeout: str | float | None = None,
         gpu_prefetch: float | None = None,
@@ -113,6 +116,7 @@ class SwarmPlugin(SchedulerPlugin):
             self.placer.workers,
             gpu_prefetch=float(config.value("compute.gpu-prefetch", gpu_prefetch)),
             saturation=_apply.worker_saturation(),
+            share_gpu_threads=config.value("compute.share-gpu-threads", share_gpu_threads),
         )
         self.placements = PlacementCounts()
         timeout = config.value("compute.unsatisfiable-timeout", unsatisfiable_timeout)

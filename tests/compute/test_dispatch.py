@@ -161,7 +161,7 @@ def test_heterogeneous_workers_fill_in_proportion_to_threads():
 def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3))
     for outstanding in (0, 1):  # with GPU work coming or not, a full CPU worker waits
-        d = Dispatcher(ws, saturation=1.0)
+        d = Dispatcher(ws, saturation=1.0, share_gpu_threads=False)
         for i in range(10):
             d.ready(job(i, order=i))
         d.gpu_outstanding = outstanding
@@ -172,10 +172,38 @@ def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
     def cpu_paused(addr: str) -> int | None:
         return None if addr == "cpu" else 0
 
-    d = Dispatcher(ws, saturation=1.0)  # no CPU worker takes work: the GPU worker does
+    d = Dispatcher(ws, saturation=1.0, share_gpu_threads=False)  # no CPU worker: the GPU one
     for i in range(10):
         d.ready(job(i, order=i))
     assert where(d.plan(cpu_paused, list(ws))) == {"gpu": 3}
+
+
+def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
+    ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3), gpu_worker("g1", threads=1))
+    for outstanding in (0, 1):  # kept free also before any GPU work is known (a burst)
+        d = Dispatcher(ws, saturation=1.0)
+        for i in range(10):
+            d.ready(job(i, order=i))
+        d.gpu_outstanding = outstanding
+        assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 2}
+    d = Dispatcher(ws, saturation=1.0)
+    d.ready(job("g", GPU))
+    for i in range(10):
+        d.ready(job(i, order=i))
+    d.gpu_outstanding = 1
+    picks = d.plan(idle, list(ws))
+    # the GPU task and its prefetched peers never count against the lent threads
+    assert dict(picks)["g"] in ("gpu", "g1")
+    assert where(p for p in picks if p[0] != "g") == {"cpu": 2, "gpu": 2}
+    # half-GPU tasks: two run at once on one GPU, so two threads stay theirs
+    d = Dispatcher(ws, saturation=1.0)
+    for i in range(10):
+        d.ready(job(i, order=i))
+    d.gpu_outstanding, d.gpu_min_share = 1, 0.5
+    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 1}
+    # an urgent CPU job overflows onto full CPU workers, never into a GPU worker's kept thread
+    d.ready(job("urgent", prio=10, order=99))
+    assert dict(d.plan(lambda a: {"cpu": 2, "gpu": 1}.get(a, 0), list(ws))) == {"urgent": "cpu"}
 
 
 def test_a_lone_gpu_worker_keeps_threads_for_gpu_work_and_one_for_cpu_work():
