@@ -55,11 +55,11 @@ def free_cpu_slots(
     """Free CPU task slots per worker taking work, from ``(info, busy threads)``.
 
     CPU workers: ``saturation`` slots per thread. GPU workers while a CPU-only worker runs:
-    none, or with ``share_gpu_threads`` their threads beyond :func:`gpu_threads`, kept free
-    even while no GPU work is known, so a burst of GPU work starts at once (no prefetch
-    either: a queued CPU task could take a thread a GPU task needs). GPU workers alone:
-    the same while GPU work is outstanding, but at least one thread for CPU work (it may be
-    what the GPU tasks wait for); every slot while none is.
+    none, or with ``share_gpu_threads`` their threads beyond :func:`gpu_threads` while GPU
+    work is outstanding and every thread while none is, with no prefetch (a CPU task queued
+    there could take a thread a GPU task needs). GPU workers alone: the same, but they keep
+    at least one thread for CPU work (it may be what the GPU tasks wait for), and prefetch
+    while no GPU work is outstanding.
     """
     cpu_only = any(not w.is_gpu for w, _ in running.values())
     out: dict[str, int] = {}
@@ -69,8 +69,8 @@ def free_cpu_slots(
             continue
         if cpu_only and not policy.share_gpu_threads:
             continue  # CPU work stays off GPU workers while a CPU worker can take it
-        if not cpu_only and not gpu_outstanding:
-            out[addr] = slots(w.nthreads, policy.saturation) - n  # alone, no GPU work known
+        if not gpu_outstanding:  # no GPU work known: every thread (prefetch only alone)
+            out[addr] = w.nthreads - n if cpu_only else slots(w.nthreads, policy.saturation) - n
             continue
         kept = gpu_threads(w, min_share)
         if not cpu_only:

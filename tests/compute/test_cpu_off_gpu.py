@@ -4,8 +4,8 @@ Real in-process clusters: 2 CPU workers and 1 worker declaring a GPU, as ``swarm
 builds them. With ``share_gpu_threads=False`` unannotated tasks, a root-ish ``client.map``
 batch among them (stock Dask would queue it and hand it to any worker with a free thread,
 without ``decide_worker``), never run on the GPU worker, before, during and after GPU work.
-By default the GPU worker lends CPU work its threads beyond one per GPU, and a GPU task sent
-during a CPU flood starts at once. With the GPU worker alone CPU tasks run there, feeders of
+By default the GPU worker lends CPU work its threads beyond one per GPU while GPU work is
+outstanding (every thread while none is). With the GPU worker alone CPU tasks run there, feeders of
 GPU tasks included, even on a single thread.
 """
 
@@ -64,20 +64,25 @@ async def test_cpu_batches_never_run_on_the_gpu_worker(c, s, a, b, g):
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_a_gpu_worker_lends_its_spare_thread_and_gpu_work_starts_during_a_flood(c, s, a, g):
+async def test_a_gpu_worker_lends_only_its_spare_thread_while_gpu_work_is_outstanding(c, s, a, g):
     await c.register_plugin(SwarmPlugin(extensions=()))
     ev = Event()
+    with dask.annotate(swarm={"gpu": 1}):
+        first = c.submit(gated, -1, ev, key="gpu-first")
+    await async_poll_for(lambda: "gpu-first" in g.state.tasks, timeout=30)
     flood = c.map(gated, range(30), ev=ev, key=[f"flood-{i}" for i in range(30)])
     # the CPU worker's 3 slots and the GPU worker's one spare thread (of 2) fill up
-    await async_poll_for(lambda: len(s.workers[g.address].processing) >= 1, timeout=30)
     await async_poll_for(lambda: len(s.workers[a.address].processing) >= 3, timeout=30)
-    assert len(s.workers[g.address].processing) == 1  # the other thread stays the GPU's
+    await async_poll_for(lambda: len(s.workers[g.address].processing) >= 2, timeout=30)
     with dask.annotate(swarm={"gpu": 1}):
-        gpu = c.map(where, range(3), key=[f"gpu-{i}" for i in range(3)])
-    # every CPU task still waits on the event: the GPU tasks ran on the kept thread
-    assert set(await c.gather(gpu)) == {g.address}
-    assert sum(f.status == "finished" for f in flood) == 0
+        second = c.submit(where, 1, key="gpu-second")
+    await async_poll_for(lambda: "gpu-second" in g.state.tasks, timeout=30)
+    on_g = {ts.key for ts in s.workers[g.address].processing}
+    assert sum(k.startswith("flood") for k in on_g) == 1  # one lent thread, no more
+    assert {"gpu-first", "gpu-second"} <= on_g
     await ev.set()
+    assert await first == -1
+    assert await second == g.address
     assert await c.gather(flood) == list(range(30))
     ran = {ws.address for f in flood for ws in s.tasks[f.key].who_has}
     assert ran == {a.address, g.address}

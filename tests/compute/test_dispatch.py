@@ -180,12 +180,12 @@ def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
 
 def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3), gpu_worker("g1", threads=1))
-    for outstanding in (0, 1):  # kept free also before any GPU work is known (a burst)
-        d = Dispatcher(ws, saturation=1.0)
+    for outstanding, expected in ((1, {"cpu": 2, "gpu": 2}), (0, {"cpu": 2, "gpu": 3, "g1": 1})):
+        d = Dispatcher(ws, saturation=1.0)  # no GPU work known: every thread, no prefetch
         for i in range(10):
             d.ready(job(i, order=i))
         d.gpu_outstanding = outstanding
-        assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 2}
+        assert where(d.plan(idle, list(ws))) == expected
     d = Dispatcher(ws, saturation=1.0)
     d.ready(job("g", GPU))
     for i in range(10):

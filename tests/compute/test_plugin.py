@@ -122,7 +122,7 @@ def test_cpu_work_leaves_the_gpu_worker_to_gpu_work(share):
 
 
 @pytest.mark.parametrize("share", [False, True])
-def test_cpu_tasks_keep_gpu_threads_free_when_no_gpu_work_exists(share):
+def test_cpu_tasks_on_gpu_workers_when_no_gpu_work_exists(share):
     @gen_cluster(client=True, nthreads=[CPU, GPU1])
     async def run(c, s, a, b):
         await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=share))
@@ -130,11 +130,15 @@ def test_cpu_tasks_keep_gpu_threads_free_when_no_gpu_work_exists(share):
         cpu = c.map(lambda i, ev: ev.wait(), range(20), ev=ev, pure=False)
         await async_poll_for(lambda: len(s.workers[a.address].processing) >= 3, timeout=30)
         if share:
-            await async_poll_for(lambda: len(s.workers[b.address].processing) >= 1, timeout=30)
-        # GPU work may come at any time: one thread per GPU stays free for it
-        assert len(s.workers[b.address].processing) == (1 if share else 0)
+            await async_poll_for(lambda: len(s.workers[b.address].processing) >= 2, timeout=30)
+        # strict: the GPU worker waits for GPU work; shared: every thread, no prefetch
+        assert len(s.workers[b.address].processing) == (2 if share else 0)
+        with dask.annotate(swarm={"gpu": 1}):
+            g = c.submit(lambda ev: ev.wait(), ev, key="gpu-late", pure=False)
+        gws = s.workers[b.address]
+        await async_poll_for(lambda: any(ts.key == g.key for ts in gws.processing), 30)
         await ev.set()
-        await wait(cpu)
+        await wait([*cpu, g])
 
     run()
 
