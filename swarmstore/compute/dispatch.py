@@ -2,48 +2,36 @@
 
 SwarmPlugin holds GPU tasks always, and every CPU task on a cluster with GPU workers
 (:mod:`~swarmstore.compute.placement`). Once a held task is ready the plugin hands it here as a
-:class:`Job`; :meth:`Dispatcher.plan` then says which ready job goes to which worker *now*,
-and the plugin applies the answer (:mod:`swarmstore.compute._apply`). Nothing here touches
-Dask: it is tested alone.
+:class:`Job`; :meth:`Dispatcher.plan` says which ready job goes to which worker *now*, and
+the plugin applies the answer (:mod:`swarmstore.compute._apply`). Nothing here touches Dask.
 
 The policy (``docs/compute.md`` justifies it):
 
-- **Ranks.** Jobs run in the order of their Dask priority (user ``priority=`` first, then
-  graph generation, then ``dask.order``). ``dask.order`` already orders a graph's tasks
-  along its critical path while keeping memory low; list scheduling by a HEFT upward rank
-  would reorder them breadth-first.
-- **GPU work first, on the workers that alone can run it.** GPU jobs go in rank order, scarce
-  jobs first among equals (those fitting fewer GPU workers); each to a worker whose *free*
-  GPU slots and memory (not declared totals) fit it: a free slot before prefetch room, the
-  smallest GPU that fits (best fit), then the least loaded. A job that fits smaller GPUs may
-  take a bigger GPU's free slot, never its prefetch room, so an 80 GiB GPU stays ready for
-  the jobs only it can run. ``gpu_prefetch`` GPUs' worth wait on each worker behind the
-  running ones, so no GPU idles between tasks; a job of higher user priority than all the
-  work committed to a worker may go there beyond that room, and the worker runs it next.
-- **Threads.** CPU jobs go to free task slots, ``worker-saturation`` times the threads (as
-  Dask's own queue), so heterogeneous workers fill in proportion to their threads. A job of
-  higher user priority than all the work committed to a worker may go there beyond its
-  slots, and the worker runs it next: an urgent job takes the next thread that frees. A
-  job whose inputs mostly sit on one worker goes there when it has room.
-- **CPU work off GPU workers.** While a CPU-only worker runs, CPU jobs go to CPU workers
-  only, even when those are full and a GPU worker idles: GPU work then never waits for a
-  thread behind CPU work, whenever it arrives. With ``share_gpu_threads`` a GPU worker also
-  lends CPU jobs the threads beyond one per GPU task it can run at once (those stay free
-  for GPU work, so that still holds). GPU workers alone take CPU work; while GPU work is
-  outstanding each keeps those threads, but leaves at least one for CPU work (it may be
-  what the GPU tasks wait for).
+- **Ranks.** Dask priority order (user ``priority=``, graph generation, ``dask.order``, which
+  follows each graph's critical path while keeping memory low).
+- **GPU work on the workers that alone can run it.** Scarce GPU jobs first among equals;
+  each to *free* GPU slots and memory (not declared totals): a free slot before prefetch
+  room, the smallest GPU that fits, the least loaded (:mod:`._choose`). ``gpu_prefetch``
+  GPUs' worth wait behind the running ones, so no GPU idles between tasks.
+- **Threads.** CPU jobs take free task slots, ``worker-saturation`` times the threads, so
+  heterogeneous workers fill in proportion; GPU workers lend only the threads their GPU
+  work does not need (:mod:`._threads`). A job whose inputs mostly sit on one worker goes
+  there when it has room.
+- **Urgent jobs.** A job of higher user priority than all the work committed to a worker may
+  go there beyond its slots (one turn per thread or GPU) and runs next, on the worker
+  whose thread or GPU is expected to free first (task-prefix averages).
 - **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
   GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks are
-  being fed or wait, unless its own GPU task is among them; when that pipe runs short of
-  what keeps the GPUs busy, feeders go before other CPU jobs of the same user priority.
-  The limit follows the expected durations (Dask's task-prefix averages): enough to cover
-  the time feeding takes, as a multiple of a GPU task's time.
+  being fed or wait, unless its own GPU task is among them; when that pipe runs short,
+  feeders go first among equals. The limit covers the time feeding takes, as a multiple of
+  a GPU task's time (task-prefix averages).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.compute._choose import better_entry, choose_gpu_worker, choose_urgent_worker
@@ -78,6 +66,9 @@ class Dispatcher:
     share_gpu_threads : bool
         GPU workers lend CPU jobs their threads beyond one per GPU task they can run at
         once, also while CPU-only workers take work.
+    clock : callable
+        Seconds, for when committed work is expected to finish (urgent jobs go where a
+        thread or GPU frees first).
 
     Examples
     --------
@@ -98,10 +89,12 @@ class Dispatcher:
         saturation: float = 1.1,
         lookahead: float = 1.0,
         share_gpu_threads: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers
         self.gpu_prefetch = gpu_prefetch
         self.threads = ThreadPolicy(saturation, share_gpu_threads)
+        self.clock = clock
         self.lookahead = lookahead
         self.jobs: dict[Hashable, Job] = {}
         self.committed: dict[Hashable, Committed] = {}
@@ -264,7 +257,11 @@ class Dispatcher:
             if job is None or job.needs or job.priority <= 0:
                 return picks
             addr = choose_urgent_worker(
-                job, free, self.workers, lambda a: self._per_worker.get(a, {}).values()
+                job,
+                free,
+                self.workers,
+                lambda a: self._per_worker.get(a, {}).values(),
+                now=self.clock(),
             )
             if addr is None:
                 return picks
@@ -309,6 +306,7 @@ class Dispatcher:
             lambda addr: self._per_worker.get(addr, {}).values(),
             prefetch=self.gpu_prefetch,
             top_priority=self.gpu_top_priority,
+            now=self.clock(),
         )
 
     # ---- CPU side
@@ -392,7 +390,8 @@ class Dispatcher:
 
     def _commit(self, job: Job, addr: str) -> None:
         self.withdraw(job.key)
-        c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer)
+        until = self.clock() + max(job.duration, 0.0)
+        c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer, until)
         self.committed[job.key] = c
         self._gpu_committed += bool(c.gpu or c.gpu_memory)
         self._feeding += c.consumer is not None

@@ -313,3 +313,46 @@ def test_pipe_limit_follows_expected_durations():
         short.ready(job(f"gs{i}", GPU, order=i, duration=1.0))
         long_.ready(job(f"gl{i}", GPU, order=i, duration=1.0))
     assert long_.pipe_limit > short.pipe_limit
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_urgent_job_goes_where_a_thread_is_expected_to_free_first():
+    ws = workers(WorkerInfo("a", 2), WorkerInfo("b", 2))
+    clock = Clock()
+    d = Dispatcher(ws, saturation=1.0, clock=clock)
+    for i, seconds in enumerate((10.0, 10.0, 1.0, 1.0)):
+        d.ready(job(i, order=i, duration=seconds))
+    first = dict(d.plan(idle, list(ws)))
+    short = first[2]  # the worker running the two 1 s jobs
+    assert first[3] == short and first[0] == first[1] != short
+    clock.now = 0.5
+
+    def full(addr: str) -> int:
+        return 2
+
+    d.ready(job("u0", prio=10, order=10))
+    assert d.plan(full, list(ws)) == [("u0", short)]
+    d.ready(job("u1", prio=10, order=11))  # one turn each: the other worker next
+    assert d.plan(full, list(ws)) == [("u1", first[0])]
+
+
+def test_an_urgent_gpu_job_goes_where_a_gpu_is_expected_to_free_first():
+    ws = workers(gpu_worker("g1"), gpu_worker("g2"))
+    clock = Clock()
+    d = Dispatcher(ws, gpu_prefetch=1.0, clock=clock)
+    for i, seconds in enumerate((9.0, 2.0, 9.0, 2.0)):
+        d.ready(job(i, GPU, order=i, duration=seconds))
+    # a free slot each, then prefetch room each: g1 holds 9 s of work, g2 2 s
+    assert dict(d.plan(idle, list(ws))) == {0: "g1", 1: "g2", 2: "g1", 3: "g2"}
+    clock.now = 1.0
+    d.ready(job("urgent", GPU, prio=10, order=10, duration=1.0))
+    assert d.plan(idle, list(ws)) == [("urgent", "g2")]  # both full: g2's GPU frees first
