@@ -21,8 +21,9 @@ The policy (``docs/compute.md`` justifies it):
   go there beyond its slots (one turn per thread or GPU) and runs next, on the worker
   whose thread or GPU is expected to free first (task-prefix averages).
 - **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
-  GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks are
-  being fed or wait, unless its own GPU task is among them; when that pipe runs short,
+  GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks of at
+  least its user priority are being fed or wait, unless its own GPU task is among them (so
+  an urgent job's feeders never wait behind a full pipe of others); when it runs short,
   feeders go first among equals. The limit covers the time feeding takes, as a multiple of
   a GPU task's time (task-prefix averages).
 """
@@ -99,7 +100,7 @@ class Dispatcher:
         self.jobs: dict[Hashable, Job] = {}
         self.committed: dict[Hashable, Committed] = {}
         #: GPU tasks being fed (a feeder dispatched) or waiting, not yet finished
-        self.pipe: set[Hashable] = set()
+        self.pipe: dict[Hashable, float] = {}  # -> the user priority it was fed at
         #: Unfinished GPU tasks the plugin knows of (held, waiting, running): set by it
         self.gpu_outstanding = 0
         #: Highest user priority among them, and their smallest share of a GPU: set by it
@@ -171,7 +172,7 @@ class Dispatcher:
 
     def gpu_task_finished(self, key: Hashable) -> None:
         """A GPU task finished (or will never run): it leaves the pipe."""
-        self.pipe.discard(key)
+        self.pipe.pop(key, None)
 
     def membership_changed(self) -> None:
         """Workers joined or left: parked GPU jobs may fit now; forget departed workers."""
@@ -337,6 +338,9 @@ class Dispatcher:
         c = job.consumer
         if c is None or c in self.pipe or len(self.pipe) < self.pipe_limit:
             return True
+        # urgent work sees only the pipe's work at least as urgent (it runs before the rest)
+        if sum(p >= job.priority for p in self.pipe.values()) < self.pipe_limit:
+            return True
         # safety valve: nothing in flight can drain the pipe (a consumer may wait for a task
         # fed by a consumer outside it), so let one more through
         return not (self._gpu_committed or self._ready_gpu or self._feeding)
@@ -397,9 +401,9 @@ class Dispatcher:
         self._feeding += c.consumer is not None
         self._per_worker.setdefault(addr, {})[job.key] = c
         if job.consumer is not None:
-            self.pipe.add(job.consumer)
+            self.pipe[job.consumer] = max(job.priority, self.pipe.get(job.consumer, job.priority))
         elif is_gpu(job):
-            self.pipe.add(job.key)  # ready without feeders of ours: it is in the pipe
+            self.pipe[job.key] = job.priority  # ready without feeders of ours: in the pipe
 
     def _learn(self, kind: str, duration: float) -> None:
         if duration > 0:

@@ -356,3 +356,17 @@ def test_an_urgent_gpu_job_goes_where_a_gpu_is_expected_to_free_first():
     clock.now = 1.0
     d.ready(job("urgent", GPU, prio=10, order=10, duration=1.0))
     assert d.plan(idle, list(ws)) == [("urgent", "g2")]  # both full: g2's GPU frees first
+
+
+def test_an_urgent_feeder_is_not_throttled_by_a_pipe_full_of_other_work():
+    ws = workers(WorkerInfo("cpu", 40), gpu_worker("gpu"))
+    d = Dispatcher(ws, gpu_prefetch=1.0, saturation=1.0)
+    d.gpu_outstanding = 100
+    feeders(d, 30)
+    assert len(d.plan(idle, ["cpu"])) == d.pipe_limit  # the pipe is full
+    for g in range(30):  # more of the same rank: they wait
+        d.ready(job(f"more{g}", order=100 + g, consumer=f"h{g}"))
+    assert d.plan(idle, ["cpu"]) == []
+    for g in range(3):  # an urgent job's feeders, one GPU task each
+        d.ready(job(f"u{g}", prio=10, order=g, consumer=f"ug{g}"))
+    assert sorted(k for k, _ in d.plan(idle, ["cpu"])) == ["u0", "u1", "u2"]
