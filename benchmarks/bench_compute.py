@@ -1,13 +1,13 @@
 """Compute benchmarks: SwarmPlugin against stock Dask (and hand-set restrictions), same run.
 
 Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...] [--scenarios a b ...]
-[--modes stock hand swarm strict]``; names: scenarios, memory, overhead, placement-cost,
+[--modes stock hand swarm shared]``; names: scenarios, memory, overhead, placement-cost,
 affinity.
 
 - ``scenarios``: the mixed GPU/CPU scenarios of ``_compute_scenarios.py`` (a-f shaped after
   issue 19's table, g-h ours). Each runs >= 3 times per mode (1 with ``--quick``), stock,
-  hand-set, plugin and strict plugin (``share_gpu_threads=False``; left out of ``--quick``
-  unless named in ``--modes``) interleaved, each on a fresh in-process cluster; the median
+  hand-set, plugin (defaults) and plugin with ``share_gpu_threads=True`` interleaved, each
+  on a fresh in-process cluster; the median
   makespan goes out per plugin mode as two lines: vs its computed lower bound (goal <= 1.2)
   and vs stock (goal <= 1.0), the hand-set median beside them. Scenarios with an urgent job
   add its latency vs its bound (goal <= 1.5).
@@ -43,10 +43,10 @@ from swarmstore.compute.placement import Placer, WorkerInfo
 from swarmstore.compute.requirements import Requirements
 
 BENCH = "compute"
-MODES = ("stock", "hand", "swarm", "strict")
-#: SwarmPlugin options per plugin mode (``strict``: no CPU work on GPU workers at all while
-#: a CPU worker takes work, ``share-gpu-threads: false``)
-PLUGIN_MODES: dict[str, dict[str, Any]] = {"swarm": {}, "strict": {"share_gpu_threads": False}}
+MODES = ("stock", "hand", "swarm", "shared")
+#: SwarmPlugin options per plugin mode (``swarm``: the defaults; ``shared``: GPU workers lend
+#: CPU work the threads their GPU work does not need, ``share-gpu-threads: true``)
+PLUGIN_MODES: dict[str, dict[str, Any]] = {"swarm": {}, "shared": {"share_gpu_threads": True}}
 
 
 def inc(x: int) -> int:
@@ -123,7 +123,7 @@ def report(
     extra = {f"{m}_ratio": med[m] / bound for m in med}
     u = {m: statistics.median(v) for m, v in urgent.items() if v}
     for mode in (m for m in PLUGIN_MODES if m in med):
-        tag = "" if mode == "swarm" else ", share-gpu-threads off"
+        tag = "" if mode == "swarm" else ", share-gpu-threads on"
 
         def line(measure, ours, peer, peer_name, goal, note, tag=tag) -> None:
             emit(Line(BENCH, measure + tag, ours, peer, peer_name, "s", "lower", goal, note, extra))
@@ -400,7 +400,7 @@ async def amain(args: argparse.Namespace) -> None:
         return not only or name in only
 
     if want("scenarios"):
-        asked = set(args.modes or (MODES[:3] if quick else MODES)) | {"stock"}
+        asked = set(args.modes or MODES) | {"stock"}
         modes = [m for m in MODES if m in asked]
         await scenarios(0.05 if quick else 0.1, 1 if quick else 3, args.scenarios or (), modes)
     if want("memory"):
@@ -418,7 +418,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--scenarios", nargs="*", help="scenario names (default: all)")
-    ap.add_argument("--modes", nargs="*", choices=MODES, help="default: all; --quick: no strict")
+    ap.add_argument("--modes", nargs="*", choices=MODES, help="default: all")
     args = ap.parse_args(argv)
     with dask.config.set({"distributed.admin.tick.limit": "60s"}):
         asyncio.run(amain(args))

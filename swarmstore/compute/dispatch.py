@@ -89,7 +89,7 @@ class Dispatcher:
         gpu_prefetch: float = 1.0,
         saturation: float = 1.1,
         lookahead: float = 1.0,
-        share_gpu_threads: bool = True,
+        share_gpu_threads: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers

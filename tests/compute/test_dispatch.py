@@ -181,12 +181,14 @@ def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
 def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3), gpu_worker("g1", threads=1))
     for outstanding, expected in ((1, {"cpu": 2, "gpu": 2}), (0, {"cpu": 2, "gpu": 3, "g1": 1})):
-        d = Dispatcher(ws, saturation=1.0)  # no GPU work known: every thread, no prefetch
+        d = Dispatcher(
+            ws, saturation=1.0, share_gpu_threads=True
+        )  # no GPU work known: every thread, no prefetch
         for i in range(10):
             d.ready(job(i, order=i))
         d.gpu_outstanding = outstanding
         assert where(d.plan(idle, list(ws))) == expected
-    d = Dispatcher(ws, saturation=1.0)
+    d = Dispatcher(ws, saturation=1.0, share_gpu_threads=True)
     d.ready(job("g", GPU))
     for i in range(10):
         d.ready(job(i, order=i))
@@ -196,7 +198,7 @@ def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     assert dict(picks)["g"] in ("gpu", "g1")
     assert where(p for p in picks if p[0] != "g") == {"cpu": 2, "gpu": 2}
     # half-GPU tasks: two run at once on one GPU, so two threads stay theirs
-    d = Dispatcher(ws, saturation=1.0)
+    d = Dispatcher(ws, saturation=1.0, share_gpu_threads=True)
     for i in range(10):
         d.ready(job(i, order=i))
     d.gpu_outstanding, d.gpu_min_share = 1, 0.5
