@@ -252,14 +252,15 @@ class SwarmPlugin(SchedulerPlugin):
 
     # ---------------------------------------------------------------- events
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if key in self.held:
+        held = self.held.needs  # the dicts themselves: this runs for every transition
+        if key in held:
             self._held_transition(key, start, finish)
         elif start == "processing" and self.dispatcher.jobs:
             self._schedule_round()  # a stock task freed a thread
-        if finish == "forgotten":
+        if finish == "forgotten" and (held or self.requirements or self.pinned):
             self._forget(key)
         if self.extensions.hooks["transition"]:
-            self.extensions.call("transition", key, start, finish, *args, **kwargs)
+            self.extensions.call_sync("transition", key, start, finish, *args, **kwargs)
 
     def _held_transition(self, key: Any, start: str, finish: str) -> None:
         d = self.dispatcher
