@@ -16,14 +16,17 @@ Scenarios a-f follow the table of issue 19; g and h are ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, wait
+from distributed import Client, Scheduler, Worker, wait
+
+from swarmstore.compute import SwarmPlugin
 
 GiB = 2**30
 
@@ -75,6 +78,38 @@ class Ctx:
     def cpu_only(self) -> dict[str, Any]:
         """What ``hand`` mode adds to CPU tasks: stay on CPU workers."""
         return {"workers": self.roles["cpu"]} if self.mode == "hand" else {}
+
+
+@contextlib.asynccontextmanager
+async def cluster(specs: Sequence[Spec], plugin: bool | dict[str, Any]):
+    """An in-process scheduler and workers; yields (client, scheduler, roles, add_worker)."""
+    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
+        workers: list[Worker] = []
+        roles: dict[str, list[str]] = {"cpu": [], "gpu": [], "big": []}
+
+        async def add(spec: Spec) -> str:
+            w = Worker(
+                s.address,
+                nthreads=spec.nthreads,
+                resources=spec.resources or None,
+                host="127.0.0.1",
+            )
+            await w
+            workers.append(w)
+            roles[spec.role].append(w.address)
+            return w.address
+
+        for spec in specs:
+            await add(spec)
+        try:
+            async with Client(s.address, asynchronous=True) as c:
+                if plugin is not False:
+                    await c.register_plugin(
+                        SwarmPlugin(**(plugin if isinstance(plugin, dict) else {}))
+                    )
+                yield c, s, roles, add
+        finally:
+            await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
 
 
 _names = itertools.count()
