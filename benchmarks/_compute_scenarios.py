@@ -16,14 +16,17 @@ Scenarios a-f follow the table of issue 19; g and h are ours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, wait
+from distributed import Client, Scheduler, Worker, wait
+
+from swarmstore.compute import SwarmPlugin
 
 GiB = 2**30
 
@@ -77,6 +80,38 @@ class Ctx:
         return {"workers": self.roles["cpu"]} if self.mode == "hand" else {}
 
 
+@contextlib.asynccontextmanager
+async def cluster(specs: Sequence[Spec], plugin: bool | dict[str, Any]):
+    """An in-process scheduler and workers; yields (client, scheduler, roles, add_worker)."""
+    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
+        workers: list[Worker] = []
+        roles: dict[str, list[str]] = {"cpu": [], "gpu": [], "big": []}
+
+        async def add(spec: Spec) -> str:
+            w = Worker(
+                s.address,
+                nthreads=spec.nthreads,
+                resources=spec.resources or None,
+                host="127.0.0.1",
+            )
+            await w
+            workers.append(w)
+            roles[spec.role].append(w.address)
+            return w.address
+
+        for spec in specs:
+            await add(spec)
+        try:
+            async with Client(s.address, asynchronous=True) as c:
+                if plugin is not False:
+                    await c.register_plugin(
+                        SwarmPlugin(**(plugin if isinstance(plugin, dict) else {}))
+                    )
+                yield c, s, roles, add
+        finally:
+            await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+
+
 _names = itertools.count()
 
 
@@ -115,14 +150,15 @@ async def run_b(x: Ctx) -> None:
     big = {"GPU": 1, "GPU_MEMORY": 40 * GiB}
     small = {"GPU": 1, "GPU_MEMORY": 8 * GiB}
     hand = {"workers": x.roles["gpu"]} if x.mode == "hand" else {}
-    train = c.map(work, [2 * t] * 20, key=keys("train", 20), resources=big, priority=10)
-    infer = c.map(work, [t] * 30, key=keys("infer", 30), resources=small, **hand)
-    cpu = c.map(work, [2 * t] * 20, key=keys("cpu", 20), **x.cpu_only())
+    train = c.map(work, [t] * 40, key=keys("train", 40), resources=big, priority=10)
+    infer = c.map(work, [t] * 40, key=keys("infer", 40), resources=small, **hand)
+    cpu = c.map(work, [2 * t] * 40, key=keys("cpu", 40), **x.cpu_only())
     await wait([*train, *infer, *cpu])
 
 
 def bound_b(t: float) -> float:
-    return max(20 * 2 * t, (40 + 30) * t / 3, (40 + 30 + 40) * t / 5)
+    # train only on the big GPU; all GPU work over 3 GPUs; all work over all 7 threads
+    return max(40 * t, (40 + 40) * t / 3, (40 + 40 + 80) * t / 7)
 
 
 # --------------------------------------------------------------------------- c. burst
@@ -142,19 +178,20 @@ def bound_c(t: float) -> float:
 # --------------------------------------------------------------------------- d. heterogeneous
 async def run_d(x: Ctx) -> None:
     c, t = x.c, x.t
-    sizes = [(1 + i % 3) * t for i in range(60)]
-    loads = c.map(work, sizes, key=keys("load", 60), **x.cpu_only())
+    sizes = [(1 + i % 3) * t for i in range(120)]
+    loads = c.map(work, sizes, key=keys("load", 120), **x.cpu_only())
     g = [
         c.submit(work, 2 * t, *loads[4 * i : 4 * i + 4], key=k, resources=GPU1)
-        for i, k in enumerate(keys("gpu", 15))
+        for i, k in enumerate(keys("gpu", 30))
     ]
-    post = c.map(work, [t] * 15, g, key=keys("post", 15), **x.cpu_only())
+    post = c.map(work, [t] * 30, g, key=keys("post", 30), **x.cpu_only())
     final = c.submit(work, t, *post, key=keys("reduce", 1)[0], **x.cpu_only())
     await wait(final)
 
 
 def bound_d(t: float) -> float:
-    return max((120 + 30 + 15 + 1) * t / 9, (1 + 15 + 1 + 1) * t)
+    # all work over all 9 threads; GPU work over 2 GPUs after the first loads, then the tail
+    return max((240 + 60 + 30 + 1) * t / 9, (1 + 60 / 2 + 1 + 1) * t)
 
 
 # --------------------------------------------------------------------------- e. joins, leaves
@@ -253,7 +290,7 @@ SCENARIOS = [
     Scenario(
         "b",
         "train needs 40 GiB (one 80 GiB GPU), infer 8 GiB, CPU work",
-        [gpu(1, 80 * GiB, "big"), gpu(1), gpu(1), Spec(2)],
+        [gpu(2, 80 * GiB, "big"), gpu(2), gpu(2), Spec(1)],
         run_b,
         bound_b,
     ),

@@ -1,18 +1,21 @@
 """Compute benchmarks: SwarmPlugin against stock Dask (and hand-set restrictions), same run.
 
-Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...]``; names: scenarios,
-memory, overhead, placement-cost, affinity.
+Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...] [--scenarios a b ...]
+[--modes stock hand swarm shared]``; names: scenarios, memory, overhead, placement-cost,
+affinity.
 
-- ``scenarios``: the mixed GPU/CPU scenarios of ``_compute_scenarios.py`` (a-f of issue 19,
-  g-h ours). Each runs >= 3 times per mode (1 with ``--quick``), stock, hand-set and plugin
-  interleaved, each on a fresh in-process cluster; the median makespan goes out as two
-  lines: plugin vs its computed lower bound (goal <= 1.2) and plugin vs stock (goal <= 1.0),
-  the hand-set median beside them. Scenarios with an urgent job add its latency vs its bound
-  (goal <= 1.5).
+- ``scenarios``: the mixed GPU/CPU scenarios of ``_compute_scenarios.py`` (a-f shaped after
+  issue 19's table, g-h ours). Each runs >= 3 times per mode (1 with ``--quick``), stock,
+  hand-set, plugin (defaults) and plugin with ``share_gpu_threads=True`` interleaved, each
+  on a fresh in-process cluster; the median
+  makespan goes out per plugin mode as two lines: vs its computed lower bound (goal <= 1.2)
+  and vs stock (goal <= 1.0), the hand-set median beside them. Scenarios with an urgent job
+  add its latency vs its bound (goal <= 1.5).
 - ``memory``: a CPU-decode -> GPU-compute pipeline whose decodes outrun the GPU; peak bytes
   in worker memory (managed, summed over the cluster), plugin vs stock (goal <= 0.5).
-- ``overhead``: 10,000 and 50,000 trivial tasks; plugin overhead per task (goal <= 50 us),
-  as wall time with the plugin vs stock on the same cluster shape, interleaved, best of 3.
+- ``overhead``: 10,000 and 50,000 trivial tasks (2,000 with ``--quick``); plugin overhead
+  per task (goal <= 50 us), as wall time with the plugin vs stock on the same cluster shape,
+  interleaved, best of 3, and as time spent inside the plugin's hooks (load-proof).
 - ``placement-cost``: Placer + Dispatcher cost per task at 1,000 simulated workers / 10.
 - ``affinity``: two passes over a zarr array on S3 (moto) through TieredStore on 3 worker
   processes: remote bytes on pass 2 / pass 1 (goal <= 0.05), stock beside it.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import statistics
 import sys
@@ -31,9 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import dask
-from _compute_scenarios import SCENARIOS, Ctx, Scenario, Spec, work
+from _compute_overhead import overhead
+from _compute_scenarios import SCENARIOS, Ctx, Scenario, Spec, cluster, work
 from _results import Line, emit
-from distributed import Client, Scheduler, SchedulerPlugin, Worker, wait
+from distributed import Client, SchedulerPlugin, wait
 
 from swarmstore.compute import SwarmPlugin
 from swarmstore.compute.dispatch import Dispatcher, Job
@@ -41,46 +44,15 @@ from swarmstore.compute.placement import Placer, WorkerInfo
 from swarmstore.compute.requirements import Requirements
 
 BENCH = "compute"
-MODES = ("stock", "hand", "swarm")
-
-
-def inc(x: int) -> int:
-    return x + 1
-
-
-@contextlib.asynccontextmanager
-async def cluster(specs: Sequence[Spec], plugin: bool):
-    """An in-process scheduler and workers; yields (client, scheduler, roles, add_worker)."""
-    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as s:
-        workers: list[Worker] = []
-        roles: dict[str, list[str]] = {"cpu": [], "gpu": [], "big": []}
-
-        async def add(spec: Spec) -> str:
-            w = Worker(
-                s.address,
-                nthreads=spec.nthreads,
-                resources=spec.resources or None,
-                host="127.0.0.1",
-            )
-            await w
-            workers.append(w)
-            roles[spec.role].append(w.address)
-            return w.address
-
-        for spec in specs:
-            await add(spec)
-        try:
-            async with Client(s.address, asynchronous=True) as c:
-                if plugin:
-                    await c.register_plugin(SwarmPlugin())
-                yield c, s, roles, add
-        finally:
-            await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+MODES = ("stock", "hand", "swarm", "shared")
+#: SwarmPlugin options per plugin mode (``swarm``: the defaults; ``shared``: GPU workers lend
+#: CPU work the threads their GPU work does not need, ``share-gpu-threads: true``)
+PLUGIN_MODES: dict[str, dict[str, Any]] = {"swarm": {}, "shared": {"share_gpu_threads": True}}
 
 
 # ---------------------------------------------------------------- scenarios
 async def run_scenario(sc: Scenario, mode: str, t: float) -> tuple[float, dict[str, float]]:
-    async with cluster(sc.workers, mode == "swarm") as (c, _, roles, add):
+    async with cluster(sc.workers, PLUGIN_MODES.get(mode, False)) as (c, _, roles, add):
         await c.submit(work, 0, pure=False)  # everyone connected
         ctx = Ctx(c, t, mode, roles, add)
         t0 = time.perf_counter()
@@ -88,12 +60,16 @@ async def run_scenario(sc: Scenario, mode: str, t: float) -> tuple[float, dict[s
         return time.perf_counter() - t0, ctx.extra
 
 
-async def scenarios(t: float, reps: int) -> None:
+async def scenarios(
+    t: float, reps: int, names: Sequence[str] = (), modes: Sequence[str] = MODES
+) -> None:
     for sc in SCENARIOS:
-        runs: dict[str, list[float]] = {m: [] for m in MODES}
-        urgent: dict[str, list[float]] = {m: [] for m in MODES}
+        if names and sc.name not in names:
+            continue
+        runs: dict[str, list[float]] = {m: [] for m in modes}
+        urgent: dict[str, list[float]] = {m: [] for m in modes}
         for _ in range(reps):
-            for mode in MODES:  # interleaved: load changes hit every mode alike
+            for mode in modes:  # interleaved: load changes hit every mode alike
                 elapsed, extra = await run_scenario(sc, mode, t)
                 runs[mode].append(elapsed)
                 if "urgent" in extra:
@@ -104,54 +80,44 @@ async def scenarios(t: float, reps: int) -> None:
 def report(
     sc: Scenario, t: float, runs: dict[str, list[float]], urgent: dict[str, list[float]]
 ) -> None:
+    """Per plugin mode: makespan vs the bound and vs stock, and the urgent job's latency."""
     med = {m: statistics.median(v) for m, v in runs.items()}
     bound = sc.bound(t)
     raw = {m: [round(x / bound, 2) for x in v] for m, v in runs.items()}
     notes = f"{sc.title}; t={t}s; runs/bound {raw}"
-    extra = {"hand_ratio": med["hand"] / bound, "stock_ratio": med["stock"] / bound}
-    emit(
-        Line(
-            BENCH,
+    extra = {f"{m}_ratio": med[m] / bound for m in med}
+    u = {m: statistics.median(v) for m, v in urgent.items() if v}
+    for mode in (m for m in PLUGIN_MODES if m in med):
+        tag = "" if mode == "swarm" else ", share-gpu-threads on"
+
+        def line(measure, ours, peer, peer_name, goal, note, tag=tag) -> None:
+            emit(Line(BENCH, measure + tag, ours, peer, peer_name, "s", "lower", goal, note, extra))
+
+        line(
             f"scenario {sc.name}: makespan / lower bound",
-            med["swarm"],
+            med[mode],
             bound,
             "lower bound",
-            "s",
-            "lower",
             1.2,
             notes,
-            extra,
         )
-    )
-    emit(
-        Line(
-            BENCH,
+        line(
             f"scenario {sc.name}: makespan vs stock",
-            med["swarm"],
+            med[mode],
             med["stock"],
             "stock Dask",
-            "s",
-            "lower",
             1.0,
-            f"hand-set {med['hand']:.3g}s",
-            extra,
+            f"hand-set {med.get('hand', float('nan')):.3g}s",
         )
-    )
-    if sc.urgent is not None and urgent["swarm"]:
-        u = {m: statistics.median(v) for m, v in urgent.items() if v}
-        emit(
-            Line(
-                BENCH,
+        if sc.urgent is not None and mode in u:
+            line(
                 f"scenario {sc.name}: urgent job latency / bound",
-                u["swarm"],
+                u[mode],
                 sc.urgent * t,
                 "lower bound",
-                "s",
-                "lower",
                 1.5,
-                f"stock {u['stock']:.3g}s, hand-set {u['hand']:.3g}s",
+                ", ".join(f"{m} {u[m]:.3g}s" for m in ("stock", "hand") if m in u),
             )
-        )
 
 
 # ---------------------------------------------------------------- memory (#9164)
@@ -226,35 +192,6 @@ async def memory(t: float, n: int) -> None:
 
 
 # ---------------------------------------------------------------- overhead
-async def overhead(sizes: Sequence[int], reps: int) -> None:
-    specs = [Spec(2), Spec(2)]
-    async with cluster(specs, False) as (stock, *_), cluster(specs, True) as (swarm, *_):
-        for n in sizes:
-            best = {False: float("inf"), True: float("inf")}
-            for rep in range(reps):
-                for plugin, c in ((False, stock), (True, swarm)):
-                    t0 = time.perf_counter()
-                    futs = c.map(inc, range(rep * n, (rep + 1) * n))
-                    await wait(futs)
-                    best[plugin] = min(best[plugin], time.perf_counter() - t0)
-                    del futs
-            per_task = (best[True] - best[False]) / n
-            emit(
-                Line(
-                    BENCH,
-                    f"plugin overhead per task, {n:,} trivial tasks",
-                    max(per_task, 0.0) * 1e6,
-                    50.0,
-                    "50 us budget",
-                    "us",
-                    "lower",
-                    1.0,
-                    f"best of {reps}: stock {best[False]:.2f}s, plugin {best[True]:.2f}s "
-                    f"({n / best[False]:.0f} vs {n / best[True]:.0f} tasks/s)",
-                )
-            )
-
-
 # ---------------------------------------------------------------- placement cost
 def placement_cost(tasks: int) -> None:
     """Cost per task of deciding and dispatching, 1,000 simulated workers against 10."""
@@ -399,7 +336,9 @@ async def amain(args: argparse.Namespace) -> None:
         return not only or name in only
 
     if want("scenarios"):
-        await scenarios(0.05 if quick else 0.1, 1 if quick else 3)
+        asked = set(args.modes or MODES) | {"stock"}
+        modes = [m for m in MODES if m in asked]
+        await scenarios(0.05 if quick else 0.1, 1 if quick else 3, args.scenarios or (), modes)
     if want("memory"):
         await memory(0.05 if quick else 0.1, 30 if quick else 60)
     if want("overhead"):
@@ -414,6 +353,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--scenarios", nargs="*", help="scenario names (default: all)")
+    ap.add_argument("--modes", nargs="*", choices=MODES, help="default: all")
     args = ap.parse_args(argv)
     with dask.config.set({"distributed.admin.tick.limit": "60s"}):
         asyncio.run(amain(args))

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Hashable, Iterable, Mapping
 
     from swarmstore.compute._jobs import Committed, Job
     from swarmstore.compute.placement import WorkerInfo
 
-__all__ = ["choose_gpu_worker", "choose_urgent_worker"]
+__all__ = ["better_entry", "choose_gpu_worker", "choose_urgent_worker"]
 
 
 def _load(cs: Iterable[Committed]) -> tuple[float, float]:
@@ -29,6 +29,7 @@ def choose_gpu_worker(
     *,
     prefetch: float,
     top_priority: float,
+    now: float = 0.0,
 ) -> str | None:
     """The worker ``job`` goes to now among ``capable`` (running, able to run it), or None.
 
@@ -51,7 +52,7 @@ def choose_gpu_worker(
         score = (not free, w.memory_per_gpu, used / w.gpus)
         if best is None or score < best:
             best, choice = score, w.address
-    return choice or _overflow(job, capable, committed, prefetch)
+    return choice or _overflow(job, capable, committed, prefetch, now)
 
 
 def _overflow(
@@ -59,27 +60,36 @@ def _overflow(
     capable: list[WorkerInfo],
     committed: Callable[[str], Iterable[Committed]],
     prefetch: float,
+    now: float,
 ) -> str | None:
     """An urgent job goes ahead of lower-ranked work waiting on a full worker.
 
     Up to a worker's room of such work may queue there (the worker runs it by priority,
-    before what it prefetched); the least loaded such worker wins.
+    before what it prefetched); the worker whose GPU is expected to free first wins (from
+    the prefix averages of what runs there), then the least loaded.
     """
     if job.gpu > 1:
         return None
     room = 1.0 + prefetch
     best = None
     for w in capable:
-        cs = list(committed(w.address))
-        if not any(c.gpu and c.priority < job.priority for c in cs):
+        cs = [c for c in committed(w.address) if c.gpu]
+        if not any(c.priority < job.priority for c in cs):
             continue  # nothing of lower rank to go ahead of
         ahead = sum(c.gpu for c in cs if c.priority >= job.priority)
         used = sum(c.gpu for c in cs)
         if ahead + job.gpu > w.gpus * room + 1e-9 or used + job.gpu > 2 * w.gpus * room:
             continue
-        if best is None or (ahead, used) < best[0]:
-            best = ((ahead, used), w.address)
+        score = (ahead, _frees_at(cs, max(1, round(w.gpus)), now), used)
+        if best is None or score < best[0]:
+            best = (score, w.address)
     return None if best is None else best[1]
+
+
+def _frees_at(cs: Iterable[Committed], slots: int, now: float) -> float:
+    """When the first of ``slots`` slots running ``cs`` (earliest first) is expected to free."""
+    ends = sorted(max(c.until, now) for c in cs)
+    return ends[0] if len(ends) >= slots else now
 
 
 def _mem_ok(w: WorkerInfo, used: float, job: Job, room: float) -> bool:
@@ -93,16 +103,36 @@ def choose_urgent_worker(
     free: Mapping[str, int],
     workers: Mapping[str, WorkerInfo],
     committed: Callable[[str], Iterable[Committed]],
+    now: float = 0.0,
 ) -> str | None:
     """A full worker where the CPU ``job`` goes ahead of lower-ranked work queued there:
-    one thread's turn each, CPU-only workers and the least queued first."""
+    one thread's turn each; CPU-only workers, the least queued, then the worker whose
+    thread is expected to free first (prefix averages of what runs there) first."""
     best = None
     for addr, n in free.items():
         w = workers[addr]
-        ahead = sum(1 for c in committed(addr) if not c.gpu and c.priority >= job.priority)
+        cs = [c for c in committed(addr) if not c.gpu]
+        ahead = sum(1 for c in cs if c.priority >= job.priority)
         if ahead >= w.nthreads:
             continue
-        score = (w.is_gpu, ahead / w.nthreads, -n / w.nthreads)
+        frees = _frees_at(cs, w.nthreads, now)
+        score = (w.is_gpu, ahead / w.nthreads, frees, -n / w.nthreads)
         if best is None or score < best[0]:
             best = (score, addr)
     return None if best is None else best[1]
+
+
+def better_entry(
+    a: tuple[Any, int, Hashable] | None,
+    b: tuple[Any, int, Hashable] | None,
+    *,
+    prefer_first: bool,
+) -> tuple[Any, int, Hashable] | None:
+    """The entry to run first: ``a`` wins ties of user priority when ``prefer_first``."""
+    if a is None or b is None:
+        return a if b is None else b
+    if a[0][:1] != b[0][:1]:  # user priority dominates
+        return a if a[0][:1] < b[0][:1] else b
+    if prefer_first:
+        return a
+    return a if a[0] <= b[0] else b

@@ -111,6 +111,14 @@ class Extensions:
                 pending.append(result)
         return _gather(pending) if pending else None
 
+    def call_sync(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        """Call a hook that returns nothing (``transition``: no awaitable check, per call)."""
+        for fn in self.hooks[hook]:
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                logger.exception("swarmstore extension %s failed: %r", hook, fn)
+
     def narrow(self, scheduler: Scheduler, workers: list[WorkerState]) -> list[WorkerState]:
         """``valid_workers_downscaling``: each extension may only narrow the list."""
         for fn in self.hooks["valid_workers_downscaling"]:

@@ -13,9 +13,12 @@ from swarmstore import metrics
 from swarmstore.metrics import Family
 
 if TYPE_CHECKING:
-    from swarmstore.compute.placement import Decision
+    from collections.abc import Mapping
 
-__all__ = ["PLACEMENT_FAMILIES", "REPLICATION_FAMILIES", "PlacementCounts"]
+    from swarmstore.compute.dispatch import Dispatcher
+    from swarmstore.compute.placement import Decision, Placer
+
+__all__ = ["PLACEMENT_FAMILIES", "REPLICATION_FAMILIES", "PlacementCounts", "placement_figures"]
 
 _W = ("worker",)
 
@@ -139,3 +142,17 @@ class PlacementCounts:
                 "failed": self.unsatisfiable_failed,
             },
         }
+
+
+def placement_figures(
+    counts: PlacementCounts, placer: Placer, dispatcher: Dispatcher, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Placement counts, GPU tasks ready, GPU slots and committed work per GPU worker."""
+    gpus = [w for w in placer.workers.values() if w.is_gpu]
+    return {
+        **counts.figures(),
+        "placement_gpu_queued": dispatcher.ready_gpu(),
+        **extra,
+        "gpu_slots": {w.address: w.gpus for w in gpus},
+        "gpu_committed": {w.address: dispatcher.committed_gpu(w.address)[0] for w in gpus},
+    }

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from swarmstore.compute.placement import gpu_consumers
+
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterator, Mapping
+    from collections.abc import Collection, Hashable, Iterator, Mapping
 
 __all__ = ["HeldTasks"]
 
@@ -55,6 +57,26 @@ class HeldTasks:
             self.gpu[key] = gpu
             self._priorities[gpu[0]] += 1
             self._shares[gpu[1]] += 1
+
+    def map_feeders(
+        self, gpu_keys: list[Hashable], tasks: Mapping[Hashable, Any], waiting: Collection[str]
+    ) -> list[Hashable]:
+        """Map held tasks in state ``waiting`` that feed ``gpu_keys`` (scheduler ``tasks``) to
+        the first of them they feed, in priority order; returns the feeders newly mapped."""
+
+        def deps_of(key: Hashable) -> list[Any] | None:
+            ts = tasks.get(key)
+            if ts is None or ts.state not in waiting or key not in self.needs:
+                return None
+            return [d.key for d in ts.dependencies]
+
+        gpu_keys.sort(key=lambda k: tasks[k].priority)
+        new = []
+        for key, consumer in gpu_consumers(gpu_keys, deps_of).items():
+            if self.consumer_of.get(key) is None:
+                self.consumer_of[key] = consumer
+                new.append(key)
+        return new
 
     def consumer(self, key: Hashable) -> Hashable | None:
         """The unfinished GPU task ``key`` feeds, if any."""

@@ -45,11 +45,15 @@ class Job:
 
 @dataclass(slots=True)
 class Committed:
+    """A job dispatched to ``worker`` and not finished."""
+
     worker: str
     gpu: float
     gpu_memory: float
     priority: float
     consumer: Hashable | None
+    #: When it is expected to finish (dispatch time + its prefix's average duration)
+    until: float = 0.0
 
 
 def is_gpu(job: Job) -> bool:

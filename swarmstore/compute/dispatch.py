@@ -2,50 +2,42 @@
 
 SwarmPlugin holds GPU tasks always, and every CPU task on a cluster with GPU workers
 (:mod:`~swarmstore.compute.placement`). Once a held task is ready the plugin hands it here as a
-:class:`Job`; :meth:`Dispatcher.plan` then says which ready job goes to which worker *now*,
-and the plugin applies the answer (:mod:`swarmstore.compute._apply`). Nothing here touches
-Dask: it is tested alone.
+:class:`Job`; :meth:`Dispatcher.plan` says which ready job goes to which worker *now*, and
+the plugin applies the answer (:mod:`swarmstore.compute._apply`). Nothing here touches Dask.
 
 The policy (``docs/compute.md`` justifies it):
 
-- **Ranks.** Jobs run in the order of their Dask priority (user ``priority=`` first, then
-  graph generation, then ``dask.order``). ``dask.order`` already orders a graph's tasks
-  along its critical path while keeping memory low; list scheduling by a HEFT upward rank
-  would reorder them breadth-first.
-- **GPU work first, on the workers that alone can run it.** GPU jobs go in rank order, scarce
-  jobs first among equals (those fitting fewer GPU workers); each to a worker whose *free*
-  GPU slots and memory (not declared totals) fit it: a free slot before prefetch room, the
-  smallest GPU that fits (best fit), then the least loaded. A job that fits smaller GPUs may
-  take a bigger GPU's free slot, never its prefetch room, so an 80 GiB GPU stays ready for
-  the jobs only it can run. ``gpu_prefetch`` GPUs' worth wait on each worker behind the
-  running ones, so no GPU idles between tasks; a job of higher user priority than all the
-  work committed to a worker may go there beyond that room, and the worker runs it next.
-- **Threads.** CPU jobs go to free task slots, ``worker-saturation`` times the threads (as
-  Dask's own queue), so heterogeneous workers fill in proportion to their threads. A job of
-  higher user priority than all the work committed to a worker may go there beyond its
-  slots, and the worker runs it next: an urgent job takes the next thread that frees. A
-  job whose inputs mostly sit on one worker goes there when it has room.
-- **CPU work off GPU workers.** While a CPU-only worker runs, CPU jobs go to CPU workers
-  only, even when those are full and a GPU worker idles: GPU work then never waits for a
-  thread behind CPU work, whenever it arrives. GPU workers alone take CPU work; while GPU
-  work is outstanding each keeps a thread per GPU task it can run at once, but leaves at
-  least one thread for CPU work (it may be what the GPU tasks wait for).
+- **Ranks.** Dask priority order (user ``priority=``, graph generation, ``dask.order``, which
+  follows each graph's critical path while keeping memory low).
+- **GPU work on the workers that alone can run it.** Scarce GPU jobs first among equals;
+  each to *free* GPU slots and memory (not declared totals): a free slot before prefetch
+  room, the smallest GPU that fits, the least loaded (:mod:`._choose`). ``gpu_prefetch``
+  GPUs' worth wait behind the running ones, so no GPU idles between tasks.
+- **Threads.** CPU jobs take free task slots, ``worker-saturation`` times the threads, so
+  heterogeneous workers fill in proportion; GPU workers lend only the threads their GPU
+  work does not need (:mod:`._threads`). A job whose inputs mostly sit on one worker goes
+  there when it has room.
+- **Urgent jobs.** A job of higher user priority than all the work committed to a worker may
+  go there beyond its slots (one turn per thread or GPU) and runs next, on the worker
+  whose thread or GPU is expected to free first (task-prefix averages).
 - **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
-  GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks are
-  being fed or wait, unless its own GPU task is among them; when that pipe runs short of
-  what keeps the GPUs busy, feeders go before other CPU jobs of the same user priority.
-  The limit follows the expected durations (Dask's task-prefix averages): enough to cover
-  the time feeding takes, as a multiple of a GPU task's time.
+  GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks of at
+  least its user priority are being fed or wait, unless its own GPU task is among them (so
+  an urgent job's feeders never wait behind a full pipe of others); when it runs short,
+  feeders go first among equals. The limit covers the time feeding takes, as a multiple of
+  a GPU task's time (task-prefix averages).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.compute._choose import choose_gpu_worker, choose_urgent_worker
+from swarmstore.compute._choose import better_entry, choose_gpu_worker, choose_urgent_worker
 from swarmstore.compute._jobs import Committed, Job, is_gpu
+from swarmstore.compute._threads import ThreadPolicy, free_cpu_slots
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -72,6 +64,12 @@ class Dispatcher:
         without a round trip to the scheduler); ``inf``: twice the threads.
     lookahead : float
         Extra GPU tasks' worth of feeding the pipe keeps, per GPU, beyond the time ratio.
+    share_gpu_threads : bool
+        GPU workers lend CPU jobs their threads beyond one per GPU task they can run at
+        once, also while CPU-only workers take work.
+    clock : callable
+        Seconds, for when committed work is expected to finish (urgent jobs go where a
+        thread or GPU frees first).
 
     Examples
     --------
@@ -91,15 +89,18 @@ class Dispatcher:
         gpu_prefetch: float = 1.0,
         saturation: float = 1.1,
         lookahead: float = 1.0,
+        share_gpu_threads: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers
         self.gpu_prefetch = gpu_prefetch
-        self.saturation = saturation
+        self.threads = ThreadPolicy(saturation, share_gpu_threads)
+        self.clock = clock
         self.lookahead = lookahead
         self.jobs: dict[Hashable, Job] = {}
         self.committed: dict[Hashable, Committed] = {}
         #: GPU tasks being fed (a feeder dispatched) or waiting, not yet finished
-        self.pipe: set[Hashable] = set()
+        self.pipe: dict[Hashable, float] = {}  # -> the user priority it was fed at
         #: Unfinished GPU tasks the plugin knows of (held, waiting, running): set by it
         self.gpu_outstanding = 0
         #: Highest user priority among them, and their smallest share of a GPU: set by it
@@ -171,7 +172,7 @@ class Dispatcher:
 
     def gpu_task_finished(self, key: Hashable) -> None:
         """A GPU task finished (or will never run): it leaves the pipe."""
-        self.pipe.discard(key)
+        self.pipe.pop(key, None)
 
     def membership_changed(self) -> None:
         """Workers joined or left: parked GPU jobs may fit now; forget departed workers."""
@@ -245,8 +246,10 @@ class Dispatcher:
     def _overflow_cpu(self, free: dict[str, int]) -> list[tuple[Hashable, str]]:
         """Urgent CPU jobs onto full workers whose committed work all ranks below them."""
         picks: list[tuple[Hashable, str]] = []
+        if any(not self.workers[a].is_gpu for a in free):  # GPU threads stay GPU's
+            free = {a: n for a, n in free.items() if not self.workers[a].is_gpu}
         while True:
-            head = _better(
+            head = better_entry(
                 self._head(self._feeders, None, admissible=True),
                 self._head(self._others, None),
                 prefer_first=False,
@@ -255,7 +258,11 @@ class Dispatcher:
             if job is None or job.needs or job.priority <= 0:
                 return picks
             addr = choose_urgent_worker(
-                job, free, self.workers, lambda a: self._per_worker.get(a, {}).values()
+                job,
+                free,
+                self.workers,
+                lambda a: self._per_worker.get(a, {}).values(),
+                now=self.clock(),
             )
             if addr is None:
                 return picks
@@ -300,44 +307,27 @@ class Dispatcher:
             lambda addr: self._per_worker.get(addr, {}).values(),
             prefetch=self.gpu_prefetch,
             top_priority=self.gpu_top_priority,
+            now=self.clock(),
         )
 
     # ---- CPU side
     def _free_threads(
         self, busy: Callable[[str], int | None], candidates: Iterable[str]
     ) -> dict[str, int]:
-        """Free CPU task slots per worker taking work now (the module's "CPU work off GPU
-        workers": none on GPU workers while a CPU-only worker runs)."""
+        """Free CPU task slots per worker taking work now (see :mod:`._threads`)."""
         running: dict[str, tuple[WorkerInfo, int]] = {}
         for addr in candidates:
             w = self.workers.get(addr)
             n = busy(addr) if w is not None else None
             if w is not None and n is not None:
                 running[addr] = (w, n)
-        cpu_only = any(not w.is_gpu for w, _ in running.values())
-        out: dict[str, int] = {}
-        for addr, (w, n) in running.items():
-            if not w.is_gpu:
-                out[addr] = self._slots(w.nthreads) - n
-            elif cpu_only:
-                continue  # CPU work stays off GPU workers while a CPU worker can take it
-            elif self.gpu_outstanding > 0:
-                # no CPU prefetch here: the worker runs ready tasks by priority, and a CPU
-                # task waiting for a thread could take the one a GPU task needs
-                share = min(max(self.gpu_min_share, 1e-3), 1.0)
-                kept = min(w.nthreads - 1, math.ceil(w.gpus / share - 1e-9))
-                out[addr] = w.nthreads - max(kept, 0) - (n - self.gpu_tasks_on(addr))
-            else:
-                out[addr] = self._slots(w.nthreads) - n
-        return out
-
-    def _slots(self, threads: int) -> int:
-        """Task slots for ``threads`` threads (none for none)."""
-        if threads <= 0:
-            return 0
-        if not math.isfinite(self.saturation):
-            return 2 * threads
-        return max(1, math.ceil(self.saturation * threads))
+        return free_cpu_slots(
+            running,
+            self.gpu_tasks_on,
+            self.threads,
+            gpu_outstanding=self.gpu_outstanding > 0,
+            min_share=self.gpu_min_share,
+        )
 
     @property
     def _starving(self) -> bool:
@@ -347,6 +337,9 @@ class Dispatcher:
     def _admissible(self, job: Job) -> bool:
         c = job.consumer
         if c is None or c in self.pipe or len(self.pipe) < self.pipe_limit:
+            return True
+        # urgent work sees only the pipe's work at least as urgent (it runs before the rest)
+        if sum(p >= job.priority for p in self.pipe.values()) < self.pipe_limit:
             return True
         # safety valve: nothing in flight can drain the pipe (a consumer may wait for a task
         # fed by a consumer outside it), so let one more through
@@ -361,7 +354,7 @@ class Dispatcher:
         local = self._head(self._local.get(addr), fits)
         feeder = self._head(self._feeders, fits, admissible=True)
         other = self._head(self._others, fits)
-        best = _better(feeder, other, prefer_first=self._starving)
+        best = better_entry(feeder, other, prefer_first=self._starving)
         if local is not None and (best is None or local[0][:2] <= best[0][:2]):
             best = local
         if best is None:
@@ -401,32 +394,17 @@ class Dispatcher:
 
     def _commit(self, job: Job, addr: str) -> None:
         self.withdraw(job.key)
-        c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer)
+        until = self.clock() + max(job.duration, 0.0)
+        c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer, until)
         self.committed[job.key] = c
         self._gpu_committed += bool(c.gpu or c.gpu_memory)
         self._feeding += c.consumer is not None
         self._per_worker.setdefault(addr, {})[job.key] = c
         if job.consumer is not None:
-            self.pipe.add(job.consumer)
+            self.pipe[job.consumer] = max(job.priority, self.pipe.get(job.consumer, job.priority))
         elif is_gpu(job):
-            self.pipe.add(job.key)  # ready without feeders of ours: it is in the pipe
+            self.pipe[job.key] = job.priority  # ready without feeders of ours: in the pipe
 
     def _learn(self, kind: str, duration: float) -> None:
         if duration > 0:
             self._durations[kind] = 0.9 * self._durations[kind] + 0.1 * duration
-
-
-def _better(
-    a: tuple[Any, int, Hashable] | None,
-    b: tuple[Any, int, Hashable] | None,
-    *,
-    prefer_first: bool,
-) -> tuple[Any, int, Hashable] | None:
-    """The entry to run first: ``a`` wins ties of user priority when ``prefer_first``."""
-    if a is None or b is None:
-        return a if b is None else b
-    if a[0][:1] != b[0][:1]:  # user priority dominates
-        return a if a[0][:1] < b[0][:1] else b
-    if prefer_first:
-        return a
-    return a if a[0] <= b[0] else b

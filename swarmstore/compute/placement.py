@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from swarmstore.compute.requirements import GPU, GPU_MEMORY, Requirements
 from swarmstore.hashing import Member, Rendezvous
@@ -173,6 +173,21 @@ class Placer:
             self._owners.clear()
         else:  # rendezvous: only the chunks the leaver owned change owner
             self._owners = {k: a for k, a in self._owners.items() if a != leaving}
+
+    def sync(self, live: Mapping[str, Any], info_of: Callable[[Any], WorkerInfo]) -> bool:
+        """Match the workers to ``live`` (address -> worker, turned into :class:`WorkerInfo`
+        by ``info_of``); returns whether any joined, left or changed resources or threads."""
+        changed = False
+        for addr, ws in live.items():
+            info = self.workers.get(addr)
+            if info is None or info.resources != ws.resources or info.nthreads != ws.nthreads:
+                self.add_worker(info_of(ws))
+                changed = True
+        if len(self.workers) != len(live):
+            for addr in [a for a in self.workers if a not in live]:
+                self.remove_worker(addr)
+                changed = True
+        return changed
 
     @property
     def has_gpu_workers(self) -> bool:

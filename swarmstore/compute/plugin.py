@@ -6,11 +6,9 @@ that become ready go to :class:`~swarmstore.compute.dispatch.Dispatcher`, which 
 workers as capacity frees; :mod:`swarmstore.compute._apply` is the one module that changes
 scheduler state.
 
-Extensions (replication of critical results, durable results, adaptive scaling) run inside
-the same plugin, so they see the parsed requirements and one registration installs
-everything: see :mod:`swarmstore.compute._extensions` for the protocol. ``plugin.placer`` is
-the :class:`~swarmstore.compute.placement.Placer` (workers), ``plugin.dispatcher`` the
-:class:`~swarmstore.compute.dispatch.Dispatcher` (ready and committed work).
+Extensions (replication, durable results, adaptive scaling) run inside the same plugin, so
+they see the parsed requirements and one registration installs everything (protocol:
+:mod:`swarmstore.compute._extensions`).
 """
 
 from __future__ import annotations
@@ -26,16 +24,16 @@ from tornado.ioloop import PeriodicCallback
 from swarmstore import config, metrics
 from swarmstore.compute import _apply
 from swarmstore.compute._extensions import Extensions
-from swarmstore.compute._figures import PLACEMENT_FAMILIES, PlacementCounts
+from swarmstore.compute._figures import PLACEMENT_FAMILIES, PlacementCounts, placement_figures
 from swarmstore.compute._fusion import AnnotationGuard
 from swarmstore.compute._held import HeldTasks
 from swarmstore.compute._unsatisfiable import UnsatisfiableWatch
 from swarmstore.compute.dispatch import Dispatcher
-from swarmstore.compute.placement import Placer, gpu_consumers
+from swarmstore.compute.placement import Placer
 from swarmstore.compute.requirements import Requirements, parse_graph
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Hashable, Mapping, Sequence
+    from collections.abc import Awaitable, Mapping, Sequence
 
     from distributed.scheduler import Scheduler, TaskState, WorkerState
 
@@ -59,8 +57,10 @@ class SwarmPlugin(SchedulerPlugin):
     ----------
     extensions : sequence of str or type, optional
         Extensions to host (see the module docstring); default :data:`DEFAULT_EXTENSIONS`.
-    keep_cpu_off_gpu, affinity : bool, optional
-        Default ``swarmstore.compute.keep-cpu-off-gpu`` / ``.affinity``.
+    keep_cpu_off_gpu, share_gpu_threads, affinity : bool, optional
+        Default ``swarmstore.compute.keep-cpu-off-gpu`` / ``.share-gpu-threads`` /
+        ``.affinity``. ``share_gpu_threads``: GPU workers also run CPU work on the threads
+        their GPUs do not need.
     unsatisfiable_timeout : str or float, optional
         How long a task needing GPUs no worker can give waits before it fails with
         :class:`~swarmstore.errors.UnsatisfiableRequirements`; default
@@ -98,6 +98,7 @@ class SwarmPlugin(SchedulerPlugin):
         extensions: Sequence[str | type] | None = None,
         *,
         keep_cpu_off_gpu: bool | None = None,
+        share_gpu_threads: bool | None = None,
         affinity: bool | None = None,
         unsatisfiable_timeout: str | float | None = None,
         gpu_prefetch: float | None = None,
@@ -113,6 +114,7 @@ class SwarmPlugin(SchedulerPlugin):
             self.placer.workers,
             gpu_prefetch=float(config.value("compute.gpu-prefetch", gpu_prefetch)),
             saturation=_apply.worker_saturation(),
+            share_gpu_threads=config.value("compute.share-gpu-threads", share_gpu_threads),
         )
         self.placements = PlacementCounts()
         timeout = config.value("compute.unsatisfiable-timeout", unsatisfiable_timeout)
@@ -170,19 +172,11 @@ class SwarmPlugin(SchedulerPlugin):
         await self.extensions.close()
 
     def figures(self) -> dict[str, Any]:
-        """Placement counts, GPU tasks ready, tracked tasks, GPU slots and committed work
-        per GPU worker (this plugin's :mod:`swarmstore.metrics` source)."""
+        """Placement counts and GPU load (this plugin's :mod:`swarmstore.metrics` source)."""
         if self.scheduler is None:
             return {}
-        d = self.dispatcher
-        gpus = [w for w in self.placer.workers.values() if w.is_gpu]
-        return {
-            **self.placements.figures(),
-            "placement_gpu_queued": d.ready_gpu(),
-            "placement_tracked_tasks": len(self.requirements),
-            "gpu_slots": {w.address: w.gpus for w in gpus},
-            "gpu_committed": {w.address: d.committed_gpu(w.address)[0] for w in gpus},
-        }
+        extra = {"placement_tracked_tasks": len(self.requirements)}
+        return placement_figures(self.placements, self.placer, self.dispatcher, extra)
 
     # ---------------------------------------------------------------- graph
     def update_graph(
@@ -252,31 +246,21 @@ class SwarmPlugin(SchedulerPlugin):
 
     def _find_feeders(self, scheduler: Scheduler, gpu_keys: list[Any]) -> None:
         """Map tasks not yet started that feed the new GPU tasks to the first one they feed."""
-        stasks = scheduler.tasks
-
-        def deps_of(key: Hashable) -> list[Any] | None:
-            ts = stasks.get(key)
-            if ts is None or ts.state not in _NOT_STARTED or key not in self.held:
-                return None
-            return [d.key for d in ts.dependencies]
-
-        gpu_keys.sort(key=lambda k: stasks[k].priority)
-        for key, consumer in gpu_consumers(gpu_keys, deps_of).items():
-            if self.held.consumer_of.get(key) is None:
-                self.held.consumer_of[key] = consumer
-                if key in self.dispatcher.jobs:  # queued before its consumer was known
-                    self._ready(stasks[key])
+        for key in self.held.map_feeders(gpu_keys, scheduler.tasks, _NOT_STARTED):
+            if key in self.dispatcher.jobs:  # queued before its consumer was known
+                self._ready(scheduler.tasks[key])
 
     # ---------------------------------------------------------------- events
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if key in self.held:
+        held = self.held.needs  # the dicts themselves: this runs for every transition
+        if key in held:
             self._held_transition(key, start, finish)
         elif start == "processing" and self.dispatcher.jobs:
             self._schedule_round()  # a stock task freed a thread
-        if finish == "forgotten":
+        if finish == "forgotten" and (held or self.requirements or self.pinned):
             self._forget(key)
         if self.extensions.hooks["transition"]:
-            self.extensions.call("transition", key, start, finish, *args, **kwargs)
+            self.extensions.call_sync("transition", key, start, finish, *args, **kwargs)
 
     def _held_transition(self, key: Any, start: str, finish: str) -> None:
         d = self.dispatcher
@@ -407,18 +391,7 @@ class SwarmPlugin(SchedulerPlugin):
 
     def _sync_workers(self, scheduler: Scheduler) -> None:
         """Bring the placer's worker picture up to date (resources change at run time)."""
-        placer = self.placer
-        changed = False
-        for addr, ws in scheduler.workers.items():
-            info = placer.workers.get(addr)
-            if info is None or info.resources != ws.resources or info.nthreads != ws.nthreads:
-                placer.add_worker(_apply.worker_info(ws))
-                changed = True
-        if len(placer.workers) != len(scheduler.workers):
-            for addr in [a for a in placer.workers if a not in scheduler.workers]:
-                placer.remove_worker(addr)
-                changed = True
-        if changed:
+        if self.placer.sync(scheduler.workers, _apply.worker_info):
             self._membership_changed()
 
 

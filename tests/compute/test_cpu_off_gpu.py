@@ -1,10 +1,12 @@
-"""CPU-only work stays off GPU workers while a CPU worker runs (the demo's failed check).
+"""CPU-only work stays off GPU workers (or the threads they need) while a CPU worker runs.
 
 Real in-process clusters: 2 CPU workers and 1 worker declaring a GPU, as ``swarmstore demo``
-builds them. Unannotated tasks, a root-ish ``client.map`` batch among them (stock Dask would
-queue it and hand it to any worker with a free thread, without ``decide_worker``), never run
-on the GPU worker, before, during and after GPU work; with the GPU worker alone they run
-there, feeders of GPU tasks included, even on a single thread.
+builds them. By default unannotated tasks, a root-ish ``client.map`` batch among them (stock
+Dask would queue it and hand it to any worker with a free thread, without ``decide_worker``),
+never run on the GPU worker, before, during and after GPU work. With
+``share_gpu_threads=True`` the GPU worker lends CPU work its threads beyond one per GPU while
+GPU work is outstanding (every thread while none is). With the GPU worker alone CPU tasks
+run there, feeders of GPU tasks included, even on a single thread.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def inc(x: int) -> int:
 
 @gen_cluster(client=True, nthreads=[CPU, CPU, GPU1])
 async def test_cpu_batches_never_run_on_the_gpu_worker(c, s, a, b, g):
-    await c.register_plugin(SwarmPlugin(extensions=()))
+    await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=False))
     ev = Event()
     # submitted before any GPU work exists: 60 root-ish tasks (> 2 x 6 threads)
     batch = c.map(gated, range(60), ev=ev, key=[f"bg-{i}" for i in range(60)])
@@ -59,6 +61,31 @@ async def test_cpu_batches_never_run_on_the_gpu_worker(c, s, a, b, g):
     late = c.map(where, range(40), key=[f"late-{i}" for i in range(40)])
     assert g.address not in set(await c.gather(late))
     assert g.address not in {ws.address for f in batch for ws in s.tasks[f.key].who_has}
+
+
+@gen_cluster(client=True, nthreads=[CPU, GPU1])
+async def test_a_gpu_worker_lends_only_its_spare_thread_while_gpu_work_is_outstanding(c, s, a, g):
+    await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=True))
+    ev = Event()
+    with dask.annotate(swarm={"gpu": 1}):
+        first = c.submit(gated, -1, ev, key="gpu-first")
+    await async_poll_for(lambda: "gpu-first" in g.state.tasks, timeout=30)
+    flood = c.map(gated, range(30), ev=ev, key=[f"flood-{i}" for i in range(30)])
+    # the CPU worker's 3 slots and the GPU worker's one spare thread (of 2) fill up
+    await async_poll_for(lambda: len(s.workers[a.address].processing) >= 3, timeout=30)
+    await async_poll_for(lambda: len(s.workers[g.address].processing) >= 2, timeout=30)
+    with dask.annotate(swarm={"gpu": 1}):
+        second = c.submit(where, 1, key="gpu-second")
+    await async_poll_for(lambda: "gpu-second" in g.state.tasks, timeout=30)
+    on_g = {ts.key for ts in s.workers[g.address].processing}
+    assert sum(k.startswith("flood") for k in on_g) == 1  # one lent thread, no more
+    assert {"gpu-first", "gpu-second"} <= on_g
+    await ev.set()
+    assert await first == -1
+    assert await second == g.address
+    assert await c.gather(flood) == list(range(30))
+    ran = {ws.address for f in flood for ws in s.tasks[f.key].who_has}
+    assert ran == {a.address, g.address}
 
 
 @gen_cluster(client=True, nthreads=[GPU1])
@@ -83,7 +110,7 @@ async def test_feeders_of_gpu_work_run_on_a_lone_one_thread_gpu_worker(c, s, g):
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
 async def test_cpu_work_moves_to_the_gpu_worker_when_the_last_cpu_worker_leaves(c, s, a, g):
-    await c.register_plugin(SwarmPlugin(extensions=()))
+    await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=False))
     ev = Event()
     batch = c.map(gated, range(20), ev=ev, key=[f"bg-{i}" for i in range(20)])
     await async_poll_for(lambda: len(a.state.tasks) >= 3, timeout=30)

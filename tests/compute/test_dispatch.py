@@ -161,7 +161,7 @@ def test_heterogeneous_workers_fill_in_proportion_to_threads():
 def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3))
     for outstanding in (0, 1):  # with GPU work coming or not, a full CPU worker waits
-        d = Dispatcher(ws, saturation=1.0)
+        d = Dispatcher(ws, saturation=1.0, share_gpu_threads=False)
         for i in range(10):
             d.ready(job(i, order=i))
         d.gpu_outstanding = outstanding
@@ -172,10 +172,40 @@ def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
     def cpu_paused(addr: str) -> int | None:
         return None if addr == "cpu" else 0
 
-    d = Dispatcher(ws, saturation=1.0)  # no CPU worker takes work: the GPU worker does
+    d = Dispatcher(ws, saturation=1.0, share_gpu_threads=False)  # no CPU worker: the GPU one
     for i in range(10):
         d.ready(job(i, order=i))
     assert where(d.plan(cpu_paused, list(ws))) == {"gpu": 3}
+
+
+def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
+    ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3), gpu_worker("g1", threads=1))
+    for outstanding, expected in ((1, {"cpu": 2, "gpu": 2}), (0, {"cpu": 2, "gpu": 3, "g1": 1})):
+        d = Dispatcher(
+            ws, saturation=1.0, share_gpu_threads=True
+        )  # no GPU work known: every thread, no prefetch
+        for i in range(10):
+            d.ready(job(i, order=i))
+        d.gpu_outstanding = outstanding
+        assert where(d.plan(idle, list(ws))) == expected
+    d = Dispatcher(ws, saturation=1.0, share_gpu_threads=True)
+    d.ready(job("g", GPU))
+    for i in range(10):
+        d.ready(job(i, order=i))
+    d.gpu_outstanding = 1
+    picks = d.plan(idle, list(ws))
+    # the GPU task and its prefetched peers never count against the lent threads
+    assert dict(picks)["g"] in ("gpu", "g1")
+    assert where(p for p in picks if p[0] != "g") == {"cpu": 2, "gpu": 2}
+    # half-GPU tasks: two run at once on one GPU, so two threads stay theirs
+    d = Dispatcher(ws, saturation=1.0, share_gpu_threads=True)
+    for i in range(10):
+        d.ready(job(i, order=i))
+    d.gpu_outstanding, d.gpu_min_share = 1, 0.5
+    assert where(d.plan(idle, list(ws))) == {"cpu": 2, "gpu": 1}
+    # an urgent CPU job overflows onto full CPU workers, never into a GPU worker's kept thread
+    d.ready(job("urgent", prio=10, order=99))
+    assert dict(d.plan(lambda a: {"cpu": 2, "gpu": 1}.get(a, 0), list(ws))) == {"urgent": "cpu"}
 
 
 def test_a_lone_gpu_worker_keeps_threads_for_gpu_work_and_one_for_cpu_work():
@@ -285,3 +315,60 @@ def test_pipe_limit_follows_expected_durations():
         short.ready(job(f"gs{i}", GPU, order=i, duration=1.0))
         long_.ready(job(f"gl{i}", GPU, order=i, duration=1.0))
     assert long_.pipe_limit > short.pipe_limit
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_urgent_job_goes_where_a_thread_is_expected_to_free_first():
+    ws = workers(WorkerInfo("a", 2), WorkerInfo("b", 2))
+    clock = Clock()
+    d = Dispatcher(ws, saturation=1.0, clock=clock)
+    for i, seconds in enumerate((10.0, 10.0, 1.0, 1.0)):
+        d.ready(job(i, order=i, duration=seconds))
+    first = dict(d.plan(idle, list(ws)))
+    short = first[2]  # the worker running the two 1 s jobs
+    assert first[3] == short and first[0] == first[1] != short
+    clock.now = 0.5
+
+    def full(addr: str) -> int:
+        return 2
+
+    d.ready(job("u0", prio=10, order=10))
+    assert d.plan(full, list(ws)) == [("u0", short)]
+    d.ready(job("u1", prio=10, order=11))  # one turn each: the other worker next
+    assert d.plan(full, list(ws)) == [("u1", first[0])]
+
+
+def test_an_urgent_gpu_job_goes_where_a_gpu_is_expected_to_free_first():
+    ws = workers(gpu_worker("g1"), gpu_worker("g2"))
+    clock = Clock()
+    d = Dispatcher(ws, gpu_prefetch=1.0, clock=clock)
+    for i, seconds in enumerate((9.0, 2.0, 9.0, 2.0)):
+        d.ready(job(i, GPU, order=i, duration=seconds))
+    # a free slot each, then prefetch room each: g1 holds 9 s of work, g2 2 s
+    assert dict(d.plan(idle, list(ws))) == {0: "g1", 1: "g2", 2: "g1", 3: "g2"}
+    clock.now = 1.0
+    d.ready(job("urgent", GPU, prio=10, order=10, duration=1.0))
+    assert d.plan(idle, list(ws)) == [("urgent", "g2")]  # both full: g2's GPU frees first
+
+
+def test_an_urgent_feeder_is_not_throttled_by_a_pipe_full_of_other_work():
+    ws = workers(WorkerInfo("cpu", 40), gpu_worker("gpu"))
+    d = Dispatcher(ws, gpu_prefetch=1.0, saturation=1.0)
+    d.gpu_outstanding = 100
+    feeders(d, 30)
+    assert len(d.plan(idle, ["cpu"])) == d.pipe_limit  # the pipe is full
+    for g in range(30):  # more of the same rank: they wait
+        d.ready(job(f"more{g}", order=100 + g, consumer=f"h{g}"))
+    assert d.plan(idle, ["cpu"]) == []
+    for g in range(3):  # an urgent job's feeders, one GPU task each
+        d.ready(job(f"u{g}", prio=10, order=g, consumer=f"ug{g}"))
+    assert sorted(k for k, _ in d.plan(idle, ["cpu"])) == ["u0", "u1", "u2"]

@@ -97,30 +97,50 @@ async def test_gpu_memory_is_a_resource(c, s, a, b):
     assert s.tasks[fut.key].resource_restrictions == {"GPU": 1.0, "GPU_MEMORY": 10e9}
 
 
-@gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_cpu_work_leaves_the_gpu_worker_to_gpu_work(c, s, a, b):
-    await c.register_plugin(SwarmPlugin(extensions=()))
-    ev = Event()
-    with dask.annotate(swarm={"gpu": 1}):
-        g = c.submit(lambda ev: ev.wait(), ev, key="gpu-gated", pure=False)
-    cpu = c.map(lambda i, ev: ev.wait(), range(20), ev=ev, pure=False)  # root-ish too
-    await async_poll_for(lambda: len(a.state.tasks) >= 2, timeout=5)
-    await async_poll_for(lambda: s.tasks[g.key].state == "processing", timeout=5)
-    on_gpu = [f for f in cpu if s.tasks[f.key].processing_on is s.workers[b.address]]
-    assert not on_gpu  # a CPU worker runs: CPU work waits for it
-    assert not s.queued  # the plugin queues them (by free slots), not Dask
-    assert sum(s.tasks[f.key].state == "no-worker" for f in cpu) >= 20 - 3
-    for ws in s.workers.values():
-        assert len(ws.processing) <= 3  # ceil(1.1 * 2 threads) + the GPU task at most
-    await ev.set()
-    await wait([g, *cpu])
+@pytest.mark.parametrize("share", [False, True])
+def test_cpu_work_leaves_the_gpu_worker_to_gpu_work(share):
+    @gen_cluster(client=True, nthreads=[CPU, GPU1])
+    async def run(c, s, a, b):
+        await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=share))
+        ev = Event()
+        with dask.annotate(swarm={"gpu": 1}):
+            g = c.submit(lambda ev: ev.wait(), ev, key="gpu-gated", pure=False)
+        cpu = c.map(lambda i, ev: ev.wait(), range(20), ev=ev, pure=False)  # root-ish too
+        await async_poll_for(lambda: len(a.state.tasks) >= 2, timeout=5)
+        await async_poll_for(lambda: s.tasks[g.key].state == "processing", timeout=5)
+        on_gpu = [f for f in cpu if s.tasks[f.key].processing_on is s.workers[b.address]]
+        # a CPU worker runs: CPU work waits for it, or takes the GPU worker's spare thread
+        assert len(on_gpu) <= (1 if share else 0)
+        assert not s.queued  # the plugin queues them (by free slots), not Dask
+        assert sum(s.tasks[f.key].state == "no-worker" for f in cpu) >= 20 - 3 - share
+        assert len(s.workers[a.address].processing) <= 3  # ceil(1.1 * 2 threads)
+        assert len(s.workers[b.address].processing) <= 2  # the GPU task + a lent thread
+        await ev.set()
+        await wait([g, *cpu])
+
+    run()
 
 
-@gen_cluster(client=True, nthreads=[CPU, GPU1])
-async def test_cpu_tasks_stay_off_gpu_workers_when_no_gpu_work_exists(c, s, a, b):
-    await c.register_plugin(SwarmPlugin(extensions=()))
-    got = await c.gather(c.map(where, range(40), pure=False))
-    assert set(got) == {a.address}  # GPU work may come at any time: the GPU worker waits
+@pytest.mark.parametrize("share", [False, True])
+def test_cpu_tasks_on_gpu_workers_when_no_gpu_work_exists(share):
+    @gen_cluster(client=True, nthreads=[CPU, GPU1])
+    async def run(c, s, a, b):
+        await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=share))
+        ev = Event()
+        cpu = c.map(lambda i, ev: ev.wait(), range(20), ev=ev, pure=False)
+        await async_poll_for(lambda: len(s.workers[a.address].processing) >= 3, timeout=30)
+        if share:
+            await async_poll_for(lambda: len(s.workers[b.address].processing) >= 2, timeout=30)
+        # strict: the GPU worker waits for GPU work; shared: every thread, no prefetch
+        assert len(s.workers[b.address].processing) == (2 if share else 0)
+        with dask.annotate(swarm={"gpu": 1}):
+            g = c.submit(lambda ev: ev.wait(), ev, key="gpu-late", pure=False)
+        gws = s.workers[b.address]
+        await async_poll_for(lambda: any(ts.key == g.key for ts in gws.processing), 30)
+        await ev.set()
+        await wait([*cpu, g])
+
+    run()
 
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1, GPU1])
