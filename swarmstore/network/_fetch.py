@@ -10,7 +10,9 @@
   :class:`~swarmstore.network._attempt.Runner`, inside a
   :class:`~swarmstore.network._hedge.Race` when it has a hedge delay (the learned p95,
   within the :class:`~swarmstore.network._hedge.HedgeBudget`) or a deadline (every source
-  but the last); a failure, a miss or a deadline moves on to the next source.
+  but the last; a cut takes a token of a second budget, at the same rate, or the deadline
+  stretches: in a brownout cuts would multiply requests); a failure, a miss or a deadline
+  moves on to the next source.
 
 It knows sources only through the :class:`~swarmstore.network._source.Registry` (records,
 deadlines, hedge delays); the router owns it and exposes its counters.
@@ -48,6 +50,7 @@ class Fetcher:
         budget: HedgeBudget,
         prober: Prober | None,
         hedge: bool,
+        cuts: HedgeBudget | None = None,
     ) -> None:
         self.registry = registry
         self.planner = planner
@@ -55,6 +58,9 @@ class Fetcher:
         self.budget = budget
         self.prober = prober
         self.hedge = hedge
+        #: tokens for deadline cuts (each sends the read on: an extra request); None: unlimited
+        self.cuts = cuts
+        self.stretched = 0  #: first attempts whose deadline stretched for want of a cut token
         self.fetches = 0  #: fetches started
         self.failovers = 0  #: attempts made after another source of the same fetch failed
 
@@ -72,6 +78,8 @@ class Fetcher:
         self.fetches += 1
         earned = self.budget.earn()  # every fetch earns its share, hedging on or off
         hedging = self.hedge and earned
+        if self.cuts is not None:
+            self.cuts.earn()
         planned = self.runner.typical if nbytes is None else nbytes
         plan = self.planner.plan(sources, name, self.registry.entry, planned, cls, now)
         ordered, entries, admitted, n = plan.sources, plan.entries, plan.admitted, len(plan.sources)
@@ -98,6 +106,7 @@ class Fetcher:
             assert task is not None
             race = self.race(job, task, src, e, delay, deadline, ordered, entries, i)
             result = await race.run(failures)
+            self.stretched += race.stretched
             if result is not None:
                 return result[0], result[1], failures
             if race.fired:
@@ -144,6 +153,7 @@ class Fetcher:
             job.run, task, src, e.name, delay=delay, deadline=deadline, nxt=nxt,
             nxt_name=nxt_name, hedge_deadline=hedge_deadline,
             budget=self.budget if delay is not None else None, on_hedge=self.on_hedge,
+            cuts=self.cuts, stretch=self.registry.settings.deadline_cold,
         )  # fmt: skip
 
     def on_hedge(self, nm: str, won: bool) -> None:

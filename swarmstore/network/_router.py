@@ -165,7 +165,11 @@ class TransferRouter:
         self.planner = Planner(
             s.host, s.zone, s.topology_slack, trials=self.prober is None, explore=explore
         )
-        self.fetcher = Fetcher(reg, self.planner, self.runner, self.budget, self.prober, s.hedge)
+        # Deadline cuts: the same rate as hedges, a burst that ejects one hung source.
+        cuts = HedgeBudget(s.hedge_budget, max(2, s.circuit_failures + 1), full=True)
+        self.fetcher = Fetcher(
+            reg, self.planner, self.runner, self.budget, self.prober, s.hedge, cuts
+        )
 
     def __reduce__(self) -> Any:
         """Pickle the settings, not the figures: the process default stays the default there."""
@@ -314,6 +318,7 @@ class TransferRouter:
             "hedge_ratio": self.hedges / self.fetches if self.fetches else 0.0,
             "failovers": self.failovers,
             "deadline_misses": sum(f["deadline_misses"] for f in sources.values()),
+            "deadlines_stretched": self.fetcher.stretched,
             "ejections": sum(f["ejections"] for f in sources.values()),
             "probes": self.prober.started if self.prober is not None else 0,
             "concurrency": self.lanes.capacity,

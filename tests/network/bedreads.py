@@ -8,6 +8,7 @@ links between them.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from swarmstore.network import TransferRouter, qos
@@ -27,6 +28,8 @@ def start(**router_kwargs: Any) -> None:
 
 def put(keys: dict[str, int]) -> None:
     """Write ``key -> size`` to every node (replicas), bypassing the router; ping too."""
+
+    _STATE["keys"] = set(keys)
 
     async def go() -> None:
         for src in _STATE["sources"]:
@@ -50,6 +53,26 @@ def read(keys: list[str], nbytes: int | None = None, cls: str = "normal") -> lis
                 assert src is None or len(data) == (nbytes or len(data))
                 served.append(None if src is None else src.name)
         return served
+
+    return on_loop(go())
+
+
+def read_until(node: str, limit: float = 120.0) -> list[tuple[str | None, int]]:
+    """Read small keys one at a time until ``node`` serves one (or ``limit`` seconds pass):
+    for each read, the node that served it and the probes sent to ``node`` so far."""
+
+    async def go() -> list[tuple[str | None, int]]:
+        router: TransferRouter = _STATE["router"]
+        small = sorted(k for k in _STATE.get("keys", ()) if k.startswith("s"))
+        out: list[tuple[str | None, int]] = []
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            key = small[len(out) % len(small)]
+            src, _, _ = await router.fetch(_STATE["sources"], lambda s, k=key: s.get(k), name=_name)
+            out.append((None if src is None else src.name, router.sources[node].probes))
+            if out[-1][0] == node:
+                break
+        return out
 
     return on_loop(go())
 

@@ -57,6 +57,25 @@ def test_reads_follow_a_slowdown_to_the_truly_next_best_node(bed, host):
     assert "node2" not in after, after  # never to the node behind it
 
 
+def test_a_slowed_node_that_recovers_gets_reads_back_after_a_burst_of_probes(bed, host):
+    one_way(bed, 0.0, 0.06, 0.25)
+    host.run(bedreads.start, probe_interval=1, probe_interval_max=8)
+    host.run(bedreads.read, keys(30))
+    bed.link(0, 0).set("down", latency=0.5)  # the fastest node slows; reads move to node1
+    assert host.run(bedreads.read, keys(12))[-3:] == ["node1"] * 3
+    bed.link(0, 0).set("down", latency=0.0)  # it recovers
+    reads = host.run(bedreads.read_until, "node0")
+    assert reads[-1][0] == "node0", reads[-5:]  # traffic is back
+    probes = [n for _, n in reads]
+    # From the second probe after the recovery (the first may have started before it)
+    # node0 serves after a burst of probes at the prober's looks (every 0.1 s), not one
+    # probe per 8 s: a handful of reads, never hundreds (each read takes >= 60 ms).
+    since = next((i for i, n in enumerate(probes) if n >= probes[0] + 2), len(probes))
+    assert len(reads) - since <= 60, (since, len(reads), probes[-1] - probes[0])
+    assert probes[-1] - probes[0] <= 8, probes[-1] - probes[0]
+    assert host.run(bedreads.read, keys(5)).count("node0") >= 4  # and it keeps them
+
+
 def test_a_frozen_node_is_cut_ejected_and_back_after_thaw(bed, host):
     one_way(bed, 0.0, 0.1, 0.1)  # far apart: node0 is first however loaded the machine
     host.run(bedreads.start, deadline_floor=0.3, circuit_failures=3)

@@ -331,6 +331,23 @@ async def test_deadline_misses_raise_the_estimate_so_reads_move_before_any_eject
     assert r.circuits["n0"].opened_at is None and r.order(sources[:2], name)[0] is sources[1]
 
 
+async def test_deadline_cuts_stay_within_the_budget_in_a_brownout(sources):
+    """Every source slows past its deadline at once: a cut sends the read to the next
+    source, an extra request, so past the first burst (enough to eject one hung source)
+    cuts stay within the hedge budget; without a token a deadline stretches instead."""
+    r = router(deadline_floor=0.002, circuit_failures=3, hedge_budget=0.05)
+    await served(r, sources, 30)  # learned: ~0 ms everywhere
+    before = r.figures()
+    for s in sources:
+        s.faults.latency = 0.05  # 25x the deadline, on every node at once
+        s.faults.jitter = 0.05  # and spread: the learned tail keeps being passed
+    await served(r, sources, 60)
+    after = r.figures()
+    cuts = after["deadline_misses"] - before["deadline_misses"]
+    assert cuts <= 4 + 0.05 * 90, cuts  # the full bucket (circuit_failures + 1), then 5%
+    assert after["deadlines_stretched"] >= 1
+
+
 async def test_the_last_source_has_no_deadline(sources):
     r = router(deadline_floor=0.01)
     await served(r, sources[:1], 10)  # learned: ~0 ms
