@@ -81,6 +81,7 @@ class Fetcher:
         if self.cuts is not None:
             self.cuts.earn()
         planned = self.runner.typical if nbytes is None else nbytes
+        limit = self.runner.large if nbytes is None else nbytes  # the size deadlines are for
         plan = self.planner.plan(sources, name, self.registry.entry, planned, cls, now)
         ordered, entries, admitted, n = plan.sources, plan.entries, plan.admitted, len(plan.sources)
         if self.prober is not None and n > 1:
@@ -94,7 +95,7 @@ class Fetcher:
             i += 1
             if failures:
                 self.failovers += 1
-            deadline = self.registry.deadline(e, planned) if task is not None and i < n else None
+            deadline = self.registry.deadline(e, limit) if task is not None and i < n else None
             delay = None
             if hedging and task is not None and i < admitted:
                 delay = self.registry.hedge_delay(e, entries[i:], planned)
@@ -104,7 +105,7 @@ class Fetcher:
                     return src, won[0], failures
                 continue
             assert task is not None
-            race = self.race(job, task, src, e, delay, deadline, ordered, entries, i)
+            race = self.race(job, task, src, e, delay, deadline, ordered, entries, i, limit)
             result = await race.run(failures)
             self.stretched += race.stretched
             if result is not None:
@@ -138,13 +139,15 @@ class Fetcher:
         ordered: Sequence[S],
         entries: Sequence[Source],
         i: int,
+        limit: int | None,
     ) -> Race[S, Any]:
-        """The race of an attempt at ``src`` with ``ordered[i:]`` left to try."""
+        """The race of an attempt at ``src`` with ``ordered[i:]`` left to try; a hedge's
+        deadline is for ``limit`` bytes."""
         nxt = ordered[i] if i < len(ordered) else None
         nxt_name = entries[i].name if nxt is not None else ""
         hedge_deadline = None
         if nxt is not None and i + 1 < len(ordered):
-            e_next, size, registry = entries[i], job.nbytes, self.registry
+            e_next, size, registry = entries[i], limit, self.registry
 
             def hedge_deadline() -> float:
                 return registry.deadline(e_next, size)

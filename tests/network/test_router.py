@@ -348,6 +348,25 @@ async def test_deadline_cuts_stay_within_the_budget_in_a_brownout(sources):
     assert after["deadlines_stretched"] >= 1
 
 
+async def test_a_large_read_of_unknown_size_is_not_cut_at_a_small_reads_deadline():
+    """Whole-key reads (no ``nbytes``) of mixed sizes: the deadline is taken at a large
+    recent size, not at the typical one (there 13 of 20 large reads were cut, each a
+    strike against a healthy node and an extra request)."""
+    r = router(deadline_floor=0.005)
+
+    async def attempt(src, big):
+        await asyncio.sleep(0.03 if big else 0.001)  # a 4 MiB read takes longer
+        return b"x" * ((4 << 20) if big else 1024)
+
+    for i in range(200):
+        big = i % 10 == 0
+        src, _, _ = await r.fetch(["a", "b"], lambda s, big=big: attempt(s, big), name=str)
+        assert src is not None
+    figs = r.figures()
+    assert figs["deadline_misses"] <= 2, figs["deadline_misses"]  # a saturated step, at most
+    assert figs["ejections"] == 0
+
+
 async def test_the_last_source_has_no_deadline(sources):
     r = router(deadline_floor=0.01)
     await served(r, sources[:1], 10)  # learned: ~0 ms
