@@ -98,7 +98,7 @@ class Fetcher:
             deadline = self.registry.deadline(e, limit) if task is not None and i < n else None
             delay = None
             if hedging and task is not None and i < admitted:
-                delay = self.registry.hedge_delay(e, entries[i:], planned)
+                delay = self.registry.hedge_delay(e, entries[i:], limit)
             if deadline is None and delay is None:
                 won = await self._plain(job, src, e, failures)
                 if won is not None:

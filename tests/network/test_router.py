@@ -367,6 +367,30 @@ async def test_a_large_read_of_unknown_size_is_not_cut_at_a_small_reads_deadline
     assert figs["ejections"] == 0
 
 
+async def test_reads_of_unknown_mixed_sizes_are_still_hedged():
+    """Whole-key reads of mixed sizes: the typical size falls between the classes measured,
+    where no quantile is known; the hedge delay is taken at a large recent size instead, so
+    a read stuck at a hung node is still hedged (it was not: no delay, no hedge)."""
+    r = router(hedge=True, hedge_budget=1.0, hedge_min_samples=3)
+    hung: set[str] = set()
+
+    async def attempt(src, big):
+        if src in hung:
+            await asyncio.Event().wait()  # never answers: only a hedge or a deadline helps
+        await asyncio.sleep(0.01 if big else 0.001)
+        return b"x" * ((16 << 20) if big else 1024)
+
+    for i in range(100):  # 1 in 10 of 16 MiB: the moving mean lands in 1-4 MiB, never read
+        big = i % 10 == 0
+        await r.fetch(["a", "b"], lambda s, big=big: attempt(s, big), name=str)
+    first = r.order(["a", "b"], str)[0]
+    hung.add(first)
+    src, _, _ = await r.fetch(["a", "b"], lambda s: attempt(s, False), name=str)
+    assert src != first
+    other = "b" if first == "a" else "a"
+    assert r.sources[other].hedge_wins == 1, r.figures()["sources"]
+
+
 async def test_the_last_source_has_no_deadline(sources):
     r = router(deadline_floor=0.01)
     await served(r, sources[:1], 10)  # learned: ~0 ms
