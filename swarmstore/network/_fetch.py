@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from swarmstore.network._attempt import Runner
     from swarmstore.network._hedge import HedgeBudget
-    from swarmstore.network._order import Planner
+    from swarmstore.network._order import Plan, Planner
     from swarmstore.network._probe import Prober
     from swarmstore.network._source import Registry, Source
 
@@ -75,18 +75,8 @@ class Fetcher:
         size: Callable[[T], int] | None,
     ) -> tuple[S | None, T | None, dict[S, BaseException]]:
         """One read in QoS class ``cls`` at clock time ``now`` (see ``TransferRouter.fetch``)."""
-        self.fetches += 1
-        earned = self.budget.earn()  # every fetch earns its share, hedging on or off
-        hedging = self.hedge and earned
-        if self.cuts is not None:
-            self.cuts.earn()
-        planned = self.runner.typical if nbytes is None else nbytes
-        limit = self.runner.large if nbytes is None else nbytes  # the size deadlines are for
-        plan = self.planner.plan(sources, name, self.registry.entry, planned, cls, now)
+        plan, job, hedging, limit = self._start(sources, attempt, name, cls, now, nbytes, size)
         ordered, entries, admitted, n = plan.sources, plan.entries, plan.admitted, len(plan.sources)
-        if self.prober is not None and n > 1:
-            self.prober.maybe(ordered[1:], name, entries[0].stats.expected(0), now)
-        job = Job(self.runner, attempt, cls, planned, size)
         task = asyncio.current_task()  # None outside a task: no hedge, no deadline
         failures: dict[S, BaseException] = {}
         i = 0
@@ -115,6 +105,29 @@ class Fetcher:
             if race.hedge is not None:
                 i += 1  # the hedge's source was tried too, and failed
         return None, None, failures
+
+    def _start[S](
+        self,
+        sources: Sequence[S],
+        attempt: Callable[[S], Awaitable[Any]],
+        name: Callable[[S], str],
+        cls: str,
+        now: float,
+        nbytes: int | None,
+        size: Callable[[Any], int] | None,
+    ) -> tuple[Plan[S], Job, bool, int | None]:
+        """Count the fetch, earn its budget shares, plan it, and start a probe if one is due:
+        ``(plan, job, hedging, size deadlines are taken at)``."""
+        self.fetches += 1
+        earned = self.budget.earn()  # every fetch earns its share, hedging on or off
+        if self.cuts is not None:
+            self.cuts.earn()
+        planned = self.runner.typical if nbytes is None else nbytes
+        limit = self.runner.large if nbytes is None else nbytes
+        plan = self.planner.plan(sources, name, self.registry.entry, planned, cls, now)
+        if self.prober is not None and len(plan.sources) > 1:
+            self.prober.maybe(plan.sources[1:], name, plan.entries[0].stats.expected(0), now)
+        return plan, Job(self.runner, attempt, cls, planned, size), self.hedge and earned, limit
 
     async def _plain[S](
         self, job: Job, src: S, e: Source, failures: dict[S, BaseException]
