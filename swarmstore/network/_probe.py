@@ -68,8 +68,9 @@ class Prober:
         self.max_interval = max(interval, max_interval)
         self.probing: set[str] = set()
         self.started = 0  #: probes started
-        #: sources a probe found faster than expected -> confirmations left to send
-        self.confirming: dict[str, int] = {}
+        #: sources a probe found faster than expected -> (confirmations left to send, clock
+        #: time they are due by: a source reads went back to meanwhile needs none)
+        self.confirming: dict[str, tuple[int, float]] = {}
         self._next_look = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -81,7 +82,8 @@ class Prober:
         last = e.stats.last_tried
         if last is None:
             return False  # never tried: the order sends it a read first anyway
-        if self.confirming.get(e.name):
+        confirm = self.confirming.get(e.name)
+        if confirm is not None and now < confirm[1]:
             return True  # its last probe was fast: confirm before the interval is up
         interval = self.interval
         mine = e.stats.expected(0)
@@ -140,9 +142,9 @@ class Prober:
         if before is None or took >= before / 2:
             self.confirming.pop(nm, None)
             return
-        left = self.confirming.get(nm, RECENT // 2 + 1) - 1
+        left = self.confirming.get(nm, (RECENT // 2 + 1, 0.0))[0] - 1
         if left > 0:
-            self.confirming[nm] = left
+            self.confirming[nm] = (left, self.runner.clock() + self.interval)
         else:
             self.confirming.pop(nm, None)  # enough: back to the interval
 
