@@ -92,6 +92,10 @@ class Runner:
         self.clock = clock
         self.alpha = alpha
         self.typical: int | None = None  #: bytes of a typical read (fetches without nbytes)
+        #: bytes of a large recent read (a max that decays 2% a read): the size the
+        #: deadline of a fetch without ``nbytes`` is taken at, so a large read of unknown
+        #: size is not cut at a small read's deadline
+        self.large: int | None = None
 
     def strike(self, e: Source) -> None:
         """One strike against ``e``'s circuit (logged when it ejects the source)."""
@@ -150,6 +154,8 @@ class Runner:
         if before is not None:
             st.compare(before, seconds, self.alpha)
         self.typical = moved if self.typical is None else (self.typical * 7 + moved) // 8
+        large = self.large
+        self.large = moved if large is None or moved >= large else max(moved, large * 49 // 50)
         if circuit.consecutive or circuit.opened_at is not None or circuit.trial:
             if circuit.opened_at is not None:
                 logger.info("Circuit of %s closed", e.name)

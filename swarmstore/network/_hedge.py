@@ -8,7 +8,11 @@ loop. The watch looks at an attempt when it is due:
 - past its *hedge delay*, and a hedge token is free (:class:`HedgeBudget`): a second task
   starts on the next source, and the two race;
 - past its *deadline*: the attempt is cut -- it counts as a failure of its source
-  (:class:`~swarmstore.errors.DeadlineExceeded`) and the fetch moves on;
+  (:class:`~swarmstore.errors.DeadlineExceeded`) and the fetch moves on -- if a cut token
+  is free (``cuts``): a cut sends the read to another source, an extra request, so cuts
+  share the hedges' budget. Without a token (a brownout: every source late at once) the
+  deadline stretches to ``stretch`` (the cold deadline) instead, and the attempt is cut
+  only past that;
 - a hedge has a deadline of its own, and is cut the same way.
 
 Delays and deadlines run from when the request got its lane slots (``Track.t0``):
@@ -47,15 +51,20 @@ _MIN_DELAY = 0.0005
 
 
 class HedgeBudget:
-    """A token bucket: each fetch earns ``budget`` of a hedge; a small cap bounds bursts."""
+    """A token bucket: each fetch earns ``budget`` of a token; a small cap bounds bursts.
+
+    The router keeps two: one for hedges (empty at first, cap ``1 + 20 x budget``) and one
+    for deadline cuts (full at first, ``cap`` = the strikes that eject a source, so one
+    hung source is always cut until it is ejected).
+    """
 
     __slots__ = ("budget", "cap", "hedges", "tokens")
 
-    def __init__(self, budget: float) -> None:
+    def __init__(self, budget: float, cap: float | None = None, *, full: bool = False) -> None:
         self.budget = budget
-        self.cap = 1 + 20 * budget
-        self.tokens = 0.0
-        self.hedges = 0  #: hedges started
+        self.cap = 1 + 20 * budget if cap is None else cap
+        self.tokens = self.cap if full else 0.0
+        self.hedges = 0  #: tokens taken (hedges started, attempts cut)
 
     def earn(self) -> bool:
         """One fetch more; True when a hedge token is available to it."""
@@ -92,9 +101,10 @@ class Race[S, T]:
     """
 
     __slots__ = (
-        "_hedge_deadline", "budget", "cut", "deadline", "delay", "done", "due", "failures",
-        "fired", "first", "hedge", "hedge_cut", "hedge_deadline", "hedge_track", "name", "nxt",
-        "nxt_name", "on_hedge", "run_attempt", "task", "track", "watch", "won",
+        "_hedge_deadline", "budget", "cut", "cuts", "deadline", "delay", "done", "due",
+        "failures", "fired", "first", "hedge", "hedge_cut", "hedge_deadline", "hedge_track",
+        "name", "nxt", "nxt_name", "on_hedge", "run_attempt", "stretch", "stretched", "task",
+        "track", "watch", "won",
     )  # fmt: skip
 
     def __init__(
@@ -111,6 +121,8 @@ class Race[S, T]:
         hedge_deadline: Callable[[], float | None] | None = None,
         budget: HedgeBudget | None = None,
         on_hedge: Callable[[str, bool], None] | None = None,
+        cuts: HedgeBudget | None = None,
+        stretch: float | None = None,
     ) -> None:
         self.run_attempt = run
         self.task = task
@@ -123,6 +135,9 @@ class Race[S, T]:
         self._hedge_deadline = hedge_deadline
         self.budget = budget
         self.on_hedge = on_hedge
+        self.cuts = cuts  #: tokens for cutting the first attempt (None: always cut)
+        self.stretch = stretch  #: its deadline when no cut token is free
+        self.stretched = False  #: the first attempt's deadline was stretched
         self.track = Track()
         self.hedge_track = Track()
         self.due = 0.0  #: perf_counter when the watch looks at this race next
@@ -238,13 +253,25 @@ class Race[S, T]:
             else:
                 nxt = min(nxt, t0 + self.delay)
         if self.deadline is not None and not (self.cut or self.won):
-            if now >= t0 + self.deadline:
+            if now >= t0 + self.deadline and not self._stretch():
                 self.cut = True
                 self.track.reason = "deadline"
                 self.task.cancel()
             else:
                 nxt = min(nxt, t0 + self.deadline)
         return nxt if nxt < math.inf else None
+
+    def _stretch(self) -> bool:
+        """At the deadline: True when the attempt is not cut now (no cut token is free, and
+        the deadline was stretched to ``stretch``); False to cut it."""
+        cuts, stretch = self.cuts, self.stretch
+        if cuts is None or self.stretched or stretch is None or stretch <= (self.deadline or 0):
+            return False
+        if cuts.take():
+            return False
+        self.stretched = True
+        self.deadline = stretch
+        return True
 
     def _check_hedge(self, now: float) -> float:
         hedge, limit = self.hedge, self.hedge_deadline

@@ -11,6 +11,12 @@ nothing is read):
   source close to the best is probed every ``interval``, one ten times slower ten times
   less often; when the best slows down, the others' intervals shrink with it.
 
+A probe that answers in less than half the time its source is expected to take says the
+source got faster (a slow node recovered, a frozen one thawed): that source is probed
+again at the next look, up to ``RECENT // 2`` times in a row -- enough answers to move the
+median of its cost model's short window -- so reads go back to it within a few looks of
+the first such probe rather than a few intervals.
+
 A probe is an attempt like any other (lanes in the lowest QoS class, a deadline, figures,
 circuit), run through the router's :class:`~swarmstore.network._attempt.Runner`.
 """
@@ -20,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.network._attempt import Job
 from swarmstore.network._hedge import Race
+from swarmstore.network._model import RECENT
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -60,6 +68,9 @@ class Prober:
         self.max_interval = max(interval, max_interval)
         self.probing: set[str] = set()
         self.started = 0  #: probes started
+        #: sources a probe found faster than expected -> (confirmations left to send, clock
+        #: time they are due by: a source reads went back to meanwhile needs none)
+        self.confirming: dict[str, tuple[int, float]] = {}
         self._next_look = -math.inf
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -71,6 +82,9 @@ class Prober:
         last = e.stats.last_tried
         if last is None:
             return False  # never tried: the order sends it a read first anyway
+        confirm = self.confirming.get(e.name)
+        if confirm is not None and now < confirm[1]:
+            return True  # its last probe was fast: confirm before the interval is up
         interval = self.interval
         mine = e.stats.expected(0)
         if best and mine is not None and mine > best:
@@ -109,12 +123,30 @@ class Prober:
         """One probe of ``src``: a small request in the probe class, with a deadline."""
         e = self.lookup(nm)
         e.stats.probes += 1
+        before = e.stats.expected(0)
         job = Job(self.runner, self.fn, self.cls, 0, size=_nothing)
         task = asyncio.current_task()
         assert task is not None
         failures: dict[Any, BaseException] = {}
-        if await Race(job.run, task, src, nm, deadline=self.deadline(e, 0)).run(failures) is None:
+        t0 = time.perf_counter()
+        race = Race(job.run, task, src, nm, deadline=self.deadline(e, 0))
+        if await race.run(failures) is None:
             logger.debug("Probe of %s failed: %r", nm, failures.get(src))
+            self.confirming.pop(nm, None)
+            return
+        self.confirmed(nm, before, time.perf_counter() - t0)
+
+    def confirmed(self, nm: str, before: float | None, took: float) -> None:
+        """A probe of ``nm`` answered in ``took`` s where ``before`` s was expected: a much
+        faster answer asks for another probe soon (see the module's docstring)."""
+        if before is None or took >= before / 2:
+            self.confirming.pop(nm, None)
+            return
+        left = self.confirming.get(nm, (RECENT // 2 + 1, 0.0))[0] - 1
+        if left > 0:
+            self.confirming[nm] = (left, self.runner.clock() + self.interval)
+        else:
+            self.confirming.pop(nm, None)  # enough: back to the interval
 
     async def close(self) -> None:
         """Cancel the probes started from this event loop and wait for them."""

@@ -2,26 +2,32 @@
 
 The storage layer hands the router a list of sources (replica nodes) and an ``attempt``
 coroutine function; the router decides where to go, how long to wait and when to try
-another source. Each decision lives in its own module, with this one applying them:
+another source. Each decision lives in its own module, and this one only builds them
+from the settings and wires them together:
 
-- order (``_order``): by expected time of this request's size at each source, from the
-  cost model (``_model``: windowed medians per size class, setup kept out, bandwidth from
-  every read), after same-host / same-zone preference and circuits;
-- hedge and deadline (``_hedge``): past the source's learned p95 the next source is tried
-  too, within a token budget; past its deadline (a multiple of the learned p99, with a
-  floor) an attempt is cut and counts as a failure;
+- sources (``_source``): one record per source name -- cost model (``_model``: windowed
+  medians per size class, setup kept out, bandwidth from every read), circuit, lanes --
+  and the deadline and hedge delay of an attempt there;
+- order (``_order``): by expected time of this request's size at each source, after
+  same-host / same-zone preference and circuits;
+- fetch (``_fetch``): the loop over one read's sources; past the source's learned p95 the
+  next source is tried too (``_hedge``), within a token budget; past its deadline (a
+  multiple of the learned p99, with a floor) an attempt is cut and counts as a failure;
 - circuit (``_circuit``): consecutive failures, deadline misses and hedge losses eject a
   source, for longer each time (Envoy-style);
 - probe (``_probe``): ejected and idle sources get a real small request in the background;
-- verdict (``_verdict``): only transport errors, checksum mismatches and deadline misses
-  count against a source; a ``KeyError`` is a miss; anything else is re-raised;
+- attempt (``_attempt``): runs one attempt in its lanes and records its outcome; only
+  transport errors, checksum mismatches and deadline misses count against a source
+  (``_verdict``); a ``KeyError`` is a miss; anything else is re-raised;
 - QoS (``_qos``): every attempt holds one slot of its source's lanes and one of the global
   lanes, in the ambient class (:func:`swarmstore.network.qos`).
+
+The parts talk through public methods only: the fetch loop, the runner and the prober are
+given the :class:`~swarmstore.network._source.Registry`, never the router.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -29,19 +35,21 @@ from typing import TYPE_CHECKING, Any
 
 from swarmstore.errors import NodeUnavailable
 from swarmstore.network._attempt import Job, Runner
-from swarmstore.network._circuit import Circuit
-from swarmstore.network._hedge import HedgeBudget, Race
+from swarmstore.network._fetch import Fetcher
+from swarmstore.network._hedge import HedgeBudget
 from swarmstore.network._model import SourceStats
 from swarmstore.network._order import Planner
 from swarmstore.network._probe import Prober
 from swarmstore.network._qos import _QOS, Lanes
 from swarmstore.network._s3 import _kwargs as _s3_kwargs
 from swarmstore.network._settings import Settings
-from swarmstore.network._source import Source
-from swarmstore.network._verdict import verdict
+from swarmstore.network._source import Registry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
+
+    from swarmstore.network._circuit import Circuit
+    from swarmstore.network._source import Source
 
 __all__ = ["SourceStats", "TransferRouter", "default_router", "reset_default_router"]
 
@@ -136,30 +144,31 @@ class TransferRouter:
         given = {k: v for k, v in self._init_kwargs.items() if k not in ("qos", "probe", "clock")}
         self.settings = s = Settings.load(qos=qos, probe=probe, **given)
         self.clock = clock
-        self.host, self.zone, self.hedge = s.host, s.zone, s.hedge
+        self.host, self.zone = s.host, s.zone
         self.hedge_quantile, self.hedge_min_samples = s.hedge_quantile, s.hedge_min_samples
         self.classes = list(s.classes)
         self.lanes = Lanes(s.concurrency, self.classes, s.shares, s.yields, s.yield_window)
         self.budget = HedgeBudget(s.hedge_budget)
-        self.runner = Runner(self.lanes, self._entry, clock, s.alpha)
+        self.registry = reg = Registry(s)
+        #: per-source cost models, circuits and lanes, by name (the registry's)
+        self.sources: dict[str, SourceStats] = reg.stats
+        self.circuits: dict[str, Circuit] = reg.circuits
+        self.source_lanes: dict[str, Lanes] = reg.lanes
+        self.runner = Runner(self.lanes, reg.entry, clock, s.alpha)
         self.prober: Prober | None = None
         if s.probe:
             self.prober = Prober(
-                self.runner, self._entry, self._deadline, self.classes[-1],
+                self.runner, reg.entry, reg.deadline, self.classes[-1],
                 probe if callable(probe) else True, s.probe_interval, s.probe_interval_max,
             )  # fmt: skip
         explore = None if self.prober is not None else s.explore_interval
         self.planner = Planner(
             s.host, s.zone, s.topology_slack, trials=self.prober is None, explore=explore
         )
-        self._entries: dict[str, Source] = {}
-        self.sources: dict[str, SourceStats] = {}
-        self.circuits: dict[str, Circuit] = {}
-        self.source_lanes: dict[str, Lanes] = {}
-        self.fetches = 0
-        self.failovers = 0
-        self.runner.typical: int | None = (
-            None  # bytes of a typical read, for fetches without nbytes
+        # Deadline cuts: the same rate as hedges, a burst that ejects one hung source.
+        cuts = HedgeBudget(s.hedge_budget, max(2, s.circuit_failures + 1), full=True)
+        self.fetcher = Fetcher(
+            reg, self.planner, self.runner, self.budget, self.prober, s.hedge, cuts
         )
 
     def __reduce__(self) -> Any:
@@ -179,20 +188,31 @@ class TransferRouter:
         """Hedged requests started so far."""
         return self.budget.hedges
 
+    @property
+    def hedge(self) -> bool:
+        """Whether reads are hedged (settable)."""
+        return self.fetcher.hedge
+
+    @hedge.setter
+    def hedge(self, on: bool) -> None:
+        self.fetcher.hedge = on
+
+    @property
+    def fetches(self) -> int:
+        """Fetches started so far."""
+        return self.fetcher.fetches
+
+    @property
+    def failovers(self) -> int:
+        """Attempts made after another source of the same fetch had failed."""
+        return self.fetcher.failovers
+
     # --- per-source state --------------------------------------------------------------------
     def _entry(self, name: str) -> Source:
-        e = self._entries.get(name)
-        if e is None:
-            s = self.settings
-            stats = self.sources.setdefault(name, SourceStats())
-            circuit = Circuit(s.circuit_failures, s.circuit_reset, s.circuit_reset_max)
-            lanes = Lanes(s.source_concurrency, self.classes, s.shares, s.yields, s.yield_window)
-            self.circuits[name], self.source_lanes[name] = circuit, lanes
-            e = self._entries[name] = Source(name, stats, circuit, lanes)
-        return e
+        return self.registry.entry(name)
 
     def _stats(self, name: str) -> SourceStats:
-        return self._entry(name).stats
+        return self.registry.entry(name).stats
 
     def observe(self, name: str, seconds: float, nbytes: int = 0, ok: bool = True) -> None:
         """Fold one finished transfer (measured elsewhere) into ``name``'s figures and circuit."""
@@ -221,22 +241,6 @@ class TransferRouter:
             sources, name, self._entry, size, self._class(), self.clock()
         ).sources
 
-    def _deadline(self, e: Source, nbytes: int | None) -> float:
-        s = self.settings
-        return e.stats.deadline(nbytes, s.deadline_factor, s.deadline_floor, s.deadline_cold)
-
-    def _hedge_delay(self, e: Source, rest: Sequence[Source], nbytes: int | None) -> float | None:
-        """Seconds after which an attempt at ``e`` counts as slow, or None if unknown.
-
-        A source without enough samples of this size is judged by the best of the others.
-        """
-        q, n = self.hedge_quantile, self.hedge_min_samples
-        own = e.stats.quantile(q, n, nbytes)
-        if own is not None:
-            return own
-        known = [x for x in (o.stats.quantile(q, n, nbytes) for o in rest) if x is not None]
-        return min(known, default=None)
-
     # --- transfers ---------------------------------------------------------------------------
     async def fetch[S, T](
         self,
@@ -259,82 +263,8 @@ class TransferRouter:
         the bytes a result moved (default: ``len()`` of a bytes result, or of the first
         item of a tuple result).
         """
-        self.fetches += 1
-        earned = self.budget.earn()  # every fetch earns its share, hedging on or off
-        hedging = self.hedge and earned
         cls = self._class()
-        now = self.clock()
-        planned = self.runner.typical if nbytes is None else nbytes
-        plan = self.planner.plan(sources, name, self._entry, planned, cls, now)
-        ordered, entries, admitted, n = plan.sources, plan.entries, plan.admitted, len(plan.sources)
-        if self.prober is not None and n > 1:
-            self.prober.maybe(ordered[1:], name, entries[0].stats.expected(0), now)
-        job = Job(self.runner, attempt, cls, planned, size)
-        task = asyncio.current_task()  # None outside a task: no hedge, no deadline
-        failures: dict[S, BaseException] = {}
-        i = 0
-        while i < n:
-            src, e = ordered[i], entries[i]
-            i += 1
-            if failures:
-                self.failovers += 1
-            deadline = self._deadline(e, planned) if task is not None and i < n else None
-            delay = None
-            if hedging and task is not None and i < admitted:
-                delay = self._hedge_delay(e, entries[i:], planned)
-            if deadline is None and delay is None:
-                try:
-                    return src, await self.runner.run(job, src, e.name, None), failures
-                except Exception as exc:
-                    if verdict(exc) == "fatal":
-                        raise
-                    failures[src] = exc
-                    continue
-            assert task is not None
-            race = self._race(job, task, src, e, delay, deadline, ordered, entries, i)
-            won = await race.run(failures)
-            if won is not None:
-                return won[0], won[1], failures
-            if race.fired:
-                hedging = False  # one hedge decision per fetch
-            if race.hedge is not None:
-                i += 1  # the hedge's source was tried too, and failed
-        return None, None, failures
-
-    def _race[S](
-        self,
-        job: Job,
-        task: asyncio.Task[Any],
-        src: S,
-        e: Source,
-        delay: float | None,
-        deadline: float | None,
-        ordered: Sequence[S],
-        entries: Sequence[Source],
-        i: int,
-    ) -> Race[S, Any]:
-        """The race of an attempt at ``src`` with ``ordered[i:]`` left to try."""
-        nxt = ordered[i] if i < len(ordered) else None
-        nxt_name = entries[i].name if nxt is not None else ""
-        hedge_deadline = None
-        if nxt is not None and i + 1 < len(ordered):
-            e_next, size = entries[i], job.nbytes
-
-            def hedge_deadline() -> float:
-                return self._deadline(e_next, size)
-
-        return Race(
-            job.run, task, src, e.name, delay=delay, deadline=deadline, nxt=nxt,
-            nxt_name=nxt_name, hedge_deadline=hedge_deadline,
-            budget=self.budget if delay is not None else None, on_hedge=self._on_hedge,
-        )  # fmt: skip
-
-    def _on_hedge(self, nm: str, won: bool) -> None:
-        st = self._entry(nm).stats
-        if won:
-            st.hedge_wins += 1
-        else:
-            st.hedges += 1
+        return await self.fetcher.fetch(sources, attempt, name, cls, self.clock(), nbytes, size)
 
     async def send[S, T](
         self,
@@ -377,7 +307,7 @@ class TransferRouter:
         """Router, per-source and per-class figures as a plain dict (CLI, metrics)."""
         now = self.clock()
         hq = self.hedge_quantile
-        sources = {nm: e.figures(now, hq) for nm, e in list(self._entries.items())}
+        sources = {nm: e.figures(now, hq) for nm, e in list(self.registry.entries.items())}
         wins = sum(f["hedge_wins"] for f in sources.values())
         return {
             "host": self.host,
@@ -388,6 +318,7 @@ class TransferRouter:
             "hedge_ratio": self.hedges / self.fetches if self.fetches else 0.0,
             "failovers": self.failovers,
             "deadline_misses": sum(f["deadline_misses"] for f in sources.values()),
+            "deadlines_stretched": self.fetcher.stretched,
             "ejections": sum(f["ejections"] for f in sources.values()),
             "probes": self.prober.started if self.prober is not None else 0,
             "concurrency": self.lanes.capacity,

@@ -1,17 +1,25 @@
-"""Source: what a router keeps per source name -- cost model, circuit, lanes -- and its figures."""
+"""Source: what a router keeps per source name -- cost model, circuit, lanes -- and its figures.
+
+:class:`Registry` makes and holds one :class:`Source` per name, and answers the two
+questions every other part asks about a source: its record (``entry``) and how long an
+attempt there may run (``deadline``). The order, the fetch loop, the runner and the prober
+are each given the registry, never the router.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.network._model import size_class
+from swarmstore.network._circuit import Circuit
+from swarmstore.network._model import SourceStats, size_class
+from swarmstore.network._qos import Lanes
 
 if TYPE_CHECKING:
-    from swarmstore.network._circuit import Circuit
-    from swarmstore.network._model import SourceStats
-    from swarmstore.network._qos import Lanes
+    from collections.abc import Sequence
 
-__all__ = ["UNKNOWN", "Source"]
+    from swarmstore.network._settings import Settings
+
+__all__ = ["UNKNOWN", "Registry", "Source"]
 
 #: expected time of a size class never measured at a source, while one request measures it
 UNKNOWN = 1e9
@@ -84,6 +92,50 @@ class Source:
             "queued": ln.queued(),
             "idle_s": None if st.last_tried is None else now - st.last_tried,
         }
+
+
+class Registry:
+    """One :class:`Source` per name, made on first use from the router's settings.
+
+    ``stats``, ``circuits`` and ``lanes`` map names to each source's parts (the router
+    exposes them as ``sources``, ``circuits`` and ``source_lanes``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.entries: dict[str, Source] = {}
+        self.stats: dict[str, SourceStats] = {}
+        self.circuits: dict[str, Circuit] = {}
+        self.lanes: dict[str, Lanes] = {}
+
+    def entry(self, name: str) -> Source:
+        """The record of source ``name`` (made with fresh figures the first time)."""
+        e = self.entries.get(name)
+        if e is None:
+            s = self.settings
+            stats = self.stats.setdefault(name, SourceStats())
+            circuit = Circuit(s.circuit_failures, s.circuit_reset, s.circuit_reset_max)
+            lanes = Lanes(s.source_concurrency, s.classes, s.shares, s.yields, s.yield_window)
+            self.circuits[name], self.lanes[name] = circuit, lanes
+            e = self.entries[name] = Source(name, stats, circuit, lanes)
+        return e
+
+    def deadline(self, e: Source, nbytes: int | None) -> float:
+        """Seconds an attempt of ``nbytes`` at ``e`` may run before it counts as a failure."""
+        s = self.settings
+        return e.stats.deadline(nbytes, s.deadline_factor, s.deadline_floor, s.deadline_cold)
+
+    def hedge_delay(self, e: Source, rest: Sequence[Source], nbytes: int | None) -> float | None:
+        """Seconds after which an attempt at ``e`` counts as slow, or None if unknown.
+
+        A source without enough samples of this size is judged by the best of the others.
+        """
+        q, n = self.settings.hedge_quantile, self.settings.hedge_min_samples
+        own = e.stats.quantile(q, n, nbytes)
+        if own is not None:
+            return own
+        known = [x for x in (o.stats.quantile(q, n, nbytes) for o in rest) if x is not None]
+        return min(known, default=None)
 
 
 def _rank(ranked: list[float], q: float) -> float | None:

@@ -5,6 +5,7 @@ impairs the links between phases. Every assertion is a count: which node served 
 read, strikes, ejections, connection attempts seen by a link. No timing is asserted.
 """
 
+import concurrent.futures
 import time
 
 import bedreads
@@ -22,7 +23,7 @@ SMALL = {f"s{i}": 16 * KiB for i in range(8)}
 def bed(tmp_path_factory):
     with HostBed(tmp_path_factory.mktemp("routing"), hosts=1, nodes=3) as b:
         b.host(0).run(bedreads.start)
-        b.host(0).run(bedreads.put, {**SMALL, "big": 768 * KiB, "mid": 64 * KiB})
+        b.host(0).run(bedreads.put, {**SMALL, "big": 768 * KiB, "mid": 64 * KiB, "b": 256 * KiB})
         yield b
 
 
@@ -55,6 +56,28 @@ def test_reads_follow_a_slowdown_to_the_truly_next_best_node(bed, host):
     moved = max((i for i, nm in enumerate(after) if nm != "node1"), default=-1) + 1
     assert moved <= 6, after  # within 10 reads, and to node1 for good (issue 15)
     assert "node2" not in after, after  # never to the node behind it
+
+
+def test_a_slowed_node_that_recovers_gets_reads_back_after_a_burst_of_probes(bed, host):
+    one_way(bed, 0.0, 0.06, 0.25)
+    host.run(bedreads.start, probe_interval=1, probe_interval_max=8)
+    host.run(bedreads.read, keys(30))
+    bed.link(0, 0).set("down", latency=0.5)  # the fastest node slows; reads move to node1
+    served: list[str | None] = []
+    while served[-3:] != ["node1"] * 3:
+        assert len(served) < 40, served
+        served += host.run(bedreads.read, keys(3))
+    bed.link(0, 0).set("down", latency=0.0)  # it recovers
+    reads = host.run(bedreads.read_until, "node0")
+    assert reads[-1][0] == "node0", reads[-5:]  # traffic is back
+    probes = [n for _, n in reads]
+    # From the second probe after the recovery (the first may have started before it)
+    # node0 serves after a burst of probes at the prober's looks (every 0.1 s), not after
+    # four more probes 8 s apart (>= 32 s: some 500 reads of >= 60 ms here).
+    since = next((i for i, n in enumerate(probes) if n >= probes[0] + 2), len(probes))
+    assert len(reads) - since <= 150, (since, len(reads), probes[-1] - probes[0])
+    assert probes[-1] - probes[0] <= 12, probes[-1] - probes[0]
+    assert host.run(bedreads.read, keys(5)).count("node0") >= 4  # and it keeps them
 
 
 def test_a_frozen_node_is_cut_ejected_and_back_after_thaw(bed, host):
@@ -108,3 +131,32 @@ def test_a_capped_node_serves_small_reads_and_not_large_ones(bed, host):
     large = host.run(bedreads.read, ["big"] * 6, 768 * KiB)
     assert small.count("node0") >= 5, small  # 64 KiB: +33 ms on node0, +100 ms elsewhere
     assert "node0" not in large[1:], large  # 768 KiB: +390 ms on node0, +100 ms elsewhere
+
+
+def test_under_a_bulk_flood_interactive_reads_keep_their_slots_and_the_pool(bed, host):
+    """32 bulk readers flood every node through capped links: once interactive is active,
+    bulk holds at most its yield limit of each node's slots whenever an interactive read
+    starts, and no node ever has more connections open than its lanes have slots."""
+    for j in range(3):
+        bed.link(0, j).set("down", latency=0.002, bandwidth=4_000_000)
+    # A long yield window: a saturated machine's pause between two interactive reads must
+    # not count as interactive going quiet (which gives bulk the slots back, by design).
+    host.run(bedreads.start, hedge=False, yield_window="60s")
+    host.run(bedreads.read, keys(30))
+    links = [bed.link(0, j) for j in range(3)]
+    peak = [0, 0, 0]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(host.run, bedreads.flood, 30, 32, "b")
+        while not running.done():  # connections open at each node, sampled meanwhile
+            peak = [max(p, link.counters.active) for p, link in zip(peak, links, strict=True)]
+            time.sleep(0.005)
+        seen = running.result()
+    assert len(seen) >= 30  # one attempt per read, more if one failed over
+    assert all(in_use <= limit for _, in_use, limit in seen), seen
+    assert {limit for *_, limit in seen} == {2}  # 12.5% of 16 slots
+    f = host.run(bedreads.figures)
+    assert f["classes"]["bulk"]["granted"] >= 32  # the flood did run
+    # Connections open at a node never exceed its lanes (source-concurrency, 16), the size
+    # of its S3 pool: no request waits inside the pool. (moto answers "Connection: close",
+    # so here each request in flight holds a connection of its own.)
+    assert all(n <= 16 for n in peak), (peak, f["deadline_misses"])

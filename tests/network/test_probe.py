@@ -120,3 +120,35 @@ async def test_one_probe_at_a_time(sources):
     await settle(r)
     assert 1 <= sum(map(pings, sources)) - before <= 2
     await r.close()
+
+
+async def test_a_recovered_source_gets_reads_back_after_a_handful_of_probes(sources):
+    """A slowed node that recovers: the first probe that sees it fast is confirmed by a few
+    more at the next looks (not one per interval), then reads go back to it."""
+    clock = Clock()
+    r = router(probe_interval=1, probe_interval_max=8, clock=clock)
+    n0, n1 = sources[:2]
+    n1.faults.latency = 0.02
+
+    async def read():
+        clock.now += 0.1  # the prober looks at most every probe_interval / 10
+        src, _, _ = await r.fetch([n0, n1], reader("k"), name=name)
+        await settle(r)
+        return src.name
+
+    assert [await read() for _ in range(12)][-4:] == ["n0"] * 4
+    n0.faults.latency = 0.2  # 10x slower than n1: reads move away
+    served = []
+    while served[-4:] != ["n1"] * 4:
+        assert len(served) < 40, served
+        served.append(await read())
+    n0.faults.latency = 0.0  # it recovers
+    clock.now += 8  # its probe interval (10x the best, capped at probe_interval_max)
+    probes = pings(n0)
+    back = [await read() for _ in range(8)]
+    assert "n0" in back, (back, r.figures()["sources"]["n0"])
+    took = pings(n0) - probes
+    assert 2 <= took <= 6, took  # confirmed by a burst, not one probe per 8 s
+    assert back[-2:] == ["n0", "n0"], back  # and it keeps them
+    assert not r.prober.confirming  # the burst ended once the estimate agreed
+    await r.close()

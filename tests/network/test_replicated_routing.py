@@ -123,3 +123,28 @@ async def test_missing_replica_is_not_a_health_failure(tmp_path):
     assert figs["missing"] == 1 and figs["failures"] == 0 and figs["circuit"] == "closed"
     await store.flush()  # read repair put it back
     assert await first.store.exists("k")
+
+
+async def test_a_read_only_store_teaches_the_router_each_reads_bytes(tmp_path):
+    """Issue 15: a process that only reads (every Dask worker) must learn bandwidth, so each
+    read's bytes reach the cost model, in the size class of what it moved."""
+    store, _faults, _ = make(tmp_path)
+    small = await zarr.api.asynchronous.create_array(
+        store, name="small", shape=(1024,), chunks=(1024,), dtype="i4", fill_value=0
+    )
+    big = await zarr.api.asynchronous.create_array(
+        store, name="big", shape=(2**18,), chunks=(2**18,), dtype="i4", fill_value=0,
+        compressors=None,
+    )  # fmt: skip
+    await small.setitem(slice(None), np.arange(1024, dtype="i4"))
+    await big.setitem(slice(None), np.arange(2**18, dtype="i4"))
+    reader = TransferRouter(host="reader-host", hedge=False, probe=False)
+    ro = ReplicatedStore(store.nodes, replicas=3, state_dir=tmp_path / "ro", router=reader)
+    for _ in range(6):
+        for name, n in (("small", 1024), ("big", 2**18)):
+            arr = await zarr.api.asynchronous.open_array(store=ro, path=name)
+            np.testing.assert_array_equal(await arr.getitem(slice(None)), np.arange(n))
+    served = [st for st in reader.sources.values() if len(st.classes) > 1]
+    assert served, {nm: sorted(st.classes) for nm, st in reader.sources.items()}
+    st = served[0]
+    assert st.classes[0].nbytes < 64 * 1024 <= 2**20 <= st.classes[max(st.classes)].nbytes

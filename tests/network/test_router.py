@@ -331,6 +331,66 @@ async def test_deadline_misses_raise_the_estimate_so_reads_move_before_any_eject
     assert r.circuits["n0"].opened_at is None and r.order(sources[:2], name)[0] is sources[1]
 
 
+async def test_deadline_cuts_stay_within_the_budget_in_a_brownout(sources):
+    """Every source slows past its deadline at once: a cut sends the read to the next
+    source, an extra request, so past the first burst (enough to eject one hung source)
+    cuts stay within the hedge budget; without a token a deadline stretches instead."""
+    r = router(deadline_floor=0.002, circuit_failures=3, hedge_budget=0.05)
+    await served(r, sources, 30)  # learned: ~0 ms everywhere
+    before = r.figures()
+    for s in sources:
+        s.faults.latency = 0.05  # 25x the deadline, on every node at once
+        s.faults.jitter = 0.05  # and spread: the learned tail keeps being passed
+    await served(r, sources, 60)
+    after = r.figures()
+    cuts = after["deadline_misses"] - before["deadline_misses"]
+    assert cuts <= 4 + 0.05 * 90, cuts  # the full bucket (circuit_failures + 1), then 5%
+    assert after["deadlines_stretched"] >= 1
+
+
+async def test_a_large_read_of_unknown_size_is_not_cut_at_a_small_reads_deadline():
+    """Whole-key reads (no ``nbytes``) of mixed sizes: the deadline is taken at a large
+    recent size, not at the typical one (there 13 of 20 large reads were cut, each a
+    strike against a healthy node and an extra request)."""
+    r = router(deadline_floor=0.005)
+
+    async def attempt(src, big):
+        await asyncio.sleep(0.03 if big else 0.001)  # a 4 MiB read takes longer
+        return b"x" * ((4 << 20) if big else 1024)
+
+    for i in range(200):
+        big = i % 10 == 0
+        src, _, _ = await r.fetch(["a", "b"], lambda s, big=big: attempt(s, big), name=str)
+        assert src is not None
+    figs = r.figures()
+    assert figs["deadline_misses"] <= 2, figs["deadline_misses"]  # a saturated step, at most
+    assert figs["ejections"] == 0
+
+
+async def test_reads_of_unknown_mixed_sizes_are_still_hedged():
+    """Whole-key reads of mixed sizes: the typical size falls between the classes measured,
+    where no quantile is known; the hedge delay is taken at a large recent size instead, so
+    a read stuck at a hung node is still hedged (it was not: no delay, no hedge)."""
+    r = router(hedge=True, hedge_budget=1.0, hedge_min_samples=3)
+    hung: set[str] = set()
+
+    async def attempt(src, big):
+        if src in hung:
+            await asyncio.Event().wait()  # never answers: only a hedge or a deadline helps
+        await asyncio.sleep(0.01 if big else 0.001)
+        return b"x" * ((16 << 20) if big else 1024)
+
+    for i in range(100):  # 1 in 10 of 16 MiB: the moving mean lands in 1-4 MiB, never read
+        big = i % 10 == 0
+        await r.fetch(["a", "b"], lambda s, big=big: attempt(s, big), name=str)
+    first = r.order(["a", "b"], str)[0]
+    hung.add(first)
+    src, _, _ = await r.fetch(["a", "b"], lambda s: attempt(s, False), name=str)
+    assert src != first
+    other = "b" if first == "a" else "a"
+    assert r.sources[other].hedge_wins == 1, r.figures()["sources"]
+
+
 async def test_the_last_source_has_no_deadline(sources):
     r = router(deadline_floor=0.01)
     await served(r, sources[:1], 10)  # learned: ~0 ms
