@@ -12,13 +12,12 @@ a dead node from the router for seconds, and every error is classified here inst
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from zarr.storage import FsspecStore
 
 from swarmstore.errors import ChecksumMismatch, ConfigError, NodeRefused, as_node_unavailable
+from swarmstore.storage import _s3sessions
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import (
     META,
@@ -113,18 +112,15 @@ class S3Node(Node):
 
     # --- one request ---------------------------------------------------------------------
     def _fs_here(self) -> Any:
-        """This loop's filesystem for these options: a clone of ``fs``, one per event loop
-        (a session belongs to its loop) shared by every node with the same options, so a
-        store unpickled by each Dask task does not pay for a new S3 client each time."""
-        loop = asyncio.get_running_loop()
-        mine = _SHARED.setdefault(loop, {})
-        fs = mine.get(self._token)
-        if fs is None:
-            fs = type(self.fs)(
+        """This loop's filesystem for these options (:mod:`._s3sessions`): a clone of
+        ``fs``, one per event loop (a session belongs to its loop), shared by every node
+        with the same options."""
+        return _s3sessions.here(
+            self._token,
+            lambda loop: type(self.fs)(
                 asynchronous=True, skip_instance_cache=True, loop=loop, **self._options
-            )
-            mine[self._token] = fs
-        return fs
+            ),
+        )
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
         try:
@@ -336,27 +332,14 @@ class S3Node(Node):
         await self._call("list_objects_v2", Prefix=self.prefix, MaxKeys=1)
 
     def close(self) -> None:
-        return None
+        """Close the HTTP sessions for this node's options (any thread; nodes sharing
+        them reopen on their next request)."""
+        _s3sessions.close_now(self._token)
 
     async def aclose(self) -> None:
         """Close the HTTP sessions for this node's options, each on the loop that opened
         it (nodes sharing them reopen on their next request)."""
-        here = asyncio.get_running_loop()
-        for loop, shared in list(_SHARED.items()):
-            fs = shared.pop(self._token, None)
-            client = getattr(fs, "_s3", None)
-            if client is None:
-                continue
-            if loop is here:
-                await client.close()
-            elif loop.is_running():
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.close(), loop))
-
-
-#: per event loop, per options token: the filesystem (and HTTP session) nodes share
-_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+        await _s3sessions.aclose(self._token)
 
 
 def _options_of(fs: Any) -> dict[str, Any]:

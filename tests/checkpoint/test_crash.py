@@ -28,6 +28,7 @@ from swarmstore import _clock
 from swarmstore.checkpoint import CheckpointManager
 from swarmstore.checkpoint._manifest import GC_LOCK, INFLIGHT, object_key
 from swarmstore.errors import CheckpointNotFoundError
+from swarmstore.testing.fixtures import close_http
 
 sys.path.insert(0, os.path.dirname(__file__))
 import crash_writer
@@ -200,8 +201,11 @@ def test_kill_9_between_every_two_steps_s3(forkserver, s3_endpoint, s3_bucket, m
         "options": s3_endpoint.storage_options(),
     }
     store = crash_writer.open_store(spec)
-    _campaign(forkserver, spec, store, _plan((1,), ["save:marker"]))
-    _retention_resumes(store, monkeypatch)
+    try:
+        _campaign(forkserver, spec, store, _plan((1,), ["save:marker"]))
+        _retention_resumes(store, monkeypatch)
+    finally:
+        close_http(store.fs)  # no session is left to the garbage collector
 
 
 def test_the_default_lease_lets_retention_resume_within_a_minute():

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def pytest_collection_modifyitems(items: list[Any]) -> None:
@@ -26,14 +29,21 @@ def storage_bucket(s3_endpoint: Any) -> str:
 
 
 @pytest.fixture
-def s3_store_factory(s3_endpoint: Any, storage_bucket: str) -> Any:
-    """``factory(name)``: an FsspecStore at ``s3://<bucket>/<test prefix>/<name>``."""
+def s3_store_factory(s3_endpoint: Any, storage_bucket: str) -> Iterator[Any]:
+    """``factory(name)``: an FsspecStore at ``s3://<bucket>/<test prefix>/<name>``; their
+    HTTP sessions are closed after the test (none is left to the garbage collector)."""
     from zarr.storage import FsspecStore
 
+    from swarmstore.testing.fixtures import close_http
+
     prefix = uuid.uuid4().hex[:12]
+    made: list[Any] = []
 
     def factory(name: str, **kwargs: Any) -> Any:
         fs = s3_endpoint.filesystem(asynchronous=True)
-        return FsspecStore(fs, path=f"{storage_bucket}/{prefix}/{name}", **kwargs)
+        made.append(FsspecStore(fs, path=f"{storage_bucket}/{prefix}/{name}", **kwargs))
+        return made[-1]
 
-    return factory
+    yield factory
+    for store in made:
+        close_http(store.fs)
