@@ -156,3 +156,34 @@ def placement_figures(
         "gpu_slots": {w.address: w.gpus for w in gpus},
         "gpu_committed": {w.address: dispatcher.committed_gpu(w.address)[0] for w in gpus},
     }
+
+
+def replication_figures(
+    desired: Mapping[Any, int], tasks: Mapping[Any, Any], *, requested: int, lost: int
+) -> dict[str, int]:
+    """Tracked keys, under-replicated keys (in memory with fewer copies than desired) and
+    their missing copies, fast-path requests and keys lost, from the scheduler's tasks."""
+    under = missing = 0
+    for key, n in desired.items():
+        ts = tasks.get(key)
+        if ts is not None and ts.state == "memory" and len(ts.who_has or ()) < n:
+            under += 1
+            missing += n - len(ts.who_has or ())
+    return {
+        "tracked": len(desired),
+        "under_replicated": under,
+        "missing": missing,
+        "requested": requested,
+        "lost": lost,
+    }
+
+
+def replication_metric_figures(f: Mapping[str, int]) -> dict[str, Any]:
+    """:func:`replication_figures` under their ``/metrics`` family names."""
+    return {
+        "replication_tracked_keys": f["tracked"],
+        "replication_under_replicated_keys": f["under_replicated"],
+        "replication_missing_replicas": f["missing"],
+        "replication_requested": f["requested"],
+        "replication_keys_lost": f["lost"],
+    }

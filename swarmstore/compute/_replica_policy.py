@@ -26,6 +26,7 @@ from distributed.active_memory_manager import (
     Suggestion,
     SuggestionGenerator,
 )
+from distributed.core import Status
 
 from swarmstore.errors import PlacementError
 
@@ -82,6 +83,27 @@ class Candidate:
     address: str
     host: str
     memory: int = 0
+
+
+def recipients_for(
+    ts: Any,
+    missing: int,
+    targets: Mapping[str, float],
+    workers: Mapping[str, Any],
+    running: Iterable[Any],
+) -> list[str]:
+    """The workers that should fetch ``missing`` more copies of ``ts`` now: running
+    workers that neither hold it nor are fetching it (``targets``), fresh hosts first."""
+    if missing <= 0:
+        return []
+    hosts = {ws.host for ws in ts.who_has}
+    hosts.update(workers[a].host for a in targets if a in workers)
+    cands = [
+        Candidate(ws.address, ws.host, ws.nbytes)
+        for ws in running
+        if ws not in ts.who_has and ws.address not in targets and ws.status == Status.running
+    ]
+    return pick_recipients(hosts, cands, missing)
 
 
 def pick_recipients(

@@ -23,18 +23,22 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time
 
 from swarmstore import _events, config, metrics
-from swarmstore.compute._figures import REPLICATION_FAMILIES
+from swarmstore.compute._figures import (
+    REPLICATION_FAMILIES,
+    replication_figures,
+    replication_metric_figures,
+)
 from swarmstore.compute._replica_policy import (
     Candidate,
     HonourReplicaCounts,
     desired_replicas,
     narrow_downscaling,
     pick_recipients,
+    recipients_for,
     shield,
     unshield,
 )
@@ -253,30 +257,12 @@ class ReplicationController:
     def figures(self) -> dict[str, int]:
         """Tracked keys, under-replicated keys and their missing copies, replicas
         requested by the fast path, keys lost (a :mod:`swarmstore.metrics` source)."""
-        under = missing = 0
-        tasks = self.scheduler.tasks
-        for key, n in self.desired.items():
-            ts = tasks.get(key)
-            if ts is not None and ts.state == "memory" and len(ts.who_has or ()) < n:
-                under += 1
-                missing += n - len(ts.who_has or ())
-        return {
-            "tracked": len(self.desired),
-            "under_replicated": under,
-            "missing": missing,
-            "requested": self.fast_requests,
-            "lost": self.lost,
-        }
+        return replication_figures(
+            self.desired, self.scheduler.tasks, requested=self.fast_requests, lost=self.lost
+        )
 
     def _metric_figures(self) -> dict[str, Any]:
-        f = self.figures()
-        return {
-            "replication_tracked_keys": f["tracked"],
-            "replication_under_replicated_keys": f["under_replicated"],
-            "replication_missing_replicas": f["missing"],
-            "replication_requested": f["requested"],
-            "replication_keys_lost": f["lost"],
-        }
+        return replication_metric_figures(self.figures())
 
     # ---- internals
     def _track(self, key: Key, annotation: Any = None) -> int | None:
@@ -360,19 +346,13 @@ class ReplicationController:
         n = self.desired.get(key)
         if ts is None or n is None or ts.state != "memory" or not ts.who_has:
             return []
-        missing = n - len(ts.who_has) - self.inflight_count(ts)
-        if missing <= 0:
-            return []
-        targets = self.inflight.get(key, {})
-        workers = self.scheduler.workers
-        hosts = {ws.host for ws in ts.who_has}
-        hosts.update(workers[a].host for a in targets if a in workers)
-        cands = [
-            Candidate(ws.address, ws.host, ws.nbytes)
-            for ws in self.scheduler.running
-            if ws not in ts.who_has and ws.address not in targets and ws.status == Status.running
-        ]
-        return pick_recipients(hosts, cands, missing)
+        return recipients_for(
+            ts,
+            n - len(ts.who_has) - self.inflight_count(ts),
+            self.inflight.get(key, {}),
+            self.scheduler.workers,
+            self.scheduler.running,
+        )
 
 
 # --------------------------------------------------------------------------- stand-alone plugin
