@@ -10,18 +10,33 @@
   (in-process only).
 - :func:`forget_listings`: drop fsspec's cached listings (s3fs answers existence from
   them), so a key another process created since is not reported missing.
+- :func:`whole_request` / :func:`get_whole`: read a whole object in one request. s3fs
+  asks an object's size (a ``HeadObject``) before every unranged read, to split large
+  objects into ranged reads; an open range from byte 0 is one ``GetObject``. Every
+  checkpoint read (objects, pieces, snapshots, refs, markers) goes through these.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from zarr.abc.store import OffsetByteRequest
+from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
 
 if TYPE_CHECKING:
-    from zarr.abc.store import Store
+    from zarr.abc.store import ByteRequest, Store
+    from zarr.core.buffer import Buffer, BufferPrototype
 
-__all__ = ["Guarantee", "atomic_create", "control_store", "forget_listings", "is_s3"]
+__all__ = [
+    "Guarantee",
+    "atomic_create",
+    "control_store",
+    "forget_listings",
+    "get_whole",
+    "is_s3",
+    "whole_request",
+]
 
 type Guarantee = Literal["atomic", "atomic-in-process", "store-defined"]
 
@@ -81,3 +96,24 @@ def forget_listings(store: Store) -> bool:
         return False
     fs.invalidate_cache()
     return True
+
+
+#: One request for the whole object, without the size probe (see the module docstring).
+_FROM_START = OffsetByteRequest(0)
+
+
+def whole_request(store: Store) -> ByteRequest | None:
+    """The byte request that reads a whole object of ``store`` in one request.
+
+    ``OffsetByteRequest(0)`` on S3 through s3fs, whose unranged read costs a
+    ``HeadObject`` first; None (an ordinary read) on every other store.
+    """
+    return _FROM_START if is_s3(store) else None
+
+
+async def get_whole(
+    store: Store, key: str, prototype: BufferPrototype | None = None
+) -> Buffer | None:
+    """``store.get(key)`` of the whole value, in one request where the store allows it."""
+    proto = prototype or default_buffer_prototype()
+    return await store.get(key, proto, whole_request(store))

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._caps import Guarantee, atomic_create, is_s3
+from swarmstore.checkpoint._caps import Guarantee, atomic_create, get_whole, is_s3
 from swarmstore.errors import is_transport_error
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ async def _create(store: Store, key: str, data: bytes) -> None:
 
 
 async def _held(store: Store, key: str) -> bytes | None:
-    buf = await store.get(key, default_buffer_prototype())
+    buf = await get_whole(store, key)
     return None if buf is None else buf.to_bytes()
 
 

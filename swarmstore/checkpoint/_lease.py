@@ -28,6 +28,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 import swarmstore.checkpoint._json as _json
 from swarmstore import _clock
+from swarmstore.checkpoint._caps import get_whole
 from swarmstore.errors import ManifestError
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def is_dead(doc: dict[str, Any] | None, lease: float, now: float) -> bool:
 
 async def read_doc(store: Store, key: str) -> dict[str, Any] | None:
     """A small JSON object from the store; None when absent or not a valid JSON object."""
-    buf = await store.get(key, default_buffer_prototype())
+    buf = await get_whole(store, key)
     if buf is None:
         return None
     try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from zarr.abc.store import _store_supports_sync_io
 from zarr.core.buffer import default_buffer_prototype
 
+from swarmstore.checkpoint._caps import get_whole, whole_request
 from swarmstore.checkpoint._manifest import Entry, content_hash, is_metadata_key
 from swarmstore.checkpoint._piece import Item, Piece, PieceRef, split
 from swarmstore.checkpoint._snapshot import Snapshot, piece_key
@@ -90,14 +91,18 @@ class Loader:
         piece = self.cached(ref.hash) or self._unsaved(ref)
         if piece is not None:
             return piece
-        buf = await self.store.get(piece_key(ref.hash), default_buffer_prototype())
+        buf = await get_whole(self.store, piece_key(ref.hash))
         return self._decode(ref, buf)
 
     def load_sync(self, ref: PieceRef) -> Piece:
         piece = self.cached(ref.hash) or self._unsaved(ref)
         if piece is not None:
             return piece
-        buf = self.store.get_sync(piece_key(ref.hash), prototype=default_buffer_prototype())
+        buf = self.store.get_sync(  # type: ignore[attr-defined]
+            piece_key(ref.hash),
+            prototype=default_buffer_prototype(),
+            byte_range=whole_request(self.store),
+        )
         return self._decode(ref, buf)
 
     def _unsaved(self, ref: PieceRef) -> Piece | None:
