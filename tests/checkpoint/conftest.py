@@ -8,7 +8,7 @@ import zarr
 from swarmstore.cache import DiskTier, TieredStore
 from swarmstore.storage import ReplicatedStore
 
-KINDS = ["memory", "local", "s3", "replicated", "tiered"]
+KINDS = ["memory", "local", "s3", "obstore", "replicated", "tiered"]
 
 
 def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
@@ -18,6 +18,9 @@ def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
         return zarr.storage.LocalStore(tmp_path / "ckpt")
     if kind == "s3":
         return request.getfixturevalue("s3_store")
+    if kind == "obstore":  # zarr's ObjectStore on obstore's S3Store, on the same moto
+        endpoint = request.getfixturevalue("s3_endpoint")
+        return endpoint.object_store(request.getfixturevalue("s3_bucket"), "root")
     if kind == "replicated":
         nodes = [f"file://{tmp_path}/node{i}" for i in range(3)]
         return ReplicatedStore(nodes, replicas=2, state_dir=str(tmp_path / "state"))
@@ -32,17 +35,18 @@ def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
 
 @pytest.fixture(params=KINDS)
 def any_store(request, tmp_path):
-    """A fresh checkpoint store of each kind: memory, local dir, S3 on moto, replicated, tiered."""
+    """A fresh checkpoint store of each kind: memory, local dir, S3 on moto (s3fs and
+    obstore), replicated, tiered."""
     return make_store(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
+@pytest.fixture(params=["memory", "local", "s3", "obstore"])
 def plain_store(request, tmp_path):
     """A fresh plain zarr store of each kind."""
     return make_store(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=["memory", "local", "s3", "replicated"])
+@pytest.fixture(params=["memory", "local", "s3", "obstore", "replicated"])
 def racing_store(request, tmp_path):
     """Every store kind whose manifest commit is atomic (ReplicatedStore: by quorum)."""
     return make_store(request.param, tmp_path, request)
