@@ -234,7 +234,9 @@ class Tree:
         pieces = await asyncio.gather(
             *(self.loader.load(r) for rs in self.nodes.values() for r in rs)
         )
-        return {h for piece in pieces for h in piece.hashes()}
+        # raw 16-byte digests deduplicated first: only distinct ones are turned into text
+        blob = b"".join(p.digests for p in pieces)
+        return {d.hex() for d in {blob[i : i + 16] for i in range(0, len(blob), 16)}}
 
 
 def _meta_nodes(inline: Iterable[str]) -> set[str]:
