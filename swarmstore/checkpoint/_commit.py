@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._caps import Guarantee, atomic_create, get_whole, is_s3, obstore_of
+from swarmstore.checkpoint._caps import Guarantee, atomic_create, is_s3, obstore_of
+from swarmstore.checkpoint._docs import create_doc, get_doc, inline_io
 from swarmstore.errors import is_transport_error
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ async def _create(store: Store, key: str, data: bytes) -> bool:
         except obstore.exceptions.AlreadyExistsError as e:
             raise FileExistsError(key) from e
         return inner[1]
+    if inline_io(store):
+        create_doc(store, key, data)  # type: ignore[arg-type]
+        return True
     if is_s3(store):
         store._check_writable()  # type: ignore[attr-defined]
         path = f"{store.path.rstrip('/')}/{key}" if store.path else key  # type: ignore[attr-defined]
@@ -75,7 +79,7 @@ async def _create(store: Store, key: str, data: bytes) -> bool:
 
 
 async def _held(store: Store, key: str) -> bytes | None:
-    buf = await get_whole(store, key)
+    buf = await get_doc(store, key)
     return None if buf is None else buf.to_bytes()
 
 

@@ -17,8 +17,8 @@ import re
 from typing import TYPE_CHECKING
 
 from swarmstore import _clock
-from swarmstore.checkpoint._caps import get_whole
 from swarmstore.checkpoint._commit import put_if_absent
+from swarmstore.checkpoint._docs import delete_doc, get_doc
 from swarmstore.checkpoint._snapshot import (
     REFS,
     Ref,
@@ -56,7 +56,7 @@ class Refs:
     async def _read(self, key: str, kind: str) -> Ref | None:
         if key in self._cache:
             return self._cache[key]
-        buf = await get_whole(self.store, key)
+        buf = await get_doc(self.store, key)
         if buf is None:
             return None
         ref = Ref.from_bytes(buf.to_bytes(), kind, where=key)
@@ -124,7 +124,7 @@ class Refs:
             successor = await self._read(ref_key(branch, later[0]), "branch")
             if later[0] != version + 1 or successor is None or successor.parent != ref.snapshot:
                 logger.warning("Withdrawing %s: the branch moved past it meanwhile", key)
-                await self.store.delete(key)
+                await delete_doc(self.store, key)
                 return False
         self._cache[key] = ref
         return True

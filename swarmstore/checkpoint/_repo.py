@@ -15,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from swarmstore.checkpoint._caps import control_store, forget_listings, get_whole
+from swarmstore.checkpoint._caps import control_store, forget_listings
+from swarmstore.checkpoint._docs import get_doc
 from swarmstore.checkpoint._manifest import (
     MANIFESTS,
     Manifest,
@@ -81,9 +82,9 @@ class Repo:
         return steps
 
     async def legacy(self, step: int) -> Manifest:
-        buf = await get_whole(self.control, manifest_key(step))
+        buf = await get_doc(self.control, manifest_key(step))
         if buf is None and forget_listings(self.control):
-            buf = await get_whole(self.control, manifest_key(step))
+            buf = await get_doc(self.control, manifest_key(step))
         if buf is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
         m = Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
@@ -132,7 +133,7 @@ class Repo:
             m = self._legacy[sid]
             tree = Tree.from_entries(m.entries, self.loader)
             return Snapshot(m.id, None, m.step, m.created, m.metadata, tree.inline, tree.nodes)
-        buf = await get_whole(self.store, snapshot_key(sid))
+        buf = await get_doc(self.store, snapshot_key(sid))
         if buf is None:
             raise CheckpointNotFoundError(f"no snapshot {sid} in {self.store!r}")
         snap = Snapshot.from_bytes(buf.to_bytes(), where=f"snapshot {sid}")

@@ -5,16 +5,22 @@ or xarray (``to_zarr(region=...)``) write into it, and only the chunks they writ
 encoded, hashed and stored. ``commit`` then runs the protocol, each step a point the
 crash tests kill at (``_trace``):
 
-1. ``save:marker``    the session's ``inflight/`` marker is written (at the start) and
-                      renewed while it lives, so collections spare its objects;
+1. ``save:marker``    the session's ``inflight/`` marker is written (at the start,
+                      while the base snapshot is read) and renewed while it lives, so
+                      collections spare its objects;
 2. ``save:written``   the objects are in (written by zarr, or by Dask workers);
-3. ``save:pieces``    the manifest pieces the changes fall into are rewritten;
-4. ``save:snapshot``  the snapshot document is written under a fresh id;
+3. ``save:pieces``    the manifest pieces the changes fall into are rewritten, and,
+4. ``save:snapshot``  in the same round trip, the snapshot document under a fresh id
+                      (nothing names either until 5) and the check that the marker is
+                      still this session's;
 5. ``save:committed`` the branch moves: one conditional create of its next version.
                       If another writer moved it first, and the two changed disjoint
                       chunks, the session rebases onto the new tip and goes back to 3;
-                      otherwise :class:`CheckpointConflictError`;
-6. ``save:done``      the marker is removed.
+                      otherwise :class:`CheckpointConflictError`. The marker is removed
+                      while the new version is checked for a ghost (``Refs.confirm``):
+                      collections read refs only after markers, so the version protects
+                      what it names from then on;
+6. ``save:done``      the session is closed.
 
 A crash before 5 leaves the branch where it was (the partial objects, pieces and
 snapshot are garbage); after 5 the commit is complete.
@@ -26,13 +32,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 import swarmstore.checkpoint._json as _json
 import swarmstore.checkpoint._trace as trace
 from swarmstore import _clock
 from swarmstore.checkpoint._diff import changed_text, clashes, diff_trees
+from swarmstore.checkpoint._docs import put_doc
 from swarmstore.checkpoint._lease import Lease, LeaseTerms
 from swarmstore.checkpoint._manifest import INFLIGHT, check_step, is_metadata_key
 from swarmstore.checkpoint._objects import existing
@@ -260,12 +266,11 @@ class Session:
     ) -> tuple[Snapshot, bool]:
         """Pieces, then the snapshot; returns it and whether the marker is still ours."""
         merged = await merge(self.tree, changes, self.store.dropped)
-        proto = default_buffer_prototype()
         sem = asyncio.Semaphore(self.repo.limit)
 
         async def put(key: str, data: bytes) -> None:
             async with sem:
-                await self.repo.store.set(key, proto.buffer.from_bytes(data))
+                await put_doc(self.repo.store, key, data)
 
         snap = Snapshot(
             new_id(),
@@ -277,13 +282,13 @@ class Session:
             merged.nodes,
             message,
         )
-        body = proto.buffer.from_bytes(snap.to_bytes())
+        body = snap.to_bytes()
         #: bytes of manifest pieces and snapshot the (last) commit attempt wrote
         self.manifest_bytes = len(body) + sum(len(d) for _, d in merged.new)
         # pieces and snapshot together: neither is named by a ref until the branch moves
         pieces = asyncio.gather(*(put(piece_key(r.hash), d) for r, d in merged.new))
         _, _, held = await asyncio.gather(
-            pieces, self.repo.control.set(snapshot_key(snap.id), body), self._marker.held()
+            pieces, put_doc(self.repo.control, snapshot_key(snap.id), body), self._marker.held()
         )
         trace.point("save:pieces")
         trace.point("save:snapshot")

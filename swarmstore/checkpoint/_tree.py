@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from zarr.abc.store import _store_supports_sync_io
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._caps import get_whole, whole_request
+from swarmstore.checkpoint._caps import whole_request
+from swarmstore.checkpoint._docs import get_doc
 from swarmstore.checkpoint._manifest import Entry, content_hash, is_metadata_key
 from swarmstore.checkpoint._piece import Item, Piece, PieceRef, split
 from swarmstore.checkpoint._snapshot import Snapshot, piece_key
@@ -91,7 +92,7 @@ class Loader:
         piece = self.cached(ref.hash) or self._unsaved(ref)
         if piece is not None:
             return piece
-        buf = await get_whole(self.store, piece_key(ref.hash))
+        buf = await get_doc(self.store, piece_key(ref.hash))
         return self._decode(ref, buf)
 
     def load_sync(self, ref: PieceRef) -> Piece:

@@ -11,6 +11,25 @@ from swarmstore.storage import ReplicatedStore
 KINDS = ["memory", "local", "s3", "obstore", "replicated", "tiered"]
 
 
+def obstore_store(endpoint, request, prefix: str) -> zarr.abc.store.Store:
+    """zarr's ObjectStore on obstore's S3Store at ``prefix`` of the test bucket, with
+    timeouts a saturated machine's moto server meets (obstore's default connect
+    timeout, 5 s, reads a slow server as down)."""
+    from obstore.store import S3Store
+
+    opts = endpoint.storage_options()
+    s3 = S3Store(
+        request.getfixturevalue("s3_bucket"),
+        prefix=prefix,
+        endpoint=endpoint.url,
+        access_key_id=opts["key"],
+        secret_access_key=opts["secret"],
+        region="us-east-1",
+        client_options={"allow_http": True, "timeout": "120s", "connect_timeout": "60s"},
+    )
+    return zarr.storage.ObjectStore(s3)
+
+
 def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
     if kind == "memory":
         return zarr.storage.MemoryStore()
@@ -19,8 +38,7 @@ def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
     if kind == "s3":
         return request.getfixturevalue("s3_store")
     if kind == "obstore":  # zarr's ObjectStore on obstore's S3Store, on the same moto
-        endpoint = request.getfixturevalue("s3_endpoint")
-        return endpoint.object_store(request.getfixturevalue("s3_bucket"), "root")
+        return obstore_store(request.getfixturevalue("s3_endpoint"), request, "root")
     if kind == "replicated":
         nodes = [f"file://{tmp_path}/node{i}" for i in range(3)]
         return ReplicatedStore(nodes, replicas=2, state_dir=str(tmp_path / "state"))
@@ -31,6 +49,13 @@ def make_store(kind: str, tmp_path, request) -> zarr.abc.store.Store:
             disk=DiskTier(tmp_path / "cache", max_bytes="16MiB"),
         )
     raise ValueError(kind)
+
+
+@pytest.fixture
+def obstore_at(request):
+    """A function: prefix -> zarr ObjectStore on obstore's S3Store in the test bucket."""
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return lambda prefix: obstore_store(endpoint, request, prefix)
 
 
 @pytest.fixture(params=KINDS)

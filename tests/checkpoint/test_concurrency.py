@@ -148,14 +148,14 @@ def test_a_lost_response_over_s3_is_read_back(s3_store, monkeypatch):
     assert CheckpointManager(s3_store).restore()["x"][:].sum() == 64
 
 
-def test_a_lost_response_over_obstore_is_read_back(s3_endpoint, s3_bucket, monkeypatch):
+def test_a_lost_response_over_obstore_is_read_back(obstore_at, monkeypatch):
     """obstore's create (``PutMode.Create``) lands, then the connection drops before the
     answer: the read-back finds this write's id, so it is neither a conflict nor retried."""
     import obstore
 
     from swarmstore.checkpoint import commit_guarantee
 
-    store = s3_endpoint.object_store(s3_bucket, "lossy")
+    store = obstore_at("lossy")
     assert commit_guarantee(store) == "atomic"
     mgr = _start(store)
     real = obstore.put_async

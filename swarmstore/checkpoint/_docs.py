@@ -1,0 +1,71 @@
+"""Small documents (refs, markers, locks, snapshots, pieces): read and written cheaply.
+
+A commit moves a handful of small documents. Over zarr's ``LocalStore`` every async
+method hops to a worker thread for sub-millisecond file work, and on a machine whose
+CPUs are busy each hop costs more than the work (the event loop waits for a thread and
+the GIL). For such a store (:func:`inline_io`) these helpers do the file work on the
+event loop itself, through the store's own sync surface (``get_sync``, ``set_sync``,
+``delete_sync``), as zarr's sync codec pipeline does; every other store is called as
+usual. Chunk objects never go through here: they are read and written concurrently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import TYPE_CHECKING
+
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import LocalStore
+
+from swarmstore.checkpoint._caps import get_whole
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
+    from zarr.core.buffer import Buffer
+
+__all__ = ["create_doc", "delete_doc", "get_doc", "inline_io", "put_doc"]
+
+
+def inline_io(store: Store) -> bool:
+    """Whether small documents of ``store`` are read and written on the event loop."""
+    return isinstance(store, LocalStore)
+
+
+async def get_doc(store: Store, key: str) -> Buffer | None:
+    """The whole document ``key``, or None when absent."""
+    if inline_io(store):
+        return store.get_sync(key, prototype=default_buffer_prototype())  # type: ignore[attr-defined]
+    return await get_whole(store, key)
+
+
+async def put_doc(store: Store, key: str, data: bytes) -> None:
+    """Write ``key`` (whole or nothing: the store's own atomic put)."""
+    buf = default_buffer_prototype().buffer.from_bytes(data)
+    if inline_io(store):
+        store.set_sync(key, buf)  # type: ignore[attr-defined]
+    else:
+        await store.set(key, buf)
+
+
+async def delete_doc(store: Store, key: str) -> None:
+    """Delete ``key`` (absent: nothing to do)."""
+    if inline_io(store):
+        store.delete_sync(key)  # type: ignore[attr-defined]
+    else:
+        await store.delete(key)
+
+
+def create_doc(store: LocalStore, key: str, data: bytes) -> None:
+    """Create ``key`` in a ``LocalStore`` unless it exists (``FileExistsError``): a
+    temporary file, then ``os.link``, which fails if the name exists, as zarr's own
+    exclusive write does, but with the answer kept."""
+    store._check_writable()
+    path = store.root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
