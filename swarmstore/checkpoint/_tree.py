@@ -305,6 +305,15 @@ async def _merge_node(
         for suffix, e in edits.items():
             i = max(bisect.bisect_right(firsts, suffix) - 1, 0)
             touched.setdefault(i, {})[suffix] = e
+    held = [i for i in touched if i < len(refs)]
+    pieces = await asyncio.gather(*(base.loader.load(refs[i]) for i in held))
+    patched = list(refs)
+    for i, piece in zip(held, pieces, strict=True):
+        ref = _patch(base, piece, touched[i], new)
+        if ref is not None:  # changed entries of keys it holds: patched in place
+            patched[i] = ref
+            del touched[i]
+    refs = tuple(patched)
     out: list[PieceRef] = []
     i = 0
     while i < max(len(refs), 1):
@@ -322,6 +331,25 @@ async def _merge_node(
         out.extend(await _rewrite(base, run, patch, new))
         i = run_end + 1
     return tuple(out)
+
+
+def _patch(
+    base: Tree, piece: Piece, edits: dict[str, Entry | None], new: list[tuple[PieceRef, bytes]]
+) -> PieceRef | None:
+    """``piece`` with ``edits`` applied in place, when they only change entries of keys
+    it holds (no insert, no delete): no re-sort, no re-split; else None."""
+    if any(e is None or isinstance(e, str) for e in edits.values()):
+        return None
+    piece = piece.patched(
+        {k: (bytes.fromhex(e[0]), e[1]) for k, e in edits.items()}  # type: ignore[index]
+    )
+    if piece is None:
+        return None
+    data = piece.encode()
+    out = piece.ref(data)
+    base.loader.keep(out.hash, piece)
+    new.append((out, data))
+    return out
 
 
 async def _rewrite(
