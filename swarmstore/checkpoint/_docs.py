@@ -5,8 +5,9 @@ method hops to a worker thread for sub-millisecond file work, and on a machine w
 CPUs are busy each hop costs more than the work (the event loop waits for a thread and
 the GIL). For such a store (:func:`inline_io`) these helpers do the file work on the
 event loop itself, through the store's own sync surface (``get_sync``, ``set_sync``,
-``delete_sync``), as zarr's sync codec pipeline does; every other store is called as
-usual. Chunk objects never go through here: they are read and written concurrently.
+``delete_sync``), as zarr's sync codec pipeline does, and list the small folders
+(``refs/``, ``snapshots/``) the way ``LocalStore.list_prefix`` does; every other store
+is called as usual. Chunk objects never go through here: they are read and written concurrently.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from zarr.abc.store import Store
     from zarr.core.buffer import Buffer
 
-__all__ = ["create_doc", "delete_doc", "get_doc", "inline_io", "put_doc"]
+__all__ = ["create_doc", "delete_doc", "get_doc", "inline_io", "list_keys", "put_doc"]
 
 
 def inline_io(store: Store) -> bool:
@@ -54,6 +55,22 @@ async def delete_doc(store: Store, key: str) -> None:
         store.delete_sync(key)  # type: ignore[attr-defined]
     else:
         await store.delete(key)
+
+
+async def list_keys(store: Store, prefix: str) -> list[str]:
+    """``store.list_prefix(prefix)`` as a list (a ``LocalStore``: walked on the loop, as
+    it lists: every file under the directory ``prefix`` names)."""
+    if not inline_io(store):
+        return [k async for k in store.list_prefix(prefix)]
+    return _walk(str(store.root), prefix.rstrip("/"))  # type: ignore[attr-defined]
+
+
+def _walk(root: str, prefix: str) -> list[str]:
+    out = []
+    for folder, _, files in os.walk(os.path.join(root, prefix)):
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        out.extend(f"{rel}/{name}" if rel != "." else name for name in files)
+    return out
 
 
 def create_doc(store: LocalStore, key: str, data: bytes) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from swarmstore import _clock
 from swarmstore.checkpoint._commit import put_if_absent
-from swarmstore.checkpoint._docs import delete_doc, get_doc
+from swarmstore.checkpoint._docs import delete_doc, get_doc, list_keys
 from swarmstore.checkpoint._snapshot import (
     REFS,
     Ref,
@@ -65,7 +65,7 @@ class Refs:
 
     async def versions(self, branch: str) -> list[int]:
         """The versions of ``branch`` present now, oldest first."""
-        keys = [k async for k in self.store.list_prefix(branch_prefix(branch))]
+        keys = await list_keys(self.store, branch_prefix(branch))
         return sorted(v for k in keys if (v := version_of(k, branch)) is not None)
 
     async def history(self, branch: str) -> list[Ref]:
@@ -131,7 +131,7 @@ class Refs:
 
     async def _listed(self) -> list[str]:
         # the whole refs/ prefix: LocalStore lists by directory, not by name prefix
-        return [k[len(REFS) :] async for k in self.store.list_prefix(REFS)]
+        return [k[len(REFS) :] for k in await list_keys(self.store, REFS)]
 
     async def branches(self) -> list[str]:
         """Names of every branch with at least one version."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from swarmstore.checkpoint._caps import control_store, forget_listings
-from swarmstore.checkpoint._docs import get_doc
+from swarmstore.checkpoint._docs import get_doc, list_keys
 from swarmstore.checkpoint._manifest import (
     MANIFESTS,
     Manifest,
@@ -51,7 +51,7 @@ class Commit:
 
 
 async def _keys(store: Store, prefix: str) -> list[str]:
-    return [k async for k in store.list_prefix(prefix)]
+    return await list_keys(store, prefix)
 
 
 class Repo:
