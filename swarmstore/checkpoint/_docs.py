@@ -7,7 +7,9 @@ the GIL). For such a store (:func:`inline_io`) these helpers do the file work on
 event loop itself, through the store's own sync surface (``get_sync``, ``set_sync``,
 ``delete_sync``), as zarr's sync codec pipeline does, and list the small folders
 (``refs/``, ``snapshots/``) the way ``LocalStore.list_prefix`` does; every other store
-is called as usual. Chunk objects never go through here: they are read and written concurrently.
+is called as usual. Chunk objects go through here only when small (:func:`small_inline`:
+at most :data:`INLINE_BYTES`); larger ones are read and written on worker threads,
+concurrently.
 """
 
 from __future__ import annotations
@@ -25,12 +27,30 @@ if TYPE_CHECKING:
     from zarr.abc.store import Store
     from zarr.core.buffer import Buffer
 
-__all__ = ["create_doc", "delete_doc", "get_doc", "inline_io", "list_keys", "put_doc"]
+__all__ = [
+    "INLINE_BYTES",
+    "create_doc",
+    "delete_doc",
+    "get_doc",
+    "inline_io",
+    "list_keys",
+    "put_doc",
+    "small_inline",
+]
+
+#: Chunk objects up to this size of an :func:`inline_io` store are read and written on
+#: the event loop (a 64 KiB local file write is cheaper than the thread hop before it).
+INLINE_BYTES = 64 << 10
 
 
 def inline_io(store: Store) -> bool:
     """Whether small documents of ``store`` are read and written on the event loop."""
     return isinstance(store, LocalStore)
+
+
+def small_inline(store: Store, nbytes: int) -> bool:
+    """Whether an object of ``nbytes`` in ``store`` is read and written on the event loop."""
+    return nbytes <= INLINE_BYTES and inline_io(store)
 
 
 async def get_doc(store: Store, key: str) -> Buffer | None:

@@ -19,6 +19,7 @@ from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteReques
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore.checkpoint._caps import forget_listings, whole_request
+from swarmstore.checkpoint._docs import small_inline
 from swarmstore.checkpoint._manifest import content_hash, object_key
 from swarmstore.errors import CheckpointNotFoundError, ChecksumMismatch
 
@@ -82,9 +83,17 @@ class ObjectReader:
         return value
 
     async def read(
-        self, digest: str, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
+        self,
+        digest: str,
+        key: str,
+        prototype: BufferPrototype,
+        byte_range: ByteRequest | None,
+        size: int | None = None,
     ) -> Buffer:
-        """The object ``digest`` (holding ``key``), cut to ``byte_range``, checked."""
+        """The object ``digest`` (holding ``key``, ``size`` bytes when known), cut to
+        ``byte_range``, checked."""
+        if byte_range is None and size is not None and small_inline(self.backing, size):
+            return self.read_sync(digest, key, prototype, None)  # a small local file
         if byte_range is not None and self.verify:
             data = await self._whole(digest, key)
             return prototype.buffer.from_bytes(slice_bytes(data, byte_range))

@@ -198,7 +198,7 @@ class ManifestStore(Store):
         if isinstance(entry, str) or entry[1] == 0:
             text = entry.encode() if isinstance(entry, str) else b""
             return prototype.buffer.from_bytes(slice_bytes(text, byte_range))
-        return await self.reader.read(entry[0], key, prototype, byte_range)
+        return await self.reader.read(entry[0], key, prototype, byte_range, entry[1])
 
     def get_sync(
         self,
