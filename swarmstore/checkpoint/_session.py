@@ -356,21 +356,24 @@ async def open_session(
     """A session on ``branch``'s tip (for a full save, over a damaged tip: on the newest
     snapshot that reads, since a full save only reuses its base's objects).
 
-    The marker is written while the base is read: nothing is stored before both are done.
+    The marker is written while the branch is listed and the base is read: nothing is
+    stored before all three are done.
     """
     await repo.fresh()
-    history = await repo.history(branch)
-    seen = repo.refs_seen.get(branch)
-    tip = seen[-1] if seen else None  # the newest readable version, from that listing
     marker = _marker(repo, branch, terms)
-    based, wrote = await asyncio.gather(
-        _base(repo, history, tip, full), marker.write(), return_exceptions=True
-    )
-    for outcome in (wrote, based):
+
+    async def history_and_base() -> tuple[list[Commit], Ref | None, Snapshot | None, set[str]]:
+        history = await repo.history(branch)
+        seen = repo.refs_seen.get(branch)
+        tip = seen[-1] if seen else None  # the newest readable version, from that listing
+        return (history, tip, *await _base(repo, history, tip, full))
+
+    found, wrote = await asyncio.gather(history_and_base(), marker.write(), return_exceptions=True)
+    for outcome in (wrote, found):
         if isinstance(outcome, BaseException):
             await marker.release()
             raise outcome
-    base, known = based  # type: ignore[misc]
+    history, tip, base, known = found  # type: ignore[misc]
     session = Session(
         repo,
         branch,
