@@ -16,6 +16,10 @@ Cases: a local directory and S3 (moto in its own process), at 256 large chunks (
 32 x 32 uint8, 1 KiB each, 103 MB; above Icechunk's 512-byte inline threshold, so both
 sides store every chunk as an object). ``--quick`` runs the 100k case on the local
 directory only. Goals: every time <= 1.0x Icechunk's, bytes <= 1.1x.
+
+On S3 swarmstore runs twice, against the same Icechunk runs: over zarr's ``ObjectStore``
+on obstore's ``S3Store`` (a Rust client, as Icechunk's is) and over zarr's
+``FsspecStore`` (s3fs, a Python client); both have the goals.
 """
 
 from __future__ import annotations
@@ -85,8 +89,13 @@ class Side:
 
     name = ""
 
-    def __init__(self, where: Callable[[str], Any], size: Callable[[str], int]):
+    def __init__(
+        self, where: Callable[[str], Any], size: Callable[[str], int], name: str = "", via: str = ""
+    ) -> None:
         self.where, self.size = where, size
+        self.name = name or self.name
+        #: the client, where the rows name it ("obstore", "s3fs")
+        self.via = via
 
     def full(self, tag: str, case: Case, x: np.ndarray) -> None: ...
     def incremental(self, tag: str, case: Case, picks: list[tuple[int, int]]) -> None: ...
@@ -96,8 +105,10 @@ class Side:
 class Swarm(Side):
     name = "swarmstore"
 
-    def __init__(self, where: Callable[[str], Any], size: Callable[[str], int]):
-        super().__init__(where, size)
+    def __init__(
+        self, where: Callable[[str], Any], size: Callable[[str], int], name: str = "", via: str = ""
+    ) -> None:
+        super().__init__(where, size, name, via)
         self._mgrs: dict[str, CheckpointManager] = {}
 
     def _mgr(self, tag: str) -> CheckpointManager:
@@ -124,7 +135,7 @@ class Swarm(Side):
 class Ice(Side):
     name = "icechunk"
 
-    def __init__(self, storage: Callable[[str], Any], size: Callable[[str], int]):
+    def __init__(self, storage: Callable[[str], Any], size: Callable[[str], int]) -> None:
         super().__init__(storage, size)
         self._repos: dict[str, Any] = {}
 
@@ -180,14 +191,20 @@ def run_case(where: str, case: Case, sides: list[Side], repeat: int) -> None:
         for side in sides if i % 2 == 0 else sides[::-1]:  # alternate who goes first
             runs[side.name].append(run_one(side, case, x, picks))
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items()}
-    ours, peer = med["swarmstore"], med["icechunk"]
-    label = f"{where}, {case.name}"
-    mb = x.nbytes / 1e6
+    peer = med.pop("icechunk")
+    for side in sides:
+        if side.name in med:
+            label = f"{where}{f' ({side.via})' if side.via else ''}, {case.name}"
+            emit_rows(label, med[side.name], peer, x.nbytes / 1e6, len(picks))
+
+
+def emit_rows(label: str, ours: dict, peer: dict, mb: float, changed: int) -> None:
+    """The four rows of one case, each with its goal."""
     emit(Line("checkpoint", f"full commit, {label}", ours["full"], peer["full"], "icechunk",
               "s", "lower", 1.0))  # fmt: skip
     emit(Line("checkpoint", f"incremental commit (1% of chunks), {label}", ours["inc"],
               peer["inc"], "icechunk", "s", "lower", 1.0,
-              notes=f"{len(picks)} chunks changed"))  # fmt: skip
+              notes=f"{changed} chunks changed"))  # fmt: skip
     emit(Line("checkpoint", f"incremental commit bytes (1% of chunks), {label}",
               ours["bytes"], peer["bytes"], "icechunk", "B", "lower", 1.1))  # fmt: skip
     emit(Line("checkpoint", f"restore read throughput, {label}", mb / ours["read"],
@@ -244,8 +261,14 @@ def s3_sides(endpoint: Any) -> list[Side]:
         )  # fmt: skip
 
     return [
-        Swarm(lambda name: zarr.storage.FsspecStore(fs, path=f"{bucket}/{name}"), size("swarm")),
+        Swarm(lambda name: endpoint.object_store(bucket, name), size("swarm"), via="obstore"),
         Ice(ice_storage, size("ice")),
+        Swarm(
+            lambda name: zarr.storage.FsspecStore(fs, path=f"{bucket}/s3fs-{name}"),
+            size("s3fs-swarm"),
+            name="swarmstore s3fs",
+            via="s3fs",
+        ),
     ]
 
 

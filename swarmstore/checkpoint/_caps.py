@@ -6,22 +6,39 @@
 - :func:`atomic_create`: whether ``set_if_not_exists`` is an atomic create across
   writers. A store announces it with ``supports_atomic_create = True`` (ReplicatedStore
   does: a quorum of atomic creates). zarr's own stores are known here: ``LocalStore``
-  (``os.link``), ``FsspecStore`` on S3 (``If-None-Match: *``), ``MemoryStore``
-  (in-process only).
+  (``os.link``), ``FsspecStore`` on S3 (``If-None-Match: *``), ``ObjectStore`` on
+  obstore's S3, GCS, Azure and local stores (``PutMode.Create``: a conditional request,
+  or an exclusive create), ``MemoryStore`` (in-process only).
 - :func:`forget_listings`: drop fsspec's cached listings (s3fs answers existence from
   them), so a key another process created since is not reported missing.
+- :func:`whole_request` / :func:`get_whole`: read a whole object in one request. s3fs
+  asks an object's size (a ``HeadObject``) before every unranged read, to split large
+  objects into ranged reads; an open range from byte 0 is one ``GetObject``. Every
+  checkpoint read (objects, pieces, snapshots, refs, markers) goes through these.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
+from zarr.abc.store import OffsetByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore, WrapperStore
 
 if TYPE_CHECKING:
-    from zarr.abc.store import Store
+    from zarr.abc.store import ByteRequest, Store
+    from zarr.core.buffer import Buffer, BufferPrototype
 
-__all__ = ["Guarantee", "atomic_create", "control_store", "forget_listings", "is_s3"]
+__all__ = [
+    "Guarantee",
+    "atomic_create",
+    "control_store",
+    "forget_listings",
+    "get_whole",
+    "is_s3",
+    "obstore_of",
+    "whole_request",
+]
 
 type Guarantee = Literal["atomic", "atomic-in-process", "store-defined"]
 
@@ -54,6 +71,20 @@ def is_s3(store: Store) -> bool:
     return "s3" in (protocol if isinstance(protocol, tuple | list) else (protocol,))
 
 
+#: obstore stores whose ``PutMode.Create`` is exclusive across processes.
+_OBSTORE_ATOMIC = frozenset({"S3Store", "GCSStore", "AzureStore", "LocalStore"})
+
+
+def obstore_of(store: Store) -> tuple[Any, bool] | None:
+    """For zarr's ``ObjectStore``: the obstore store inside, and whether its create is
+    exclusive across processes (True) or only within one (its ``MemoryStore``)."""
+    if not isinstance(store, ObjectStore):
+        return None
+    inner = store.store
+    name = type(inner).__name__
+    return (inner, True) if name in _OBSTORE_ATOMIC else (inner, False)
+
+
 def atomic_create(store: Store) -> Guarantee:
     """How atomic ``set_if_not_exists`` on ``store`` is against a concurrent writer."""
     store = control_store(store)
@@ -61,6 +92,9 @@ def atomic_create(store: Store) -> Guarantee:
         return "atomic"
     if isinstance(store, LocalStore):
         return "atomic"
+    inner = obstore_of(store)
+    if inner is not None:
+        return "atomic" if inner[1] else "atomic-in-process"
     if isinstance(store, MemoryStore) or getattr(store, "atomic_in_process", False):
         return "atomic-in-process"
     return "store-defined"
@@ -81,3 +115,24 @@ def forget_listings(store: Store) -> bool:
         return False
     fs.invalidate_cache()
     return True
+
+
+#: One request for the whole object, without the size probe (see the module docstring).
+_FROM_START = OffsetByteRequest(0)
+
+
+def whole_request(store: Store) -> ByteRequest | None:
+    """The byte request that reads a whole object of ``store`` in one request.
+
+    ``OffsetByteRequest(0)`` on S3 through s3fs, whose unranged read costs a
+    ``HeadObject`` first; None (an ordinary read) on every other store.
+    """
+    return _FROM_START if is_s3(store) else None
+
+
+async def get_whole(
+    store: Store, key: str, prototype: BufferPrototype | None = None
+) -> Buffer | None:
+    """``store.get(key)`` of the whole value, in one request where the store allows it."""
+    proto = prototype or default_buffer_prototype()
+    return await store.get(key, proto, whole_request(store))

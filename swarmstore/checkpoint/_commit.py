@@ -18,10 +18,11 @@ neither reported as a conflict nor retried into a second commit.
 How strong the exclusion is depends on the store (:func:`commit_guarantee`): stores
 that announce ``supports_atomic_create`` (ReplicatedStore: a quorum of atomic creates),
 S3 through s3fs (``PutObject`` with ``If-None-Match: *``; one ``PutObject`` whatever the
-size) and ``LocalStore`` (temporary file, then ``os.link``, which fails if the name
-exists) are atomic; ``MemoryStore`` only within one process; other stores' own
-``set_if_not_exists`` is zarr's check-then-write, "store-defined". A put is
-whole-or-nothing against a crash in every case (temporary file and rename, one PUT).
+size), zarr's ``ObjectStore`` on obstore (``PutMode.Create``) and ``LocalStore``
+(temporary file, then ``os.link``, which fails if the name exists) are atomic;
+``MemoryStore`` only within one process; other stores' own ``set_if_not_exists`` is
+zarr's check-then-write, "store-defined". A put is whole-or-nothing against a crash in
+every case (temporary file and rename, one PUT).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import TYPE_CHECKING
 
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._caps import Guarantee, atomic_create, is_s3
+from swarmstore.checkpoint._caps import Guarantee, atomic_create, is_s3, obstore_of
+from swarmstore.checkpoint._docs import create_doc, get_doc, inline_io
 from swarmstore.errors import is_transport_error
 
 if TYPE_CHECKING:
@@ -49,19 +51,35 @@ def commit_guarantee(store: Store) -> Guarantee:
     return atomic_create(store)
 
 
-async def _create(store: Store, key: str, data: bytes) -> None:
+async def _create(store: Store, key: str, data: bytes) -> bool:
+    """Create ``key``; True when the store's answer alone says this call created it
+    (a conditional request that succeeded), False when only a read-back can tell."""
+    inner = obstore_of(store)
+    if inner is not None:
+        import obstore
+
+        store._check_writable()
+        try:
+            await obstore.put_async(inner[0], key, data, mode="create")
+        except obstore.exceptions.AlreadyExistsError as e:
+            raise FileExistsError(key) from e
+        return inner[1]
+    if inline_io(store):
+        create_doc(store, key, data)  # type: ignore[arg-type]
+        return True
     if is_s3(store):
         store._check_writable()  # type: ignore[attr-defined]
         path = f"{store.path.rstrip('/')}/{key}" if store.path else key  # type: ignore[attr-defined]
         # one PutObject whatever the size (s3fs switches to an unconditional multipart
         # upload past 2 * chunksize)
         await store.fs._pipe_file(path, data, mode="create", chunksize=len(data) + 1)  # type: ignore[attr-defined]
-        return
+        return True
     await store.set_if_not_exists(key, default_buffer_prototype().buffer.from_bytes(data))
+    return False
 
 
 async def _held(store: Store, key: str) -> bytes | None:
-    buf = await store.get(key, default_buffer_prototype())
+    buf = await get_doc(store, key)
     return None if buf is None else buf.to_bytes()
 
 
@@ -73,7 +91,7 @@ async def put_if_absent(store: Store, key: str, data: bytes) -> bool:
     """
     for attempt in range(ATTEMPTS):
         try:
-            await _create(store, key, data)
+            answered = await _create(store, key, data)
         except FileExistsError:
             return await _held(store, key) == data  # maybe our own write, retried below us
         except Exception as e:
@@ -84,7 +102,7 @@ async def put_if_absent(store: Store, key: str, data: bytes) -> bool:
             if held is not None:
                 return held == data
             continue  # nothing landed: create again, same bytes
-        if is_s3(store):
-            return True  # the conditional PutObject succeeded
+        if answered:
+            return True  # the conditional request succeeded
         return await _held(store, key) == data
     raise AssertionError("unreachable")  # pragma: no cover

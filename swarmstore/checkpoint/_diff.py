@@ -9,16 +9,20 @@ reads a few pieces, whatever the array's size.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from swarmstore.checkpoint._manifest import is_metadata_key
 from swarmstore.checkpoint._tree import _join
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from swarmstore.checkpoint._manifest import Entry
     from swarmstore.checkpoint._tree import Tree
 
-__all__ = ["TreeDiff", "diff_trees"]
+__all__ = ["TreeDiff", "changed_text", "clashes", "diff_trees"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,33 @@ async def diff_trees(a: Tree, b: Tree) -> TreeDiff:
         removed={k: e for k, e in left.items() if k not in right},
         changed={k: (left[k], right[k]) for k in left.keys() & right.keys() if left[k] != right[k]},
     )
+
+
+def _array_nodes(meta: Mapping[str, Any]) -> set[str]:
+    """Nodes whose array definition (``zarr.json`` of an array, ``.zarray``) is in ``meta``."""
+    nodes = set()
+    for key, text in meta.items():
+        name = key.rsplit("/", 1)[-1]
+        node = key.rsplit("/", 1)[0] if "/" in key else ""
+        if name == ".zarray" or (name == "zarr.json" and '"array"' in str(text)):
+            nodes.add(node)
+    return nodes
+
+
+def clashes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
+    """Keys both sides changed, and keys one side changed in an array the other redefined."""
+    found = set(ours) & set(theirs)
+    for a, b in ((ours, theirs), (theirs, ours)):
+        for node in _array_nodes({k: v for k, v in b.items() if is_metadata_key(k)}):
+            start = f"{node}/" if node else ""
+            found.update(k for k in a if k.startswith(start))
+    return sorted(found)
+
+
+def changed_text(diff: TreeDiff, key: str) -> Any:
+    """What ``diff`` holds for ``key``, as one comparable value (text for metadata)."""
+    for side in (diff.added, diff.removed):
+        if key in side:
+            return side[key]
+    a, b = diff.changed[key]
+    return json.dumps([a, b]) if not isinstance(a, str) else a + b

@@ -24,10 +24,9 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zarr.core.buffer import default_buffer_prototype
-
 import swarmstore.checkpoint._json as _json
 from swarmstore import _clock
+from swarmstore.checkpoint._docs import delete_doc, get_doc, put_doc
 from swarmstore.errors import ManifestError
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ def is_dead(doc: dict[str, Any] | None, lease: float, now: float) -> bool:
 
 async def read_doc(store: Store, key: str) -> dict[str, Any] | None:
     """A small JSON object from the store; None when absent or not a valid JSON object."""
-    buf = await store.get(key, default_buffer_prototype())
+    buf = await get_doc(store, key)
     if buf is None:
         return None
     try:
@@ -97,8 +96,7 @@ class Lease:
 
     async def write(self) -> None:
         """Write the document (unconditionally) and start renewing it."""
-        buf = default_buffer_prototype().buffer.from_bytes(self._body())
-        await self.store.set(self.key, buf)
+        await put_doc(self.store, self.key, self._body())
         self._start()
 
     async def acquire(self) -> bool:
@@ -114,7 +112,7 @@ class Lease:
             if held is not None and not is_dead(held, self.terms.lease, _clock.wall()):
                 return False
             logger.warning("Breaking the abandoned lease %s: %s", self.key, held)
-            await self.store.delete(self.key)
+            await delete_doc(self.store, self.key)
         return False
 
     async def held(self) -> bool:
@@ -134,8 +132,7 @@ class Lease:
                     logger.warning("Lease %s was taken over; renewals stop", self.key)
                     return
                 self._doc["beat"] += 1
-                buf = default_buffer_prototype().buffer.from_bytes(self._body())
-                await self.store.set(self.key, buf)
+                await put_doc(self.store, self.key, self._body())
             except Exception:
                 logger.warning("Could not renew the lease %s", self.key, exc_info=True)
 
@@ -153,4 +150,4 @@ class Lease:
                 await self._task
             self._task = None
         if not self._exclusive or await self.held():  # a lock may be someone else's by now
-            await self.store.delete(self.key)
+            await delete_doc(self.store, self.key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from swarmstore.checkpoint._docs import small_inline
 from swarmstore.checkpoint._manifest import OBJECTS, content_hash, is_metadata_key, object_key
 
 if TYPE_CHECKING:
@@ -84,7 +85,10 @@ class ObjectWriter:
         digest, size, fresh = self._plan(value)
         if fresh:
             try:
-                await self.store.set(object_key(digest), value)
+                if small_inline(self.store, size):
+                    self.store.set_sync(object_key(digest), value)  # type: ignore[attr-defined]
+                else:
+                    await self.store.set(object_key(digest), value)
             except BaseException:
                 self._written.discard(digest)
                 raise

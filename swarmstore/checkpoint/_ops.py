@@ -20,7 +20,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from swarmstore import _clock
-from swarmstore.checkpoint._caps import control_store, forget_listings
+from swarmstore.checkpoint._caps import control_store, forget_listings, get_whole
 from swarmstore.checkpoint._diff import diff_trees
 from swarmstore.checkpoint._info import ArchiveReport, CheckpointDiff, RestoreReport, VerifyReport
 from swarmstore.checkpoint._lease import Lease
@@ -147,9 +147,9 @@ async def _check_objects(
 
     async def check(digest: str) -> None:
         async with sem:
-            buf = await store.get(object_key(digest), default_buffer_prototype())
+            buf = await get_whole(store, object_key(digest))
             if buf is None and forget_listings(store):
-                buf = await store.get(object_key(digest), default_buffer_prototype())
+                buf = await get_whole(store, object_key(digest))
             if buf is None:
                 missing.append(digest)
             elif content_hash(buf.as_buffer_like()) != digest:
@@ -332,14 +332,14 @@ async def _archive(
         if await to.exists(key):
             skipped.append(digest)
             return
-        buf = await mgr.store.get(key, proto)
+        buf = await get_whole(mgr.store, key, proto)
         if buf is None:
             raise CheckpointNotFoundError(f"{key} of step {snap.step} is missing")
         if content_hash(buf.as_buffer_like()) != digest:
             raise ChecksumMismatch(f"{key} of step {snap.step} fails its check")
         await to.set(key, buf)
         if verify_written:
-            back = await to.get(key, proto)
+            back = await get_whole(to, key, proto)
             if back is None or content_hash(back.as_buffer_like()) != digest:
                 raise ChecksumMismatch(f"{key} reads back wrong from {to!r}")
         copied.append(len(buf))
@@ -367,7 +367,13 @@ async def _archive_tree(mgr: CheckpointManager, snap: Snapshot, to: Store, contr
     for refs in tree.nodes.values():
         for ref in refs:
             held = tree.loader.unsaved.get(ref.hash)
-            data = held[1] if held else (await mgr.store.get(piece_key(ref.hash), proto)).to_bytes()
+            if held:
+                data = held[1]
+            else:
+                buf = await get_whole(mgr.store, piece_key(ref.hash), proto)
+                if buf is None:
+                    raise CheckpointNotFoundError(f"piece {ref.hash} of step {snap.step} missing")
+                data = buf.to_bytes()
             await to.set(piece_key(ref.hash), proto.buffer.from_bytes(data))
     await control.set(snapshot_key(snap.id), proto.buffer.from_bytes(snap.to_bytes()))
     refs = Refs(control, mgr.concurrency)

@@ -40,7 +40,7 @@ import swarmstore.checkpoint._json as _json
 from swarmstore.errors import ManifestError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 __all__ = ["MAX", "MIN", "TARGET", "Piece", "PieceRef", "split"]
 
@@ -69,10 +69,31 @@ class PieceRef:
 class Piece:
     """One sorted run of chunk references (immutable once built)."""
 
-    __slots__ = ("digests", "keys", "sizes")
+    __slots__ = ("_zkeys", "digests", "keys", "sizes")
 
-    def __init__(self, keys: list[str], digests: bytes, sizes: np.ndarray) -> None:
+    def __init__(
+        self, keys: list[str], digests: bytes, sizes: np.ndarray, zkeys: bytes | None = None
+    ) -> None:
         self.keys, self.digests, self.sizes = keys, digests, sizes
+        #: the compressed keys, once encoded (shared by pieces patched from this one)
+        self._zkeys = zkeys
+
+    def patched(self, edits: Mapping[str, tuple[bytes, int]]) -> Piece | None:
+        """This piece with the entries of keys it holds replaced (same keys, so the same
+        content-defined boundaries); None when an edit names a key it does not hold."""
+        digests, sizes = bytearray(self.digests), self.sizes.copy()
+        for key, (digest, size) in edits.items():
+            i = bisect.bisect_left(self.keys, key)
+            if i == len(self.keys) or self.keys[i] != key:
+                return None
+            digests[16 * i : 16 * i + 16] = digest
+            sizes[i] = size
+        return Piece(self.keys, bytes(digests), sizes, self._compressed_keys())
+
+    def _compressed_keys(self) -> bytes:
+        if self._zkeys is None:
+            self._zkeys = zlib.compress("\n".join(self.keys).encode(), 6)
+        return self._zkeys
 
     @classmethod
     def of(cls, items: Sequence[Item]) -> Piece:
@@ -105,7 +126,7 @@ class Piece:
 
     def encode(self) -> bytes:
         """The piece's bytes (deterministic: equal pieces have equal bytes and hash)."""
-        keys = zlib.compress("\n".join(self.keys).encode(), 6)
+        keys = self._compressed_keys()
         sizes = zlib.compress(self.sizes.astype("<u8").tobytes(), 6)
         header = _json.dumps({"count": len(self.keys), "keys": len(keys), "sizes": len(sizes)})
         return b"".join((MAGIC, struct.pack("<I", len(header)), header, keys, self.digests, sizes))
@@ -144,7 +165,7 @@ class Piece:
         raw = _inflate(data[body + klen + 16 * n :], 8 * n, where)
         if len(raw) != 8 * n:
             raise ManifestError(f"{where} has {len(raw) // 8} sizes for {n} keys")
-        return cls(keys, bytes(digests), np.frombuffer(raw, dtype="<u8"))
+        return cls(keys, bytes(digests), np.frombuffer(raw, dtype="<u8"), data[body : body + klen])
 
 
 def _inflate(data: bytes, limit: int, where: str) -> bytes:
@@ -158,8 +179,22 @@ def _inflate(data: bytes, limit: int, where: str) -> bytes:
     return out
 
 
+#: Substrings without which no key of a blob can be unsafe (a fast test before _UNSAFE).
+_SUSPECT = (b"/.", b"\n.", b"//", b"\n\n", b"\n/", b"/\n", b"\\", b"\x00")
+
+
+def _maybe_unsafe(blob: bytes) -> bool:
+    """False when no key in ``blob`` can match :data:`_UNSAFE` (each test is a C scan)."""
+    return (
+        not blob
+        or blob[:1] in (b"/", b".", b"\n")
+        or blob[-1:] in (b"/", b"\n")
+        or any(s in blob for s in _SUSPECT)
+    )
+
+
 def _keys(blob: bytes, n: int, where: str) -> list[str]:
-    if _UNSAFE.search(blob):
+    if _maybe_unsafe(blob) and _UNSAFE.search(blob):
         raise ManifestError(f"{where} names an unsafe key (empty, '.', '..', '\\\\' or NUL)")
     try:
         keys = blob.decode().split("\n")

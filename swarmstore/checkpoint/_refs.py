@@ -16,10 +16,9 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from zarr.core.buffer import default_buffer_prototype
-
 from swarmstore import _clock
 from swarmstore.checkpoint._commit import put_if_absent
+from swarmstore.checkpoint._docs import delete_doc, get_doc, list_keys
 from swarmstore.checkpoint._snapshot import (
     REFS,
     Ref,
@@ -57,7 +56,7 @@ class Refs:
     async def _read(self, key: str, kind: str) -> Ref | None:
         if key in self._cache:
             return self._cache[key]
-        buf = await self.store.get(key, default_buffer_prototype())
+        buf = await get_doc(self.store, key)
         if buf is None:
             return None
         ref = Ref.from_bytes(buf.to_bytes(), kind, where=key)
@@ -66,7 +65,7 @@ class Refs:
 
     async def versions(self, branch: str) -> list[int]:
         """The versions of ``branch`` present now, oldest first."""
-        keys = [k async for k in self.store.list_prefix(branch_prefix(branch))]
+        keys = await list_keys(self.store, branch_prefix(branch))
         return sorted(v for k in keys if (v := version_of(k, branch)) is not None)
 
     async def history(self, branch: str) -> list[Ref]:
@@ -98,26 +97,41 @@ class Refs:
 
     async def advance(self, branch: str, expected: Ref | None, snapshot: Snapshot) -> Ref | None:
         """Move ``branch`` from ``expected`` to ``snapshot``; None if someone moved it first."""
+        ref = await self.create_next(branch, expected, snapshot)
+        return ref if ref is not None and await self.confirm(ref) else None
+
+    async def create_next(
+        self, branch: str, expected: Ref | None, snapshot: Snapshot
+    ) -> Ref | None:
+        """Create the version after ``expected`` naming ``snapshot``; None if it exists.
+
+        Not a commit until :meth:`confirm` says the version is not a ghost.
+        """
         version = expected.version + 1 if expected else 0
         ref = Ref(
             "branch", branch, version, snapshot.id, snapshot.step, snapshot.parent, _clock.wall()
         )
-        key = ref_key(branch, version)
-        if not await put_if_absent(self.store, key, ref.to_bytes()):
+        if not await put_if_absent(self.store, ref_key(branch, version), ref.to_bytes()):
             return None
+        return ref
+
+    async def confirm(self, ref: Ref) -> bool:
+        """Whether the version ``ref`` created is on the branch: no later version exists
+        that was not built on it (else it is a ghost, and is withdrawn)."""
+        branch, version, key = ref.name, ref.version, ref_key(ref.name, ref.version)
         later = [v for v in await self.versions(branch) if v > version]
         if later:
             successor = await self._read(ref_key(branch, later[0]), "branch")
-            if later[0] != version + 1 or successor is None or successor.parent != snapshot.id:
+            if later[0] != version + 1 or successor is None or successor.parent != ref.snapshot:
                 logger.warning("Withdrawing %s: the branch moved past it meanwhile", key)
-                await self.store.delete(key)
-                return None
+                await delete_doc(self.store, key)
+                return False
         self._cache[key] = ref
-        return ref
+        return True
 
     async def _listed(self) -> list[str]:
         # the whole refs/ prefix: LocalStore lists by directory, not by name prefix
-        return [k[len(REFS) :] async for k in self.store.list_prefix(REFS)]
+        return [k[len(REFS) :] for k in await list_keys(self.store, REFS)]
 
     async def branches(self) -> list[str]:
         """Names of every branch with at least one version."""

@@ -15,9 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zarr.core.buffer import default_buffer_prototype
-
 from swarmstore.checkpoint._caps import control_store, forget_listings
+from swarmstore.checkpoint._docs import get_doc, list_keys
 from swarmstore.checkpoint._manifest import (
     MANIFESTS,
     Manifest,
@@ -52,7 +51,7 @@ class Commit:
 
 
 async def _keys(store: Store, prefix: str) -> list[str]:
-    return [k async for k in store.list_prefix(prefix)]
+    return await list_keys(store, prefix)
 
 
 class Repo:
@@ -83,9 +82,9 @@ class Repo:
         return steps
 
     async def legacy(self, step: int) -> Manifest:
-        buf = await self.control.get(manifest_key(step), default_buffer_prototype())
+        buf = await get_doc(self.control, manifest_key(step))
         if buf is None and forget_listings(self.control):
-            buf = await self.control.get(manifest_key(step), default_buffer_prototype())
+            buf = await get_doc(self.control, manifest_key(step))
         if buf is None:
             raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.store!r}")
         m = Manifest.from_bytes(buf.to_bytes(), where=f"manifest of step {step}")
@@ -134,14 +133,18 @@ class Repo:
             m = self._legacy[sid]
             tree = Tree.from_entries(m.entries, self.loader)
             return Snapshot(m.id, None, m.step, m.created, m.metadata, tree.inline, tree.nodes)
-        buf = await self.store.get(snapshot_key(sid), default_buffer_prototype())
+        buf = await get_doc(self.store, snapshot_key(sid))
         if buf is None:
             raise CheckpointNotFoundError(f"no snapshot {sid} in {self.store!r}")
         snap = Snapshot.from_bytes(buf.to_bytes(), where=f"snapshot {sid}")
-        self._snapshots[sid] = snap
+        self.remember(snap)
+        return snap
+
+    def remember(self, snap: Snapshot) -> None:
+        """Cache a snapshot this process just committed (snapshots never change)."""
+        self._snapshots[snap.id] = snap
         while len(self._snapshots) > 1024:
             self._snapshots.popitem(last=False)
-        return snap
 
     def tree(self, snap: Snapshot | None) -> Tree:
         return Tree.empty(self.loader) if snap is None else Tree.of(snap, self.loader)

@@ -5,16 +5,22 @@ or xarray (``to_zarr(region=...)``) write into it, and only the chunks they writ
 encoded, hashed and stored. ``commit`` then runs the protocol, each step a point the
 crash tests kill at (``_trace``):
 
-1. ``save:marker``    the session's ``inflight/`` marker is written (at the start) and
-                      renewed while it lives, so collections spare its objects;
+1. ``save:marker``    the session's ``inflight/`` marker is written (at the start,
+                      while the base snapshot is read) and renewed while it lives, so
+                      collections spare its objects;
 2. ``save:written``   the objects are in (written by zarr, or by Dask workers);
-3. ``save:pieces``    the manifest pieces the changes fall into are rewritten;
-4. ``save:snapshot``  the snapshot document is written under a fresh id;
+3. ``save:pieces``    the manifest pieces the changes fall into are rewritten, and,
+4. ``save:snapshot``  in the same round trip, the snapshot document under a fresh id
+                      (nothing names either until 5) and the check that the marker is
+                      still this session's;
 5. ``save:committed`` the branch moves: one conditional create of its next version.
                       If another writer moved it first, and the two changed disjoint
                       chunks, the session rebases onto the new tip and goes back to 3;
-                      otherwise :class:`CheckpointConflictError`;
-6. ``save:done``      the marker is removed.
+                      otherwise :class:`CheckpointConflictError`. The marker is removed
+                      while the new version is checked for a ghost (``Refs.confirm``):
+                      collections read refs only after markers, so the version protects
+                      what it names from then on;
+6. ``save:done``      the session is closed.
 
 A crash before 5 leaves the branch where it was (the partial objects, pieces and
 snapshot are garbage); after 5 the commit is complete.
@@ -23,20 +29,20 @@ snapshot are garbage); after 5 the commit is complete.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 import swarmstore.checkpoint._json as _json
 import swarmstore.checkpoint._trace as trace
 from swarmstore import _clock
-from swarmstore.checkpoint._diff import diff_trees
+from swarmstore.checkpoint._diff import changed_text, clashes, diff_trees
+from swarmstore.checkpoint._docs import put_doc
 from swarmstore.checkpoint._lease import Lease, LeaseTerms
 from swarmstore.checkpoint._manifest import INFLIGHT, check_step, is_metadata_key
 from swarmstore.checkpoint._objects import existing
+from swarmstore.checkpoint._refs import KEEP_VERSIONS
 from swarmstore.checkpoint._snapshot import Snapshot, new_id, piece_key, snapshot_key
 from swarmstore.checkpoint._store import ManifestStore
 from swarmstore.checkpoint._tree import merge
@@ -61,27 +67,6 @@ logger = logging.getLogger(__name__)
 ATTEMPTS = 8
 
 
-def _array_nodes(meta: Mapping[str, Any]) -> set[str]:
-    """Nodes whose array definition (``zarr.json`` of an array, ``.zarray``) is in ``meta``."""
-    nodes = set()
-    for key, text in meta.items():
-        name = key.rsplit("/", 1)[-1]
-        node = key.rsplit("/", 1)[0] if "/" in key else ""
-        if name == ".zarray" or (name == "zarr.json" and '"array"' in str(text)):
-            nodes.add(node)
-    return nodes
-
-
-def clashes(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
-    """Keys both sides changed, and keys one side changed in an array the other redefined."""
-    found = set(ours) & set(theirs)
-    for a, b in ((ours, theirs), (theirs, ours)):
-        for node in _array_nodes({k: v for k, v in b.items() if is_metadata_key(k)}):
-            start = f"{node}/" if node else ""
-            found.update(k for k in a if k.startswith(start))
-    return sorted(found)
-
-
 class Session:
     """A writable view of one branch (see the module docstring); commit it once.
 
@@ -102,6 +87,7 @@ class Session:
         terms: LeaseTerms,
         known: Collection[str] = (),
         full: bool = False,
+        marker: Lease | None = None,
     ) -> None:
         self.repo, self.branch, self.full = repo, branch, full
         self._tip, self.base, self._history = tip, base, history
@@ -116,7 +102,8 @@ class Session:
         self.manifest_bytes = 0
         self._done = False
         #: written (and renewed) by ``open_session`` before anything else
-        self._marker = Lease(repo.control, f"{INFLIGHT}{new_id()}.json", {"branch": branch}, terms)
+        self._marker = marker or _marker(repo, branch, terms)
+        self._released = False
 
     @property
     def parent(self) -> Snapshot | None:
@@ -182,7 +169,8 @@ class Session:
         """Give up the session (its writes become garbage); idempotent."""
         if not self._done:
             self._done = True
-            sync(self._marker.release())
+            if not self._released:
+                sync(self._marker.release())
             trace.point("save:done")
 
     def __del__(self) -> None:
@@ -245,28 +233,45 @@ class Session:
                     f"the {self._marker.terms.lease:g} s lease and may have lost objects; "
                     "nothing was committed: save again"
                 )
-            if await self.repo.refs.advance(self.branch, self._tip, snap) is not None:
-                trace.point("save:committed")
-                return snap
+            ref = await self.repo.refs.create_next(self.branch, self._tip, snap)
+            if ref is not None:
+                return await self._confirm(ref, snap)
             await self._rebase(changes, rebase, step)
         raise CheckpointConflictError(
             f"branch {self.branch!r} kept moving: {ATTEMPTS} commits in a row lost the race"
         )
+
+    async def _confirm(self, ref: Ref, snap: Snapshot) -> Snapshot:
+        """Check the created version is no ghost while the marker goes (it is not needed
+        once the version exists: collections read refs after markers)."""
+        confirmed, released = await asyncio.gather(
+            self.repo.refs.confirm(ref), self._marker.release(), return_exceptions=True
+        )
+        self._released = True
+        if isinstance(released, Exception):  # the marker dies within a lease anyway
+            logger.warning("Could not remove the marker %s: %s", self._marker.key, released)
+        if isinstance(confirmed, BaseException):
+            raise confirmed
+        if not confirmed:
+            raise CheckpointConflictError(
+                f"branch {self.branch!r} moved more than {KEEP_VERSIONS} versions past this "
+                "session's base while it wrote: nothing was committed; save again"
+            )
+        self.repo.remember(snap)
+        trace.point("save:committed")
+        return snap
 
     async def _write(
         self, changes: dict[str, Entry | None], step: int, metadata: dict[str, Any], message: str
     ) -> tuple[Snapshot, bool]:
         """Pieces, then the snapshot; returns it and whether the marker is still ours."""
         merged = await merge(self.tree, changes, self.store.dropped)
-        proto = default_buffer_prototype()
         sem = asyncio.Semaphore(self.repo.limit)
 
         async def put(key: str, data: bytes) -> None:
             async with sem:
-                await self.repo.store.set(key, proto.buffer.from_bytes(data))
+                await put_doc(self.repo.store, key, data)
 
-        await asyncio.gather(*(put(piece_key(r.hash), d) for r, d in merged.new))
-        trace.point("save:pieces")
         snap = Snapshot(
             new_id(),
             self.base.id if self.base else None,
@@ -277,12 +282,15 @@ class Session:
             merged.nodes,
             message,
         )
-        body = proto.buffer.from_bytes(snap.to_bytes())
+        body = snap.to_bytes()
         #: bytes of manifest pieces and snapshot the (last) commit attempt wrote
         self.manifest_bytes = len(body) + sum(len(d) for _, d in merged.new)
-        _, held = await asyncio.gather(
-            self.repo.control.set(snapshot_key(snap.id), body), self._marker.held()
+        # pieces and snapshot together: neither is named by a ref until the branch moves
+        pieces = asyncio.gather(*(put(piece_key(r.hash), d) for r, d in merged.new))
+        _, _, held = await asyncio.gather(
+            pieces, put_doc(self.repo.control, snapshot_key(snap.id), body), self._marker.held()
         )
+        trace.point("save:pieces")
         trace.point("save:snapshot")
         return snap, held
 
@@ -295,7 +303,7 @@ class Session:
         new_base = await self.repo.snapshot(tip.snapshot) if tip else None
         theirs = await diff_trees(self.tree, self.repo.tree(new_base))
         ours = dict.fromkeys(self._claimed, None) | changes if self.full else changes
-        clash = clashes(ours, {k: _text(theirs, k) for k in theirs.keys})
+        clash = clashes(ours, {k: changed_text(theirs, k) for k in theirs.keys})
         taken = step is not None and any(c.step == step for c in history)
         if clash or taken or not rebase:
             error = CheckpointConflictError(
@@ -321,15 +329,14 @@ async def _readable(repo: Repo, history: list[Commit]) -> Snapshot | None:
     return None
 
 
-async def open_session(
-    repo: Repo, branch: str, *, full: bool, verify: bool, terms: LeaseTerms
-) -> Session:
-    """A session on ``branch``'s tip (for a full save, over a damaged tip: on the newest
-    snapshot that reads, since a full save only reuses its base's objects)."""
-    await repo.fresh()
-    history = await repo.history(branch)
-    seen = repo.refs_seen.get(branch)
-    tip = seen[-1] if seen else None  # the newest readable version, from that listing
+def _marker(repo: Repo, branch: str, terms: LeaseTerms) -> Lease:
+    return Lease(repo.control, f"{INFLIGHT}{new_id()}.json", {"branch": branch}, terms)
+
+
+async def _base(
+    repo: Repo, history: list[Commit], tip: Ref | None, full: bool
+) -> tuple[Snapshot | None, set[str]]:
+    """The snapshot a session builds on, and (full saves) which of its objects are there."""
     try:
         base = await repo.snapshot(tip.snapshot) if tip else await _readable(repo, history)
     except (ManifestError, CheckpointNotFoundError):
@@ -340,17 +347,44 @@ async def open_session(
     if full and base is not None:
         # reuse only the base's objects that are really there: a lost one is rewritten
         known = await existing(repo.control, await repo.tree(base).hashes(), repo.limit)
+    return base, known
+
+
+async def open_session(
+    repo: Repo, branch: str, *, full: bool, verify: bool, terms: LeaseTerms
+) -> Session:
+    """A session on ``branch``'s tip (for a full save, over a damaged tip: on the newest
+    snapshot that reads, since a full save only reuses its base's objects).
+
+    The marker is written while the branch is listed and the base is read: nothing is
+    stored before all three are done.
+    """
+    await repo.fresh()
+    marker = _marker(repo, branch, terms)
+
+    async def history_and_base() -> tuple[list[Commit], Ref | None, Snapshot | None, set[str]]:
+        history = await repo.history(branch)
+        seen = repo.refs_seen.get(branch)
+        tip = seen[-1] if seen else None  # the newest readable version, from that listing
+        return (history, tip, *await _base(repo, history, tip, full))
+
+    found, wrote = await asyncio.gather(history_and_base(), marker.write(), return_exceptions=True)
+    for outcome in (wrote, found):
+        if isinstance(outcome, BaseException):
+            await marker.release()
+            raise outcome
+    history, tip, base, known = found  # type: ignore[misc]
     session = Session(
-        repo, branch, tip, base, history, verify=verify, terms=terms, known=known, full=full
+        repo,
+        branch,
+        tip,
+        base,
+        history,
+        verify=verify,
+        terms=terms,
+        known=known,
+        full=full,
+        marker=marker,
     )
-    await session._marker.write()
     trace.point("save:marker")
     return session
-
-
-def _text(diff: Any, key: str) -> Any:
-    for side in (diff.added, diff.removed):
-        if key in side:
-            return side[key]
-    a, b = diff.changed[key]
-    return json.dumps([a, b]) if not isinstance(a, str) else a + b

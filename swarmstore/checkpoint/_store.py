@@ -3,55 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
-from zarr.abc.store import (
-    ByteRequest,
-    OffsetByteRequest,
-    RangeByteRequest,
-    Store,
-    SuffixByteRequest,
-    _store_supports_sync_io,
-)
+from zarr.abc.store import Store, _store_supports_sync_io
 from zarr.core.buffer import default_buffer_prototype
 
-from swarmstore.checkpoint._caps import forget_listings
 from swarmstore.checkpoint._listing import keys_under
-from swarmstore.checkpoint._manifest import Entry, check_key, content_hash, object_key
+from swarmstore.checkpoint._manifest import Entry, check_key
 from swarmstore.checkpoint._objects import ObjectWriter, meta_text
+from swarmstore.checkpoint._reads import BYTE_REQUESTS, ObjectReader, slice_bytes
 from swarmstore.checkpoint._tree import Loader, Tree
-from swarmstore.errors import CheckpointNotFoundError, ChecksumMismatch
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 
+    from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
 __all__ = ["ManifestStore"]
-
-_BYTE_REQUESTS = (RangeByteRequest, OffsetByteRequest, SuffixByteRequest)
-#: Bytes of whole, verified objects kept for the ranged reads that follow (shards).
-VERIFIED_BYTES = 64 << 20
-
-
-def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
-    if byte_range is None:
-        return data
-    if isinstance(byte_range, RangeByteRequest):
-        return data[byte_range.start : byte_range.end]
-    if isinstance(byte_range, OffsetByteRequest):
-        return data[byte_range.offset :]
-    if isinstance(byte_range, SuffixByteRequest):
-        return data[max(0, len(data) - byte_range.suffix) :]
-    raise TypeError(f"Unexpected byte_range, got {byte_range}.")
-
-
-def _missing(digest: str, key: str, backing: Store) -> CheckpointNotFoundError:
-    return CheckpointNotFoundError(
-        f"object {digest} holding {key!r} is missing from {backing!r}: the checkpoint is "
-        "damaged (restore another step, or repair the store)"
-    )
 
 
 class ManifestStore(Store):
@@ -118,18 +87,21 @@ class ManifestStore(Store):
         changes: dict[str, Entry | None] | None = None,
     ) -> None:
         super().__init__(read_only=read_only)
-        self.backing, self.verify = backing, verify
+        self.backing = backing
+        self.reader = ObjectReader(backing, verify)
         if base is None:
             base = Tree.from_entries(entries or {}, Loader(backing))
         self.base = base
         self.writer = ObjectWriter(backing, known)
         self._changes: dict[str, Entry | None] = {} if changes is None else changes
         self._dropped: set[str] = set()
-        self._verified: OrderedDict[str, bytes] = OrderedDict()
-        self._verified_bytes = 0
-        self._fetching: dict[str, asyncio.Future[bytes]] = {}
 
     # -- what the session changed --------------------------------------------------------
+
+    @property
+    def verify(self) -> bool:
+        """Whether every object read is checked against its xxh3-128."""
+        return self.reader.verify
 
     @property
     def changes(self) -> dict[str, Entry | None]:
@@ -217,7 +189,7 @@ class ManifestStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         # docstring inherited
-        if byte_range is not None and not isinstance(byte_range, _BYTE_REQUESTS):
+        if byte_range is not None and not isinstance(byte_range, BYTE_REQUESTS):
             raise TypeError(f"Unexpected byte_range, got {byte_range}.")
         prototype = prototype or default_buffer_prototype()
         entry = await self._entry(key)
@@ -225,57 +197,8 @@ class ManifestStore(Store):
             return None
         if isinstance(entry, str) or entry[1] == 0:
             text = entry.encode() if isinstance(entry, str) else b""
-            return prototype.buffer.from_bytes(_slice(text, byte_range))
-        digest = entry[0]
-        if byte_range is not None and self.verify:
-            return prototype.buffer.from_bytes(_slice(await self._whole(digest, key), byte_range))
-        value = await self.backing.get(object_key(digest), prototype, byte_range)
-        if value is None and forget_listings(self.backing):
-            value = await self.backing.get(object_key(digest), prototype, byte_range)
-        if value is None:
-            raise _missing(digest, key, self.backing)
-        if byte_range is None and self.verify:
-            self._check(value.as_buffer_like(), digest, key)
-        return value
-
-    def _check(self, data: Any, digest: str, key: str) -> None:
-        if content_hash(data) != digest:
-            raise ChecksumMismatch(
-                f"object {digest} holding {key!r} in {self.backing!r} fails its xxh3 check"
-            )
-
-    async def _whole(self, digest: str, key: str) -> bytes:
-        """The whole object, verified, fetched once for concurrent ranged reads of it."""
-        if digest in self._verified:
-            self._verified.move_to_end(digest)
-            return self._verified[digest]
-        if digest in self._fetching:
-            return await asyncio.shield(self._fetching[digest])
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._fetching[digest] = future
-        try:
-            buf = await self.backing.get(object_key(digest), default_buffer_prototype())
-            if buf is None and forget_listings(self.backing):
-                buf = await self.backing.get(object_key(digest), default_buffer_prototype())
-            if buf is None:
-                raise _missing(digest, key, self.backing)
-            data = buf.to_bytes()
-            self._check(data, digest, key)
-            self._remember(digest, data)
-            future.set_result(data)
-            return data
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # retrieved: concurrent readers re-raise it themselves
-            raise
-        finally:
-            del self._fetching[digest]
-
-    def _remember(self, digest: str, data: bytes) -> None:
-        self._verified[digest] = data
-        self._verified_bytes += len(data)
-        while self._verified_bytes > VERIFIED_BYTES and len(self._verified) > 1:
-            self._verified_bytes -= len(self._verified.popitem(last=False)[1])
+            return prototype.buffer.from_bytes(slice_bytes(text, byte_range))
+        return await self.reader.read(entry[0], key, prototype, byte_range, entry[1])
 
     def get_sync(
         self,
@@ -285,25 +208,16 @@ class ManifestStore(Store):
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
         # docstring inherited
+        if byte_range is not None and not isinstance(byte_range, BYTE_REQUESTS):
+            raise TypeError(f"Unexpected byte_range, got {byte_range}.")
         prototype = prototype or default_buffer_prototype()
         entry = self._entry_sync(key)
         if entry is None:
             return None
         if isinstance(entry, str) or entry[1] == 0:
             text = entry.encode() if isinstance(entry, str) else b""
-            return prototype.buffer.from_bytes(_slice(text, byte_range))
-        digest = entry[0]
-        whole = byte_range is not None and self.verify
-        value = self.backing.get_sync(  # type: ignore[attr-defined]
-            object_key(digest), prototype=prototype, byte_range=None if whole else byte_range
-        )
-        if value is None:
-            raise _missing(digest, key, self.backing)
-        if self.verify:
-            self._check(value.as_buffer_like(), digest, key)
-        if whole:
-            return prototype.buffer.from_bytes(_slice(value.to_bytes(), byte_range))
-        return value
+            return prototype.buffer.from_bytes(slice_bytes(text, byte_range))
+        return self.reader.read_sync(entry[0], key, prototype, byte_range)
 
     async def get_partial_values(
         self,
@@ -399,8 +313,3 @@ class ManifestStore(Store):
                 if child not in seen:
                     seen.add(child)
                     yield child
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_verified"], state["_fetching"], state["_verified_bytes"] = OrderedDict(), {}, 0
-        return state

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from zarr.abc.store import _store_supports_sync_io
 from zarr.core.buffer import default_buffer_prototype
 
+from swarmstore.checkpoint._caps import whole_request
+from swarmstore.checkpoint._docs import get_doc
 from swarmstore.checkpoint._manifest import Entry, content_hash, is_metadata_key
 from swarmstore.checkpoint._piece import Item, Piece, PieceRef, split
 from swarmstore.checkpoint._snapshot import Snapshot, piece_key
@@ -90,14 +92,18 @@ class Loader:
         piece = self.cached(ref.hash) or self._unsaved(ref)
         if piece is not None:
             return piece
-        buf = await self.store.get(piece_key(ref.hash), default_buffer_prototype())
+        buf = await get_doc(self.store, piece_key(ref.hash))
         return self._decode(ref, buf)
 
     def load_sync(self, ref: PieceRef) -> Piece:
         piece = self.cached(ref.hash) or self._unsaved(ref)
         if piece is not None:
             return piece
-        buf = self.store.get_sync(piece_key(ref.hash), prototype=default_buffer_prototype())
+        buf = self.store.get_sync(  # type: ignore[attr-defined]
+            piece_key(ref.hash),
+            prototype=default_buffer_prototype(),
+            byte_range=whole_request(self.store),
+        )
         return self._decode(ref, buf)
 
     def _unsaved(self, ref: PieceRef) -> Piece | None:
@@ -229,7 +235,9 @@ class Tree:
         pieces = await asyncio.gather(
             *(self.loader.load(r) for rs in self.nodes.values() for r in rs)
         )
-        return {h for piece in pieces for h in piece.hashes()}
+        # raw 16-byte digests deduplicated first: only distinct ones are turned into text
+        blob = b"".join(p.digests for p in pieces)
+        return {d.hex() for d in {blob[i : i + 16] for i in range(0, len(blob), 16)}}
 
 
 def _meta_nodes(inline: Iterable[str]) -> set[str]:
@@ -297,6 +305,15 @@ async def _merge_node(
         for suffix, e in edits.items():
             i = max(bisect.bisect_right(firsts, suffix) - 1, 0)
             touched.setdefault(i, {})[suffix] = e
+    held = [i for i in touched if i < len(refs)]
+    pieces = await asyncio.gather(*(base.loader.load(refs[i]) for i in held))
+    patched = list(refs)
+    for i, piece in zip(held, pieces, strict=True):
+        ref = _patch(base, piece, touched[i], new)
+        if ref is not None:  # changed entries of keys it holds: patched in place
+            patched[i] = ref
+            del touched[i]
+    refs = tuple(patched)
     out: list[PieceRef] = []
     i = 0
     while i < max(len(refs), 1):
@@ -314,6 +331,25 @@ async def _merge_node(
         out.extend(await _rewrite(base, run, patch, new))
         i = run_end + 1
     return tuple(out)
+
+
+def _patch(
+    base: Tree, piece: Piece, edits: dict[str, Entry | None], new: list[tuple[PieceRef, bytes]]
+) -> PieceRef | None:
+    """``piece`` with ``edits`` applied in place, when they only change entries of keys
+    it holds (no insert, no delete): no re-sort, no re-split; else None."""
+    if any(e is None or isinstance(e, str) for e in edits.values()):
+        return None
+    piece = piece.patched(
+        {k: (bytes.fromhex(e[0]), e[1]) for k, e in edits.items()}  # type: ignore[index]
+    )
+    if piece is None:
+        return None
+    data = piece.encode()
+    out = piece.ref(data)
+    base.loader.keep(out.hash, piece)
+    new.append((out, data))
+    return out
 
 
 async def _rewrite(

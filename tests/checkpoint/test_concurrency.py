@@ -148,6 +148,36 @@ def test_a_lost_response_over_s3_is_read_back(s3_store, monkeypatch):
     assert CheckpointManager(s3_store).restore()["x"][:].sum() == 64
 
 
+def test_a_lost_response_over_obstore_is_read_back(obstore_at, monkeypatch):
+    """obstore's create (``PutMode.Create``) lands, then the connection drops before the
+    answer: the read-back finds this write's id, so it is neither a conflict nor retried."""
+    import obstore
+
+    from swarmstore.checkpoint import commit_guarantee
+
+    store = obstore_at("lossy")
+    assert commit_guarantee(store) == "atomic"
+    mgr = _start(store)
+    real = obstore.put_async
+    lost = {"n": 0, "creates": 0}
+
+    async def put_then_drop(target, path, data, **kwargs):
+        result = await real(target, path, data, **kwargs)
+        if kwargs.get("mode") == "create":
+            lost["creates"] += 1
+            if path.startswith("refs/") and not lost["n"]:
+                lost["n"] += 1
+                raise ConnectionResetError("connection reset by peer (the response was lost)")
+        return result
+
+    monkeypatch.setattr(obstore, "put_async", put_then_drop)
+    info = mgr.save({"x": np.ones((8, 8))}, encoding=ENC)
+    assert lost["n"] == 1 and info.step == 1 and len(_versions(store)) == 2
+    assert lost["creates"] == 1  # read back, not created again
+    monkeypatch.undo()
+    assert CheckpointManager(store).restore()["x"][:].sum() == 64
+
+
 def test_many_dask_tasks_write_forks_and_the_session_commits_once(tmp_path):
     import dask
 

@@ -138,12 +138,16 @@ def test_two_writers_racing_for_one_step_exactly_one_commits(racing_store):
             outcomes.append(mgr.save({"who": np.full(2, i)}, step=0).id)
         except CheckpointExistsError:
             outcomes.append(None)
+        except Exception as e:  # anything else is a failure, reported as itself
+            outcomes.append(e)
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(300)
+    assert not [t for t in threads if t.is_alive()], "a saving thread is still running"
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
     winners = [o for o in outcomes if o]
     assert len(outcomes) == 4 and len(winners) == 1
     assert CheckpointManager(store).latest().id == winners[0]
@@ -319,7 +323,7 @@ def test_concurrent_saves_from_two_managers_never_collide(tmp_path):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(300)
     mgr = CheckpointManager(store)
     assert mgr.steps() == list(range(10))
     for info in mgr.list():
