@@ -69,7 +69,7 @@ def run[T](coro: Coroutine[Any, Any, T], *, timeout: float | None = None, grace:
     # below (even inside the scheduling call) still finds something to cancel.
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
-        io_loop().call_soon_threadsafe(_start, tracked(), future, finished)
+        io_loop().call_soon_threadsafe(_start, tracked(), future, finished, coro)
         return _wait(future, timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()
@@ -100,12 +100,19 @@ def _wait[T](future: concurrent.futures.Future[T], timeout: float | None) -> T:
 
 
 def _start[T](
-    coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T], finished: threading.Event
+    coro: Coroutine[Any, Any, T],
+    future: concurrent.futures.Future[T],
+    finished: threading.Event,
+    inner: Coroutine[Any, Any, T] | None = None,
 ) -> None:
     """On the I/O loop: run ``coro`` as a task whose outcome lands in ``future``; a cancel
-    of ``future`` (from the waiting thread) cancels the task."""
-    if future.cancelled():  # cancelled before the loop got here: nothing ran
+    of ``future`` (from the waiting thread) cancels the task. Cancelled before the loop got
+    here, nothing runs: ``coro`` and the ``inner`` one it wraps are closed unstarted (no
+    "never awaited" warning)."""
+    if future.cancelled():
         coro.close()
+        if inner is not None:
+            inner.close()
         finished.set()
         return
     loop = asyncio.get_running_loop()

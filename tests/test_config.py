@@ -25,7 +25,7 @@ def _schema_leaves(node, prefix=""):
 
 
 def test_defaults_and_schema_agree_key_for_key():
-    defaults = yaml.safe_load(open(config._DEFAULTS_FILE))
+    defaults = yaml.safe_load(config._DEFAULTS_FILE.read_text())
     assert set(_leaves(defaults)) == set(_schema_leaves(config.schema()))
     config.validate(defaults)
 

@@ -26,6 +26,7 @@ from swarmstore.dataset import (
     to_dask,
 )
 from swarmstore.errors import ConfigError
+from swarmstore.testing.fixtures import close_http
 
 
 def make(path: pathlib.Path, **kwargs: Any) -> np.ndarray:
@@ -59,6 +60,8 @@ def test_open_array_over_s3(s3_endpoint: Any, s3_bucket: str) -> None:
     got = swarmstore.open_array(f"s3://{s3_bucket}/arr", storage_options=opts)
     assert isinstance(got.store, TieredStore)
     np.testing.assert_array_equal(got[:], np.arange(10))
+    close_http(z.store.fs)
+    close_http(got.store.backing.fs)
 
 
 def test_open_array_over_replicated_nodes(tmp_path: pathlib.Path) -> None:

@@ -100,6 +100,9 @@ def _s3(ns: dict[str, Any], ctx: Any) -> Any:
         endpoint.make_bucket("bucket")
     ns["opts"] = endpoint.storage_options()
     yield
+    from swarmstore.testing.fixtures import close_cached_s3fs
+
+    close_cached_s3fs()  # the URLs' filesystems: no session is left to the garbage collector
 
 
 @contextlib.contextmanager

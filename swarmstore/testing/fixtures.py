@@ -62,6 +62,16 @@ def close_http(fs: Any) -> None:
     s3fs.S3FileSystem.close_session(None, creator)
 
 
+def close_cached_s3fs() -> None:
+    """Close the HTTP sessions of every s3fs filesystem in fsspec's instance cache (what
+    ``s3://`` URLs opened with default options made), then empty the cache."""
+    import s3fs
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        close_http(fs)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture
 def s3_store(s3_endpoint: S3Endpoint, s3_bucket: str) -> Iterator[Any]:
     """A zarr ``FsspecStore`` on an s3fs filesystem at ``s3://<fresh bucket>/root``."""
