@@ -251,6 +251,9 @@ def check_roots(store: Any) -> None:
     buckets = [n for n in store.nodes if isinstance(n, S3Node)]
     if buckets:
         _sync.run(_check_buckets(buckets))
+    objects = [n for n in store.nodes if type(n).__name__ == "ObstoreNode"]
+    if objects:
+        _sync.run(_check_object_buckets(objects))
 
 
 async def _check_buckets(nodes: list[Any]) -> None:
@@ -272,6 +275,32 @@ async def _check_buckets(nodes: list[Any]) -> None:
             if is_transport_error(e):
                 return  # the command reports it as unreachable
             if isinstance(e, PermissionError) or "403" in str(e) or "AccessDenied" in str(e):
+                raise CLIError(f"node {node.name}: access to bucket {bucket!r} denied") from None
+            raise
+
+    await asyncio.gather(*(one(n) for n in nodes))
+
+
+async def _check_object_buckets(nodes: list[Any]) -> None:
+    """One LIST through each obstore node (``ping``): a 404 is a missing bucket, a 403 a
+    refusal; a node that does not answer is left to the command."""
+    import asyncio
+
+    from swarmstore.errors import NodeRefused, NodeUnavailable
+
+    async def one(node: Any) -> None:
+        bucket = node.name.split("://", 1)[-1].partition("/")[0]
+        try:
+            await node.ping()
+        except NodeUnavailable:
+            return  # the command reports it as unreachable
+        except NodeRefused as e:
+            text = str(e)
+            if "404" in text or "NoSuchBucket" in text:
+                raise CLIError(
+                    f"node {node.name}: bucket {bucket!r} does not exist; create it or fix the URL"
+                ) from None
+            if "403" in text or "AccessDenied" in text:
                 raise CLIError(f"node {node.name}: access to bucket {bucket!r} denied") from None
             raise
 

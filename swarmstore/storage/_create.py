@@ -169,7 +169,7 @@ async def _settled(
 
 async def _states(store: Coordinator, key: str, targets: list[Node]) -> list[State]:
     results = await asyncio.gather(
-        *(store.router.send(n, lambda n: n.state(key), name=_name) for n in targets),
+        *(store.router.send(n, lambda n: n.state(key, tomb=True), name=_name) for n in targets),
         return_exceptions=True,
     )
     store._reraise_bugs(results)

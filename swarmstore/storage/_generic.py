@@ -48,6 +48,7 @@ from swarmstore.storage._node import (
     finishes_delete,
     hidden,
     may_replace,
+    occupied,
     tomb_name,
 )
 
@@ -242,7 +243,7 @@ class StoreNode(Node):
         key = pending.key
         async with self._exclusive(key):
             cur = await self.state(key, tomb=True)
-            if create and cur.size is not None:
+            if create and occupied(cur):
                 return "exists"
             if not force and not may_replace(pending.seen, cur, record.version, heal):
                 return "superseded"

@@ -29,6 +29,7 @@ from swarmstore.storage._node import (
     finishes_delete,
     hidden,
     may_replace,
+    occupied,
     tomb_name,
 )
 
@@ -211,7 +212,7 @@ class Dir:
         key, (create, force, heal) = p.key, how
         try:
             cur = self.state(key, True)
-            if create and cur.size is not None:
+            if create and occupied(cur):
                 return "exists"
             if not force and not may_replace(p.seen, cur, record.version, heal):
                 return "superseded"

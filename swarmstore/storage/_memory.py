@@ -29,6 +29,7 @@ from swarmstore.storage._node import (
     finishes_delete,
     hidden,
     may_replace,
+    occupied,
 )
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class MemoryNode(Node):
     ) -> Outcome:
         key = pending.key
         cur = self.state_now(key, tomb=True)
-        if create and cur.size is not None:
+        if create and occupied(cur):
             return "exists"
         if not force and not may_replace(pending.seen, cur, record.version, heal):
             return "superseded"

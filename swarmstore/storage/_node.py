@@ -192,6 +192,15 @@ def may_replace(seen: State, cur: State, version: Version, heal: bool = False) -
     return seen.version is None or seen.corrupt is not None
 
 
+def occupied(cur: State) -> bool:
+    """Whether a create must answer "exists" on a node in state ``cur`` (read with its
+    tombstone): it holds data no tombstone outranks, or data it cannot read (corrupt: its
+    version is unknown). Data a newer tombstone outranks is a delete left halfway: absent."""
+    if cur.size is None:
+        return False
+    return cur.corrupt is not None or cur.live
+
+
 def finishes_delete(cur: State, tomb: Record) -> bool:
     """Whether ``cur`` is a delete at ``tomb``'s version left halfway: its tombstone is in
     place and older data is still there (a crash between writing the tombstone and

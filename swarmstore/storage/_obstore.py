@@ -42,6 +42,7 @@ from swarmstore.storage._node import (
     finishes_delete,
     hidden,
     may_replace,
+    occupied,
     tomb_name,
 )
 from swarmstore.storage._obstore_io import classify, is_past_end, location, same_place
@@ -197,7 +198,9 @@ class ObstoreNode(Node):
 
     # --- writes --------------------------------------------------------------------------
     async def prepare(self, key: str, data: bytes) -> Pending:
-        return Pending(key, bytes(data), await self.state(key))
+        # with its tombstone: data a newer tombstone outranks (a delete left halfway) must
+        # count as absent, or a write stamped below that tombstone would be lost to it
+        return Pending(key, bytes(data), await self.state(key, tomb=True))
 
     async def commit(
         self,
@@ -209,14 +212,14 @@ class ObstoreNode(Node):
         heal: bool = False,
     ) -> Outcome:
         key, text = pending.key, record.encode(pending.key)
-        if create and pending.seen.size is not None:
+        cur = pending.seen
+        if create and occupied(cur):
             return "exists"
-        if not force and not may_replace(pending.seen, pending.seen, record.version, heal):
+        if not force and not may_replace(pending.seen, cur, record.version, heal):
             return "superseded"  # phase 1 already saw this version or a newer one
         async with exclusive(self.name, key):  # a delete here removes without a condition
-            cur = pending.seen
             for _ in range(4):
-                token = cur.token[0] if cur.size is not None and not create else None
+                token = cur.token[0] if cur.size is not None else None
                 try:
                     await self._put(key, pending.data, text, "overwrite" if force else _mode(token))
                     break

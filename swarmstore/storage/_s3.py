@@ -191,7 +191,9 @@ class S3Node(Node):
 
     # --- writes --------------------------------------------------------------------------
     async def prepare(self, key: str, data: bytes) -> Pending:
-        return Pending(key, bytes(data), await self.state(key))
+        # with its tombstone: data a newer tombstone outranks (a delete left halfway) must
+        # count as absent, or a write stamped below that tombstone would be lost to it
+        return Pending(key, bytes(data), await self.state(key, tomb=True))
 
     async def commit(
         self,

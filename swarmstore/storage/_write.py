@@ -196,7 +196,9 @@ async def delete(store: Coordinator, key: str) -> None:
     def enough(results: dict[Node, Any]) -> bool:
         return sum(_ok(s) and s.corrupt is None for s in results.values()) >= rq
 
-    jobs = {n: store.router.send(n, lambda n: n.state(key), name=_name) for n in targets}
+    # with tombstones: data a newer tombstone outranks (a delete left halfway) must not set
+    # the version, or this delete's tombstone could rank below the one already there
+    jobs = {n: store.router.send(n, lambda n: n.state(key, tomb=True), name=_name) for n in targets}
     seen, _late = await settle(store, jobs, enough)  # a late node is buried below anyway
     states = {n: s for n, s in seen.items() if _ok(s)}
     failures = {n: e for n, e in seen.items() if not _ok(e)}
