@@ -410,3 +410,20 @@ def test_a_delete_crashed_on_every_newest_replica_never_resurrects_an_older_valu
         m.repair(c=1)
     finally:
         m.teardown()
+
+
+def test_a_second_delete_after_one_left_halfway_everywhere_stays_deleted():
+    """Found by the machine: a delete crashed between tombstone and data on every replica;
+    a second delete took its version without the tombstones, so its own could rank below
+    the first (by writer id: about one run in two), was superseded, and the deleted value
+    read back after the delete was acknowledged. Eight fresh machines (fresh writer ids)."""
+    for _ in range(8):
+        m = ReplicatedMachine()
+        try:
+            m.create(c=0, key="k0", value=b"")
+            m.delete_halfway(c=0, half={0, 1, 2}, key="k0")
+            m.delete(c=1, key="k0")
+            m.read(c=0, first=0, foreign=False, key="k0")
+            m.read(c=1, first=1, foreign=True, key="k0")
+        finally:
+            m.teardown()
