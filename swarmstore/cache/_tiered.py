@@ -114,6 +114,10 @@ class TieredStore(ReadPath, WritePath, Store):
     True
     """
 
+    #: a cache of ``backing``: a store that must see every write and every listing (a
+    #: checkpoint's commits and refs) asks for it instead of this one (``backing``)
+    is_cache = True
+
     def __init__(
         self,
         backing: Store,

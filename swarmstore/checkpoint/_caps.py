@@ -44,11 +44,9 @@ type Guarantee = Literal["atomic", "atomic-in-process", "store-defined"]
 
 
 def _is_cache(store: Store) -> bool:
-    if getattr(store, "is_cache", False):
-        return True
-    # TieredStore predates the ``is_cache`` flag: recognised by where it lives, without
-    # importing it (checkpoint never imports cache), until it announces the flag itself.
-    return type(store).__module__.startswith("swarmstore.cache") and hasattr(store, "backing")
+    """A cache in front of another store announces it (``is_cache``, ``backing``), as
+    swarmstore's TieredStore does: never recognised by type or by where it lives."""
+    return bool(getattr(store, "is_cache", False)) and hasattr(store, "backing")
 
 
 def control_store(store: Store) -> Store:
