@@ -4,7 +4,6 @@ its coroutine, writes invalidating, and the fused pipeline end to end."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,47 +16,10 @@ from swarmstore import _sync
 from swarmstore.cache import DiskTier, TieredStore
 from swarmstore.storage import ReplicatedStore
 from swarmstore.testing import Faults, FaultyStore
+from swarmstore.testing.heldloop import HeldLoop, in_thread
 
 BUF = default_buffer_prototype().buffer
 FUSED = "zarr.core.codec_pipeline.FusedCodecPipeline"
-
-
-class _HeldLoop:
-    """Blocks zarr's I/O loop thread until released: any hop to it would wait."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.holding = threading.Event()
-
-    def __enter__(self) -> _HeldLoop:
-        def hold() -> None:
-            self.holding.set()
-            self.release.wait(60)
-
-        _sync.io_loop().call_soon_threadsafe(hold)
-        assert self.holding.wait(30), "the I/O loop never ran the holder"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-
-
-def _in_thread(fn, deadline: float = 30.0):
-    out: dict[str, object] = {}
-
-    def main() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as e:
-            out["error"] = e
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    t.join(deadline)
-    assert not t.is_alive(), "the call waited on the (held) I/O loop"
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out.get("value")
 
 
 def _gets(store: FaultyStore) -> int:
@@ -73,9 +35,9 @@ def test_hits_need_no_event_loop(tmp_path: Path, tier: str) -> None:
     assert store.get_sync("k/0").to_bytes() == b"cached" * 100  # the miss fills the tier
     store.flush()
     before = _gets(backing)
-    with _HeldLoop():
+    with HeldLoop():
         for _ in range(3):
-            got = _in_thread(lambda: store.get_sync("k/0"))
+            got = in_thread(lambda: store.get_sync("k/0"))
             assert got.to_bytes() == b"cached" * 100
     assert _gets(backing) == before  # every one a hit
     assert store.stats()[tier]["hits"] >= 3
@@ -90,11 +52,11 @@ def test_a_miss_over_a_sync_backing_needs_no_event_loop(tmp_path: Path) -> None:
                               state_dir=str(tmp_path / "state"))  # fmt: skip
     backing.set_sync("k/0", BUF.from_bytes(b"replicated"))  # opens it
     store = TieredStore(backing, memory_bytes=2**22, disk=False)
-    with _HeldLoop():
-        got = _in_thread(lambda: store.get_sync("k/0"))  # a miss: the backing's sync path
+    with HeldLoop():
+        got = in_thread(lambda: store.get_sync("k/0"))  # a miss: the backing's sync path
         assert got.to_bytes() == b"replicated"
-        _in_thread(lambda: store.set_sync("k/0", BUF.from_bytes(b"rewritten")))
-        assert _in_thread(lambda: store.get_sync("k/0")).to_bytes() == b"rewritten"
+        in_thread(lambda: store.set_sync("k/0", BUF.from_bytes(b"rewritten")))
+        assert in_thread(lambda: store.get_sync("k/0")).to_bytes() == b"rewritten"
     assert store.stats()["backing"]["reads"] == 2  # the write dropped the cached copy
     _sync.run(backing.aclose())
 

@@ -16,6 +16,7 @@ from zarr.storage import LoggingStore, MemoryStore
 from swarmstore import _sync
 from swarmstore.storage import ReplicatedStore
 from swarmstore.storage._memory import MemoryNode
+from swarmstore.testing.heldloop import HeldLoop, in_thread
 
 BUF = default_buffer_prototype().buffer
 FUSED = "zarr.core.codec_pipeline.FusedCodecPipeline"
@@ -27,45 +28,6 @@ def _poll(cond, what: str, deadline: float = 30.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-class _HeldLoop:
-    """Blocks zarr's I/O loop thread until released: any hop to it would wait."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.holding = threading.Event()
-
-    def __enter__(self) -> _HeldLoop:
-        def hold() -> None:
-            self.holding.set()
-            self.release.wait(60)
-
-        _sync.io_loop().call_soon_threadsafe(hold)
-        assert self.holding.wait(30), "the I/O loop never ran the holder"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-
-
-def _in_thread(fn, deadline: float = 30.0):
-    """Run ``fn`` in a thread; its result, or a failure if it does not finish in time."""
-    out: dict[str, object] = {}
-
-    def main() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as e:
-            out["error"] = e
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    t.join(deadline)
-    assert not t.is_alive(), "the call waited on the (held) I/O loop"
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out.get("value")
 
 
 def _roots(tmp_path: Path, n: int) -> list[Path]:
@@ -99,16 +61,16 @@ def test_sync_io_flag_follows_the_nodes(tmp_path: Path) -> None:
 
 def test_get_set_delete_run_without_the_io_loop(local_store) -> None:
     store, _ = local_store
-    with _HeldLoop():
-        _in_thread(lambda: store.set_sync("a/0", BUF.from_bytes(b"hello")))
-        got = _in_thread(lambda: store.get_sync("a/0"))
+    with HeldLoop():
+        in_thread(lambda: store.set_sync("a/0", BUF.from_bytes(b"hello")))
+        got = in_thread(lambda: store.get_sync("a/0"))
         assert got is not None and got.to_bytes() == b"hello"
         rng = zarr.abc.store.RangeByteRequest(1, 4)
-        part = _in_thread(lambda: store.get_sync("a/0", byte_range=rng))
+        part = in_thread(lambda: store.get_sync("a/0", byte_range=rng))
         assert part.to_bytes() == b"ell"
-        _in_thread(lambda: store.delete_sync("a/0"))
-        assert _in_thread(lambda: store.get_sync("a/0")) is None
-        _in_thread(lambda: store.delete_sync("never/written"))  # absent: a no-op
+        in_thread(lambda: store.delete_sync("a/0"))
+        assert in_thread(lambda: store.get_sync("a/0")) is None
+        in_thread(lambda: store.delete_sync("never/written"))  # absent: a no-op
     assert _sync.run(store.get("a/0", default_buffer_prototype())) is None
 
 
