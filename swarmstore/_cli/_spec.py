@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from swarmstore._cli._exit import BAD_INPUT, CLIError
+from swarmstore._together import together
 
 if TYPE_CHECKING:
     import argparse
@@ -258,7 +259,6 @@ def check_roots(store: Any) -> None:
 
 async def _check_buckets(nodes: list[Any]) -> None:
     """``head_bucket`` through each node's own request path (its sessions, closed with it)."""
-    import asyncio
 
     from swarmstore.errors import is_transport_error
     from swarmstore.storage._s3 import _Absent
@@ -278,13 +278,12 @@ async def _check_buckets(nodes: list[Any]) -> None:
                 raise CLIError(f"node {node.name}: access to bucket {bucket!r} denied") from None
             raise
 
-    await asyncio.gather(*(one(n) for n in nodes))
+    await together(*(one(n) for n in nodes))
 
 
 async def _check_object_buckets(nodes: list[Any]) -> None:
     """One LIST through each obstore node (``ping``): a 404 is a missing bucket, a 403 a
     refusal; a node that does not answer is left to the command."""
-    import asyncio
 
     from swarmstore.errors import NodeRefused, NodeUnavailable
 
@@ -304,7 +303,7 @@ async def _check_object_buckets(nodes: list[Any]) -> None:
                 raise CLIError(f"node {node.name}: access to bucket {bucket!r} denied") from None
             raise
 
-    await asyncio.gather(*(one(n) for n in nodes))
+    await together(*(one(n) for n in nodes))
 
 
 def plain_store(url: str, options: dict[str, Any] | None, *, flag: str, exists: bool) -> Any:

@@ -13,8 +13,9 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from swarmstore._together import together
 from swarmstore.checkpoint._caps import control_store, forget_listings
 from swarmstore.checkpoint._docs import get_doc, list_keys
 from swarmstore.checkpoint._manifest import (
@@ -29,8 +30,6 @@ from swarmstore.checkpoint._tree import Loader, Tree
 from swarmstore.errors import CheckpointNotFoundError, ManifestError
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
     from zarr.abc.store import Store
 
     from swarmstore.checkpoint._snapshot import Ref
@@ -54,18 +53,6 @@ class Commit:
 
 async def _keys(store: Store, prefix: str) -> list[str]:
     return await list_keys(store, prefix)
-
-
-async def _together[A, B](a: Coroutine[Any, Any, A], b: Coroutine[Any, Any, B]) -> tuple[A, B]:
-    """Both results; if one fails, the other is cancelled and awaited before the first
-    error is raised as itself (``asyncio.gather`` would leave it running, to be destroyed
-    pending later, mid-request)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            ta, tb = group.create_task(a), group.create_task(b)
-    except BaseExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    return ta.result(), tb.result()
 
 
 class Repo:
@@ -124,7 +111,7 @@ class Repo:
 
     async def history(self, branch: str) -> list[Commit]:
         """The branch's commits whose snapshots exist, oldest first."""
-        refs, listed = await _together(self.refs.history(branch), _keys(self.control, SNAPSHOTS))
+        refs, listed = await together(self.refs.history(branch), _keys(self.control, SNAPSHOTS))
         self.refs_seen[branch] = refs
         present = {k[len(SNAPSHOTS) : -len(".json")] for k in listed}
         commits = [

@@ -52,7 +52,7 @@ def test_the_drill_restores_every_step_after_killing_r_minus_1_s3_nodes(tmp_path
         report = node_loss_drill(
             store, lose, steps=3, shape=(64, 64), chunk=16, progress=messages.append
         )
-    assert report.intact and report.steps == [0, 1, 2], report
+    assert report.intact and report.steps == [0, 1, 2], (report, messages)
     assert report.verified_objects > 0 and "taking nodes away" in messages
 
 
