@@ -9,10 +9,12 @@
 - for each source in turn: an attempt through the
   :class:`~swarmstore.network._attempt.Runner`, inside a
   :class:`~swarmstore.network._hedge.Race` when it has a hedge delay (the learned p95,
-  within the :class:`~swarmstore.network._hedge.HedgeBudget`) or a deadline (every source
-  but the last; a cut takes a token of a second budget, at the same rate, or the deadline
-  stretches: in a brownout cuts would multiply requests); a failure, a miss or a deadline
-  moves on to the next source.
+  within the :class:`~swarmstore.network._hedge.HedgeBudget`) or a deadline (while an
+  admitted source is left to try; a cut takes a token of a second budget, at the same
+  rate, or the deadline stretches: in a brownout cuts would multiply requests); a
+  failure, a miss or a deadline moves on to the next source;
+- when every source failed after one was cut at its deadline, that source once more,
+  with no deadline: a slow source that could answer never loses the read to the cut.
 
 It knows sources only through the :class:`~swarmstore.network._source.Registry` (records,
 deadlines, hedge delays); the router owns it and exposes its counters.
@@ -63,6 +65,7 @@ class Fetcher:
         self.stretched = 0  #: first attempts whose deadline stretched for want of a cut token
         self.fetches = 0  #: fetches started
         self.failovers = 0  #: attempts made after another source of the same fetch failed
+        self.recuts = 0  #: cut sources asked again, undeadlined, after every other failed
 
     async def fetch[S, T](
         self,
@@ -79,13 +82,17 @@ class Fetcher:
         ordered, entries, admitted, n = plan.sources, plan.entries, plan.admitted, len(plan.sources)
         task = asyncio.current_task()  # None outside a task: no hedge, no deadline
         failures: dict[S, BaseException] = {}
+        cut: tuple[S, Source] | None = None  # the last source cut at its deadline
         i = 0
         while i < n:
             src, e = ordered[i], entries[i]
             i += 1
             if failures:
                 self.failovers += 1
-            deadline = self.registry.deadline(e, limit) if task is not None and i < n else None
+            # a deadline only while an admitted source is left to send the read on to
+            deadline = (
+                self.registry.deadline(e, limit) if task is not None and i < admitted else None
+            )
             delay = None
             if hedging and task is not None and i < admitted:
                 delay = self.registry.hedge_delay(e, entries[i:], limit)
@@ -100,11 +107,29 @@ class Fetcher:
             self.stretched += race.stretched
             if result is not None:
                 return result[0], result[1], failures
+            if race.cut:
+                cut = (src, e)
             if race.fired:
                 hedging = False  # one hedge decision per fetch
             if race.hedge is not None:
                 i += 1  # the hedge's source was tried too, and failed
+        if cut is not None:
+            return await self._retry_cut(job, cut, failures)
         return None, None, failures
+
+    async def _retry_cut[S](
+        self, job: Job, cut: tuple[S, Source], failures: dict[S, BaseException]
+    ) -> tuple[S | None, Any, dict[S, BaseException]]:
+        """Every source failed after one was cut at its deadline: the cut was a bet on
+        the others, and it lost. The cut source is asked again, with no deadline, so a read
+        that one slow (not failed) source could answer is never lost to the cut."""
+        src, e = cut
+        self.recuts += 1
+        won = await self._plain(job, src, e, failures)
+        if won is None:
+            return None, None, failures
+        failures.pop(src, None)
+        return src, won[0], failures
 
     def _start[S](
         self,

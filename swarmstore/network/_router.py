@@ -319,6 +319,7 @@ class TransferRouter:
             "failovers": self.failovers,
             "deadline_misses": sum(f["deadline_misses"] for f in sources.values()),
             "deadlines_stretched": self.fetcher.stretched,
+            "cuts_retried": self.fetcher.recuts,
             "ejections": sum(f["ejections"] for f in sources.values()),
             "probes": self.prober.started if self.prober is not None else 0,
             "concurrency": self.lanes.capacity,

@@ -400,6 +400,43 @@ async def test_the_last_source_has_no_deadline(sources):
     assert r.sources["n0"].deadline_misses == 0
 
 
+async def test_a_cut_source_is_asked_again_when_every_other_source_fails(sources):
+    """Found by the S3 node-loss drill on a saturated machine: two of three nodes just died
+    (their circuits still closed), the survivor was slow, its attempt was cut at its
+    deadline, the dead ones refused, and the read failed although the survivor could
+    answer. The cut was a bet on the others; when it loses, the cut source is asked again
+    with no deadline."""
+    r = router(deadline_floor=0.01, circuit_failures=100)
+    await served(r, sources, 10)  # learned: ~0 ms everywhere
+    best = r.order(sources, name)[0]
+    best.faults.latency = 0.2  # 20x its deadline, but alive
+    for s in sources:
+        if s is not best:
+            s.faults.down = True
+    src, data, failures = await r.fetch(sources, reader("k"), name=name)
+    assert src is best and data == PAYLOAD
+    assert best not in failures and len(failures) == 2  # the two dead ones, reported
+    figs = r.figures()
+    assert figs["cuts_retried"] == 1 and figs["sources"][best.name]["deadline_misses"] == 1
+
+
+async def test_no_deadline_when_only_open_circuits_are_left(sources):
+    """A source whose circuit is open is a last resort, not an alternative: the only
+    admitted source is not cut for it."""
+    r = router(deadline_floor=0.01, circuit_failures=1)
+    await served(r, sources[:2], 10)
+    best, other = r.order(sources[:2], name)
+    other.faults.down = True
+    for _ in range(3):  # eject the other (circuit_failures=1)
+        r2 = await r.fetch([other], reader("k"), name=name)
+        assert r2[0] is None
+    assert r.figures()["sources"][other.name]["circuit"] == "open"
+    best.faults.latency = 0.2
+    src, data, failures = await r.fetch(sources[:2], reader("k"), name=name)
+    assert src is best and data == PAYLOAD and not failures
+    assert r.figures()["sources"][best.name]["deadline_misses"] == 0
+
+
 async def test_a_deadline_never_counts_lane_queueing(sources):
     """The deadline runs from when the request got its slot, not from when it queued."""
     r = router(deadline_floor=0.02, source_concurrency=1)
