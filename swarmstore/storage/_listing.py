@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from swarmstore._together import together
 from swarmstore.errors import QuorumError, ReplicaUnavailable
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ async def keys(store: Coordinator, prefix: str) -> list[str]:
             except ReplicaUnavailable:
                 return True  # cannot prove it gone: list it, a read will say more
 
-    verdicts = await asyncio.gather(*(live(k) for k in doubtful))
+    verdicts = await together(*(live(k) for k in doubtful))
     gone = {k for k, ok in zip(doubtful, verdicts, strict=True) if not ok}
     return sorted(k for k in holders if k not in gone)
 
@@ -95,7 +96,7 @@ async def delete_dir(store: Coordinator, prefix: str) -> None:
                 return e
             return None
 
-    errors = [e for e in await asyncio.gather(*(one(k) for k in sorted(holders))) if e]
+    errors = [e for e in await together(*(one(k) for k in sorted(holders))) if e]
     await asyncio.gather(*(n.prune(lead) for n in store.nodes), return_exceptions=True)
     if errors:
         raise errors[0]
