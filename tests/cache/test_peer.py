@@ -258,3 +258,21 @@ async def test_after_a_scale_up_moved_chunks_are_read_from_their_old_owners(c, s
             assert got == [value(k) for k in KEYS]
             fn = await c.submit(figures, backing, workers=[new.address], pure=False)
             assert fn["reads"] == 0 and fn["peer"]["hits"] == len(KEYS)
+
+
+@gen_cluster(**CLUSTER)
+async def test_reads_from_the_client_are_served_by_the_workers_caches(c, s, a, b, w3):
+    import tempfile
+
+    from swarmstore.cache import MemoryTier, PeerTier, TieredStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backing, ns = await setup(c, pathlib.Path(tmp))
+        await warm(c, s, backing, ns, a, KEYS[:3])
+        await warm(c, s, backing, ns, b, KEYS[3:])
+        peer = PeerTier.of_client(c, interval="50ms")
+        store = TieredStore(backing, tiers=[MemoryTier(2**24), peer], namespace=ns)
+        got = [(await store.get(k, default_buffer_prototype())).to_bytes() for k in KEYS]
+        assert got == [value(k) for k in KEYS]
+        assert store.stats()["backing"]["reads"] == 0
+        assert peer.stats()["hits"] == len(KEYS)
