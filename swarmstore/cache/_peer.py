@@ -153,10 +153,17 @@ class PeerTier:
 
     async def get(self, ns: str, key: str, span: Span) -> Entry | None:
         """The value from a peer, or None (no guess, the remote is faster, or it failed)."""
-        if self.link is None or not await self._directory_ready():
+        if self.link is None:
             return None
+        fut = self._refresh()
+        if self._listed_at is None:
+            await self._wait(fut)  # the first listing
         addr = self._choose(ns, key)
+        if addr is None and fut is not None and not fut.done():
+            await self._wait(fut)  # a listing was due: the key may be in it
+            addr = self._choose(ns, key)
         if addr is None:
+            self.unguessed += 1
             return None
         return await self._ask(addr, ns, key, span)
 
@@ -211,15 +218,13 @@ class PeerTier:
 
     # -- who holds what ------------------------------------------------------------------
 
-    async def _directory_ready(self) -> bool:
-        """Refresh the directory when due; wait only for the first listing."""
-        fut = self._refresh()
-        if fut is not None and self._listed_at is None:
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.timeout)
-            except Exception as e:  # no scheduler answer: no guesses this time
-                logger.debug("No peer directory yet: %r", e)
-        return self._listed_at is not None
+    async def _wait(self, fut: concurrent.futures.Future[None] | None) -> None:
+        if fut is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.timeout)
+        except Exception as e:  # no scheduler answer: the guesses we have
+            logger.debug("Peer directory not refreshed: %r", e)
 
     def _refresh(self) -> concurrent.futures.Future[None] | None:
         assert self.link is not None
@@ -254,7 +259,6 @@ class PeerTier:
             if router.registry.entry(peer_source(a)).circuit.admits(clock)
         ]
         if not guesses:
-            self.unguessed += 1
             return None
         size = router.runner.typical
         remote = remote_source(ns)
