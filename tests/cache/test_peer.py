@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from distributed import Worker, get_worker
+from distributed.security import Security
 from distributed.utils_test import gen_cluster
 from zarr.core.buffer import cpu, default_buffer_prototype
 from zarr.core.sync import sync
@@ -276,3 +277,24 @@ async def test_reads_from_the_client_are_served_by_the_workers_caches(c, s, a, b
         assert got == [value(k) for k in KEYS]
         assert store.stats()["backing"]["reads"] == 0
         assert peer.stats()["hits"] == len(KEYS)
+
+
+@gen_cluster(
+    client=True,
+    scheduler="tls://127.0.0.1",
+    security=Security.temporary(),  # require_encryption: plain TCP is refused
+    nthreads=[("tls://127.0.0.1", 1)] * 2,
+    clean_kwargs={"threads": False},
+    config=CONFIG,
+)
+async def test_peer_reads_follow_the_cluster_s_tls(c, s, a, b):
+    import tempfile
+
+    assert a.address.startswith("tls://")  # plain TCP is refused on this cluster
+    with tempfile.TemporaryDirectory() as tmp:
+        backing, ns = await setup(c, pathlib.Path(tmp))
+        await warm(c, s, backing, ns, a, KEYS)
+        got = await c.submit(read, backing, KEYS, workers=[b.address], pure=False)
+        assert got == [value(k) for k in KEYS]
+        fb = await c.submit(figures, backing, workers=[b.address], pure=False)
+        assert fb["reads"] == 0 and fb["peer"]["hits"] == len(KEYS)
