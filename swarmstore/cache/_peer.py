@@ -240,7 +240,7 @@ class PeerTier:
     async def _list(self) -> None:
         assert self.link is not None
         try:
-            self.directory.update(await self.link.directory())
+            self.directory.update(await self.link.directory(dict(self.directory.digests)))
         except Exception as e:
             logger.debug("Peer directory refresh failed: %r", e)
         self._listed_at = time.monotonic()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import xxhash
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from swarmstore.cache._peersummary import Summary, key_hash
+from swarmstore.cache._peersummary import Summary, key_hash, positions
 from swarmstore.hashing import Member, Rendezvous
 
 if TYPE_CHECKING:
@@ -53,20 +54,30 @@ class PeerDirectory(SchedulerPlugin):
         self.scheduler = scheduler
         scheduler.handlers[LIST] = self.listing
 
-    def listing(self, comm: Any = None) -> list[dict[str, Any]]:
+    def listing(
+        self, comm: Any = None, known: dict[str, int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every worker; its summary only when it differs from the reader's (``known``:
+        address -> digest of the summary the reader holds), so an idle cluster's listings
+        stay small however many workers it has."""
         scheduler = self.scheduler
         assert scheduler is not None
         self.listed += 1
-        metric = "swarmstore-peer-summary"
-        return [
-            {
+        known = known or {}
+        out = []
+        for ws in list(scheduler.workers.values()):
+            raw = (ws.metrics or {}).get("swarmstore-peer-summary")
+            digest = None if raw is None else xxhash.xxh3_64_intdigest(raw)
+            same = digest is not None and known.get(ws.address) == digest
+            out.append({
                 "address": ws.address,
                 "identity": ring_identity(ws.name, ws.address),
                 "nthreads": ws.nthreads,
-                "summary": (ws.metrics or {}).get(metric),
-            }
-            for ws in list(scheduler.workers.values())
-        ]
+                "digest": digest,
+                "summary": None if same else raw,
+                "same": same,
+            })  # fmt: skip
+        return out
 
 
 class Directory:
@@ -88,6 +99,8 @@ class Directory:
         self.ring: Rendezvous | None = None
         self.by_identity: dict[str, str] = {}
         self.summaries: dict[str, Summary | None] = {}
+        #: digest of each summary held, sent back so unchanged ones are not sent again
+        self.digests: dict[str, int] = {}
         self.updates = 0
 
     def __repr__(self) -> str:
@@ -97,14 +110,20 @@ class Directory:
         """Replace the view with a scheduler's ``swarmstore_peer_directory`` answer."""
         by_identity: dict[str, str] = {}
         summaries: dict[str, Summary | None] = {}
+        digests: dict[str, int] = {}
         members = []
         for w in listing:
             addr, ident = str(w["address"]), str(w["identity"])
             by_identity[ident] = addr
             members.append(Member(ident, weight=float(max(int(w.get("nthreads") or 1), 1))))
-            summaries[addr] = _summary(w.get("summary"), addr)
+            if w.get("same") and addr in self.summaries:
+                summaries[addr] = self.summaries[addr]  # unchanged since the last listing
+            else:
+                summaries[addr] = _summary(w.get("summary"), addr)
+            if summaries[addr] is not None and isinstance(w.get("digest"), int):
+                digests[addr] = w["digest"]
         self.ring = Rendezvous(members) if members else None
-        self.by_identity, self.summaries = by_identity, summaries
+        self.by_identity, self.summaries, self.digests = by_identity, summaries, digests
         self.updates += 1
 
     def owner(self, key: str) -> str | None:
@@ -120,12 +139,15 @@ class Directory:
         on a first pass nothing is cached anywhere, and asking the owner regardless would
         cost every read a failed attempt.
         """
-        h = key_hash(ns, key)
-        out = [
-            addr
-            for addr, summary in self.summaries.items()
-            if addr not in exclude and summary is not None and h in summary
-        ]
+        h, pos = key_hash(ns, key), {}
+        out = []
+        for addr, summary in self.summaries.items():
+            if addr in exclude or summary is None:
+                continue
+            if summary.bits not in pos:
+                pos[summary.bits] = positions(h, summary.bits)
+            if summary.has(pos[summary.bits]):
+                out.append(addr)
         owner = self.owner(key) if len(out) > 1 else None
         if owner in out:
             out.remove(owner)

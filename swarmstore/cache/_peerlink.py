@@ -61,9 +61,10 @@ class Link:
         """Ask the peer at ``addr`` for one value (``_peerserve.PeerServer.handle``)."""
         return await self._hop(self._get(addr, msg))  # type: ignore[no-any-return]
 
-    async def directory(self) -> list[dict[str, Any]]:
-        """The scheduler's ``_peerdir.PeerDirectory`` listing."""
-        return await self._hop(getattr(self.scheduler, LIST)())  # type: ignore[no-any-return]
+    async def directory(self, known: dict[str, int]) -> list[dict[str, Any]]:
+        """The scheduler's ``_peerdir.PeerDirectory`` listing (``known``: the digests of
+        the summaries held, which it need not send again)."""
+        return await self._hop(getattr(self.scheduler, LIST)(known=known))  # type: ignore[no-any-return]
 
     async def _get(self, addr: str, msg: dict[str, Any]) -> Any:
         return await getattr(self.rpc(addr), GET)(**msg)

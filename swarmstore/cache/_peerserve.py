@@ -20,6 +20,7 @@ own work: a RAM hit is served on the event loop, a disk hit in a thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -83,12 +84,14 @@ class PeerServer:
         slots = int(config.value("cache.peer-serve-concurrency", concurrency))
         self.max_queue = int(config.value("cache.peer-serve-queue", queue))
         self.summary_bits = int(config.value("cache.peer-summary-bits", summary_bits))
+        self.timeout = float(config.value("cache.peer-timeout"))
         s = default_router().settings
         self.lanes = Lanes(slots, qos_classes(), s.shares, s.yields, s.yield_window)
         self.served = self.served_bytes = self.misses = self.behind = self.busy = 0
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
         self._summary: tuple[float, bytes] | None = None
+        self._hashes: dict[tuple[str, str], int] = {}
 
     def __repr__(self) -> str:
         return f"PeerServer({self.lanes!r}, served={self.served})"
@@ -102,11 +105,9 @@ class PeerServer:
             self.behind += 1
             return {"status": "behind"}
         cls = cls if cls in self.lanes.in_use else self.lanes.classes[-1]
-        if not self.lanes.try_acquire(cls):
-            if self.lanes.queued() >= self.max_queue:
-                self.busy += 1
-                return {"status": "busy"}
-            await self.lanes.acquire(cls)
+        if not await self._slot(cls):
+            self.busy += 1
+            return {"status": "busy"}
         try:
             entry = await self._lookup(ns, key, span_from_wire(span))
         finally:
@@ -125,6 +126,19 @@ class PeerServer:
             "filled_at": entry.filled_at,
             "token": entry.token,
         }
+
+    async def _slot(self, cls: str) -> bool:
+        """A serving slot in class ``cls``: at once, or after a bounded wait in a bounded
+        queue (past ``peer-timeout`` the reader has given up anyway)."""
+        if self.lanes.try_acquire(cls):
+            return True
+        if self.lanes.queued() >= self.max_queue:
+            return False
+        try:
+            await asyncio.wait_for(self.lanes.acquire(cls), self.timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _lookup(self, ns: str, key: str, span: Span) -> Entry | None:
         for tier in self.tiers:
@@ -148,16 +162,26 @@ class PeerServer:
         cached = self._summary
         if cached is not None and now - cached[0] < max_age:
             return cached[1]
-        hashes: set[int] = set()
+        hashes: dict[tuple[str, str], int] = {}
+        known = self._hashes
         for tier in self.tiers:
             keys = getattr(tier, "keys", None)
             if callable(keys):
-                hashes.update(key_hash(ns, k) for ns, k in keys())
+                for k in keys():
+                    hashes[k] = known.get(k) or key_hash(*k)
+        self._hashes = hashes  # the keys held now, their hashes kept for the next build
         with self._lock:
-            hashes.update(self._recent)
-        raw = Summary.of(hashes, self.summary_bits).to_bytes()
+            recent = list(self._recent)
+        raw = Summary.of([*hashes.values(), *recent], self.summary_bits).to_bytes()
         self._summary = (now, raw)
         return raw
+
+    async def heartbeat_summary(self) -> bytes:
+        """:meth:`summary` for a heartbeat: a rebuild runs in a thread, off the event loop."""
+        cached = self._summary
+        if cached is not None and time.monotonic() - cached[0] < 0.25:
+            return cached[1]
+        return await asyncio.to_thread(self.summary)
 
     def stats(self) -> dict[str, int]:
         return {

@@ -20,7 +20,7 @@ import xxhash
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["HASHES", "Summary", "key_hash"]
+__all__ = ["HASHES", "Summary", "key_hash", "positions"]
 
 #: hash functions per key (double hashing from one xxh3-128)
 HASHES = 4
@@ -66,8 +66,11 @@ class Summary:
 
     def __contains__(self, item: tuple[str, str] | int) -> bool:
         h = item if isinstance(item, int) else key_hash(*item)
-        idx = _indices([h], self.bits)
-        return bool(np.all(self.data[idx >> 3] & (1 << (idx & 7)).astype(np.uint8)))
+        return self.has(positions(h, self.bits))
+
+    def has(self, pos: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether every bit at ``pos`` (:func:`positions` for this size) is set."""
+        return bool(np.all(self.data[pos[0]] & pos[1]))
 
     def to_bytes(self) -> bytes:
         return self.data.tobytes()
@@ -78,6 +81,13 @@ class Summary:
         if not isinstance(raw, (bytes, bytearray, memoryview)) or not len(raw):
             raise ValueError(f"not a peer summary: {type(raw).__name__}")
         return cls(np.frombuffer(bytes(raw), dtype=np.uint8), count)
+
+
+def positions(h: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes and bit masks a key of hash ``h`` sets in a summary of ``bits`` bits
+    (computed once per read, then checked against every worker's summary)."""
+    idx = _indices([h], bits)
+    return idx >> 3, (1 << (idx & 7)).astype(np.uint8)
 
 
 def _indices(hashes: list[int], bits: int) -> np.ndarray:

@@ -264,7 +264,7 @@ async def _join_peers(worker: Worker, registry: CacheRegistry) -> None:
 
     server = registry.server = PeerServer(registry.local_tiers, registry.watermarks)
     worker.handlers[GET] = server.handle
-    worker.metrics[METRIC] = lambda w: server.summary()
+    worker.metrics[METRIC] = lambda w: server.heartbeat_summary()
     await worker.scheduler.register_scheduler_plugin(
         plugin=dumps(PeerDirectory()), name=PeerDirectory.name, idempotent=True
     )

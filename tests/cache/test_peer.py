@@ -298,3 +298,24 @@ async def test_peer_reads_follow_the_cluster_s_tls(c, s, a, b):
         assert got == [value(k) for k in KEYS]
         fb = await c.submit(figures, backing, workers=[b.address], pure=False)
         assert fb["reads"] == 0 and fb["peer"]["hits"] == len(KEYS)
+
+
+@gen_cluster(**CLUSTER)
+async def test_a_listing_sends_only_the_summaries_a_reader_lacks(c, s, a, b, w3):
+    import tempfile
+
+    from swarmstore.cache import PeerDirectory
+    from swarmstore.cache._peerdir import Directory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        backing, ns = await setup(c, pathlib.Path(tmp))
+        await warm(c, s, backing, ns, a, KEYS)
+        plugin = s.plugins[PeerDirectory.name]
+        first = plugin.listing()
+        assert all(w["summary"] is not None and not w["same"] for w in first)
+        d = Directory()
+        d.update(first)
+        again = plugin.listing(known=d.digests)  # nothing changed in between
+        assert all(w["same"] and w["summary"] is None for w in again)
+        d.update(again)  # the summaries held are kept
+        assert all(d.guesses(ns, k, exclude=set()) == [a.address] for k in KEYS)
