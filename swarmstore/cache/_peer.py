@@ -48,7 +48,7 @@ from swarmstore.errors import (
     NodeUnavailable,
     is_transport_error,
 )
-from swarmstore.network import current_qos, default_router
+from swarmstore.network import current_qos, default_router, qos
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -155,12 +155,12 @@ class PeerTier:
         """The value from a peer, or None (no guess, the remote is faster, or it failed)."""
         if self.link is None:
             return None
-        fut = self._refresh()
+        fut, started = self._refresh()
         if self._listed_at is None:
             await self._wait(fut)  # the first listing
         addr = self._choose(ns, key)
-        if addr is None and fut is not None and not fut.done():
-            await self._wait(fut)  # a listing was due: the key may be in it
+        if addr is None and started and fut is not None and not fut.done():
+            await self._wait(fut)  # this read found the listing due: the key may be in it
             addr = self._choose(ns, key)
         if addr is None:
             self.unguessed += 1
@@ -171,12 +171,18 @@ class PeerTier:
         link = self.link
         if link is None or link.on_loop():
             return None  # a wait here would block the loop the answer needs
-        fut = asyncio.run_coroutine_threadsafe(self.get(ns, key, span), link.loop)
+        # the caller's QoS class goes with the read to the link's loop (a fresh context)
+        coro = self._in_class(current_qos(), ns, key, span)
+        fut = asyncio.run_coroutine_threadsafe(coro, link.loop)
         try:
             return fut.result(2 * self.timeout + 1)
         except concurrent.futures.TimeoutError:
             fut.cancel()
             return None
+
+    async def _in_class(self, cls: str, ns: str, key: str, span: Span) -> Entry | None:
+        with qos(cls):
+            return await self.get(ns, key, span)
 
     def put_sync(self, ns: str, key: str, span: Span, entry: Entry, ticket: Any) -> bool:
         """Not kept here; the backing read that filled ``entry`` is timed for the router."""
@@ -226,22 +232,26 @@ class PeerTier:
         except Exception as e:  # no scheduler answer: the guesses we have
             logger.debug("Peer directory not refreshed: %r", e)
 
-    def _refresh(self) -> concurrent.futures.Future[None] | None:
+    def _refresh(self) -> tuple[concurrent.futures.Future[None] | None, bool]:
+        """``(listing in flight or None, whether this call started it)``: one is started
+        when the last is older than ``peer-directory-interval``."""
         assert self.link is not None
         with self._lock:
             if self._listing is not None and not self._listing.done():
-                return self._listing
+                return self._listing, False
             due = self._listed_at is None or time.monotonic() - self._listed_at >= self.interval
             if not due:
-                return None
+                return None, False
             self._listing = asyncio.run_coroutine_threadsafe(self._list(), self.link.loop)
-            return self._listing
+            return self._listing, True
 
     async def _list(self) -> None:
         assert self.link is not None
         try:
-            self.directory.update(await self.link.directory(dict(self.directory.digests)))
-        except Exception as e:
+            known = dict(self.directory.digests)
+            listing = await asyncio.wait_for(self.link.directory(known), self.timeout)
+            self.directory.update(listing)
+        except Exception as e:  # a slow or gone scheduler: the old view, until the next
             logger.debug("Peer directory refresh failed: %r", e)
         self._listed_at = time.monotonic()
 

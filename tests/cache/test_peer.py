@@ -27,9 +27,16 @@ from swarmstore.cache import TieredCachePlugin, worker_cache
 from swarmstore.cache._peerserve import METRIC
 from swarmstore.cache._peersummary import Summary
 from swarmstore.cache._tier import Entry
+from swarmstore.network import reset_default_router
 
 KEYS = [f"c/{i}" for i in range(6)]
-CONFIG = {"swarmstore.cache.peer-directory-interval": "50ms"}
+#: a saturated machine may take seconds for one answer: behaviour is what these tests count,
+#: so neither the first listing nor a peer attempt is cut here (test_peer_frozen cuts one)
+CONFIG = {
+    "swarmstore.cache.peer-directory-interval": "50ms",
+    "swarmstore.cache.peer-timeout": "30s",
+    "swarmstore.network.deadline-floor": "30s",
+}
 CLUSTER: dict[str, Any] = {
     "client": True,
     "nthreads": [("127.0.0.1", 1)] * 3,
@@ -89,7 +96,17 @@ async def summarised(s: Any, worker: Worker, keys: list[str], ns: str) -> None:
     raise AssertionError("no summary of the peer's cache reached the scheduler")
 
 
+@pytest.fixture(autouse=True)
+def fresh_router():
+    """Each test's workers share a process router built under the test's config, and
+    leave none behind for the next test."""
+    reset_default_router()
+    yield
+    reset_default_router()
+
+
 async def setup(c: Any, tmp: pathlib.Path) -> tuple[LatencyStore, str]:
+    reset_default_router()  # built again, inside gen_cluster's config
     backing = backing_of(tmp)
     await seed(backing)
     await c.register_plugin(TieredCachePlugin(memory_bytes="64MiB", disk_dir=None))
@@ -258,7 +275,7 @@ async def test_after_a_scale_up_moved_chunks_are_read_from_their_old_owners(c, s
             got = await c.submit(read, backing, KEYS, workers=[new.address], pure=False)
             assert got == [value(k) for k in KEYS]
             fn = await c.submit(figures, backing, workers=[new.address], pure=False)
-            assert fn["reads"] == 0 and fn["peer"]["hits"] == len(KEYS)
+            assert fn["reads"] == 0 and fn["peer"]["hits"] == len(KEYS), fn
 
 
 @gen_cluster(**CLUSTER)
@@ -319,3 +336,47 @@ async def test_a_listing_sends_only_the_summaries_a_reader_lacks(c, s, a, b, w3)
         assert all(w["same"] and w["summary"] is None for w in again)
         d.update(again)  # the summaries held are kept
         assert all(d.guesses(ns, k, exclude=set()) == [a.address] for k in KEYS)
+
+
+def read_in(cls: str, backing: Any, keys: list[str], sync_path: bool) -> list[bytes]:
+    from swarmstore.network import qos
+
+    with qos(cls):
+        return read(backing, keys, sync_path=sync_path)
+
+
+@pytest.mark.parametrize("sync_path", [False, True])
+def test_peer_reads_keep_their_qos_class_in_the_serving_lane(sync_path: bool):
+    config = {
+        **CONFIG,
+        "swarmstore.cache.peer-serve-concurrency": 4,
+        "swarmstore.cache.peer-serve-queue": 0,
+    }
+
+    @gen_cluster(**{**CLUSTER, "config": config})
+    async def run(c, s, a, b, w3):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            backing, ns = await setup(c, pathlib.Path(tmp))
+            await warm(c, s, backing, ns, a, KEYS)
+            lanes = a.plugins["swarmstore-cache"].registry.server.lanes
+            held = 0
+            while lanes.try_acquire("bulk"):  # bulk takes what it may; the reserves stay
+                held += 1
+            assert 0 < held < 4
+            try:
+                bulk = c.submit(read_in, "bulk", backing, KEYS[:1], sync_path, workers=[b.address])
+                await bulk
+                inter = c.submit(read_in, "interactive", backing, KEYS[1:2], sync_path,
+                                 workers=[b.address])  # fmt: skip
+                await inter
+            finally:
+                for _ in range(held):
+                    lanes.release("bulk")
+            fa = await c.submit(figures, backing, workers=[a.address], pure=False)
+            fb = await c.submit(figures, backing, workers=[b.address], pure=False)
+            assert fa["serve"]["busy"] == 1 and fa["serve"]["served"] == 1
+            assert fb["reads"] == 1 and fb["peer"]["hits"] == 1  # bulk went remote
+
+    run()
