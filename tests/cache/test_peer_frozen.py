@@ -67,7 +67,13 @@ def test_a_frozen_peer_costs_one_cut_attempt_then_the_backing_read(tmp_path: pat
         import asyncio
 
         asyncio.run(backing.set(k, cpu.Buffer.from_bytes(k.encode() * 5000)))
-    conf = {"swarmstore.cache.peer-directory-interval": "50ms"}
+    # a saturated machine may take seconds for a healthy answer: the floor keeps those;
+    # a frozen peer never answers, so it is cut all the same (at the floor)
+    conf = {
+        "swarmstore.cache.peer-directory-interval": "50ms",
+        "swarmstore.cache.peer-timeout": "20s",
+        "swarmstore.network.deadline-floor": "5s",
+    }
     with (
         dask.config.set(conf),
         LocalCluster(

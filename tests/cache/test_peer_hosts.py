@@ -68,8 +68,25 @@ def value(key: str, gen: int) -> bytes:
     return f"{key}@{gen};".encode() * 4096
 
 
+#: the bed's Dask processes read these at start: no healthy answer is cut on a loaded machine
+ENV = {
+    "DASK_SWARMSTORE__NETWORK__DEADLINE_FLOOR": "30s",
+    "DASK_SWARMSTORE__CACHE__PEER_TIMEOUT": "30s",
+}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    for k, v in ENV.items():
+        mp.setenv(k, v)
+    try:
+        yield from _cluster(tmp_path_factory)
+    finally:
+        mp.undo()
+
+
+def _cluster(tmp_path_factory):
     from distributed import Client
 
     from swarmstore.cache import TieredCachePlugin
