@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from swarmstore.cache._span import Span
     from swarmstore.network import TransferRouter
 
-__all__ = ["PeerMiss", "PeerTier"]
+__all__ = ["PeerMiss", "PeerTier", "choose"]
 
 logger = logging.getLogger(__name__)
 
@@ -262,27 +262,11 @@ class PeerTier:
         exclude = {a for a, until in list(self.bad.items()) if until > now}
         if self.link.me is not None:
             exclude.add(self.link.me)
-        router, clock = self.router, self.router.clock()
-        guesses = [
-            a
-            for a in self.directory.guesses(ns, key, exclude)
-            if router.registry.entry(peer_source(a)).circuit.admits(clock)
-        ]
-        if not guesses:
-            return None
-        size = router.runner.typical
-        remote = remote_source(ns)
-        known = router.registry.entry(remote).stats.expected(size) is not None
-        pool: list[Any] = [*guesses, _REMOTE] if known else guesses
-
-        def name(s: Any) -> str:
-            return remote if s is _REMOTE else peer_source(s)
-
-        first = router.order(pool, name, nbytes=size)[0]
-        if first is _REMOTE:
+        choice = choose(self.router, ns, self.directory.guesses(ns, key, exclude))
+        if choice is _REMOTE:
             self.remote_first += 1
             return None
-        return str(first)
+        return choice  # type: ignore[return-value]
 
     # -- one peer attempt ----------------------------------------------------------------
 
@@ -340,6 +324,28 @@ class PeerTier:
             raise ChecksumMismatch(f"peer {addr}: bytes of {key!r} fail their xxh3 checksum")
         token = reply.get("token")
         return Entry(data, float(reply.get("filled_at") or 0.0), token, digest)
+
+
+def choose(router: TransferRouter, ns: str, guesses: list[str]) -> str | object | None:
+    """The decision of a read: which guessed peer to ask, ``_REMOTE`` when the router ranks
+    the backing store first, or None when no guess's circuit admits a request.
+
+    The router orders the peers' sources and the backing store's by expected time at the
+    typical size of its reads; while the backing store is unmeasured, peers go first.
+    """
+    clock = router.clock()
+    admitted = [a for a in guesses if router.registry.entry(peer_source(a)).circuit.admits(clock)]
+    if not admitted:
+        return None
+    size = router.runner.typical
+    remote = remote_source(ns)
+    known = router.registry.entry(remote).stats.expected(size) is not None
+    pool: list[Any] = [*admitted, _REMOTE] if known else admitted
+
+    def name(s: Any) -> str:
+        return remote if s is _REMOTE else peer_source(s)
+
+    return router.order(pool, name, nbytes=size)[0]
 
 
 def _nbytes(entry: Entry) -> int:

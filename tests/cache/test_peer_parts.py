@@ -131,3 +131,37 @@ def test_a_detached_peer_tier_never_asks():
     assert asyncio.run(tier.get("ns", "k", None)) is None
     assert tier.get_sync("ns", "k", None) is None
     assert tier.stats()["asked"] == 0
+
+
+def _router(**kwargs):
+    from swarmstore.network import TransferRouter
+
+    return TransferRouter(probe=False, **kwargs)
+
+
+def test_the_router_chooses_between_a_peer_and_the_backing_store_by_expected_time():
+    from swarmstore.cache._peer import _REMOTE, choose, peer_source, remote_source
+
+    router = _router()
+    peer = "tcp://10.0.0.2:1"
+    assert choose(router, "ns", [peer]) == peer  # nothing measured: try the peer
+    for _ in range(9):  # the backing store is slow, the peer fast (1 MiB reads)
+        router.observe(remote_source("ns"), 0.080, 1 << 20)
+        router.observe(peer_source(peer), 0.004, 1 << 20)
+    assert choose(router, "ns", [peer]) == peer
+    other = "tcp://10.0.0.3:1"
+    for _ in range(9):  # another peer, slower than the backing store
+        router.observe(peer_source(other), 0.5, 1 << 20)
+    assert choose(router, "ns", [other]) is _REMOTE
+    assert choose(router, "ns", [other, peer]) == peer  # the router's order, not the guess's
+    assert choose(router, "ns", []) is None
+
+
+def test_a_peer_whose_circuit_is_open_is_not_asked():
+    from swarmstore.cache._peer import choose, peer_source
+
+    router = _router(circuit_failures=2)
+    peer = "tcp://10.0.0.2:1"
+    for _ in range(2):
+        router.observe(peer_source(peer), 0.1, 0, ok=False)
+    assert choose(router, "ns", [peer]) is None
