@@ -270,6 +270,10 @@ class ReadPath:
         """Put ``entry`` into the tiers the tickets were taken for (those above a hit)."""
         sh, ns = self._shared, self.namespace
         handed = False
+        if tickets and entry.digest is None and entry.data is not None and sh.digests:
+            # a promotion of bytes a lower tier just verified (the disk's block checksums):
+            # their digest goes up with them, for the peers they may be served to
+            entry = replace(entry, digest=xxhash.xxh3_64_intdigest(entry.data))
         for tier, ticket in zip(sh.tiers, tickets, strict=False):
             if ticket is None or tier.name in sh.distrusted:
                 continue

@@ -165,3 +165,29 @@ def test_a_peer_whose_circuit_is_open_is_not_asked():
     for _ in range(2):
         router.observe(peer_source(peer), 0.1, 0, ok=False)
     assert choose(router, "ns", [peer]) is None
+
+
+def test_fills_and_promotions_record_the_digest_peers_are_checked_against(tmp_path):
+    import xxhash
+    from zarr.core.buffer import cpu
+    from zarr.storage import LocalStore
+
+    from swarmstore.cache import DiskTier, MemoryTier, TieredStore
+
+    ram, disk = MemoryTier(2**20), DiskTier(tmp_path / "cache")
+    store = TieredStore(LocalStore(tmp_path / "data"), tiers=[ram, disk, PeerTier(None)])
+    plain = TieredStore(LocalStore(tmp_path / "data"), tiers=[MemoryTier(2**20)])
+    data = b"chunk" * 1000
+    store.set_sync("k", cpu.Buffer.from_bytes(data))
+    try:
+        assert store.get_sync("k").to_bytes() == data  # a fill from the backing store
+        digest = xxhash.xxh3_64_intdigest(data)
+        assert ram.get_sync(store.namespace, "k", None).digest == digest
+        disk.flush()
+        ram.clear()
+        assert store.get_sync("k").to_bytes() == data  # a disk hit, promoted into RAM
+        assert ram.get_sync(store.namespace, "k", None).digest == digest
+        plain.get_sync("k")  # no peer tier in the chain: no digest taken
+        assert plain.memory.get_sync(plain.namespace, "k", None).digest is None
+    finally:
+        store.close()
