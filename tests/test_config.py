@@ -107,7 +107,10 @@ def _readers(tmp_path):
     from zarr.storage import MemoryStore
 
     from swarmstore import _events
-    from swarmstore.cache import DiskTier, TieredStore
+    from swarmstore.cache import DiskTier, PeerTier, TieredStore
+    from swarmstore.cache._coherence import Watermarks
+    from swarmstore.cache._peerserve import PeerServer
+    from swarmstore.cache._plugin import peers_wanted
     from swarmstore.checkpoint import CheckpointManager
     from swarmstore.compute import SwarmPlugin
     from swarmstore.compute.durable import ResultStore, _as_result_store
@@ -132,6 +135,13 @@ def _readers(tmp_path):
         "cache.disk-fsync": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-pending-bytes": lambda: DiskTier(tmp_path / "d"),
         "cache.disk-claim-timeout": lambda: DiskTier(tmp_path / "d"),
+        "cache.peers": lambda: peers_wanted(None),
+        "cache.peer-serve-concurrency": lambda: PeerServer([], Watermarks()),
+        "cache.peer-serve-queue": lambda: PeerServer([], Watermarks()),
+        "cache.peer-summary-bits": lambda: PeerServer([], Watermarks()),
+        "cache.peer-timeout": lambda: PeerTier(None),
+        "cache.peer-quarantine": lambda: PeerTier(None),
+        "cache.peer-directory-interval": lambda: PeerTier(None),
         "compute": lambda: SwarmPlugin(),
         "compute.detect-gpus": lambda: detect(),
         "replication": lambda: ReplicationController(None),

@@ -8,6 +8,8 @@ on a Dask cluster.
 - :class:`TieredCachePlugin` and :func:`worker_cache`: one TieredStore per backing store
   per Dask worker, used by every task there, invalidated across the cluster on writes
   (imported lazily: they need ``distributed``)
+- :class:`PeerTier` and :class:`PeerDirectory`: a local miss served from another
+  worker's cache over Dask's comms, chosen by the transfer router (lazily, too)
 
 Imports: errors, config, hashing, _events, _clock, _sync, metrics (to register its figures)
 and network; never compute, checkpoint or testing.
@@ -29,6 +31,8 @@ __all__ = [
     "DiskTier",
     "Entry",
     "MemoryTier",
+    "PeerDirectory",
+    "PeerTier",
     "SyncTier",
     "Tier",
     "TieredCachePlugin",
@@ -38,7 +42,13 @@ __all__ = [
     "worker_cache",
 ]
 
-_LAZY = {"TieredCachePlugin": "_plugin", "worker_cache": "_plugin", "CacheCoherence": "_relay"}
+_LAZY = {
+    "TieredCachePlugin": "_plugin",
+    "worker_cache": "_plugin",
+    "CacheCoherence": "_relay",
+    "PeerTier": "_peer",
+    "PeerDirectory": "_peerdir",
+}
 
 
 def __getattr__(name: str) -> Any:

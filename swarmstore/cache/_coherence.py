@@ -22,6 +22,13 @@ fetch (``_tier``), so an invalidation that arrives while the old value is in fli
 still keeps it out, and an extra invalidation costs one refetch. Duplicates (same origin
 and sequence number) are ignored.
 
+Each worker also keeps :class:`Watermarks`: per writer (address and incarnation), the
+highest sequence number it has applied or sent. One writer's messages reach every worker
+in the order it sent them, so "applied seq n" means "applied all of that writer's
+messages up to n". A peer read (``_peer``) carries the reader's watermarks and the peer
+serves only when its own cover them: a peer never answers from a cache older than an
+invalidation the reader knows of.
+
 Outside a cluster there is no broadcast: use ``ttl`` (revalidation by the backing
 store's version token) for writers in other processes.
 """
@@ -49,6 +56,7 @@ __all__ = [
     "SUBSCRIBE",
     "Announcer",
     "Seen",
+    "Watermarks",
     "announce",
     "announce_sync",
     "disk_identity",
@@ -68,9 +76,12 @@ _announcers: weakref.WeakSet[Announcer] = weakref.WeakSet()
 class Announcer:
     """Puts one worker's writes on its batched stream, in order, before they return."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, watermarks: Watermarks | None = None) -> None:
         self._worker = weakref.ref(worker)
         self._seq = itertools.count()
+        #: tells this incarnation's sequence numbers from a restarted worker's at one address
+        self.incarnation = int.from_bytes(os.urandom(6), "big")
+        self.watermarks = watermarks
         self.ready = False  # set once the scheduler knows the op (else it would drop the stream)
         self.sent = 0
         _announcers.add(self)
@@ -82,7 +93,7 @@ class Announcer:
             "key": key,
             "prefix": prefix,
             "disk": disk_identity(disk),
-            "seq": next(self._seq),
+            "inc": self.incarnation,
         }
 
     def _target(self) -> tuple[Worker, asyncio.AbstractEventLoop] | None:
@@ -92,6 +103,10 @@ class Announcer:
         return worker, worker.loop.asyncio_loop  # type: ignore[attr-defined]
 
     def _send(self, worker: Worker, msg: dict[str, Any]) -> None:
+        # Numbered here, on the worker's loop, so the numbers follow the stream's order.
+        msg["seq"] = seq = next(self._seq)
+        if self.watermarks is not None:
+            self.watermarks.note(origin_key(worker.address, self.incarnation), seq)
         worker.batched_send(msg)
         self.sent += 1
 
@@ -198,3 +213,40 @@ class Seen:
             if len(self._seen) > self.keep:
                 self._seen.popitem(last=False)
             return True
+
+
+def origin_key(origin: str | None, incarnation: Any) -> str:
+    """The writer a watermark is kept for: its address and incarnation."""
+    return f"{origin}#{incarnation}"
+
+
+class Watermarks:
+    """Per writer, the highest invalidation sequence number this worker applied or sent.
+
+    ``covers(other)`` says whether every invalidation counted in ``other`` (another
+    worker's :meth:`snapshot`) has been applied here. Bounded: past ``keep`` writers the
+    lowest-numbered half is forgotten, and a forgotten writer is never covered (a
+    spurious refusal, never a stale answer).
+    """
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._marks: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def note(self, origin: str, seq: int) -> None:
+        with self._lock:
+            if seq > self._marks.get(origin, -1):
+                self._marks[origin] = seq
+            if len(self._marks) > self.keep:
+                for k in sorted(self._marks, key=self._marks.__getitem__)[: self.keep // 2]:
+                    del self._marks[k]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._marks)
+
+    def covers(self, other: dict[str, int]) -> bool:
+        with self._lock:
+            marks = self._marks
+            return all(marks.get(origin, -1) >= seq for origin, seq in other.items())

@@ -155,6 +155,11 @@ class MemoryTier(SyncTier):
                 "max_bytes": self.max_bytes,
             }
 
+    def keys(self) -> list[tuple[str, str]]:
+        """The ``(ns, key)`` pairs with a cached value (a peer summary is built from them)."""
+        with self._lock:
+            return [k for k, spans in self._spans.items() if spans]
+
     def clear(self) -> None:
         with self._lock:
             self._spans.clear()

@@ -15,6 +15,10 @@ from swarmstore import config, metrics
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._identity import store_identity
 from swarmstore.cache._memory import MemoryTier
+from swarmstore.cache._peer import PeerTier
+from swarmstore.cache._peerdir import PeerDirectory
+from swarmstore.cache._peerlink import Link
+from swarmstore.cache._peerserve import GET, METRIC, PeerServer
 from swarmstore.cache._relay import CacheCoherence
 from swarmstore.cache._tiered import TieredStore
 
@@ -53,6 +57,11 @@ class CacheRegistry:
         self.ttl = ttl
         self.validate = validate
         self.announcer: _coherence.Announcer | None = None
+        #: the invalidations applied or sent here, per writer (peer reads compare them)
+        self.watermarks = _coherence.Watermarks()
+        #: the peer tier, below the local ones (TieredCachePlugin adds it on a cluster)
+        self.peer: PeerTier | None = None
+        self.server: PeerServer | None = None
         self.remote_invalidations = 0
         self._seen = _coherence.Seen()
         self._stores: OrderedDict[str, TieredStore] = OrderedDict()
@@ -62,8 +71,14 @@ class CacheRegistry:
         return f"CacheRegistry({self.memory!r}, {self.disk!r}, {len(self._stores)} stores)"
 
     @property
-    def tiers(self) -> list[Any]:
+    def local_tiers(self) -> list[Any]:
+        """RAM and disk: what this process holds (and serves to peers)."""
         return [self.memory] + ([self.disk] if self.disk is not None else [])
+
+    @property
+    def tiers(self) -> list[Any]:
+        """The chain each store gets: the local tiers, then the peer tier if there is one."""
+        return self.local_tiers + ([self.peer] if self.peer is not None else [])
 
     def get(self, backing: Store) -> TieredStore:
         """The TieredStore over ``backing`` (made on first use, then shared)."""
@@ -97,7 +112,8 @@ class CacheRegistry:
         RAM and in-flight reads at once; the disk tier in the background (reads of the key
         miss meanwhile), unless it is the writer's own directory, which it already dropped.
         """
-        if origin is not None and seq is not None and not self._seen.first_time(origin, seq):
+        writer = _coherence.origin_key(origin, kwargs.get("inc"))
+        if origin is not None and seq is not None and not self._seen.first_time(writer, seq):
             return
         self.remote_invalidations += 1
         self.memory.evict_sync(ns, key, prefix=prefix)
@@ -107,6 +123,8 @@ class CacheRegistry:
             stores = [s for s in self._stores.values() if s.namespace == ns]
         for store in stores:
             store.drop_remote(key, prefix=prefix)
+        if origin is not None and seq is not None:  # after the drops: peers compare this
+            self.watermarks.note(writer, seq)
 
     def stats(self) -> dict[str, Any]:
         """Shared tier counters, and backing-store reads per store."""
@@ -120,6 +138,10 @@ class CacheRegistry:
             "received": self.remote_invalidations,
             "sent": self.announcer.sent if self.announcer is not None else 0,
         }
+        if self.peer is not None:
+            out["peer"] = self.peer.stats()
+        if self.server is not None:
+            out["peer_serve"] = self.server.stats()
         return out
 
     def close(self) -> None:
@@ -141,6 +163,13 @@ class TieredCachePlugin(WorkerPlugin):
     this worker, so a write through any worker's cache invalidates every worker's tiers
     before a task depending on the write can run.
 
+    With ``peers`` as well (default: ``swarmstore.cache.peers``), a miss in this worker's
+    tiers may be served by another worker's cache (:class:`~swarmstore.cache.PeerTier`):
+    setup registers the ``swarmstore_peer_get`` handler on the worker (a bounded lane of
+    its own), sends a summary of its cached keys with each heartbeat, and installs the
+    :class:`~swarmstore.cache.PeerDirectory` scheduler plugin. Peers need coherence (a
+    peer must see every write), so without it there is no peer tier.
+
     Examples
     --------
     >>> plugin = TieredCachePlugin(memory_bytes="256MiB")
@@ -159,7 +188,9 @@ class TieredCachePlugin(WorkerPlugin):
         ttl: float | str | None = None,
         validate: bool | None = None,
         coherence: bool | None = None,
+        peers: bool | None = None,
     ) -> None:
+        self.peers = peers
         self.options: dict[str, Any] = {
             "memory_bytes": memory_bytes,
             "disk_dir": disk_dir,
@@ -171,7 +202,12 @@ class TieredCachePlugin(WorkerPlugin):
         self.registry: CacheRegistry | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "coherence": self.coherence, "registry": None}
+        return {
+            "options": self.options,
+            "coherence": self.coherence,
+            "peers": self.peers,
+            "registry": None,
+        }
 
     async def setup(self, worker: Worker) -> None:
         registry = self.registry = CacheRegistry(**self.options)
@@ -181,12 +217,14 @@ class TieredCachePlugin(WorkerPlugin):
             coherent = bool(config.value("cache.coherence"))
         if coherent:
             await self._join_coherence(worker, registry)
+            if peers_wanted(self.peers):
+                await _join_peers(worker, registry)
         logger.info("swarmstore cache on %s: %r", worker.address, registry)
 
     async def _join_coherence(self, worker: Worker, registry: CacheRegistry) -> None:
         from distributed.protocol.pickle import dumps
 
-        registry.announcer = _coherence.Announcer(worker)
+        registry.announcer = _coherence.Announcer(worker, registry.watermarks)
         worker.stream_handlers[_coherence.OP] = registry.apply_remote
         await worker.scheduler.register_scheduler_plugin(
             plugin=dumps(CacheCoherence()),
@@ -197,6 +235,8 @@ class TieredCachePlugin(WorkerPlugin):
         registry.announcer.ready = True
 
     def teardown(self, worker: Worker) -> None:
+        worker.handlers.pop(GET, None)
+        worker.metrics.pop(METRIC, None)
         if self.registry is not None:
             if self.registry.announcer is not None:
                 self.registry.announcer.ready = False
@@ -211,6 +251,24 @@ class TieredCachePlugin(WorkerPlugin):
     def stats(self) -> dict[str, Any]:
         """The worker's cache counters (``client.run(lambda dask_worker: ...)``)."""
         return self.registry.stats() if self.registry is not None else {}
+
+
+def peers_wanted(peers: bool | None) -> bool:
+    """Whether a worker reads from peers: ``peers``, else config ``swarmstore.cache.peers``."""
+    return bool(config.value("cache.peers", peers))
+
+
+async def _join_peers(worker: Worker, registry: CacheRegistry) -> None:
+    """Serve this worker's tiers to peers, summarise them in heartbeats, read from peers."""
+    from distributed.protocol.pickle import dumps
+
+    server = registry.server = PeerServer(registry.local_tiers, registry.watermarks)
+    worker.handlers[GET] = server.handle
+    worker.metrics[METRIC] = lambda w: server.heartbeat_summary()
+    await worker.scheduler.register_scheduler_plugin(
+        plugin=dumps(PeerDirectory()), name=PeerDirectory.name, idempotent=True
+    )
+    registry.peer = PeerTier(Link.of_worker(worker), registry.watermarks, on_fill=server.filled)
 
 
 _process_registry: CacheRegistry | None = None

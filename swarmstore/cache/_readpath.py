@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+import xxhash
 
 import swarmstore.cache._syncio as _syncio
 from swarmstore import _clock
@@ -142,7 +145,7 @@ class ReadPath:
             return entry
         if current != entry.token:
             return None
-        return Entry(entry.data, _clock.wall(), entry.token) if expired else entry
+        return replace(entry, filled_at=_clock.wall()) if expired else entry
 
     async def _token(self, key: str) -> str:
         token = await version_token(self.backing, key)
@@ -254,7 +257,8 @@ class ReadPath:
     ) -> Entry:  # fmt: skip
         sh = self._shared
         data = None if buf is None else _as_bytes(buf)
-        entry = Entry(data, _clock.wall(), token)
+        digest = None if data is None or not sh.digests else xxhash.xxh3_64_intdigest(data)
+        entry = Entry(data, _clock.wall(), token, digest)
         sh.reads += 1
         sh.read_bytes += entry.nbytes
         self._fill(key, span, entry, tickets, claim)  # absent keys too: zarr probes them often
@@ -266,6 +270,10 @@ class ReadPath:
         """Put ``entry`` into the tiers the tickets were taken for (those above a hit)."""
         sh, ns = self._shared, self.namespace
         handed = False
+        if tickets and entry.digest is None and entry.data is not None and sh.digests:
+            # a promotion of bytes a lower tier just verified (the disk's block checksums):
+            # their digest goes up with them, for the peers they may be served to
+            entry = replace(entry, digest=xxhash.xxh3_64_intdigest(entry.data))
         for tier, ticket in zip(sh.tiers, tickets, strict=False):
             if ticket is None or tier.name in sh.distrusted:
                 continue
@@ -320,7 +328,7 @@ def _compact(entry: Entry, tier: Tier) -> Entry:
     """A range of a larger file is copied out before it goes to RAM (never pin the file)."""
     data = entry.data
     if isinstance(data, memoryview) and tier.name == "memory" and _overhead(data) > _VIEW_SLACK:
-        return Entry(bytes(data), entry.filled_at, entry.token)
+        return replace(entry, data=bytes(data))
     return entry
 
 

@@ -37,6 +37,9 @@ class Entry:
     filled_at: float
     #: The backing store's version token of the key when it was read, or None.
     token: str | None = None
+    #: xxh3-64 of ``data`` taken when it was read from the backing store (which verified
+    #: it against its checksum record), or None: a peer's answer is checked against it.
+    digest: int | None = None
 
     @property
     def nbytes(self) -> int:

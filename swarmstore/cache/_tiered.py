@@ -52,6 +52,11 @@ class _Shared:
     errors: int = 0
     stale_served: int = 0
 
+    @property
+    def digests(self) -> bool:
+        """Whether fills record their bytes' digest (a tier serves them to peers)."""
+        return any(getattr(t, "records_digests", False) for t in self.tiers)
+
 
 class TieredStore(ReadPath, WritePath, Store):
     """Serve reads from RAM, then local disk; on a miss read ``backing`` and back-fill.
