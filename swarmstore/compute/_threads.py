@@ -26,7 +26,7 @@ class ThreadPolicy:
     saturation: float = 1.1
     #: GPU workers lend CPU work the threads beyond those their GPUs need, even while
     #: CPU-only workers take work (``swarmstore.compute.share-gpu-threads``)
-    share_gpu_threads: bool = False
+    share_gpu_threads: bool = True
 
 
 def slots(threads: int, saturation: float) -> int:

@@ -89,7 +89,7 @@ class Dispatcher:
         gpu_prefetch: float = 1.0,
         saturation: float = 1.1,
         lookahead: float = 1.0,
-        share_gpu_threads: bool = False,
+        share_gpu_threads: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers
@@ -325,7 +325,7 @@ class Dispatcher:
             running,
             self.gpu_tasks_on,
             self.threads,
-            gpu_outstanding=self.gpu_outstanding > 0,
+            gpu_outstanding=bool(self.gpu_outstanding or self._ready_gpu or self._gpu_committed),
             min_share=self.gpu_min_share,
         )
 

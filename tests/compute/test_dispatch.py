@@ -181,9 +181,7 @@ def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
 def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3), gpu_worker("g1", threads=1))
     for outstanding, expected in ((1, {"cpu": 2, "gpu": 2}), (0, {"cpu": 2, "gpu": 3, "g1": 1})):
-        d = Dispatcher(
-            ws, saturation=1.0, share_gpu_threads=True
-        )  # no GPU work known: every thread, no prefetch
+        d = Dispatcher(ws, saturation=1.0)  # the default; no GPU work known: every thread
         for i in range(10):
             d.ready(job(i, order=i))
         d.gpu_outstanding = outstanding
@@ -192,8 +190,7 @@ def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     d.ready(job("g", GPU))
     for i in range(10):
         d.ready(job(i, order=i))
-    d.gpu_outstanding = 1
-    picks = d.plan(idle, list(ws))
+    picks = d.plan(idle, list(ws))  # a ready GPU job is outstanding GPU work by itself
     # the GPU task and its prefetched peers never count against the lent threads
     assert dict(picks)["g"] in ("gpu", "g1")
     assert where(p for p in picks if p[0] != "g") == {"cpu": 2, "gpu": 2}
