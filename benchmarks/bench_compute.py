@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...] [--scenarios a b ...]
 [--modes stock hand swarm strict]``; names: scenarios, memory, overhead, placement-cost,
-affinity.
+affinity, kill.
 
 - ``scenarios``: the mixed GPU/CPU scenarios of ``_compute_scenarios.py`` (a-f shaped after
   issue 19's table, g-h ours). Each runs >= 3 times per mode (1 with ``--quick``), stock,
@@ -19,6 +19,8 @@ affinity.
 - ``placement-cost``: Placer + Dispatcher cost per task at 1,000 simulated workers / 10.
 - ``affinity``: two passes over a zarr array on S3 (moto) through TieredStore on 3 worker
   processes: remote bytes on pass 2 / pass 1 (goal <= 0.05), stock beside it.
+- ``kill``: a job whose busiest holder is killed (kill -9) mid-run, on nanny-managed worker
+  processes, over the same job undisturbed (goal <= 1.10), stock's ratio beside it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dask
+from _compute_kill import kill
 from _compute_overhead import overhead
 from _compute_scenarios import SCENARIOS, Ctx, Scenario, Spec, cluster, work
 from _results import Line, emit
@@ -361,6 +364,8 @@ def main(argv: list[str]) -> int:
         asyncio.run(amain(args))
     if not args.only or "affinity" in args.only:
         affinity(args.quick)
+    if not args.only or "kill" in args.only:
+        kill(args.quick)
     return 0
 
 

@@ -369,3 +369,45 @@ def test_an_urgent_feeder_is_not_throttled_by_a_pipe_full_of_other_work():
     for g in range(3):  # an urgent job's feeders, one GPU task each
         d.ready(job(f"u{g}", prio=10, order=g, consumer=f"ug{g}"))
     assert sorted(k for k, _ in d.plan(idle, ["cpu"])) == ["u0", "u1", "u2"]
+
+
+def test_the_pipe_covers_the_other_work_that_holds_the_feeders_threads():
+    ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu"))
+    alone, beside = Dispatcher(ws), Dispatcher(ws)
+    for d in (alone, beside):
+        for i in range(10):
+            d.ready(job(f"f{i}", order=i, consumer=f"g{i}", duration=1.0))
+            d.ready(job(f"g{i}", GPU, order=i, duration=1.0))
+    for i in range(10):  # long CPU work that a thread takes while the pipe is full
+        beside.ready(job(f"o{i}", order=50 + i, duration=4.0))
+    assert beside.pipe_limit > alone.pipe_limit
+
+
+def test_a_starved_gpu_worker_lends_its_kept_thread_to_feeders_only():
+    ws = workers(WorkerInfo("cpu", 1), gpu_worker("gpu", threads=1))
+
+    def cpu_full(addr: str) -> int:
+        return 1 if addr == "cpu" else 0
+
+    d = Dispatcher(ws, saturation=1.0)
+    d.gpu_outstanding = 1  # a GPU task waits for its inputs: none is ready
+    d.ready(job("other", order=1))
+    d.ready(job("feeder", order=2, consumer="g"))
+    assert d.plan(cpu_full, list(ws)) == [("feeder", "gpu")]  # never "other"
+    assert d.plan(lambda a: 1, list(ws)) == []  # its one thread is now busy
+    # a GPU job ready anywhere, or GPU work on the worker: the thread stays the GPU's
+    for setup in ("ready", "committed"):
+        d = Dispatcher(ws, saturation=1.0)
+        d.gpu_outstanding = 1
+        if setup == "ready":
+            d.ready(job("g2", {"GPU": 1.0, "X": 1.0}))  # ready, fits no worker now
+        else:
+            d.ready(job("g2", GPU))
+            assert d.plan(cpu_full, []) == [("g2", "gpu")]
+        d.ready(job("feeder", order=2, consumer="g"))
+        running = {"cpu": 1, "gpu": 1 if setup == "committed" else 0}
+        assert d.plan(running.__getitem__, list(ws)) == []
+    strict = Dispatcher(ws, saturation=1.0, share_gpu_threads=False)
+    strict.gpu_outstanding = 1
+    strict.ready(job("feeder", order=2, consumer="g"))
+    assert strict.plan(cpu_full, list(ws)) == []
