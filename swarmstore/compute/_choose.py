@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from swarmstore.compute._jobs import Committed
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
 
-    from swarmstore.compute._jobs import Committed, Job
+    from swarmstore.compute._jobs import Job
     from swarmstore.compute.placement import WorkerInfo
 
-__all__ = ["better_entry", "choose_gpu_worker", "choose_urgent_worker"]
+__all__ = ["better_entry", "choose_gang", "choose_gpu_worker", "choose_urgent_worker"]
 
 
 def _load(cs: Iterable[Committed]) -> tuple[float, float]:
@@ -30,12 +32,14 @@ def choose_gpu_worker(
     prefetch: float,
     top_priority: float,
     now: float = 0.0,
+    overflow: bool = True,
 ) -> str | None:
     """The worker ``job`` goes to now among ``capable`` (running, able to run it), or None.
 
     A free slot before prefetch room, the smallest GPU that fits, then the least loaded.
     Prefetch room is for jobs that need this size of GPU, and waits while more urgent GPU
-    work is on its way (it would wait behind what is prefetched now).
+    work is on its way (it would wait behind what is prefetched now). ``overflow``: an
+    urgent job may queue ahead of lower-ranked work on a full worker (:func:`_overflow`).
     """
     smallest = min(w.memory_per_gpu for w in capable)
     best: tuple[Any, ...] | None = None
@@ -52,7 +56,42 @@ def choose_gpu_worker(
         score = (not free, w.memory_per_gpu, used / w.gpus)
         if best is None or score < best:
             best, choice = score, w.address
-    return choice or _overflow(job, capable, committed, prefetch, now)
+    if choice is None and overflow:
+        return _overflow(job, capable, committed, prefetch, now)
+    return choice
+
+
+def choose_gang(
+    members: list[Job],
+    capable_of: Callable[[Job], list[WorkerInfo]],
+    committed: Callable[[str], Iterable[Committed]],
+    now: float = 0.0,
+) -> list[tuple[Job, str]] | None:
+    """A free GPU slot for every member of a gang at once, across workers, or None.
+
+    Like a Ray placement group: no member takes prefetch room or queues ahead of other
+    work (it would wait there while the others run), and none goes unless all fit now, so
+    a gang never holds some GPUs while it waits for the rest.
+    """
+    tentative: dict[str, list[Committed]] = {}
+
+    def seen(addr: str) -> list[Committed]:
+        return [*committed(addr), *tentative.get(addr, ())]
+
+    out = []
+    for m in members:
+        capable = capable_of(m)
+        if not capable:
+            return None
+        addr = choose_gpu_worker(
+            m, capable, seen, prefetch=0.0, top_priority=m.priority, now=now, overflow=False
+        )
+        if addr is None:
+            return None
+        c = Committed(addr, m.gpu, m.gpu_memory, m.priority, None)
+        tentative.setdefault(addr, []).append(c)
+        out.append((m, addr))
+    return out
 
 
 def _overflow(

@@ -13,6 +13,8 @@ from swarmstore.compute.placement import gpu_consumers
 if TYPE_CHECKING:
     from collections.abc import Collection, Hashable, Iterator, Mapping
 
+    from swarmstore.compute.requirements import Requirements
+
 __all__ = ["HeldTasks"]
 
 
@@ -25,8 +27,8 @@ class HeldTasks:
     >>> held.consumer_of["f"] = "g"
     >>> held.consumer("f"), held.top_priority, held.min_share
     ('g', 10, 0.5)
-    >>> held.finish_gpu("g"); held.consumer("f") is None
-    True
+    >>> held.finish_gpu("g"), held.consumer("f") is None
+    (True, True)
     """
 
     def __init__(self) -> None:
@@ -36,8 +38,12 @@ class HeldTasks:
         self.consumer_of: dict[Hashable, Hashable] = {}
         #: unfinished GPU tasks: key -> (user priority, share of a GPU)
         self.gpu: dict[Hashable, tuple[float, float]] = {}
+        #: gang member -> (gang id, members): one gang per name per graph submission, or
+        #: per name while its members live when they say how many they are (``gang_size``)
+        self.gang_of: dict[Hashable, tuple[Hashable, int]] = {}
         self._priorities: Counter[float] = Counter()
         self._shares: Counter[float] = Counter()
+        self._graphs = 0
 
     def __contains__(self, key: object) -> bool:
         return key in self.needs
@@ -57,6 +63,19 @@ class HeldTasks:
             self.gpu[key] = gpu
             self._priorities[gpu[0]] += 1
             self._shares[gpu[1]] += 1
+
+    def add_gangs(self, reqs: Mapping[Hashable, Requirements]) -> None:
+        """The gangs of one graph submission: the tasks whose requirements name one gang."""
+        self._graphs += 1
+        members: dict[str, list[Hashable]] = {}
+        for key, req in reqs.items():
+            if req.gang_size is not None:
+                self.gang_of[key] = ((req.gang, None), req.gang_size)
+            elif req.gang is not None:
+                members.setdefault(req.gang, []).append(key)
+        for name, keys in members.items():
+            for key in keys:
+                self.gang_of[key] = ((name, self._graphs), len(keys))
 
     def map_feeders(
         self, gpu_keys: list[Hashable], tasks: Mapping[Hashable, Any], waiting: Collection[str]
@@ -98,6 +117,7 @@ class HeldTasks:
         """Drop every trace of ``key``; returns whether it was an unfinished GPU task."""
         self.needs.pop(key, None)
         self.consumer_of.pop(key, None)
+        self.gang_of.pop(key, None)
         return self.finish_gpu(key)
 
     def clear(self) -> None:

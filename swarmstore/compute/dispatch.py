@@ -34,7 +34,12 @@ import heapq
 import time
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.compute._choose import better_entry, choose_gpu_worker, choose_urgent_worker
+from swarmstore.compute._choose import (
+    better_entry,
+    choose_gang,
+    choose_gpu_worker,
+    choose_urgent_worker,
+)
 from swarmstore.compute._jobs import Committed, Job, is_gpu
 from swarmstore.compute._pipe import FeedPipe
 from swarmstore.compute._queues import ReadyQueues
@@ -277,10 +282,21 @@ class Dispatcher:
     def _plan_gpu(self, busy: Callable[[str], int | None]) -> list[tuple[Hashable, str]]:
         picks: list[tuple[Hashable, str]] = []
         skipped: list[tuple[Any, int, Hashable]] = []
+        gangs: set[Hashable] = set()  # tried this round; their members wait uncounted
+        waiting: list[tuple[Any, int, Hashable]] = []
         while self.q.gpu and len(skipped) < _SCAN:
             item = heapq.heappop(self.q.gpu)
             job = self.q.live(item)
             if job is None:
+                continue
+            if job.gang is not None:
+                if job.gang not in gangs:
+                    gangs.add(job.gang)
+                    for member, addr in self._gang(job, busy):
+                        self._commit(member, addr)
+                        picks.append((member.key, addr))
+                if job.key in self.jobs:  # the gang waits for all its members or GPUs
+                    waiting.append(item)
                 continue
             addr = self._gpu_worker(job, busy)
             if addr is None:
@@ -288,9 +304,25 @@ class Dispatcher:
                 continue
             self._commit(job, addr)
             picks.append((job.key, addr))
-        for item in skipped:
+        for item in skipped + waiting:
             heapq.heappush(self.q.gpu, item)
         return picks
+
+    def _gang(self, job: Job, busy: Callable[[str], int | None]) -> list[tuple[Job, str]]:
+        """Where every member of ``job``'s gang goes now, or nothing (all ready, all fit)."""
+        members = sorted(
+            (j for j in self.jobs.values() if j.gang == job.gang), key=lambda j: j.rank
+        )
+        if len(members) < job.gang_size:
+            return []
+
+        def capable_of(m: Job) -> list[WorkerInfo]:
+            return [w for w in self._capable_gpu(m) if busy(w.address) is not None]
+
+        placed = choose_gang(
+            members, capable_of, lambda a: self._per_worker.get(a, {}).values(), self.clock()
+        )
+        return placed or []
 
     def _capable_gpu(self, job: Job) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.is_gpu and w.can_run(job.needs)]
