@@ -30,7 +30,7 @@ def choose_gpu_worker(
     committed: Callable[[str], Iterable[Committed]],
     *,
     prefetch: float,
-    top_priority: float,
+    top_priority: float | Callable[[float], float],
     now: float = 0.0,
     overflow: bool = True,
 ) -> str | None:
@@ -38,7 +38,9 @@ def choose_gpu_worker(
 
     A free slot before prefetch room, the smallest GPU that fits, then the least loaded.
     Prefetch room is for jobs that need this size of GPU, and waits while more urgent GPU
-    work is on its way (it would wait behind what is prefetched now). ``overflow``: an
+    work that this GPU could run is on its way (it would wait behind what is prefetched
+    now; ``top_priority`` is that priority, or a function of the GPU's memory giving it:
+    work only a bigger GPU fits holds no prefetch room back here). ``overflow``: an
     urgent job may queue ahead of lower-ranked work on a full worker (:func:`_overflow`).
     """
     smallest = min(w.memory_per_gpu for w in capable)
@@ -48,7 +50,8 @@ def choose_gpu_worker(
         used, mem = _load(committed(w.address))
         free = used + job.gpu <= w.gpus + 1e-9 and _mem_ok(w, mem, job, 1.0)
         bigger = w.memory_per_gpu > smallest * 1.001
-        allowed = not (bigger or job.gpu > 1 or job.priority < top_priority)
+        top = top_priority(w.memory_per_gpu) if callable(top_priority) else top_priority
+        allowed = not (bigger or job.gpu > 1 or job.priority < top)
         room = 1.0 + prefetch if allowed else 1.0
         fits = used + job.gpu <= w.gpus * room + 1e-9 and _mem_ok(w, mem, job, room)
         if not (free or fits):

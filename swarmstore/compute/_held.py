@@ -9,6 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.compute.placement import gpu_consumers
+from swarmstore.compute.requirements import GPU_MEMORY
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Hashable, Iterator, Mapping
@@ -41,7 +42,7 @@ class HeldTasks:
         #: gang member -> (gang id, members): one gang per name per graph submission, or
         #: per name while its members live when they say how many they are (``gang_size``)
         self.gang_of: dict[Hashable, tuple[Hashable, int]] = {}
-        self._priorities: Counter[float] = Counter()
+        self._priorities: Counter[tuple[float, float]] = Counter()  # (priority, GPU memory)
         self._shares: Counter[float] = Counter()
         self._graphs = 0
 
@@ -61,7 +62,7 @@ class HeldTasks:
         self.needs[key] = dict(needs)
         if gpu is not None and key not in self.gpu:
             self.gpu[key] = gpu
-            self._priorities[gpu[0]] += 1
+            self._priorities[gpu[0], float(needs.get(GPU_MEMORY, 0))] += 1
             self._shares[gpu[1]] += 1
 
     def add_gangs(self, reqs: Mapping[Hashable, Requirements]) -> None:
@@ -107,7 +108,12 @@ class HeldTasks:
         entry = self.gpu.pop(key, None)
         if entry is None:
             return False
-        for counter, value in ((self._priorities, entry[0]), (self._shares, entry[1])):
+        mem = float(self.needs.get(key, {}).get(GPU_MEMORY, 0))
+        pairs: tuple[tuple[Counter[Any], Any], ...] = (
+            (self._priorities, (entry[0], mem)),
+            (self._shares, entry[1]),
+        )
+        for counter, value in pairs:
             counter[value] -= 1
             if counter[value] <= 0:
                 del counter[value]
@@ -115,10 +121,11 @@ class HeldTasks:
 
     def forget(self, key: Hashable) -> bool:
         """Drop every trace of ``key``; returns whether it was an unfinished GPU task."""
+        was_gpu = self.finish_gpu(key)  # first: it reads the task's needs
         self.needs.pop(key, None)
         self.consumer_of.pop(key, None)
         self.gang_of.pop(key, None)
-        return self.finish_gpu(key)
+        return was_gpu
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -126,7 +133,19 @@ class HeldTasks:
     @property
     def top_priority(self) -> float:
         """Highest user priority of the unfinished GPU work."""
-        return max(self._priorities, default=0.0)
+        return max((p for p, _ in self._priorities), default=0.0)
+
+    def top_priority_within(self, memory_per_gpu: float) -> float:
+        """Highest user priority of the unfinished GPU work a GPU of this memory can run.
+
+        >>> held = HeldTasks()
+        >>> held.add("train", {"GPU": 1, "GPU_MEMORY": 40e9}, gpu=(10, 1.0))
+        >>> held.add("infer", {"GPU": 1, "GPU_MEMORY": 8e9}, gpu=(0, 1.0))
+        >>> held.top_priority_within(80e9), held.top_priority_within(16e9)
+        (10, 0)
+        """
+        fits = (p for p, mem in self._priorities if not memory_per_gpu or mem <= memory_per_gpu)
+        return max(fits, default=0.0)
 
     @property
     def min_share(self) -> float:

@@ -71,11 +71,9 @@ class Dispatcher:
     lookahead : float
         Extra GPU tasks' worth of feeding the pipe keeps, per GPU, beyond the time ratio.
     share_gpu_threads : bool
-        GPU workers lend CPU jobs their threads beyond one per GPU task they can run at
-        once, also while CPU-only workers take work.
+        GPU workers lend CPU jobs the threads their GPU tasks do not need.
     clock : callable
-        Seconds, for when committed work is expected to finish (urgent jobs go where a
-        thread or GPU frees first).
+        Seconds, for when committed work is expected to finish (urgent jobs' choice).
 
     Examples
     --------
@@ -112,6 +110,8 @@ class Dispatcher:
         self.gpu_outstanding = 0
         #: Highest user priority among them, and their smallest share of a GPU: set by it
         self.gpu_top_priority = 0.0
+        #: The same among the GPU work a GPU of this much memory can run: set by it
+        self.gpu_top_priority_for: Callable[[float], float] | None = None
         self.gpu_min_share = 1.0
         self._parked: set[Hashable] = set()  # GPU jobs no worker can run now
         self._per_worker: dict[str, dict[Hashable, Committed]] = {}
@@ -341,7 +341,7 @@ class Dispatcher:
             capable,
             lambda addr: self._per_worker.get(addr, {}).values(),
             prefetch=self.gpu_prefetch,
-            top_priority=self.gpu_top_priority,
+            top_priority=self.gpu_top_priority_for or self.gpu_top_priority,
             now=self.clock(),
         )
 

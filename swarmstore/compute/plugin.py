@@ -351,6 +351,7 @@ class SwarmPlugin(SchedulerPlugin):
             return
         d.gpu_outstanding = len(self.held.gpu)
         d.gpu_top_priority = self.held.top_priority
+        d.gpu_top_priority_for = self.held.top_priority_within
         d.gpu_min_share = self.held.min_share
         picks = d.plan(
             lambda addr: _apply.busy_threads(scheduler, addr),

@@ -411,3 +411,18 @@ def test_a_starved_gpu_worker_lends_its_kept_thread_to_feeders_only():
     strict.gpu_outstanding = 1
     strict.ready(job("feeder", order=2, consumer="g"))
     assert strict.plan(cpu_full, list(ws)) == []
+
+
+def test_urgent_gpu_work_only_a_bigger_gpu_fits_holds_no_prefetch_room_back():
+    big = WorkerInfo("big", 2, {"GPU": 1, "GPU_MEMORY": 80 * GiB})
+    ws = workers(big, gpu_worker("small"))
+    infer = {"GPU": 1.0, "GPU_MEMORY": 8.0 * GiB}
+    for top_for, expected in ((None, 1), (lambda mem: 10 if mem >= 40 * GiB else 0, 2)):
+        d = Dispatcher(ws, gpu_prefetch=1.0)
+        d.gpu_top_priority = 10  # urgent train tasks (40 GiB) are outstanding
+        d.gpu_top_priority_for = top_for
+        for i in range(4):
+            d.ready(job(f"infer{i}", infer, order=i))
+        # the small GPU takes one free slot; its prefetch room waits for the urgent work
+        # only when that work could run there
+        assert where(d.plan(idle, []))["small"] == expected
