@@ -1,12 +1,12 @@
 """Compute benchmarks: SwarmPlugin against stock Dask (and hand-set restrictions), same run.
 
 Usage: ``python benchmarks/bench_compute.py [--quick] [--only NAME ...] [--scenarios a b ...]
-[--modes stock hand swarm shared]``; names: scenarios, memory, overhead, placement-cost,
-affinity.
+[--modes stock hand swarm strict]``; names: scenarios, memory, overhead, placement-cost,
+affinity, kill.
 
 - ``scenarios``: the mixed GPU/CPU scenarios of ``_compute_scenarios.py`` (a-f shaped after
   issue 19's table, g-h ours). Each runs >= 3 times per mode (1 with ``--quick``), stock,
-  hand-set, plugin (defaults) and plugin with ``share_gpu_threads=True`` interleaved, each
+  hand-set, plugin (defaults) and plugin with ``share_gpu_threads=False`` interleaved, each
   on a fresh in-process cluster; the median
   makespan goes out per plugin mode as two lines: vs its computed lower bound (goal <= 1.2)
   and vs stock (goal <= 1.0), the hand-set median beside them. Scenarios with an urgent job
@@ -19,6 +19,8 @@ affinity.
 - ``placement-cost``: Placer + Dispatcher cost per task at 1,000 simulated workers / 10.
 - ``affinity``: two passes over a zarr array on S3 (moto) through TieredStore on 3 worker
   processes: remote bytes on pass 2 / pass 1 (goal <= 0.05), stock beside it.
+- ``kill``: a job whose busiest holder is killed (kill -9) mid-run, on nanny-managed worker
+  processes, over the same job undisturbed (goal <= 1.10), stock's ratio beside it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dask
+from _compute_kill import kill
 from _compute_overhead import overhead
 from _compute_scenarios import SCENARIOS, Ctx, Scenario, Spec, cluster, work
 from _results import Line, emit
@@ -44,10 +47,11 @@ from swarmstore.compute.placement import Placer, WorkerInfo
 from swarmstore.compute.requirements import Requirements
 
 BENCH = "compute"
-MODES = ("stock", "hand", "swarm", "shared")
-#: SwarmPlugin options per plugin mode (``swarm``: the defaults; ``shared``: GPU workers lend
-#: CPU work the threads their GPU work does not need, ``share-gpu-threads: true``)
-PLUGIN_MODES: dict[str, dict[str, Any]] = {"swarm": {}, "shared": {"share_gpu_threads": True}}
+MODES = ("stock", "hand", "swarm", "strict")
+#: SwarmPlugin options per plugin mode (``swarm``: the defaults, GPU workers lend CPU work
+#: the threads their GPU work does not need; ``strict``: CPU work kept off GPU workers while
+#: a CPU-only worker takes work, ``share-gpu-threads: false``)
+PLUGIN_MODES: dict[str, dict[str, Any]] = {"swarm": {}, "strict": {"share_gpu_threads": False}}
 
 
 # ---------------------------------------------------------------- scenarios
@@ -88,7 +92,7 @@ def report(
     extra = {f"{m}_ratio": med[m] / bound for m in med}
     u = {m: statistics.median(v) for m, v in urgent.items() if v}
     for mode in (m for m in PLUGIN_MODES if m in med):
-        tag = "" if mode == "swarm" else ", share-gpu-threads on"
+        tag = "" if mode == "swarm" else ", share-gpu-threads off"
 
         def line(measure, ours, peer, peer_name, goal, note, tag=tag) -> None:
             emit(Line(BENCH, measure + tag, ours, peer, peer_name, "s", "lower", goal, note, extra))
@@ -360,6 +364,8 @@ def main(argv: list[str]) -> int:
         asyncio.run(amain(args))
     if not args.only or "affinity" in args.only:
         affinity(args.quick)
+    if not args.only or "kill" in args.only:
+        kill(args.quick)
     return 0
 
 

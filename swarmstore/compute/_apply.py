@@ -35,8 +35,10 @@ __all__ = [
     "fail_unsatisfiable",
     "hold",
     "job_of",
+    "pinned_by_user",
     "release",
     "repin",
+    "restricted_by_user",
     "worker_info",
     "worker_saturation",
 ]
@@ -55,6 +57,16 @@ def hold(ts: TaskState) -> None:
     """Park ``ts`` in ``no-worker`` once ready, until :func:`dispatch` names its worker."""
     ts.worker_restrictions = {HOLD}
     ts.loose_restrictions = False
+
+
+def pinned_by_user(ts: TaskState) -> bool:
+    """The user restricted ``ts`` to workers or hosts (``workers=``)."""
+    return bool(ts.worker_restrictions or ts.host_restrictions)
+
+
+def restricted_by_user(ts: TaskState) -> bool:
+    """The user restricted ``ts`` in any way (``workers=``, ``resources=``)."""
+    return bool(ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions)
 
 
 def apply_decision(ts: TaskState, d: Decision) -> None:
@@ -107,9 +119,14 @@ def busy_threads(scheduler: Scheduler, addr: str) -> int | None:
 
 
 def job_of(
-    scheduler: Scheduler, ts: TaskState, needs: Mapping[str, float], consumer: Hashable | None
+    scheduler: Scheduler,
+    ts: TaskState,
+    needs: Mapping[str, float],
+    consumer: Hashable | None,
+    gang: tuple[Hashable, int] | None = None,
 ) -> Job:
-    """The dispatcher's view of a ready held task: rank, needs, inputs' home, duration."""
+    """The dispatcher's view of a ready held task: rank, needs, inputs' home, duration,
+    and ``(gang id, members)`` when it belongs to a gang."""
     home = None
     if ts.dependencies:
         where: dict[str, int] = {}
@@ -122,7 +139,8 @@ def job_of(
                 home = addr
     avg = ts.prefix.duration_average
     duration = avg if avg >= 0 else scheduler.UNKNOWN_TASK_DURATION
-    return Job(ts.key, tuple(ts.priority or ()), needs, consumer, home, duration)
+    gid, size = gang if gang is not None else (None, 1)
+    return Job(ts.key, tuple(ts.priority or ()), needs, consumer, home, duration, gid, size)
 
 
 def dispatch(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from swarmstore.compute._jobs import Committed
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
 
-    from swarmstore.compute._jobs import Committed, Job
+    from swarmstore.compute._jobs import Job
     from swarmstore.compute.placement import WorkerInfo
 
-__all__ = ["better_entry", "choose_gpu_worker", "choose_urgent_worker"]
+__all__ = ["better_entry", "choose_gang", "choose_gpu_worker", "choose_urgent_worker"]
 
 
 def _load(cs: Iterable[Committed]) -> tuple[float, float]:
@@ -28,14 +30,18 @@ def choose_gpu_worker(
     committed: Callable[[str], Iterable[Committed]],
     *,
     prefetch: float,
-    top_priority: float,
+    top_priority: float | Callable[[float], float],
     now: float = 0.0,
+    overflow: bool = True,
 ) -> str | None:
     """The worker ``job`` goes to now among ``capable`` (running, able to run it), or None.
 
     A free slot before prefetch room, the smallest GPU that fits, then the least loaded.
     Prefetch room is for jobs that need this size of GPU, and waits while more urgent GPU
-    work is on its way (it would wait behind what is prefetched now).
+    work that this GPU could run is on its way (it would wait behind what is prefetched
+    now; ``top_priority`` is that priority, or a function of the GPU's memory giving it:
+    work only a bigger GPU fits holds no prefetch room back here). ``overflow``: an
+    urgent job may queue ahead of lower-ranked work on a full worker (:func:`_overflow`).
     """
     smallest = min(w.memory_per_gpu for w in capable)
     best: tuple[Any, ...] | None = None
@@ -44,7 +50,8 @@ def choose_gpu_worker(
         used, mem = _load(committed(w.address))
         free = used + job.gpu <= w.gpus + 1e-9 and _mem_ok(w, mem, job, 1.0)
         bigger = w.memory_per_gpu > smallest * 1.001
-        allowed = not (bigger or job.gpu > 1 or job.priority < top_priority)
+        top = top_priority(w.memory_per_gpu) if callable(top_priority) else top_priority
+        allowed = not (bigger or job.gpu > 1 or job.priority < top)
         room = 1.0 + prefetch if allowed else 1.0
         fits = used + job.gpu <= w.gpus * room + 1e-9 and _mem_ok(w, mem, job, room)
         if not (free or fits):
@@ -52,7 +59,42 @@ def choose_gpu_worker(
         score = (not free, w.memory_per_gpu, used / w.gpus)
         if best is None or score < best:
             best, choice = score, w.address
-    return choice or _overflow(job, capable, committed, prefetch, now)
+    if choice is None and overflow:
+        return _overflow(job, capable, committed, prefetch, now)
+    return choice
+
+
+def choose_gang(
+    members: list[Job],
+    capable_of: Callable[[Job], list[WorkerInfo]],
+    committed: Callable[[str], Iterable[Committed]],
+    now: float = 0.0,
+) -> list[tuple[Job, str]] | None:
+    """A free GPU slot for every member of a gang at once, across workers, or None.
+
+    Like a Ray placement group: no member takes prefetch room or queues ahead of other
+    work (it would wait there while the others run), and none goes unless all fit now, so
+    a gang never holds some GPUs while it waits for the rest.
+    """
+    tentative: dict[str, list[Committed]] = {}
+
+    def seen(addr: str) -> list[Committed]:
+        return [*committed(addr), *tentative.get(addr, ())]
+
+    out = []
+    for m in members:
+        capable = capable_of(m)
+        if not capable:
+            return None
+        addr = choose_gpu_worker(
+            m, capable, seen, prefetch=0.0, top_priority=m.priority, now=now, overflow=False
+        )
+        if addr is None:
+            return None
+        c = Committed(addr, m.gpu, m.gpu_memory, m.priority, None)
+        tentative.setdefault(addr, []).append(c)
+        out.append((m, addr))
+    return out
 
 
 def _overflow(

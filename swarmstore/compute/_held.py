@@ -9,9 +9,12 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.compute.placement import gpu_consumers
+from swarmstore.compute.requirements import GPU_MEMORY
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Hashable, Iterator, Mapping
+
+    from swarmstore.compute.requirements import Requirements
 
 __all__ = ["HeldTasks"]
 
@@ -25,8 +28,8 @@ class HeldTasks:
     >>> held.consumer_of["f"] = "g"
     >>> held.consumer("f"), held.top_priority, held.min_share
     ('g', 10, 0.5)
-    >>> held.finish_gpu("g"); held.consumer("f") is None
-    True
+    >>> held.finish_gpu("g"), held.consumer("f") is None
+    (True, True)
     """
 
     def __init__(self) -> None:
@@ -36,8 +39,12 @@ class HeldTasks:
         self.consumer_of: dict[Hashable, Hashable] = {}
         #: unfinished GPU tasks: key -> (user priority, share of a GPU)
         self.gpu: dict[Hashable, tuple[float, float]] = {}
-        self._priorities: Counter[float] = Counter()
+        #: gang member -> (gang id, members): one gang per name per graph submission, or
+        #: per name while its members live when they say how many they are (``gang_size``)
+        self.gang_of: dict[Hashable, tuple[Hashable, int]] = {}
+        self._priorities: Counter[tuple[float, float]] = Counter()  # (priority, GPU memory)
         self._shares: Counter[float] = Counter()
+        self._graphs = 0
 
     def __contains__(self, key: object) -> bool:
         return key in self.needs
@@ -55,8 +62,21 @@ class HeldTasks:
         self.needs[key] = dict(needs)
         if gpu is not None and key not in self.gpu:
             self.gpu[key] = gpu
-            self._priorities[gpu[0]] += 1
+            self._priorities[gpu[0], float(needs.get(GPU_MEMORY, 0))] += 1
             self._shares[gpu[1]] += 1
+
+    def add_gangs(self, reqs: Mapping[Hashable, Requirements]) -> None:
+        """The gangs of one graph submission: the tasks whose requirements name one gang."""
+        self._graphs += 1
+        members: dict[str, list[Hashable]] = {}
+        for key, req in reqs.items():
+            if req.gang_size is not None:
+                self.gang_of[key] = ((req.gang, None), req.gang_size)
+            elif req.gang is not None:
+                members.setdefault(req.gang, []).append(key)
+        for name, keys in members.items():
+            for key in keys:
+                self.gang_of[key] = ((name, self._graphs), len(keys))
 
     def map_feeders(
         self, gpu_keys: list[Hashable], tasks: Mapping[Hashable, Any], waiting: Collection[str]
@@ -88,7 +108,12 @@ class HeldTasks:
         entry = self.gpu.pop(key, None)
         if entry is None:
             return False
-        for counter, value in ((self._priorities, entry[0]), (self._shares, entry[1])):
+        mem = float(self.needs.get(key, {}).get(GPU_MEMORY, 0))
+        pairs: tuple[tuple[Counter[Any], Any], ...] = (
+            (self._priorities, (entry[0], mem)),
+            (self._shares, entry[1]),
+        )
+        for counter, value in pairs:
             counter[value] -= 1
             if counter[value] <= 0:
                 del counter[value]
@@ -96,9 +121,11 @@ class HeldTasks:
 
     def forget(self, key: Hashable) -> bool:
         """Drop every trace of ``key``; returns whether it was an unfinished GPU task."""
+        was_gpu = self.finish_gpu(key)  # first: it reads the task's needs
         self.needs.pop(key, None)
         self.consumer_of.pop(key, None)
-        return self.finish_gpu(key)
+        self.gang_of.pop(key, None)
+        return was_gpu
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -106,7 +133,19 @@ class HeldTasks:
     @property
     def top_priority(self) -> float:
         """Highest user priority of the unfinished GPU work."""
-        return max(self._priorities, default=0.0)
+        return max((p for p, _ in self._priorities), default=0.0)
+
+    def top_priority_within(self, memory_per_gpu: float) -> float:
+        """Highest user priority of the unfinished GPU work a GPU of this memory can run.
+
+        >>> held = HeldTasks()
+        >>> held.add("train", {"GPU": 1, "GPU_MEMORY": 40e9}, gpu=(10, 1.0))
+        >>> held.add("infer", {"GPU": 1, "GPU_MEMORY": 8e9}, gpu=(0, 1.0))
+        >>> held.top_priority_within(80e9), held.top_priority_within(16e9)
+        (10, 0)
+        """
+        fits = (p for p, mem in self._priorities if not memory_per_gpu or mem <= memory_per_gpu)
+        return max(fits, default=0.0)
 
     @property
     def min_share(self) -> float:

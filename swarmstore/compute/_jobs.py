@@ -28,6 +28,9 @@ class Job:
     home: str | None = None
     #: Expected duration in seconds (the task prefix's average)
     duration: float = 0.5
+    #: The gang it belongs to (GPU jobs dispatched all at once or not at all), and its size
+    gang: Hashable | None = None
+    gang_size: int = 1
 
     @property
     def gpu(self) -> float:

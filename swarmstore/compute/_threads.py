@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from swarmstore.compute.placement import WorkerInfo
 
-__all__ = ["ThreadPolicy", "free_cpu_slots", "slots"]
+__all__ = ["ThreadPolicy", "free_cpu_slots", "slots", "starved_feeder_threads"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ThreadPolicy:
     saturation: float = 1.1
     #: GPU workers lend CPU work the threads beyond those their GPUs need, even while
     #: CPU-only workers take work (``swarmstore.compute.share-gpu-threads``)
-    share_gpu_threads: bool = False
+    share_gpu_threads: bool = True
 
 
 def slots(threads: int, saturation: float) -> int:
@@ -77,3 +77,19 @@ def free_cpu_slots(
             kept = min(kept, w.nthreads - 1)
         out[addr] = w.nthreads - max(kept, 0) - (n - gpu_tasks_on(addr))
     return out
+
+
+def starved_feeder_threads(
+    w: WorkerInfo, busy: int, gpu_tasks: int, policy: ThreadPolicy, *, gpu_ready: bool
+) -> int:
+    """Threads a GPU worker kept for GPU work that feeders of GPU work may use now.
+
+    While no GPU job is ready anywhere and none is dispatched to this worker, its GPU waits
+    for inputs: a GPU task can start no sooner than its feeders finish, so a kept thread
+    that runs a feeder costs the GPU nothing and makes its next input sooner (CPU-bound
+    pipelines on GPU workers with one thread each have no other thread to feed them). Other
+    CPU work never gets these threads: it could hold one when the GPU task arrives.
+    """
+    if not (policy.share_gpu_threads and w.is_gpu) or gpu_ready or gpu_tasks:
+        return 0
+    return max(0, w.nthreads - busy)

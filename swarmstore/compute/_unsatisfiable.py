@@ -14,7 +14,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.compute import _apply
-from swarmstore.compute.requirements import managed_needs
+from swarmstore.compute.requirements import GPU, managed_needs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Mapping
@@ -65,30 +65,55 @@ class UnsatisfiableWatch:
         event = {"action": "unsatisfiable-waiting", "key": key, "resources": needs}
         scheduler.log_event("swarmstore", {**event, "timeout": timeout})
 
-    def check(self, scheduler: Scheduler, needs_of: Callable[[TaskState], Mapping | None]) -> None:
-        """Fail the tasks that waited past the timeout for GPUs no worker can give."""
+    def check(
+        self,
+        scheduler: Scheduler,
+        needs_of: Callable[[TaskState], Mapping | None],
+        gang_of: Callable[[Hashable], tuple[Hashable, int] | None] = lambda key: None,
+    ) -> None:
+        """Fail the tasks that waited past the timeout for GPUs no worker can give, and
+        gangs larger than all the GPUs able to run their tasks together."""
         if self.timeout is None or not scheduler.unrunnable:
             return
         now = monotonic()
-        due: dict[frozenset[tuple[str, float]], list[TaskState]] = {}
+        due: dict[tuple[frozenset[tuple[str, float]], str], list[TaskState]] = {}
         for ts in list(scheduler.unrunnable):
             needs = managed_needs(needs_of(ts))
-            if not needs or self.placer.capable(needs):
+            why = self._why(needs, gang_of(ts.key)) if needs else None
+            if why is None:
                 self._since.pop(ts.key, None)
                 continue  # someone could run it: busy, held or restricted, not ours to fail
             # counted from when we first saw no capable worker, not from entering no-worker:
             # a held GPU task may have waited long for a slot before its workers went away
             since = self._since.setdefault(ts.key, now)
             if now - since > self.timeout:
-                due.setdefault(frozenset(needs.items()), []).append(ts)
-        for shape, tasks in due.items():
-            self._fail(scheduler, dict(shape), tasks)
+                due.setdefault((frozenset(needs.items()), why), []).append(ts)
+        for (shape, why), tasks in due.items():
+            self._fail(scheduler, dict(shape), tasks, why)
 
-    def _fail(self, scheduler: Scheduler, needs: dict[str, float], tasks: list[Any]) -> None:
+    def _why(self, needs: Mapping[str, float], gang: tuple[Hashable, int] | None) -> str | None:
+        """Why ``needs`` (in a gang of ``gang[1]`` tasks) can never be met now, or None."""
+        capable = self.placer.capable(needs)
+        if not capable:
+            return self.placer.shortfall(needs)
+        if gang is None or gang[1] <= 1:
+            return None
+        want = gang[1] * float(needs.get(GPU, 1.0))
+        have = sum(self.placer.workers[addr].gpus for addr, _ in capable)
+        if want <= have + 1e-9:
+            return None
+        return (
+            f"its gang of {gang[1]} tasks needs {want:g} GPUs at once; the workers able to "
+            f"run them have {have:g} in all"
+        )
+
+    def _fail(
+        self, scheduler: Scheduler, needs: dict[str, float], tasks: list[Any], why: str
+    ) -> None:
         assert self.timeout is not None
         msg = (
             f"needs resources {needs} but no worker of {len(scheduler.workers)} can give them: "
-            f"{self.placer.shortfall(needs)} (waited {self.timeout:g}s; "
+            f"{why} (waited {self.timeout:g}s; "
             "swarmstore.compute.unsatisfiable-timeout). Start workers with those resources, "
             "or install swarmstore's worker plugin (plugins/worker.py) so GPUs are declared."
         )

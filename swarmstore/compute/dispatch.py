@@ -15,8 +15,9 @@ The policy (``docs/compute.md`` justifies it):
   GPUs' worth wait behind the running ones, so no GPU idles between tasks.
 - **Threads.** CPU jobs take free task slots, ``worker-saturation`` times the threads, so
   heterogeneous workers fill in proportion; GPU workers lend only the threads their GPU
-  work does not need (:mod:`._threads`). A job whose inputs mostly sit on one worker goes
-  there when it has room.
+  work does not need (:mod:`._threads`), and the rest to feeders of GPU work while their
+  GPU waits for inputs (no GPU job ready, none on the worker). A job whose inputs mostly
+  sit on one worker goes there when it has room.
 - **Urgent jobs.** A job of higher user priority than all the work committed to a worker may
   go there beyond its slots (one turn per thread or GPU) and runs next, on the worker
   whose thread or GPU is expected to free first (task-prefix averages).
@@ -24,20 +25,25 @@ The policy (``docs/compute.md`` justifies it):
   GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks of at
   least its user priority are being fed or wait, unless its own GPU task is among them (so
   an urgent job's feeders never wait behind a full pipe of others); when it runs short,
-  feeders go first among equals. The limit covers the time feeding takes, as a multiple of
-  a GPU task's time (task-prefix averages).
+  feeders go first among equals (:mod:`._pipe` sizes it).
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.compute._choose import better_entry, choose_gpu_worker, choose_urgent_worker
+from swarmstore.compute._choose import (
+    better_entry,
+    choose_gang,
+    choose_gpu_worker,
+    choose_urgent_worker,
+)
 from swarmstore.compute._jobs import Committed, Job, is_gpu
-from swarmstore.compute._threads import ThreadPolicy, free_cpu_slots
+from swarmstore.compute._pipe import FeedPipe
+from swarmstore.compute._queues import ReadyQueues
+from swarmstore.compute._threads import ThreadPolicy, free_cpu_slots, starved_feeder_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -65,11 +71,9 @@ class Dispatcher:
     lookahead : float
         Extra GPU tasks' worth of feeding the pipe keeps, per GPU, beyond the time ratio.
     share_gpu_threads : bool
-        GPU workers lend CPU jobs their threads beyond one per GPU task they can run at
-        once, also while CPU-only workers take work.
+        GPU workers lend CPU jobs the threads their GPU tasks do not need.
     clock : callable
-        Seconds, for when committed work is expected to finish (urgent jobs go where a
-        thread or GPU frees first).
+        Seconds, for when committed work is expected to finish (urgent jobs' choice).
 
     Examples
     --------
@@ -89,7 +93,7 @@ class Dispatcher:
         gpu_prefetch: float = 1.0,
         saturation: float = 1.1,
         lookahead: float = 1.0,
-        share_gpu_threads: bool = False,
+        share_gpu_threads: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.workers = workers
@@ -97,27 +101,21 @@ class Dispatcher:
         self.threads = ThreadPolicy(saturation, share_gpu_threads)
         self.clock = clock
         self.lookahead = lookahead
-        self.jobs: dict[Hashable, Job] = {}
+        self.q = ReadyQueues()
+        self.jobs = self.q.jobs  # ready jobs by key
         self.committed: dict[Hashable, Committed] = {}
         #: GPU tasks being fed (a feeder dispatched) or waiting, not yet finished
-        self.pipe: dict[Hashable, float] = {}  # -> the user priority it was fed at
+        self.pipe = FeedPipe()
         #: Unfinished GPU tasks the plugin knows of (held, waiting, running): set by it
         self.gpu_outstanding = 0
         #: Highest user priority among them, and their smallest share of a GPU: set by it
         self.gpu_top_priority = 0.0
+        #: The same among the GPU work a GPU of this much memory can run: set by it
+        self.gpu_top_priority_for: Callable[[float], float] | None = None
         self.gpu_min_share = 1.0
-        self._gpu: list[tuple[Any, int, Hashable]] = []
-        self._feeders: list[tuple[Any, int, Hashable]] = []
-        self._others: list[tuple[Any, int, Hashable]] = []
-        self._local: dict[str, list[tuple[Any, int, Hashable]]] = {}
-        self._seq = 0
-        self._entry: dict[Hashable, int] = {}
         self._parked: set[Hashable] = set()  # GPU jobs no worker can run now
         self._per_worker: dict[str, dict[Hashable, Committed]] = {}
-        self._durations = {"feed": 0.5, "gpu": 0.5}
-        self._ready_gpu = 0
         self._gpu_committed = 0
-        self._feeding = 0  # feeders dispatched and not finished
 
     def __repr__(self) -> str:
         return (
@@ -129,35 +127,13 @@ class Dispatcher:
     def ready(self, job: Job) -> None:
         """``job`` can run now: queue it (again, if it was queued before)."""
         self.withdraw(job.key)
-        self._seq += 1
-        seq = self._seq
-        self.jobs[job.key] = job
-        self._entry[job.key] = seq
-        if is_gpu(job):
-            self._ready_gpu += 1
-            self._learn("gpu", job.duration)
-            item = ((job.rank[:1], self._scarcity(job), *job.rank[1:]), seq, job.key)
-            heapq.heappush(self._gpu, item)
-            return
-        item = (job.rank, seq, job.key)
-        if job.consumer is not None:
-            self._learn("feed", job.duration)
-            heapq.heappush(self._feeders, item)
-        else:
-            heapq.heappush(self._others, item)
-        if job.home is not None:
-            local = self._local.setdefault(job.home, [])
-            heapq.heappush(local, item)
-            if len(local) > 2 * len(self.jobs) + 64:  # drop stale entries now and then
-                self._local[job.home] = [i for i in local if self._live(i) is not None]
-                heapq.heapify(self._local[job.home])
+        kind = "gpu" if is_gpu(job) else "other" if job.consumer is None else "feed"
+        self.pipe.learn(kind, job.duration)
+        self.q.push(job, self._scarcity(job) if kind == "gpu" else 0)
 
     def withdraw(self, key: Hashable) -> None:
         """``key`` is no longer ready (released, forgotten, computed elsewhere)."""
-        job = self.jobs.pop(key, None)
-        if job is not None and is_gpu(job):
-            self._ready_gpu -= 1
-        self._entry.pop(key, None)
+        self.q.withdraw(key)
         self._parked.discard(key)
 
     def done(self, key: Hashable) -> Hashable | None:
@@ -166,13 +142,13 @@ class Dispatcher:
         if c is None:
             return None
         self._gpu_committed -= bool(c.gpu or c.gpu_memory)
-        self._feeding -= c.consumer is not None
+        self.pipe.left(c.consumer)
         self._per_worker.get(c.worker, {}).pop(key, None)
         return c.worker
 
     def gpu_task_finished(self, key: Hashable) -> None:
         """A GPU task finished (or will never run): it leaves the pipe."""
-        self.pipe.pop(key, None)
+        self.pipe.finished(key)
 
     def membership_changed(self) -> None:
         """Workers joined or left: parked GPU jobs may fit now; forget departed workers."""
@@ -194,9 +170,12 @@ class Dispatcher:
     @property
     def pipe_limit(self) -> int:
         """GPU tasks fed at once: enough to keep every GPU busy while feeders run."""
-        slots = self.gpu_slots
-        ratio = self._durations["feed"] / max(self._durations["gpu"], 1e-3)
-        return max(1, math.ceil(slots * (1 + self.gpu_prefetch + self.lookahead + min(ratio, 8))))
+        return self.pipe.limit(
+            gpu_slots=self.gpu_slots,
+            prefetch=self.gpu_prefetch,
+            lookahead=self.lookahead,
+            others_waiting=self.q.ready_other > 0,
+        )
 
     def committed_gpu(self, addr: str) -> tuple[float, float]:
         """``(GPU units, GPU memory)`` of work dispatched to ``addr`` and not finished."""
@@ -208,7 +187,7 @@ class Dispatcher:
 
     def ready_gpu(self) -> int:
         """GPU jobs ready and not dispatched."""
-        return self._ready_gpu
+        return self.q.ready_gpu
 
     # ---- the plan
     def plan(
@@ -219,8 +198,8 @@ class Dispatcher:
         ``busy(addr)`` is the number of threads in use on a worker (``None`` when it takes
         no work: paused, closing); ``candidates`` the workers that may have free threads.
         """
-        picks = self._plan_gpu(busy) if self._gpu else []
-        if not (self._feeders or self._others):
+        picks = self._plan_gpu(busy) if self.q.gpu else []
+        if not (self.q.feeders or self.q.others):
             return picks
         new: dict[str, int] = {}
         for _, addr in picks:  # committed now, not yet processing on the scheduler
@@ -240,8 +219,37 @@ class Dispatcher:
                     break
                 self._commit(job, addr)
                 picks.append((job.key, addr))
+        picks += self._feed_starved_gpus(busy_now, picks, free)
         picks += self._overflow_cpu(free)
         return picks
+
+    def _feed_starved_gpus(
+        self,
+        busy: Callable[[str], int | None],
+        picks: list[tuple[Hashable, str]],
+        free: dict[str, int],
+    ) -> list[tuple[Hashable, str]]:
+        """Feeders onto the kept threads of GPU workers whose GPU waits for inputs."""
+        if not self.q.feeders or self.q.ready_gpu:
+            return []
+        out: list[tuple[Hashable, str]] = []
+        for addr in free:
+            w = self.workers[addr]
+            n = busy(addr)
+            if n is None or not w.is_gpu:
+                continue
+            n += sum(a == addr for _, a in picks)
+            lend = starved_feeder_threads(
+                w, n, self.gpu_tasks_on(addr), self.threads, gpu_ready=False
+            )
+            for _ in range(lend):
+                head = self.q.head(self.q.feeders, lambda j: not j.needs, self._admissible)
+                if head is None:
+                    return out
+                job = self.jobs[head[2]]
+                self._commit(job, addr)
+                out.append((job.key, addr))
+        return out
 
     def _overflow_cpu(self, free: dict[str, int]) -> list[tuple[Hashable, str]]:
         """Urgent CPU jobs onto full workers whose committed work all ranks below them."""
@@ -250,8 +258,8 @@ class Dispatcher:
             free = {a: n for a, n in free.items() if not self.workers[a].is_gpu}
         while True:
             head = better_entry(
-                self._head(self._feeders, None, admissible=True),
-                self._head(self._others, None),
+                self.q.head(self.q.feeders, None, self._admissible),
+                self.q.head(self.q.others, None),
                 prefer_first=False,
             )
             job = None if head is None else self.jobs[head[2]]
@@ -274,10 +282,21 @@ class Dispatcher:
     def _plan_gpu(self, busy: Callable[[str], int | None]) -> list[tuple[Hashable, str]]:
         picks: list[tuple[Hashable, str]] = []
         skipped: list[tuple[Any, int, Hashable]] = []
-        while self._gpu and len(skipped) < _SCAN:
-            item = heapq.heappop(self._gpu)
-            job = self._live(item)
+        gangs: set[Hashable] = set()  # tried this round; their members wait uncounted
+        waiting: list[tuple[Any, int, Hashable]] = []
+        while self.q.gpu and len(skipped) < _SCAN:
+            item = heapq.heappop(self.q.gpu)
+            job = self.q.live(item)
             if job is None:
+                continue
+            if job.gang is not None:
+                if job.gang not in gangs:
+                    gangs.add(job.gang)
+                    for member, addr in self._gang(job, busy):
+                        self._commit(member, addr)
+                        picks.append((member.key, addr))
+                if job.key in self.jobs:  # the gang waits for all its members or GPUs
+                    waiting.append(item)
                 continue
             addr = self._gpu_worker(job, busy)
             if addr is None:
@@ -285,9 +304,25 @@ class Dispatcher:
                 continue
             self._commit(job, addr)
             picks.append((job.key, addr))
-        for item in skipped:
-            heapq.heappush(self._gpu, item)
+        for item in skipped + waiting:
+            heapq.heappush(self.q.gpu, item)
         return picks
+
+    def _gang(self, job: Job, busy: Callable[[str], int | None]) -> list[tuple[Job, str]]:
+        """Where every member of ``job``'s gang goes now, or nothing (all ready, all fit)."""
+        members = sorted(
+            (j for j in self.jobs.values() if j.gang == job.gang), key=lambda j: j.rank
+        )
+        if len(members) < job.gang_size:
+            return []
+
+        def capable_of(m: Job) -> list[WorkerInfo]:
+            return [w for w in self._capable_gpu(m) if busy(w.address) is not None]
+
+        placed = choose_gang(
+            members, capable_of, lambda a: self._per_worker.get(a, {}).values(), self.clock()
+        )
+        return placed or []
 
     def _capable_gpu(self, job: Job) -> list[WorkerInfo]:
         return [w for w in self.workers.values() if w.is_gpu and w.can_run(job.needs)]
@@ -306,7 +341,7 @@ class Dispatcher:
             capable,
             lambda addr: self._per_worker.get(addr, {}).values(),
             prefetch=self.gpu_prefetch,
-            top_priority=self.gpu_top_priority,
+            top_priority=self.gpu_top_priority_for or self.gpu_top_priority,
             now=self.clock(),
         )
 
@@ -325,25 +360,19 @@ class Dispatcher:
             running,
             self.gpu_tasks_on,
             self.threads,
-            gpu_outstanding=self.gpu_outstanding > 0,
+            gpu_outstanding=bool(self.gpu_outstanding or self.q.ready_gpu or self._gpu_committed),
             min_share=self.gpu_min_share,
         )
 
     @property
     def _starving(self) -> bool:
-        """Fewer GPU tasks being fed than the GPUs need to stay busy."""
-        return len(self.pipe) < self.gpu_slots * (1 + self.gpu_prefetch)
+        return self.pipe.starving(self.gpu_slots, self.gpu_prefetch)
 
     def _admissible(self, job: Job) -> bool:
-        c = job.consumer
-        if c is None or c in self.pipe or len(self.pipe) < self.pipe_limit:
+        if job.consumer is None:
             return True
-        # urgent work sees only the pipe's work at least as urgent (it runs before the rest)
-        if sum(p >= job.priority for p in self.pipe.values()) < self.pipe_limit:
-            return True
-        # safety valve: nothing in flight can drain the pipe (a consumer may wait for a task
-        # fed by a consumer outside it), so let one more through
-        return not (self._gpu_committed or self._ready_gpu or self._feeding)
+        draining = bool(self._gpu_committed or self.q.ready_gpu)
+        return self.pipe.admits(job, self.pipe_limit, draining=draining)
 
     def _next_cpu(self, addr: str) -> Job | None:
         w = self.workers[addr]
@@ -351,9 +380,9 @@ class Dispatcher:
         def fits(j: Job) -> bool:
             return not j.needs or w.can_run(j.needs)
 
-        local = self._head(self._local.get(addr), fits)
-        feeder = self._head(self._feeders, fits, admissible=True)
-        other = self._head(self._others, fits)
+        local = self.q.head(self.q.local.get(addr), fits)
+        feeder = self.q.head(self.q.feeders, fits, self._admissible)
+        other = self.q.head(self.q.others, fits)
         best = better_entry(feeder, other, prefer_first=self._starving)
         if local is not None and (best is None or local[0][:2] <= best[0][:2]):
             best = local
@@ -361,50 +390,11 @@ class Dispatcher:
             return None
         return self.jobs[best[2]]
 
-    def _head(
-        self,
-        heap: list[tuple[Any, int, Hashable]] | None,
-        fits: Callable[[Job], bool] | None,
-        *,
-        admissible: bool = False,
-    ) -> tuple[Any, int, Hashable] | None:
-        """The best live entry of ``heap`` this worker may take (left in place)."""
-        if not heap:
-            return None
-        skipped = []
-        found = None
-        while heap and len(skipped) < _SCAN:
-            job = self._live(heap[0])
-            if job is None:
-                heapq.heappop(heap)
-                continue
-            if (fits is None or fits(job)) and (not admissible or self._admissible(job)):
-                found = heap[0]
-                break
-            skipped.append(heapq.heappop(heap))
-        for item in skipped:
-            heapq.heappush(heap, item)
-        return found
-
-    def _live(self, item: tuple[Any, int, Hashable]) -> Job | None:
-        key = item[2]
-        if self._entry.get(key) != item[1]:
-            return None
-        return self.jobs.get(key)
-
     def _commit(self, job: Job, addr: str) -> None:
         self.withdraw(job.key)
         until = self.clock() + max(job.duration, 0.0)
         c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer, until)
         self.committed[job.key] = c
         self._gpu_committed += bool(c.gpu or c.gpu_memory)
-        self._feeding += c.consumer is not None
         self._per_worker.setdefault(addr, {})[job.key] = c
-        if job.consumer is not None:
-            self.pipe[job.consumer] = max(job.priority, self.pipe.get(job.consumer, job.priority))
-        elif is_gpu(job):
-            self.pipe[job.key] = job.priority  # ready without feeders of ours: in the pipe
-
-    def _learn(self, kind: str, duration: float) -> None:
-        if duration > 0:
-            self._durations[kind] = 0.9 * self._durations[kind] + 0.1 * duration
+        self.pipe.committed(job, gpu=is_gpu(job))

@@ -209,6 +209,7 @@ class SwarmPlugin(SchedulerPlugin):
             return  # the common fast path: nothing of ours in this graph
         reqs, bad = parse_graph(swarm, resources)
         self.requirements.update(reqs)
+        self.held.add_gangs(reqs)
         stasks = scheduler.tasks
         for key in tasks if hold_cpu else (*reqs, *bad):
             ts = stasks.get(key)
@@ -218,9 +219,9 @@ class SwarmPlugin(SchedulerPlugin):
                 _apply.fail_invalid(ts, bad[key])
                 continue
             req = reqs.get(key)
-            if ts.actor or (req is None and _restricted(ts)):
+            if ts.actor or (req is None and _apply.restricted_by_user(ts)):
                 continue  # the user restricted it already: leave it alone
-            self._decide(scheduler, ts, req, pinned_by_user=_pinned(ts))
+            self._decide(scheduler, ts, req, pinned_by_user=_apply.pinned_by_user(ts))
         gpu = [k for k, r in reqs.items() if r.is_gpu and k in self.held]
         if gpu:
             self._find_feeders(scheduler, gpu)
@@ -282,8 +283,11 @@ class SwarmPlugin(SchedulerPlugin):
 
     def _ready(self, ts: TaskState) -> None:
         assert self.scheduler is not None
-        needs, consumer = self.held.needs[ts.key], self.held.consumer(ts.key)
-        self.dispatcher.ready(_apply.job_of(self.scheduler, ts, needs, consumer))
+        held, key = self.held, ts.key
+        job = _apply.job_of(
+            self.scheduler, ts, held.needs[key], held.consumer(key), held.gang_of.get(key)
+        )
+        self.dispatcher.ready(job)
         self._schedule_round()
 
     def _forget(self, key: Any) -> None:
@@ -347,6 +351,7 @@ class SwarmPlugin(SchedulerPlugin):
             return
         d.gpu_outstanding = len(self.held.gpu)
         d.gpu_top_priority = self.held.top_priority
+        d.gpu_top_priority_for = self.held.top_priority_within
         d.gpu_min_share = self.held.min_share
         picks = d.plan(
             lambda addr: _apply.busy_threads(scheduler, addr),
@@ -371,7 +376,7 @@ class SwarmPlugin(SchedulerPlugin):
         scheduler = self.scheduler
         if scheduler is not None:
             self._sync_workers(scheduler)  # resources may change (Worker.set_resources)
-            self.unsatisfiable.check(scheduler, self._needs_of)
+            self.unsatisfiable.check(scheduler, self._needs_of, self.held.gang_of.get)
 
     def _needs_of(self, ts: TaskState) -> Mapping[str, float] | None:
         return self.held.needs.get(ts.key) or ts.resource_restrictions
@@ -380,7 +385,7 @@ class SwarmPlugin(SchedulerPlugin):
         """Fail the tasks that waited past the timeout for GPUs no worker can give."""
         if self.scheduler is not None:
             self._sync_workers(self.scheduler)
-            self.unsatisfiable.check(self.scheduler, self._needs_of)
+            self.unsatisfiable.check(self.scheduler, self._needs_of, self.held.gang_of.get)
 
     # ---------------------------------------------------------------- membership
     def _membership_changed(self) -> None:
@@ -393,11 +398,3 @@ class SwarmPlugin(SchedulerPlugin):
         """Bring the placer's worker picture up to date (resources change at run time)."""
         if self.placer.sync(scheduler.workers, _apply.worker_info):
             self._membership_changed()
-
-
-def _pinned(ts: TaskState) -> bool:
-    return bool(ts.worker_restrictions or ts.host_restrictions)
-
-
-def _restricted(ts: TaskState) -> bool:
-    return bool(ts.worker_restrictions or ts.host_restrictions or ts.resource_restrictions)

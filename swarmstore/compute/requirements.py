@@ -42,7 +42,18 @@ PRIORITY_NAMES: dict[str, int] = {"high": 10, "normal": 0, "low": -10}
 #: Keys of the ``swarm`` annotation. ``persist`` belongs to durable results (issue 5) and is
 #: passed through untouched in :attr:`Requirements.extra`.
 KNOWN_KEYS: frozenset[str] = frozenset(
-    {"gpu", "gpu_memory", "cpu", "priority", "critical", "replicas", "chunk", "persist"}
+    {
+        "gpu",
+        "gpu_memory",
+        "cpu",
+        "priority",
+        "critical",
+        "replicas",
+        "chunk",
+        "gang",
+        "gang_size",
+        "persist",
+    }
 )
 
 #: Dask resource names swarmstore declares on workers and restricts tasks with.
@@ -83,6 +94,12 @@ class Requirements:
     replicas: int | None = None
     #: Chunk key: the task runs on the chunk's rendezvous-hash worker (cache affinity)
     chunk: str | None = None
+    #: Gang name: the GPU tasks of one graph that share it start together, across
+    #: workers, or none of them does (a placement group)
+    gang: str | None = None
+    #: Members of the gang, when they come in more than one submission (``client.submit``
+    #: in a loop); without it, the gang is the tasks of that name in one graph submission
+    gang_size: int | None = None
     #: Keys passed through for extensions (``persist``)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -140,6 +157,16 @@ def _bytes(name: str, value: Any) -> int:
     if n <= 0:
         raise PlacementError(f"swarm annotation {name}={value!r} must be a positive byte size")
     return n
+
+
+def _gang(value: Any, gpu: float) -> str:
+    if not isinstance(value, str) or not value:
+        raise PlacementError(f"swarm annotation gang={value!r} must be a non-empty string")
+    if not gpu:
+        raise PlacementError(
+            f"swarm annotation gang={value!r}: a gang's tasks each need GPUs (say gpu=1)"
+        )
+    return value
 
 
 def _priority(value: Any) -> int:
@@ -201,6 +228,15 @@ def parse(value: Any) -> Requirements:
         kw["chunk"] = value["chunk"]
     if kw.get("gpu_memory") and not kw.get("gpu"):
         kw["gpu"] = 1.0  # asking for GPU memory means asking for a GPU
+    if value.get("gang") is not None:
+        kw["gang"] = _gang(value["gang"], kw.get("gpu", 0.0))
+    if value.get("gang_size") is not None:
+        n = value["gang_size"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not kw.get("gang"):
+            raise PlacementError(
+                f"swarm annotation gang_size={n!r} must be an integer >= 1, with gang=name"
+            )
+        kw["gang_size"] = n
     extra = {k: value[k] for k in value if k == "persist"}
     return Requirements(**kw, extra=extra)
 
@@ -232,6 +268,8 @@ def from_annotations(annotations: Mapping[str, Any] | None) -> Requirements | No
                 critical=req.critical,
                 replicas=req.replicas,
                 chunk=req.chunk,
+                gang=req.gang,
+                gang_size=req.gang_size,
                 extra=req.extra,
             )
     return req

@@ -1,12 +1,12 @@
-"""CPU-only work stays off GPU workers (or the threads they need) while a CPU worker runs.
+"""CPU-only work stays off the threads GPU workers need (or off them) while a CPU worker runs.
 
 Real in-process clusters: 2 CPU workers and 1 worker declaring a GPU, as ``swarmstore demo``
-builds them. By default unannotated tasks, a root-ish ``client.map`` batch among them (stock
+builds them. Unannotated tasks, a root-ish ``client.map`` batch among them (stock
 Dask would queue it and hand it to any worker with a free thread, without ``decide_worker``),
-never run on the GPU worker, before, during and after GPU work. With
-``share_gpu_threads=True`` the GPU worker lends CPU work its threads beyond one per GPU while
-GPU work is outstanding (every thread while none is). With the GPU worker alone CPU tasks
-run there, feeders of GPU tasks included, even on a single thread.
+never run on the GPU worker with ``share_gpu_threads=False``, before, during and after GPU work.
+By default (``share_gpu_threads=True``) the GPU worker lends CPU work its threads beyond one
+per GPU while GPU work is outstanding (every thread while none is). With the GPU worker
+alone CPU tasks run there, feeders of GPU tasks included, even on a single thread.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ async def test_cpu_batches_never_run_on_the_gpu_worker(c, s, a, b, g):
 
 @gen_cluster(client=True, nthreads=[CPU, GPU1])
 async def test_a_gpu_worker_lends_only_its_spare_thread_while_gpu_work_is_outstanding(c, s, a, g):
-    await c.register_plugin(SwarmPlugin(extensions=(), share_gpu_threads=True))
+    await c.register_plugin(SwarmPlugin(extensions=()))  # share-gpu-threads: the default
     ev = Event()
     with dask.annotate(swarm={"gpu": 1}):
         first = c.submit(gated, -1, ev, key="gpu-first")

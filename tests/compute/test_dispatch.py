@@ -181,9 +181,7 @@ def test_cpu_jobs_stay_off_gpu_workers_while_a_cpu_worker_runs():
 def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu", threads=3), gpu_worker("g1", threads=1))
     for outstanding, expected in ((1, {"cpu": 2, "gpu": 2}), (0, {"cpu": 2, "gpu": 3, "g1": 1})):
-        d = Dispatcher(
-            ws, saturation=1.0, share_gpu_threads=True
-        )  # no GPU work known: every thread, no prefetch
+        d = Dispatcher(ws, saturation=1.0)  # the default; no GPU work known: every thread
         for i in range(10):
             d.ready(job(i, order=i))
         d.gpu_outstanding = outstanding
@@ -192,8 +190,7 @@ def test_gpu_workers_lend_cpu_jobs_only_the_threads_their_gpus_do_not_need():
     d.ready(job("g", GPU))
     for i in range(10):
         d.ready(job(i, order=i))
-    d.gpu_outstanding = 1
-    picks = d.plan(idle, list(ws))
+    picks = d.plan(idle, list(ws))  # a ready GPU job is outstanding GPU work by itself
     # the GPU task and its prefetched peers never count against the lent threads
     assert dict(picks)["g"] in ("gpu", "g1")
     assert where(p for p in picks if p[0] != "g") == {"cpu": 2, "gpu": 2}
@@ -372,3 +369,60 @@ def test_an_urgent_feeder_is_not_throttled_by_a_pipe_full_of_other_work():
     for g in range(3):  # an urgent job's feeders, one GPU task each
         d.ready(job(f"u{g}", prio=10, order=g, consumer=f"ug{g}"))
     assert sorted(k for k, _ in d.plan(idle, ["cpu"])) == ["u0", "u1", "u2"]
+
+
+def test_the_pipe_covers_the_other_work_that_holds_the_feeders_threads():
+    ws = workers(WorkerInfo("cpu", 2), gpu_worker("gpu"))
+    alone, beside = Dispatcher(ws), Dispatcher(ws)
+    for d in (alone, beside):
+        for i in range(10):
+            d.ready(job(f"f{i}", order=i, consumer=f"g{i}", duration=1.0))
+            d.ready(job(f"g{i}", GPU, order=i, duration=1.0))
+    for i in range(10):  # long CPU work that a thread takes while the pipe is full
+        beside.ready(job(f"o{i}", order=50 + i, duration=4.0))
+    assert beside.pipe_limit > alone.pipe_limit
+
+
+def test_a_starved_gpu_worker_lends_its_kept_thread_to_feeders_only():
+    ws = workers(WorkerInfo("cpu", 1), gpu_worker("gpu", threads=1))
+
+    def cpu_full(addr: str) -> int:
+        return 1 if addr == "cpu" else 0
+
+    d = Dispatcher(ws, saturation=1.0)
+    d.gpu_outstanding = 1  # a GPU task waits for its inputs: none is ready
+    d.ready(job("other", order=1))
+    d.ready(job("feeder", order=2, consumer="g"))
+    assert d.plan(cpu_full, list(ws)) == [("feeder", "gpu")]  # never "other"
+    assert d.plan(lambda a: 1, list(ws)) == []  # its one thread is now busy
+    # a GPU job ready anywhere, or GPU work on the worker: the thread stays the GPU's
+    for setup in ("ready", "committed"):
+        d = Dispatcher(ws, saturation=1.0)
+        d.gpu_outstanding = 1
+        if setup == "ready":
+            d.ready(job("g2", {"GPU": 1.0, "X": 1.0}))  # ready, fits no worker now
+        else:
+            d.ready(job("g2", GPU))
+            assert d.plan(cpu_full, []) == [("g2", "gpu")]
+        d.ready(job("feeder", order=2, consumer="g"))
+        running = {"cpu": 1, "gpu": 1 if setup == "committed" else 0}
+        assert d.plan(running.__getitem__, list(ws)) == []
+    strict = Dispatcher(ws, saturation=1.0, share_gpu_threads=False)
+    strict.gpu_outstanding = 1
+    strict.ready(job("feeder", order=2, consumer="g"))
+    assert strict.plan(cpu_full, list(ws)) == []
+
+
+def test_urgent_gpu_work_only_a_bigger_gpu_fits_holds_no_prefetch_room_back():
+    big = WorkerInfo("big", 2, {"GPU": 1, "GPU_MEMORY": 80 * GiB})
+    ws = workers(big, gpu_worker("small"))
+    infer = {"GPU": 1.0, "GPU_MEMORY": 8.0 * GiB}
+    for top_for, expected in ((None, 1), (lambda mem: 10 if mem >= 40 * GiB else 0, 2)):
+        d = Dispatcher(ws, gpu_prefetch=1.0)
+        d.gpu_top_priority = 10  # urgent train tasks (40 GiB) are outstanding
+        d.gpu_top_priority_for = top_for
+        for i in range(4):
+            d.ready(job(f"infer{i}", infer, order=i))
+        # the small GPU takes one free slot; its prefetch room waits for the urgent work
+        # only when that work could run there
+        assert where(d.plan(idle, []))["small"] == expected
