@@ -168,6 +168,13 @@ class StoreNode(Node):
         )
         self.store = store
 
+    def place(self) -> str:
+        options = getattr(getattr(self.store, "fs", None), "storage_options", None) or {}
+        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
+            "endpoint_url"
+        )
+        return f"{store_name(self.store)}@{endpoint or ''}"
+
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
         return (_rebuild, (self.store, attrs))

@@ -168,6 +168,9 @@ class LocalNode(Node):
     async def prune(self, prefix: str) -> None:
         await asyncio.to_thread(self._dir.prune, prefix)
 
+    def place(self) -> str:
+        return f"file://{self.root.absolute()}"
+
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
         return (_rebuild, (str(self.root), attrs, self.fsync, self._dir.create))

@@ -83,6 +83,9 @@ class MemoryNode(Node):
         self.records = self.side.records  # the tests' backdoor to bit rot
         self._registered: str | None = None
 
+    def place(self) -> str:
+        return f"memory://{id(self.store._store_dict):x}"
+
     @classmethod
     def named(cls, label: str, **kwargs: Any) -> MemoryNode:
         """The process-wide memory node called ``label`` (``memory://label``)."""

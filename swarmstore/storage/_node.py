@@ -259,6 +259,11 @@ class Node(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
+    def place(self) -> str:
+        """Where the data lives, alike in every process that reaches it (caches key a
+        store by its nodes' places, never by their names, which users choose)."""
+        return self.name
+
     def __eq__(self, other: object) -> bool:
         return (
             type(other) is type(self)

@@ -113,6 +113,10 @@ class ObstoreNode(Node):
     def __hash__(self) -> int:
         return _name_hash(self.name)
 
+    def place(self) -> str:
+        cfg = getattr(self.raw, "config", None) or {}
+        return f"{location(self.raw)}@{cfg.get('endpoint') or cfg.get('aws_endpoint') or ''}"
+
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
         return (_rebuild, (self.raw, attrs))

@@ -152,6 +152,12 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
     def __hash__(self) -> int:
         return hash(tuple(n.name for n in self.nodes))
 
+    def cache_identity(self) -> str:
+        """What caches know this store's data by (``swarmstore.cache``): where its nodes
+        keep their data, not what they are called: two stores over different buckets may
+        name their nodes alike, and must never share cached chunks."""
+        return f"ReplicatedStore[{','.join(sorted(n.place() for n in self.nodes))}]"
+
     def __repr__(self) -> str:
         names = ", ".join(n.name for n in self.nodes)
         return f"ReplicatedStore([{names}], replicas={self.replicas}, w={self.write_quorum})"

@@ -100,6 +100,9 @@ class S3Node(Node):
     def __hash__(self) -> int:
         return _name_hash(self.name)
 
+    def place(self) -> str:
+        return f"s3://{self.path}@{_endpoint(self.fs) or ''}"
+
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}
         return (_rebuild, (self.fs, self.path, attrs))

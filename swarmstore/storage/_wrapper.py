@@ -32,6 +32,9 @@ class NodeWrapper(Node):
     def __hash__(self) -> int:
         return _name_hash(self.name)
 
+    def place(self) -> str:
+        return self.inner.place()
+
     def __getattr__(self, name: str) -> Any:
         if name == "inner":
             raise AttributeError(name)
