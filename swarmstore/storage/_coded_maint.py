@@ -24,6 +24,7 @@ from swarmstore.network import qos
 from swarmstore.storage._converge import Outcome, Winner, examine
 from swarmstore.storage._fragments import codec, fragments_of
 from swarmstore.storage._node import State
+from swarmstore.storage._shadows import drop_shadows, read_shadows
 
 if TYPE_CHECKING:
     from swarmstore.storage._converge import Look
@@ -109,6 +110,13 @@ async def converge_coded(store: Coordinator, key: str, extra: tuple[Node, ...] =
     with qos("bulk"):
         looks = await looks_of(store, key, nodes)
         win = decide_coded(looks)
+        shadows = _behind_top(looks, win)
+        if shadows:  # the newest seen does not decode: a killed writer's shadows may
+            found = await read_shadows(store, key, list(targets))
+            from swarmstore.storage._converge import Look
+
+            parked = [Look(n, "ok", None, g.record, g.data, why="shadow") for n, g in found.items()]
+            win = decide_coded(looks + parked)
         if win is None:
             return Outcome()
         if win.tomb is not None:
@@ -121,7 +129,15 @@ async def converge_coded(store: Coordinator, key: str, extra: tuple[Node, ...] =
         await asyncio.gather(
             *(_fix(store, key, by_node[t], wanted[i], out) for i, t in enumerate(targets))
         )
+        if shadows and not out.failed:
+            await drop_shadows(store, key, list(targets), win.version)
     return out
+
+
+def _behind_top(looks: list[Look], win: CodedWinner | None) -> bool:
+    """Whether some node holds a version newer than the winner (one that does not decode)."""
+    top = max((lk.record.version for lk in looks if lk.kind == "ok" and lk.record), default=None)
+    return top is not None and (win is None or top > win.version)
 
 
 def _wanted(store: Coordinator, key: str, win: CodedWinner, n: int) -> list[tuple[bytes, Record]]:

@@ -12,8 +12,9 @@ and only ``k`` fragments of one group are decoded; the decoded value is checked 
 the logical length and xxh3 the records carry. A newer version seen on fewer than ``k``
 nodes after every node answered is a write that never completed: an acknowledged one
 left ``w`` fragments, and at most ``w - k`` losses leave ``k``. Fewer than ``k``
-fragments of every version and no tombstone: :class:`FragmentsUnavailable`, naming each
-node's fragment state.
+fragments of every version, even counting the shadows a killed writer may have left
+(:mod:`swarmstore.storage._shadows`), and no tombstone: :class:`FragmentsUnavailable`,
+naming each node's fragment state.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from swarmstore import _clock, _events
 from swarmstore.errors import FragmentsUnavailable
 from swarmstore.storage._fragments import codec
 from swarmstore.storage._read import Answer, from_error, from_state
+from swarmstore.storage._shadows import read_shadows
 from swarmstore.storage._verified import Got, fetch
 
 if TYPE_CHECKING:
@@ -142,6 +144,7 @@ class CodedRead:
         self.answers: dict[Node, Answer] = {}
         self.running: dict[Node, asyncio.Task[Answer]] = {}
         self.t0 = _clock.monotonic()
+        self.shadows_read = False
 
     async def run(self) -> tuple[Decision, bytes | None]:
         """The decision and, for a value read with ``want_data``, the decoded bytes."""
@@ -157,16 +160,27 @@ class CodedRead:
                 await self._tombs()
                 continue
             if d.verdict == "more" and not self.running and not self._launch(1):
-                d = _final(self.answers, self.coding, self.targets)
-                if d.verdict == "tombs":
-                    await self._tombs()
-                    d = _final(self.answers, self.coding, self.targets)
-                if d.verdict in ("more", "tombs"):
-                    raise self.unavailable()
+                d = await self._settle()
             if d.verdict != "more":
                 return self._done(d)
             await self._wait()
         raise self.unavailable()
+
+    async def _settle(self) -> Decision:
+        """Every node answered and no version decodes yet: the shadows, then the tombs."""
+        d = _final(self.answers, self.coding, self.targets)
+        if d.verdict == "more" and not self.shadows_read:
+            self.shadows_read = True
+            nodes = [n for n in self.order if n in self.targets]
+            for node, got in (await read_shadows(self.store, self.key, nodes)).items():
+                self.answers[(node, "shadow")] = Answer("data", record=got.record, got=got)  # type: ignore[index]
+            d = _final(self.answers, self.coding, self.targets)
+        if d.verdict == "tombs":
+            await self._tombs()
+            d = _final(self.answers, self.coding, self.targets)
+        if d.verdict in ("more", "tombs"):
+            raise self.unavailable()
+        return d
 
     def _done(self, d: Decision) -> tuple[Decision, bytes | None]:
         for task in self.running.values():  # hedges that lost: finish unwatched

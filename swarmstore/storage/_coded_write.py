@@ -4,15 +4,17 @@ The value is encoded into ``k + m`` fragments; target ``i`` (in rendezvous order
 fragment ``i`` in phase 1, which also learns its version. The write is stamped
 ``(max seen + 1, writer)`` and each fragment is committed with its own record (the
 fragment's blocks, its index, the code, the value's length and xxh3) by the node's
-compare-and-swap. It returns once ``w`` fragments are published (:class:`Coding`: all
-``k + m`` by default, so a write that returned survives ``m`` later losses); fewer raise
+compare-and-swap, once ``w`` nodes hold the fragments as shadows
+(:mod:`swarmstore.storage._shadows`), dropped again when the write returns. It returns
+once ``w`` fragments are published (:class:`Coding`: all ``k + m`` by default, so a
+write that returned survives ``m`` later losses); fewer raise
 :class:`~swarmstore.errors.QuorumError`. Laggards and missed fragments get hints (their
 replay rebuilds the fragment) exactly as replicas do.
 
-A write killed at any point leaves each node with its old fragment or its new one. A read
-decodes only ``k`` fragments of one version, so the new value appears only once ``k`` of
-its fragments are published, and until then the old one, still on at least ``n - j``
-nodes, reads on (``j`` the new fragments published, fewer than ``k``).
+A write killed at any point leaves each node with its old fragment or its new one, and a
+read decodes only ``k`` fragments of one version: before its commits the old value reads
+on; once they began, whichever of old and new has ``k`` fragments (counting the shadows)
+is read, never a mix (the new one only if no old is decodable or repair rolled it on).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmstore.storage._fragments import fragments_of
 from swarmstore.storage._handoff import note_missed
+from swarmstore.storage._shadows import drop_shadows, put_shadows
 from swarmstore.storage._write import _follow, _late_commit, abort_late, settle, versions
 
 if TYPE_CHECKING:
@@ -64,6 +67,11 @@ async def put_coded(store: Coordinator, key: str, data: bytes, coding: Coding) -
         raise store._quorum_error(key, "set", len(ready), coding.w, failures)
     version = store.next_version(key, versions(trusted))
     records = {n: rec.stamped(version) for n, (_, rec) in pieces.items()}
+    parked, lost = await put_shadows(store, key, {n: (pieces[n][0], records[n]) for n in ready})
+    if len(parked) < coding.w:  # the old value is untouched: nothing was committed
+        abort_late(store, late)
+        await asyncio.gather(*(n.abort(p) for n, p in ready.items()), return_exceptions=True)
+        raise store._quorum_error(key, "set", len(parked), coding.w, failures | lost)
     acked, more, lagging = await _commit(store, ready, records, coding.w)
     failures |= more
     for n, t in late.items():  # phase 1 came late: commit when it lands (compare-and-swap)
@@ -74,6 +82,7 @@ async def put_coded(store: Coordinator, key: str, data: bytes, coding: Coding) -
         store._spawn(_follow(store, key, version, acked, lagging))
     if len(acked) < coding.w:
         raise store._quorum_error(key, "set", len(acked), coding.w, failures)
+    store._spawn(drop_shadows(store, key, parked, version))
     return acked
 
 
