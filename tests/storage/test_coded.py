@@ -312,3 +312,19 @@ def test_bad_codings_are_refused():
             Coding.parse(bad)
     with pytest.raises(ConfigError, match="needs 6 nodes"):
         ReplicatedStore([f"memory://few-{i}" for i in range(5)], coding="4+2")
+
+
+def test_the_sync_methods_take_the_coded_path(tmp_path):
+    store = _store(tmp_path)
+    store.set_sync("r/k", _buf(b"replicated"))  # opens the store: the in-thread path is on
+    assert store.get_sync("r/k").to_bytes() == b"replicated"
+    data = os.urandom(70_000)
+    store.set_sync("a/k", _buf(data))
+    assert store.get_sync("a/k").to_bytes() == data
+    sizes = [
+        (pathlib.Path(n.name.removeprefix("file://")) / "a/k").stat().st_size
+        for n in store.targets("a/k")
+    ]
+    assert len(sizes) == 6 and max(sizes) < 20_000  # fragments, not whole copies
+    store.delete_sync("a/k")
+    assert store.get_sync("a/k") is None
