@@ -71,7 +71,7 @@ def _decoded(group: list[Look]) -> tuple[bytes, Record] | None:
     if len(by_index) < f.k:
         return None
     pieces = {i: lk.data for i, lk in by_index.items() if lk.data is not None}
-    value = codec(f.k, f.m, f.codec).decode(pieces)
+    value = codec(f.k, f.m, f.codec).decode(pieces, f.length, f.digest)
     if len(value) != f.length or xxhash.xxh3_64_intdigest(value) != f.digest:
         return None
     return value, first

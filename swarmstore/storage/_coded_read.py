@@ -30,7 +30,7 @@ from swarmstore.errors import FragmentsUnavailable
 from swarmstore.storage._fragments import codec
 from swarmstore.storage._read import Answer, from_error, from_state
 from swarmstore.storage._shadows import read_shadows
-from swarmstore.storage._verified import Got, fetch
+from swarmstore.storage._verified import Got, fetch, fetch_now
 
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
@@ -148,7 +148,8 @@ class CodedRead:
 
     async def run(self) -> tuple[Decision, bytes | None]:
         """The decision and, for a value read with ``want_data``, the decoded bytes."""
-        self._launch(self.coding.k)
+        if not await self._folded():
+            self._launch(self.coding.k)
         rest_asked = False
         for _ in range(4 * len(self.order) + 8):
             d = decide(self.answers, self.coding, self.targets)
@@ -167,16 +168,17 @@ class CodedRead:
         raise self.unavailable()
 
     async def _settle(self) -> Decision:
-        """Every node answered and no version decodes yet: the shadows, then the tombs."""
+        """Every node answered and no version decodes yet: learn the tombstones (a delete
+        newer than every fragment), then read the shadows a killed writer left."""
         d = _final(self.answers, self.coding, self.targets)
+        if d.verdict in ("more", "tombs"):
+            await self._tombs()
+            d = _final(self.answers, self.coding, self.targets)
         if d.verdict == "more" and not self.shadows_read:
             self.shadows_read = True
             nodes = [n for n in self.order if n in self.targets]
             for node, got in (await read_shadows(self.store, self.key, nodes)).items():
                 self.answers[(node, "shadow")] = Answer("data", record=got.record, got=got)  # type: ignore[index]
-            d = _final(self.answers, self.coding, self.targets)
-        if d.verdict == "tombs":
-            await self._tombs()
             d = _final(self.answers, self.coding, self.targets)
         if d.verdict in ("more", "tombs"):
             raise self.unavailable()
@@ -186,6 +188,33 @@ class CodedRead:
         for task in self.running.values():  # hedges that lost: finish unwatched
             self.store._hold(task)
         return d, self._decode(d) if d.verdict == "value" and self.want_data else None
+
+    async def _folded(self) -> bool:
+        """The first ``k`` fragments in one thread hop, when their nodes have a sync path
+        (local directories, memory), as replicated reads fold their probes."""
+        first = self.order[: self.coding.k]
+        if not self.want_data or not all(n.supports_sync and n in self.targets for n in first):
+            return False
+        key, block = self.key, self.store.min_block
+
+        def work() -> list[Got | BaseException]:
+            out: list[Got | BaseException] = []
+            for node in first:
+                try:
+                    out.append(fetch_now(node, key, None, block))
+                except Exception as e:
+                    out.append(e)
+            return out
+
+        inline = all(getattr(n, "inline_sync", False) for n in first)
+        for node, got in zip(
+            first, work() if inline else await asyncio.to_thread(work), strict=True
+        ):
+            if isinstance(got, Got):
+                self.answers[node] = Answer("data", record=got.record, got=got)
+            else:
+                self.answers[node] = from_error(got)
+        return True
 
     def _launch(self, count: int) -> int:
         fresh = [n for n in self.order if n not in self.answers and n not in self.running]
@@ -256,7 +285,7 @@ class CodedRead:
         frag = next(iter(recs.values())).record.fragment  # type: ignore[union-attr]
         assert frag is not None
         pieces = {i: a.got.data for i, a in recs.items() if a.got is not None}
-        value = codec(frag.k, frag.m, frag.codec).decode(pieces)
+        value = codec(frag.k, frag.m, frag.codec).decode(pieces, frag.length, frag.digest)
         if len(value) != frag.length or xxhash.xxh3_64_intdigest(value) != frag.digest:
             raise self.unavailable("decoded bytes fail the value's length or xxh3 checksum")
         return value

@@ -39,7 +39,9 @@ class _CodedBackdoor:
             assert got is not None and got.record is not None and got.record.fragment, key
             pieces[got.record.fragment.index] = got.data
         frag = got.record.fragment
-        return proto.buffer.from_bytes(codec(frag.k, frag.m, frag.codec).decode(pieces))
+        return proto.buffer.from_bytes(
+            codec(frag.k, frag.m, frag.codec).decode(pieces, frag.length, frag.digest)
+        )
 
     def test_store_repr(self, store: ReplicatedStore) -> None:
         assert "coding=" in repr(store)
