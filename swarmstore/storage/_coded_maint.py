@@ -39,6 +39,7 @@ __all__ = [
     "decide_coded",
     "looks_of",
     "move_coded",
+    "parked_shadows",
     "scrub_coded",
 ]
 
@@ -102,15 +103,18 @@ async def looks_of(store: Coordinator, key: str, nodes: list[Node]) -> list[Look
     return list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
 
 
-async def converge_coded(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -> Outcome:
+async def converge_coded(
+    store: Coordinator, key: str, extra: tuple[Node, ...] = (), *, parked: bool = False
+) -> Outcome:
     """Give target ``i`` of ``key`` fragment ``i`` of the newest decodable version (or
-    apply the newest tombstone everywhere); ``extra``: other nodes holding copies."""
+    apply the newest tombstone everywhere); ``extra``: other nodes holding copies.
+    ``parked``: shadows are known to be left (a killed writer's): read, then drop them."""
     targets, rest = store._ranked(key)
     nodes = list(dict.fromkeys([*targets, *extra]))
     with qos("bulk"):
         looks = await looks_of(store, key, nodes)
         win = decide_coded(looks)
-        shadows = _behind_top(looks, win)
+        shadows = parked or _behind_top(looks, win)
         if shadows:  # the newest seen does not decode: a killed writer's shadows may
             found = await read_shadows(store, key, list(targets))
             from swarmstore.storage._converge import Look
@@ -132,6 +136,16 @@ async def converge_coded(store: Coordinator, key: str, extra: tuple[Node, ...] =
         if shadows and not out.failed:
             await drop_shadows(store, key, list(targets), win.version)
     return out
+
+
+async def parked_shadows(store: Coordinator) -> set[str]:
+    """The shadow names any reachable node holds (one listing per node)."""
+    results = await asyncio.gather(
+        *(store.router.send(n, lambda n: n.meta_list("s"), name=_name) for n in store.nodes),
+        return_exceptions=True,
+    )
+    store._reraise_bugs(results)
+    return {name for r in results if not isinstance(r, BaseException) for name in r}
 
 
 def _behind_top(looks: list[Look], win: CodedWinner | None) -> bool:

@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from swarmstore.network import qos
-from swarmstore.storage._coded_maint import converge_coded, move_coded, scrub_coded
+from swarmstore.storage._coded_maint import (
+    converge_coded,
+    move_coded,
+    parked_shadows,
+    scrub_coded,
+)
 from swarmstore.storage._converge import Winner, _copy, converge, decide, examine
+from swarmstore.storage._shadows import shadow_name
 
 if TYPE_CHECKING:
     from swarmstore.storage._converge import Look
@@ -212,12 +218,16 @@ async def repair(store: Coordinator, progress: Progress = None) -> RepairReport:
         report.hints_replayed = await store.replay_hints(scan=True)
         holders, report.unreachable = await inventory(store)
         report.keys = len(holders)
+        coded = {k for k in holders if store.coding_for(k) is not None}  # erasure-coded
+        parked = await parked_shadows(store) if coded else set()  # killed writers' shadows
 
         async def fix(key: str) -> None:
             targets = set(store.targets(key))
             extra = tuple(n for n in holders[key] if n not in targets)
-            coded = store.coding_for(key) is not None  # erasure-coded: rebuild fragments
-            out = await (converge_coded if coded else converge)(store, key, extra)
+            if key in coded:
+                out = await converge_coded(store, key, extra, parked=shadow_name(key) in parked)
+            else:
+                out = await converge(store, key, extra)
             if out.winner is None:
                 report.unrecoverable.append(key)
                 return

@@ -180,6 +180,8 @@ async def test_a_writer_killed_after_any_commit_leaves_old_or_new_never_a_mix(tm
     got = (await store.get("a/k", PROTO)).to_bytes()
     assert got == (old if commits <= 2 else new)  # old while it decodes, else the shadows
     assert (await store.repair()).ok
+    for node in store.targets("a/k"):
+        assert await node.meta_list("s") == [], "repair left the killed writer's shadows"
     assert (await store.get("a/k", PROTO)).to_bytes() in (old, new)
     assert (await store.scrub()).ok
 
