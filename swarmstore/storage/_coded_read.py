@@ -138,7 +138,8 @@ class CodedRead:
         self.store, self.key, self.coding, self.want_data = store, key, coding, want_data
         targets, rest = store._ranked(key)
         hinted = store.hints.stale_nodes(key)
-        ranked = store.router.order(list(targets), _name)
+        order = getattr(store.router, "order", None)  # a custom router may not rank
+        ranked = order(list(targets), _name) if order is not None else list(targets)
         self.order = [*sorted(ranked, key=lambda n: n.name in hinted), *rest]
         self.targets = frozenset(targets)
         self.answers: dict[Node, Answer] = {}

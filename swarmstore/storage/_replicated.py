@@ -160,8 +160,8 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         return (
             isinstance(other, ReplicatedStore)
             and self.nodes == other.nodes
-            and (self.replicas, self.write_quorum, self.read_only)
-            == (other.replicas, other.write_quorum, other.read_only)
+            and (self.replicas, self.write_quorum, self.read_only, self.coding)
+            == (other.replicas, other.write_quorum, other.read_only, other.coding)
         )
 
     def __hash__(self) -> int:

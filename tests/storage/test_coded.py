@@ -356,3 +356,20 @@ def test_the_sync_methods_take_the_coded_path(tmp_path):
     assert len(sizes) == 6 and max(sizes) < 20_000  # fragments, not whole copies
     store.delete_sync("a/k")
     assert store.get_sync("a/k") is None
+
+
+def test_the_coding_comes_from_config_validated_and_survives_pickling(tmp_path):
+    import pickle
+
+    import dask.config
+
+    nodes = [f"memory://cfg-{tmp_path.name}-{i}" for i in range(6)]
+    with dask.config.set({"swarmstore.storage.coding": {"a/": "4+2"}}):
+        store = ReplicatedStore(nodes, state_dir=str(tmp_path / "s"))
+    assert store.coding_for("a/x") == Coding(4, 2) and store.coding_for("b/x") is None
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.coding_for("a/x") == Coding(4, 2) and copy == store
+    assert store != ReplicatedStore(nodes, state_dir=str(tmp_path / "s"), coding={})
+    with dask.config.set({"swarmstore.storage.coding": {"a/": "4-2"}}):
+        with pytest.raises(ConfigError, match="k\\+m"):
+            ReplicatedStore(nodes, state_dir=str(tmp_path / "s"))
