@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from swarmstore.network import qos
-from swarmstore.storage._converge import Outcome, Winner, examine
+from swarmstore.storage._converge import Look, Outcome, Winner, examine
 from swarmstore.storage._fragments import codec, fragments_of
 from swarmstore.storage._node import State
 from swarmstore.storage._shadows import drop_shadows, read_shadows
 
 if TYPE_CHECKING:
-    from swarmstore.storage._converge import Look
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._integrity import Record, Version
     from swarmstore.storage._node import Node
@@ -117,8 +116,6 @@ async def converge_coded(
         shadows = parked or _behind_top(looks, win)
         if shadows:  # the newest seen does not decode: a killed writer's shadows may
             found = await read_shadows(store, key, list(targets))
-            from swarmstore.storage._converge import Look
-
             parked = [Look(n, "ok", None, g.record, g.data, why="shadow") for n, g in found.items()]
             win = decide_coded(looks + parked)
         if win is None:
