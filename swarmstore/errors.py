@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "CorruptResultError",
     "DeadlineExceeded",
+    "FragmentsUnavailable",
     "InvalidKeyError",
     "LeaseLostError",
     "ManifestError",
@@ -75,6 +76,26 @@ class ReplicaUnavailable(SwarmError, OSError):
         self.tried = dict(tried)
         detail = "; ".join(f"{node}: {why}" for node, why in tried.items()) or "no nodes"
         super().__init__(f"no verified replica of {key!r} could be read ({detail})")
+
+
+class FragmentsUnavailable(ReplicaUnavailable):
+    """Fewer than ``k`` verified fragments of one version of an erasure-coded key could be
+    read: more than ``m`` are missing, corrupt, stale or unreachable.
+
+    ``tried`` maps every node of the key to its fragment's state (``"fragment 2 of v(3, ..)"``,
+    ``"missing"``, ``"corrupt: ..."``, ``"down: ..."``). Repair cannot rebuild it either.
+    """
+
+    def __init__(self, key: str, tried: dict[str, str], k: int, m: int) -> None:
+        self.k, self.m = k, m
+        self.key = key
+        self.tried = dict(tried)
+        detail = "; ".join(f"{node}: {why}" for node, why in tried.items()) or "no nodes"
+        OSError.__init__(
+            self,
+            f"erasure-coded key {key!r} (RS({k},{m})) has fewer than {k} verified fragments "
+            f"of one version ({detail})",
+        )
 
 
 class QuorumError(SwarmError, OSError):

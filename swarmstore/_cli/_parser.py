@@ -81,6 +81,16 @@ def build(version: str) -> argparse.ArgumentParser:
 
     _maintenance_commands(command)
     _checkpoint_command(command)
+    exp = command(
+        "export",
+        "copy every key (erasure-coded ones decoded) into a plain zarr store",
+        "_export:export",
+        epilog=_STORE_HELP,
+    )
+    exp.add_argument("--to", metavar="URL", required=True, help="the plain store to write")
+    exp.add_argument("--prefix", default="", help="only keys under this prefix")
+    exp.add_argument("--force", action="store_true", help="write into a store holding data")
+    _store_args(exp)
     return parser
 
 

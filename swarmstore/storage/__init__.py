@@ -4,6 +4,8 @@ Imports: errors, config, hashing, _events, _clock, _sync and network (reads and 
 through the transfer router); never compute, cache, checkpoint or testing.
 """
 
+from swarmstore.storage._convert import ConvertReport, convert, export
+from swarmstore.storage._fragments import Coding, CodingPolicy
 from swarmstore.storage._generic import StoreNode
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._maintenance import (
@@ -21,6 +23,9 @@ from swarmstore.storage._spec import NodeSpec, node_from, s3_config_kwargs
 from swarmstore.storage._wrapper import NodeWrapper
 
 __all__ = [
+    "Coding",
+    "CodingPolicy",
+    "ConvertReport",
     "Node",
     "NodeSpec",
     "NodeWrapper",
@@ -33,6 +38,8 @@ __all__ = [
     "State",
     "StoreNode",
     "check_key",
+    "convert",
+    "export",
     "inventory",
     "node_from",
     "rebalance",

@@ -18,6 +18,7 @@ from swarmstore.storage._handoff import replay
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from swarmstore.storage._convert import ConvertReport
     from swarmstore.storage._hints import HintLog
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._maintenance import RebalanceReport, RepairReport, ScrubReport
@@ -123,6 +124,19 @@ class Maintained:
     async def rebalance(self, progress: Any = None, *, limit: int | None = None) -> RebalanceReport:
         """Move keys where placement says after nodes joined or left; resumable."""
         return await _sync.hop(_maintenance.rebalance(self, progress=progress, limit=limit))
+
+    async def convert(self, prefix: str = "", *, limit: int | None = None) -> ConvertReport:
+        """Give keys under ``prefix`` the form the coding policy names now (replicated or
+        erasure-coded); resumable (:func:`swarmstore.storage.convert`)."""
+        from swarmstore.storage._convert import convert
+
+        return await _sync.hop(convert(self, prefix, limit=limit))  # type: ignore[arg-type]
+
+    def convert_sync(self, prefix: str = "", *, limit: int | None = None) -> ConvertReport:
+        """:meth:`convert` from synchronous code."""
+        from swarmstore.storage._convert import convert
+
+        return _sync.run(convert(self, prefix, limit=limit))  # type: ignore[arg-type]
 
     def scrub_sync(self, progress: Any = None) -> ScrubReport:
         """:meth:`scrub` from synchronous code (scripts, notebook cells, threads)."""

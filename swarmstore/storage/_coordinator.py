@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from swarmstore.errors import QuorumError
     from swarmstore.network import TransferRouter
+    from swarmstore.storage._fragments import Coding
     from swarmstore.storage._hints import HintLog
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node
@@ -43,6 +44,8 @@ class Coordinator(Protocol):
     _grace_cap: float
 
     def targets(self, key: str) -> list[Node]: ...
+
+    def coding_for(self, key: str) -> Coding | None: ...
 
     def _ranked(self, key: str) -> tuple[tuple[Node, ...], tuple[Node, ...]]: ...
 

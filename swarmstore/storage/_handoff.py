@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from swarmstore import _events
 from swarmstore.network import qos
+from swarmstore.storage._coded_maint import converge_coded
 from swarmstore.storage._converge import converge
 from swarmstore.storage._hints import Hint, hint_body, hint_name, parse_hint
 
@@ -110,7 +111,8 @@ async def _apply(store: Coordinator, hints: list[Hint]) -> dict[str, int]:
 
     async def one(key: str, group: list[Hint]) -> None:
         async with sem:
-            out = await converge(store, key)
+            coded = store.coding_for(key) is not None  # erasure-coded: rebuild fragments
+            out = await (converge_coded if coded else converge)(store, key)
         current = {n.name for n in out.current}
         if out.winner is None:
             current = set()

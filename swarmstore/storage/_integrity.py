@@ -11,6 +11,13 @@ Format 2 (written now)::
 
     2:d:<counter>:<writer>:<size>:<block>:<base64 of big-endian u64 hashes>:<check>
     2:t:<counter>:<writer>:<check>                       (a tombstone: "deleted")
+    2:e:<counter>:<writer>:<size>:<block>:<base64>:<index>:<k>:<m>:<length>:<digest>:<codec>:<check>
+                                                         (one erasure-coded fragment)
+
+A fragment's record describes the fragment's own bytes (size, blocks, hashes: verified
+like any object) plus :class:`Fragment`: its index among ``k + m``, the code, and the
+logical value's length and xxh3-64 ``digest`` (checked after decoding). Records without
+the fragment part (every record written before) read as before.
 
 ``(counter, writer)`` is the version: a per-key counter (one more than the highest a write
 saw on a read quorum of the key's replicas) and the writer's random 63-bit id as the tie
@@ -33,7 +40,7 @@ import xxhash
 
 from swarmstore.errors import ChecksumMismatch
 
-__all__ = ["LOWEST", "MAX_BLOCKS", "Record", "Version"]
+__all__ = ["LOWEST", "MAX_BLOCKS", "Fragment", "Record", "Version"]
 
 MAX_BLOCKS = 128
 #: ``(counter, writer)``, compared as a tuple
@@ -57,6 +64,30 @@ def _check(key: str, body: str) -> str:
 
 
 @dataclass(frozen=True)
+class Fragment:
+    """What makes a record a fragment's: index ``0..k+m-1``, the code ``(k, m, codec)``,
+    and the logical value's ``length`` and xxh3-64 ``digest``."""
+
+    index: int
+    k: int
+    m: int
+    length: int
+    digest: int
+    codec: str
+
+    def encode(self) -> str:
+        return f"{self.index}:{self.k}:{self.m}:{self.length}:{self.digest:016x}:{self.codec}"
+
+    @classmethod
+    def decode(cls, parts: list[str], text: str) -> Fragment:
+        index, k, m, length = (int(p) for p in parts[:4])
+        codec = parts[5]
+        if not (0 < k and 0 < m and 0 <= index < k + m and length >= 0) or not codec.isidentifier():
+            raise ValueError(f"inconsistent fragment record: {text[:60]!r}")
+        return cls(index, k, m, length, int(parts[4], 16), codec)
+
+
+@dataclass(frozen=True)
 class Record:
     """The checksum record of one object: size, block size, per-block xxh3-64, version.
 
@@ -71,6 +102,8 @@ class Record:
     writer: int = 0
     deleted: bool = False
     legacy: bool = False
+    #: set on an erasure-coded fragment's record (None: a whole value, a tombstone)
+    fragment: Fragment | None = None
 
     @property
     def version(self) -> Version:
@@ -107,6 +140,8 @@ class Record:
             packed = struct.pack(f">{len(self.hashes)}Q", *self.hashes)
             b64 = base64.b64encode(packed).decode()
             body = f"2:d:{self.counter}:{self.writer}:{self.size}:{self.block}:{b64}"
+            if self.fragment is not None:
+                body = f"2:e{body[3:]}:{self.fragment.encode()}"
         return f"{body}:{_check(key, body)}"
 
     @classmethod
@@ -119,7 +154,7 @@ class Record:
             return _decode_legacy(text)
         body, _, check = text.rpartition(":")
         parts = body.split(":")
-        if not body or parts[0] != "2" or len(parts) not in (4, 7):
+        if not body or parts[0] != "2" or len(parts) not in (4, 7, 13):
             raise ValueError(f"not a swarmstore checksum record: {text[:40]!r}")
         if check != _check(key, body):
             raise ValueError(f"checksum record fails its check hash or names another key: {key!r}")
@@ -128,19 +163,23 @@ class Record:
             raise ValueError(f"checksum record version out of range: {text[:60]!r}")
         if parts[1] == "t" and len(parts) == 4:
             return cls.tombstone((counter, writer))
-        if parts[1] != "d" or len(parts) != 7:
+        fragment = None
+        if parts[1] == "e" and len(parts) == 13:
+            fragment = Fragment.decode(parts[7:], text)
+        elif parts[1] != "d" or len(parts) != 7:
             raise ValueError(f"not a swarmstore checksum record: {text[:40]!r}")
         size, block, hashes = _sized(int(parts[4]), int(parts[5]), parts[6], text)
-        return cls(size, block, hashes, counter, writer)
+        return cls(size, block, hashes, counter, writer, fragment=fragment)
 
     # --- comparing and verifying ------------------------------------------------------------
     def same_content(self, other: Record) -> bool:
         """True when both records describe the same bytes (whatever their version)."""
-        return (self.size, self.block, self.hashes, self.deleted) == (
+        return (self.size, self.block, self.hashes, self.deleted, self.fragment) == (
             other.size,
             other.block,
             other.hashes,
             other.deleted,
+            other.fragment,
         )
 
     def span(self, start: int, end: int) -> tuple[int, int]:

@@ -259,7 +259,7 @@ class Dir:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = _write_temp(path.parent, body, self.fsync)
-            except FileNotFoundError:
+            except (FileNotFoundError, FileExistsError):  # mkdir saw the area, then it went
                 continue
             try:
                 if record is not None:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from swarmstore.network import qos
+from swarmstore.storage._coded_maint import (
+    converge_coded,
+    move_coded,
+    parked_shadows,
+    scrub_coded,
+)
 from swarmstore.storage._converge import Winner, _copy, converge, decide, examine
+from swarmstore.storage._shadows import shadow_name
 
 if TYPE_CHECKING:
     from swarmstore.storage._converge import Look
@@ -157,6 +164,8 @@ async def scrub(store: Coordinator, progress: Progress = None) -> ScrubReport:
         report.keys = len(holders)
 
         async def check(key: str) -> None:
+            if store.coding_for(key) is not None:  # erasure-coded: its fragments
+                return await scrub_coded(store, key, holders[key], report)
             targets = store.targets(key)
             nodes = list(dict.fromkeys([*targets, *holders[key]]))
             looks = await asyncio.gather(*(examine(store, n, key) for n in nodes))
@@ -209,10 +218,16 @@ async def repair(store: Coordinator, progress: Progress = None) -> RepairReport:
         report.hints_replayed = await store.replay_hints(scan=True)
         holders, report.unreachable = await inventory(store)
         report.keys = len(holders)
+        coded = {k for k in holders if store.coding_for(k) is not None}  # erasure-coded
+        parked = await parked_shadows(store) if coded else set()  # killed writers' shadows
 
         async def fix(key: str) -> None:
             targets = set(store.targets(key))
-            out = await converge(store, key, tuple(n for n in holders[key] if n not in targets))
+            extra = tuple(n for n in holders[key] if n not in targets)
+            if key in coded:
+                out = await converge_coded(store, key, extra, parked=shadow_name(key) in parked)
+            else:
+                out = await converge(store, key, extra)
             if out.winner is None:
                 report.unrecoverable.append(key)
                 return
@@ -281,6 +296,8 @@ async def _move(store: Coordinator, key: str, held: set[Node], report: Rebalance
     if any(n.name in report.unreachable for n in targets):
         report.skipped += 1
         return
+    if store.coding_for(key) is not None:  # erasure-coded: move fragments
+        return await move_coded(store, key, held, report)
     nodes = list(dict.fromkeys([*targets, *held]))
     looks: list[Look] = list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
     win = decide(looks)

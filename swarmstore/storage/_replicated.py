@@ -22,9 +22,10 @@ from swarmstore import _events
 from swarmstore.errors import ConfigError, QuorumError
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
-from swarmstore.storage import _listing, _repairs
+from swarmstore.storage import _coded, _listing, _repairs
 from swarmstore.storage._api import Maintained
 from swarmstore.storage._create import create
+from swarmstore.storage._fragments import CodingPolicy
 from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
 from swarmstore.storage._node import check_key
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from zarr.core.buffer import BufferPrototype
 
+    from swarmstore.storage._fragments import Coding
     from swarmstore.storage._integrity import Record, Version
     from swarmstore.storage._node import Node
 
@@ -75,6 +77,11 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
 
     ``create``: whether missing local node roots may be created: True, False, or None
     (default: only for a brand-new store, when none of its local roots exists yet).
+
+    ``coding``: keys stored erasure-coded instead of replicated (docs/erasure.md):
+    ``{"prefix/": (k, m)}``, one ``"k+m"``/``Coding`` for every key, or a
+    :class:`~swarmstore.storage.CodingPolicy`; None reads ``storage.coding``. Metadata
+    keys (``zarr.json``) stay replicated.
     """
 
     supports_writes: bool = True
@@ -97,6 +104,7 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         storage_options: dict[str, Any] | None = None,
         read_quorum: int | None = None,
         create: bool | None = None,
+        coding: Any = None,
     ) -> None:
         super().__init__(read_only=read_only)
         if isinstance(nodes, (str, bytes)) or not nodes:
@@ -106,6 +114,12 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         if len(set(names)) != len(names):
             raise ConfigError(f"node names must be unique, got {names}")
         configure(self, replicas, write_quorum, read_quorum, read_repair, min_block)
+        self.coding = CodingPolicy.of(coding)
+        for prefix, c in self.coding.rules:
+            if c.n > len(self.nodes):
+                raise ConfigError(
+                    f"coding {c} for {prefix!r} needs {c.n} nodes, got {len(self.nodes)}"
+                )
         self.ring = Rendezvous(Member(n.name, n.weight, n.zone) for n in self.nodes)
         self._by_name = {n.name: n for n in self.nodes}
         self._rank_cache: dict[str, tuple[tuple[Node, ...], tuple[Node, ...]]] = {}
@@ -136,6 +150,7 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
             "read_repair": self.read_repair,
             "min_block": self.min_block,
             "create": self._create,
+            "coding": self.coding,
         }
 
     def __reduce__(self) -> Any:
@@ -145,8 +160,8 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         return (
             isinstance(other, ReplicatedStore)
             and self.nodes == other.nodes
-            and (self.replicas, self.write_quorum, self.read_only)
-            == (other.replicas, other.write_quorum, other.read_only)
+            and (self.replicas, self.write_quorum, self.read_only, self.coding)
+            == (other.replicas, other.write_quorum, other.read_only, other.coding)
         )
 
     def __hash__(self) -> int:
@@ -160,7 +175,8 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
 
     def __repr__(self) -> str:
         names = ", ".join(n.name for n in self.nodes)
-        return f"ReplicatedStore([{names}], replicas={self.replicas}, w={self.write_quorum})"
+        coded = f", coding={self.coding.as_arg()}" if self.coding else ""
+        return f"ReplicatedStore([{names}], replicas={self.replicas}, w={self.write_quorum}{coded})"
 
     __str__ = __repr__
 
@@ -196,11 +212,17 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         got = self._rank_cache.get(key)
         if got is None:
             ranked = [self._by_name[m.name] for m in self.ring.rank(key)]
-            got = (tuple(ranked[: self.replicas]), tuple(ranked[self.replicas :]))
+            coded = self.coding.for_key(key)
+            n = self.replicas if coded is None else coded.n
+            got = (tuple(ranked[:n]), tuple(ranked[n:]))
             if len(self._rank_cache) >= 65536:
                 self._rank_cache.clear()
             self._rank_cache[key] = got
         return got
+
+    def coding_for(self, key: str) -> Coding | None:
+        """How ``key`` is coded (None: replicated)."""
+        return self.coding.for_key(key)
 
     def quorums(self, targets: int) -> tuple[int, int]:
         """``(read quorum, write quorum)`` for a key with ``targets`` replicas."""
@@ -266,7 +288,11 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
             raise TypeError(f"Unexpected byte_range, got {byte_range}.")
         check_key(key)
         await self._ensure_open()
+        if (coded := self.coding.for_key(key)) is not None:
+            value = await _coded.get_coded(self, key, coded, byte_range)
+            return None if value is None else prototype.buffer.from_bytes(value)
         verdict = await QuorumRead(self, key, byte_range, want_data=True).run()
+        _coded.refuse_fragment(key, verdict.got)
         if self.read_repair:
             _repairs.after_read(self, key, verdict, full=byte_range is None)
         if verdict.got is not None:
@@ -287,7 +313,10 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         """``(size, record)`` of the key's newest value by a quorum of versions; None if absent."""
         check_key(key)
         await self._ensure_open()
+        if (coded := self.coding.for_key(key)) is not None:
+            return await _coded.head_coded(self, key, coded)
         verdict = await QuorumRead(self, key, None, want_data=False).run()
+        _coded.refuse_fragment(key, verdict.got)
         if verdict.got is not None:
             return verdict.got.size, verdict.got.record
         if verdict.unrecorded is not None:
@@ -328,6 +357,9 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
             )
         check_key(key)
         await self._ensure_open()
+        if (coded := self.coding.for_key(key)) is not None:
+            await _coded.put_coded(self, key, value.to_bytes(), coded)
+            return
         await put(self, key, value.to_bytes(), None)
 
     async def put(self, key: str, data: bytes, record: Record | None = None) -> list[Node]:
@@ -336,6 +368,8 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         self._check_writable()
         check_key(key)
         await self._ensure_open()
+        if (coded := self.coding.for_key(key)) is not None:
+            return await _coded.put_coded(self, key, bytes(data), coded)
         return await put(self, key, bytes(data), record)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
@@ -345,6 +379,9 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         self._check_writable()
         check_key(key)
         await self._ensure_open()
+        if (coded := self.coding.for_key(key)) is not None:
+            await _coded.create_coded(self, key, value.to_bytes(), coded)
+            return
         await create(self, key, value.to_bytes())
 
     async def delete(self, key: str) -> None:
@@ -352,6 +389,9 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         self._check_writable()
         check_key(key)
         await self._ensure_open()
+        if (coded := self.coding.for_key(key)) is not None:
+            await _coded.delete_coded(self, key, coded)
+            return
         await delete(self, key)
 
     async def delete_dir(self, prefix: str) -> None:

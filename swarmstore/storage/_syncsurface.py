@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from swarmstore.network import TransferRouter
     from swarmstore.storage._coordinator import Coordinator
+    from swarmstore.storage._fragments import CodingPolicy
     from swarmstore.storage._node import Node
 
 __all__ = ["SyncSurface"]
@@ -59,6 +60,7 @@ class SyncSurface:
         router: TransferRouter
         read_only: bool
         _is_open: bool
+        coding: CodingPolicy
 
         async def get(
             self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
@@ -73,10 +75,11 @@ class SyncSurface:
     #: whether the router knows every node: its per-node entries are made once, on the loop
     _nodes_known = False
 
-    def _fast(self) -> bool:
-        """Whether the in-thread path may run: the store is open and the router holds an
-        entry for every node, made on the I/O loop (sync threads then only read them)."""
-        return self._is_open and self._nodes_known
+    def _fast(self, key: str) -> bool:
+        """Whether the in-thread path may run: the store is open, the router holds an
+        entry for every node, made on the I/O loop (sync threads then only read them),
+        and ``key`` is replicated (erasure-coded keys take the loop path)."""
+        return self._is_open and self._nodes_known and self.coding.for_key(key) is None
 
     def _on_loop[T](self, coro: Coroutine[Any, Any, T]) -> T:
         """The async twin on zarr's I/O loop; there, also the router's node entries."""
@@ -113,7 +116,7 @@ class SyncSurface:
         ):
             raise TypeError(f"Unexpected byte_range, got {byte_range}.")
         check_key(key)
-        verdict = read_now(self._coordinator(), key, byte_range) if self._fast() else None
+        verdict = read_now(self._coordinator(), key, byte_range) if self._fast(key) else None
         if verdict is None:
             return self._on_loop(self.get(key, prototype, byte_range))
         if verdict.got is not None:
@@ -129,12 +132,12 @@ class SyncSurface:
                 f"Got an instance of {type(value)} instead."
             )
         check_key(key)
-        if not self._fast() or put_now(self._coordinator(), key, value.to_bytes()) is None:
+        if not self._fast(key) or put_now(self._coordinator(), key, value.to_bytes()) is None:
             self._on_loop(self.set(key, value))
 
     def delete_sync(self, key: str) -> None:
         """:meth:`delete`, blocking: a versioned tombstone on a write quorum."""
         self._check_writable()
         check_key(key)
-        if not self._fast() or not delete_now(self._coordinator(), key):
+        if not self._fast(key) or not delete_now(self._coordinator(), key):
             self._on_loop(self.delete(key))
