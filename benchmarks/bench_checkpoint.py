@@ -1,9 +1,10 @@
 """Checkpoints against Icechunk: the same zarr writes and reads, committed both ways.
 
-Usage: ``python benchmarks/bench_checkpoint.py [--quick]`` (needs ``pip install
-'swarmstore[bench]'`` for ``icechunk``). Each side gets a fresh repository per case; both
-sides run the same zarr code on the same arrays, in the same process, alternating who goes
-first; each time is the median of the repeats:
+Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--case NAME ...] [--repeat N]``
+(needs ``pip install 'swarmstore[bench]'`` for ``icechunk``; ``--case`` is one of
+``local-large``, ``local-small``, ``s3-large``, ``s3-small``). Each side gets a fresh
+repository per case; both sides run the same zarr code on the same arrays, in the same
+process, alternating who goes first; each time is the median of the repeats:
 
 - **full commit**: create the array in a session, write all of it, commit;
 - **incremental commit**: a new session writes 1% of the chunks (scattered, the same
@@ -272,22 +273,47 @@ def s3_sides(endpoint: Any) -> list[Side]:
     ]
 
 
+#: Every case, by the name ``--case`` takes: (where, case).
+CASES = {
+    "local-large": ("local dir", LARGE),
+    "local-small": ("local dir", SMALL),
+    "s3-large": ("S3 on moto", LARGE),
+    "s3-small": ("S3 on moto", SMALL),
+}
+
+
+def chosen(args: argparse.Namespace) -> list[str]:
+    """The cases to run: ``--case`` as given, else all but S3's 100k case with ``--quick``."""
+    if args.case:
+        return list(dict.fromkeys(args.case))
+    return [name for name in CASES if not (args.quick and name == "s3-small")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", action="append", choices=sorted(CASES),
+                        help="run only this case (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, help="repeats per case (default 3; --quick 1)")
     args = parser.parse_args()
     try:
         import icechunk  # noqa: F401
     except ImportError:
         sys.exit("bench_checkpoint needs Icechunk: pip install 'swarmstore[bench]'")
-    repeat = 1 if args.quick else 3
+    repeat = args.repeat or (1 if args.quick else 3)
+    if repeat < 1:
+        parser.error("--repeat must be at least 1")
+    names = chosen(args)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
     try:
-        for case in (LARGE, SMALL):
-            run_case("local dir", case, local_sides(tmp), repeat)
-        with moto_server(process=True) as endpoint:
-            for case in (LARGE,) if args.quick else (LARGE, SMALL):
-                run_case("S3 on moto", case, s3_sides(endpoint), repeat)
+        for name in names:
+            if CASES[name][0] == "local dir":
+                run_case("local dir", CASES[name][1], local_sides(tmp), repeat)
+        s3 = [CASES[n][1] for n in names if CASES[n][0] != "local dir"]
+        if s3:
+            with moto_server(process=True) as endpoint:
+                for case in s3:
+                    run_case("S3 on moto", case, s3_sides(endpoint), repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
