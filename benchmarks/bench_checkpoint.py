@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--case NAME ...] [--repeat N]``
 (needs ``pip install 'swarmstore[bench]'`` for ``icechunk``; ``--case`` is one of
-``local-large``, ``local-small``, ``s3-large``, ``s3-small``). Each side gets a fresh
+``local-large``, ``local-small``, ``s3-large``, ``s3-small``; ``--s3-client obstore`` or
+``s3fs`` runs swarmstore over that client only on S3). Each side gets a fresh
 repository per case; both sides run the same zarr code on the same arrays, in the same
 process, alternating who goes first; each time is the median of the repeats:
 
@@ -238,7 +239,8 @@ def local_sides(tmp: pathlib.Path) -> list[Side]:
     ]
 
 
-def s3_sides(endpoint: Any) -> list[Side]:
+def s3_sides(endpoint: Any, clients: tuple[str, ...] = ("obstore", "s3fs")) -> list[Side]:
+    """Icechunk, and swarmstore over each S3 client named (``obstore``, ``s3fs``)."""
     import icechunk
 
     bucket = endpoint.make_bucket()
@@ -261,7 +263,7 @@ def s3_sides(endpoint: Any) -> list[Side]:
             force_path_style=True,
         )  # fmt: skip
 
-    return [
+    sides = [
         Swarm(lambda name: endpoint.object_store(bucket, name), size("swarm"), via="obstore"),
         Ice(ice_storage, size("ice")),
         Swarm(
@@ -271,6 +273,7 @@ def s3_sides(endpoint: Any) -> list[Side]:
             via="s3fs",
         ),
     ]
+    return [side for side in sides if not side.via or side.via in clients]
 
 
 #: Every case, by the name ``--case`` takes: (where, case).
@@ -295,6 +298,8 @@ def main() -> None:
     parser.add_argument("--case", action="append", choices=sorted(CASES),
                         help="run only this case (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--repeat", type=int, help="repeats per case (default 3; --quick 1)")
+    parser.add_argument("--s3-client", action="append", choices=["obstore", "s3fs"],
+                        help="swarmstore's S3 client (repeatable; default: both)")  # fmt: skip
     args = parser.parse_args()
     try:
         import icechunk  # noqa: F401
@@ -313,7 +318,8 @@ def main() -> None:
         if s3:
             with moto_server(process=True) as endpoint:
                 for case in s3:
-                    run_case("S3 on moto", case, s3_sides(endpoint), repeat)
+                    sides = s3_sides(endpoint, tuple(args.s3_client or ("obstore", "s3fs")))
+                    run_case("S3 on moto", case, sides, repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -98,24 +98,21 @@ async def archive_snapshot(
         return ArchiveReport(snap.step, 0, 0, 0)  # archived before: nothing to do
     marker = Lease(control, f"{INFLIGHT}{uuid.uuid4().hex}.json", {"archive": snap.step}, terms)
     await marker.write()
-    data = _Copier(repo.store, to, limit, verify_written)
+    objects = _Copier(repo.store, to, limit, verify_written)
+    pieces = _Copier(repo.store, to, limit, verify_written)
     docs = _Copier(repo.store, control, limit, verify_written)  # as a commit writes them
     try:
         tree = repo.tree(snap)
         hashes = sorted(await tree.hashes())
-        await asyncio.gather(*(data.copy(object_key(h), h) for h in hashes))
-        await _copy_pieces(data, tree)
+        await asyncio.gather(*(objects.copy(object_key(h), h) for h in hashes))
+        await _copy_pieces(pieces, tree)
         body = snap.to_bytes()
         await docs.copy(snapshot_key(snap.id), content_hash(body), body)
         await _commit(refs, snap, to)
     finally:
         await marker.release()
     return ArchiveReport(
-        snap.step,
-        data.copied + docs.copied,
-        data.copied_bytes + docs.copied_bytes,
-        data.skipped + docs.skipped,
-        data.repaired + docs.repaired,
+        snap.step, objects.copied, objects.copied_bytes, objects.skipped, objects.repaired
     )
 
 

@@ -17,6 +17,7 @@ that cost otherwise).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,7 @@ class LocalFiles:
     then a rename; no fsync, as zarr's), in plain ``os`` calls on strings, with each
     folder made once per writer instead of before every file, and temporary names from
     a counter instead of a ``uuid4`` each: about a third of the cost per small file.
+    Safe to call from several threads at once.
     A folder removed since it was made (``delete_dir``) is made again.
     """
 
@@ -127,7 +129,7 @@ class LocalFiles:
         self._root = os.fspath(store.root)
         self._made: set[str] = set()
         self._tag = uuid.uuid4().hex[:12]
-        self._count = 0
+        self._count = itertools.count()  # next() is atomic: writers on many threads
 
     def __getstate__(self) -> dict[str, Any]:
         return {"store": self.store}  # a copy elsewhere makes its own folders and names
@@ -139,8 +141,7 @@ class LocalFiles:
         """Write ``data`` (anything with the buffer protocol) as ``key``."""
         self.store._check_writable()
         path = f"{self._root}/{key}"
-        self._count += 1
-        tmp = f"{path}.{self._tag}{self._count}.partial"
+        tmp = f"{path}.{self._tag}{next(self._count)}.partial"
         try:
             fd = self._open(tmp)
         except FileNotFoundError:

@@ -69,8 +69,8 @@ class CheckpointDiff:
 
 @dataclass(frozen=True)
 class ArchiveReport:
-    """What ``archive`` copied: values (objects, pieces, the snapshot) written, their bytes,
-    values already there intact, and (of those written) bad copies there written again."""
+    """What ``archive`` copied of the chunk objects: objects written, their bytes, objects
+    already there (intact, when checked), and of those written, bad copies written again."""
 
     step: int
     copied_objects: int

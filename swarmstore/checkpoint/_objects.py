@@ -63,7 +63,8 @@ class ObjectWriter:
     ``known`` holds hashes whose objects are present already (confirmed by
     :func:`existing`); a hash this writer stored is not stored again, even by
     concurrent writers of the same bytes. Over a ``LocalStore`` the files are written
-    by :class:`~swarmstore.checkpoint._docs.LocalFiles` (the same protocol, cheaper).
+    by :class:`~swarmstore.checkpoint._docs.LocalFiles` (the same protocol, cheaper):
+    small ones on the event loop, larger ones on a worker thread, concurrently.
     """
 
     def __init__(self, store: Store, known: Collection[str] = ()) -> None:
@@ -87,10 +88,14 @@ class ObjectWriter:
         digest, size, fresh = self._plan(value)
         if fresh:
             try:
-                if self._files is not None and small_inline(self.store, size):
+                if self._files is None:
+                    await self.store.set(object_key(digest), value)
+                elif small_inline(self.store, size):  # cheaper than the thread hop
                     self._files.put(object_key(digest), value.as_buffer_like())
                 else:
-                    await self.store.set(object_key(digest), value)
+                    await asyncio.to_thread(
+                        self._files.put, object_key(digest), value.as_buffer_like()
+                    )
             except BaseException:
                 self._written.discard(digest)
                 raise
