@@ -101,3 +101,15 @@ def test_a_piece_that_fails_fails_every_concurrent_reader_and_is_read_again_late
         zarr.open_array(restored, path="x", mode="r")[:]  # 16 chunks read concurrently
     piece.write_bytes(held)
     assert np.array_equal(zarr.open_array(restored, path="x", mode="r")[:], x)
+
+
+def test_local_files_written_from_many_threads_at_once_are_all_whole(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = LocalFiles(zarr.storage.LocalStore(tmp_path / "s"))
+    keys = [f"objects/{i % 4:02x}/{i:04d}" for i in range(400)]  # four shared folders
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: files.put(k, k.encode() * 50), keys))
+    for key in keys:
+        assert (tmp_path / "s" / key).read_bytes() == key.encode() * 50
+    assert not list((tmp_path / "s").rglob("*.partial"))
