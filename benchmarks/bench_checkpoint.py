@@ -1,9 +1,11 @@
 """Checkpoints against Icechunk: the same zarr writes and reads, committed both ways.
 
-Usage: ``python benchmarks/bench_checkpoint.py [--quick]`` (needs ``pip install
-'swarmstore[bench]'`` for ``icechunk``). Each side gets a fresh repository per case; both
-sides run the same zarr code on the same arrays, in the same process, alternating who goes
-first; each time is the median of the repeats:
+Usage: ``python benchmarks/bench_checkpoint.py [--quick] [--case NAME ...] [--repeat N]``
+(needs ``pip install 'swarmstore[bench]'`` for ``icechunk``; ``--case`` is one of
+``local-large``, ``local-small``, ``s3-large``, ``s3-small``; ``--s3-client obstore`` or
+``s3fs`` runs swarmstore over that client only on S3). Each side gets a fresh
+repository per case; both sides run the same zarr code on the same arrays, in the same
+process, alternating who goes first; each time is the median of the repeats:
 
 - **full commit**: create the array in a session, write all of it, commit;
 - **incremental commit**: a new session writes 1% of the chunks (scattered, the same
@@ -237,7 +239,8 @@ def local_sides(tmp: pathlib.Path) -> list[Side]:
     ]
 
 
-def s3_sides(endpoint: Any) -> list[Side]:
+def s3_sides(endpoint: Any, clients: tuple[str, ...] = ("obstore", "s3fs")) -> list[Side]:
+    """Icechunk, and swarmstore over each S3 client named (``obstore``, ``s3fs``)."""
     import icechunk
 
     bucket = endpoint.make_bucket()
@@ -260,7 +263,7 @@ def s3_sides(endpoint: Any) -> list[Side]:
             force_path_style=True,
         )  # fmt: skip
 
-    return [
+    sides = [
         Swarm(lambda name: endpoint.object_store(bucket, name), size("swarm"), via="obstore"),
         Ice(ice_storage, size("ice")),
         Swarm(
@@ -270,24 +273,53 @@ def s3_sides(endpoint: Any) -> list[Side]:
             via="s3fs",
         ),
     ]
+    return [side for side in sides if not side.via or side.via in clients]
+
+
+#: Every case, by the name ``--case`` takes: (where, case).
+CASES = {
+    "local-large": ("local dir", LARGE),
+    "local-small": ("local dir", SMALL),
+    "s3-large": ("S3 on moto", LARGE),
+    "s3-small": ("S3 on moto", SMALL),
+}
+
+
+def chosen(args: argparse.Namespace) -> list[str]:
+    """The cases to run: ``--case`` as given, else all but S3's 100k case with ``--quick``."""
+    if args.case:
+        return list(dict.fromkeys(args.case))
+    return [name for name in CASES if not (args.quick and name == "s3-small")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", action="append", choices=sorted(CASES),
+                        help="run only this case (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, help="repeats per case (default 3; --quick 1)")
+    parser.add_argument("--s3-client", action="append", choices=["obstore", "s3fs"],
+                        help="swarmstore's S3 client (repeatable; default: both)")  # fmt: skip
     args = parser.parse_args()
     try:
         import icechunk  # noqa: F401
     except ImportError:
         sys.exit("bench_checkpoint needs Icechunk: pip install 'swarmstore[bench]'")
-    repeat = 1 if args.quick else 3
+    repeat = args.repeat or (1 if args.quick else 3)
+    if repeat < 1:
+        parser.error("--repeat must be at least 1")
+    names = chosen(args)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
     try:
-        for case in (LARGE, SMALL):
-            run_case("local dir", case, local_sides(tmp), repeat)
-        with moto_server(process=True) as endpoint:
-            for case in (LARGE,) if args.quick else (LARGE, SMALL):
-                run_case("S3 on moto", case, s3_sides(endpoint), repeat)
+        for name in names:
+            if CASES[name][0] == "local dir":
+                run_case("local dir", CASES[name][1], local_sides(tmp), repeat)
+        s3 = [CASES[n][1] for n in names if CASES[n][0] != "local dir"]
+        if s3:
+            with moto_server(process=True) as endpoint:
+                for case in s3:
+                    sides = s3_sides(endpoint, tuple(args.s3_client or ("obstore", "s3fs")))
+                    run_case("S3 on moto", case, sides, repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,14 +9,18 @@ event loop itself, through the store's own sync surface (``get_sync``, ``set_syn
 (``refs/``, ``snapshots/``) the way ``LocalStore.list_prefix`` does; every other store
 is called as usual. Chunk objects go through here only when small (:func:`small_inline`:
 at most :data:`INLINE_BYTES`); larger ones are read and written on worker threads,
-concurrently.
+concurrently. :class:`LocalFiles` writes those small chunk objects for a fraction of
+``LocalStore.set_sync``'s cost per file (a full save of 100k small chunks is mostly
+that cost otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INLINE_BYTES",
+    "LocalFiles",
     "create_doc",
     "delete_doc",
     "get_doc",
@@ -106,3 +111,62 @@ def create_doc(store: LocalStore, key: str, data: bytes) -> None:
         os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class LocalFiles:
+    """Whole-or-nothing writes of files into a ``LocalStore``'s directory, done cheaply.
+
+    The same protocol as ``LocalStore.set_sync`` (a temporary file beside the target,
+    then a rename; no fsync, as zarr's), in plain ``os`` calls on strings, with each
+    folder made once per writer instead of before every file, and temporary names from
+    a counter instead of a ``uuid4`` each: about a third of the cost per small file.
+    Safe to call from several threads at once.
+    A folder removed since it was made (``delete_dir``) is made again.
+    """
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self._root = os.fspath(store.root)
+        self._made: set[str] = set()
+        self._tag = uuid.uuid4().hex[:12]
+        self._count = itertools.count()  # next() is atomic: writers on many threads
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store}  # a copy elsewhere makes its own folders and names
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["store"])  # type: ignore[misc]
+
+    def put(self, key: str, data: Any) -> None:
+        """Write ``data`` (anything with the buffer protocol) as ``key``."""
+        self.store._check_writable()
+        path = f"{self._root}/{key}"
+        tmp = f"{path}.{self._tag}{next(self._count)}.partial"
+        try:
+            fd = self._open(tmp)
+        except FileNotFoundError:
+            self._made.discard(os.path.dirname(tmp))
+            fd = self._open(tmp)
+        try:
+            try:
+                _write_all(fd, memoryview(data).cast("B"))
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _open(self, tmp: str) -> int:
+        folder = os.path.dirname(tmp)
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        return os.open(tmp, flags, 0o666)  # as open(..., "wb"): the umask applies
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]

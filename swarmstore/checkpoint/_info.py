@@ -69,12 +69,14 @@ class CheckpointDiff:
 
 @dataclass(frozen=True)
 class ArchiveReport:
-    """What ``archive`` copied: objects written, bytes written, objects already there."""
+    """What ``archive`` copied of the chunk objects: objects written, their bytes, objects
+    already there (intact, when checked), and of those written, bad copies written again."""
 
     step: int
     copied_objects: int
     copied_bytes: int
     skipped_objects: int
+    repaired_objects: int = 0
 
 
 @dataclass

@@ -252,7 +252,9 @@ class CheckpointManager(HistoryReads):
         return ops.restore_to(self, target, step, force=force, snapshot=snapshot, tag=tag)
 
     def archive(self, step: int, to: Store, *, verify_written: bool = True) -> ArchiveReport:
-        """Copy checkpoint ``step`` to ``to`` (a cold store), checking every object's hash."""
+        """Copy checkpoint ``step`` into ``to`` (any zarr store) as a checkpoint there,
+        every object and piece checked as read and, with ``verify_written``, as written
+        (see ``_archive``)."""
         return ops.archive(self, step, to, verify_written=verify_written)
 
     def collect_garbage(self) -> GCReport:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.checkpoint._docs import small_inline
+from swarmstore.checkpoint._docs import LocalFiles, inline_io, small_inline
 from swarmstore.checkpoint._manifest import OBJECTS, content_hash, is_metadata_key, object_key
 
 if TYPE_CHECKING:
@@ -62,11 +62,14 @@ class ObjectWriter:
 
     ``known`` holds hashes whose objects are present already (confirmed by
     :func:`existing`); a hash this writer stored is not stored again, even by
-    concurrent writers of the same bytes.
+    concurrent writers of the same bytes. Over a ``LocalStore`` the files are written
+    by :class:`~swarmstore.checkpoint._docs.LocalFiles` (the same protocol, cheaper):
+    small ones on the event loop, larger ones on a worker thread, concurrently.
     """
 
     def __init__(self, store: Store, known: Collection[str] = ()) -> None:
         self.store, self.known = store, known
+        self._files = LocalFiles(store) if inline_io(store) else None  # type: ignore[arg-type]
         self._written: set[str] = set()
         self.written_objects = self.written_bytes = self.reused_objects = self.hashed_bytes = 0
 
@@ -85,10 +88,14 @@ class ObjectWriter:
         digest, size, fresh = self._plan(value)
         if fresh:
             try:
-                if small_inline(self.store, size):
-                    self.store.set_sync(object_key(digest), value)  # type: ignore[attr-defined]
-                else:
+                if self._files is None:
                     await self.store.set(object_key(digest), value)
+                elif small_inline(self.store, size):  # cheaper than the thread hop
+                    self._files.put(object_key(digest), value.as_buffer_like())
+                else:
+                    await asyncio.to_thread(
+                        self._files.put, object_key(digest), value.as_buffer_like()
+                    )
             except BaseException:
                 self._written.discard(digest)
                 raise
@@ -100,7 +107,10 @@ class ObjectWriter:
         digest, size, fresh = self._plan(value)
         if fresh:
             try:
-                self.store.set_sync(object_key(digest), value)  # type: ignore[attr-defined]
+                if self._files is not None:
+                    self._files.put(object_key(digest), value.as_buffer_like())
+                else:
+                    self.store.set_sync(object_key(digest), value)  # type: ignore[attr-defined]
             except BaseException:
                 self._written.discard(digest)
                 raise

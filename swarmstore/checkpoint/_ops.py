@@ -20,13 +20,12 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from swarmstore import _clock
-from swarmstore.checkpoint._caps import control_store, forget_listings, get_whole
+from swarmstore.checkpoint._archive import archive_snapshot
+from swarmstore.checkpoint._caps import forget_listings, get_whole
 from swarmstore.checkpoint._diff import diff_trees
 from swarmstore.checkpoint._info import ArchiveReport, CheckpointDiff, RestoreReport, VerifyReport
-from swarmstore.checkpoint._lease import Lease
-from swarmstore.checkpoint._manifest import INFLIGHT, content_hash, is_metadata_key, object_key
-from swarmstore.checkpoint._refs import Refs
-from swarmstore.checkpoint._snapshot import Ref, check_name, piece_key, snapshot_key
+from swarmstore.checkpoint._manifest import content_hash, is_metadata_key, object_key
+from swarmstore.checkpoint._snapshot import Ref, check_name
 from swarmstore.errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -312,80 +311,16 @@ def _restore_store(
 
 
 def archive(mgr: CheckpointManager, step: int, to: Store, *, verify_written: bool) -> ArchiveReport:
-    """Copy checkpoint ``step`` to ``to``: objects, pieces, snapshot, then its ``main`` ref."""
+    """Copy checkpoint ``step`` to ``to`` (see ``_archive``): objects, pieces, the
+    snapshot, each checked, then a version of ``to``'s ``main`` naming it."""
     snap = mgr.snapshot(step)
-    return sync(_archive(mgr, snap, to, verify_written))
-
-
-async def _archive(
-    mgr: CheckpointManager, snap: Snapshot, to: Store, verify_written: bool
-) -> ArchiveReport:
-    proto = default_buffer_prototype()
-    copied: list[int] = []
-    skipped: list[str] = []
-    control = control_store(to)
-    forget_listings(control)
-    marker = Lease(control, f"{INFLIGHT}{uuid.uuid4().hex}.json", {"archive": snap.step}, mgr.terms)
-    await marker.write()
-
-    async def copy_one(key: str, digest: str) -> None:
-        if await to.exists(key):
-            skipped.append(digest)
-            return
-        buf = await get_whole(mgr.store, key, proto)
-        if buf is None:
-            raise CheckpointNotFoundError(f"{key} of step {snap.step} is missing")
-        if content_hash(buf.as_buffer_like()) != digest:
-            raise ChecksumMismatch(f"{key} of step {snap.step} fails its check")
-        await to.set(key, buf)
-        if verify_written:
-            back = await get_whole(to, key, proto)
-            if back is None or content_hash(back.as_buffer_like()) != digest:
-                raise ChecksumMismatch(f"{key} reads back wrong from {to!r}")
-        copied.append(len(buf))
-
-    try:
-        tree = mgr.repo.tree(snap)
-        hashes = sorted(await tree.hashes())
-        sem = asyncio.Semaphore(mgr.concurrency)
-
-        async def limited(key: str, digest: str) -> None:
-            async with sem:
-                await copy_one(key, digest)
-
-        await asyncio.gather(*(limited(object_key(h), h) for h in hashes))
-        await _archive_tree(mgr, snap, to, control)
-    finally:
-        await marker.release()
-    return ArchiveReport(snap.step, len(copied), sum(copied), len(skipped))
-
-
-async def _archive_tree(mgr: CheckpointManager, snap: Snapshot, to: Store, control: Store) -> None:
-    """The pieces and the snapshot, then a ``main`` version naming it (unless one does)."""
-    proto = default_buffer_prototype()
-    tree = mgr.repo.tree(snap)
-    for refs in tree.nodes.values():
-        for ref in refs:
-            held = tree.loader.unsaved.get(ref.hash)
-            if held:
-                data = held[1]
-            else:
-                buf = await get_whole(mgr.store, piece_key(ref.hash), proto)
-                if buf is None:
-                    raise CheckpointNotFoundError(f"piece {ref.hash} of step {snap.step} missing")
-                data = buf.to_bytes()
-            await to.set(piece_key(ref.hash), proto.buffer.from_bytes(data))
-    await control.set(snapshot_key(snap.id), proto.buffer.from_bytes(snap.to_bytes()))
-    refs = Refs(control, mgr.concurrency)
-    for _ in range(8):
-        history = await refs.history("main")
-        if any(r.snapshot == snap.id for r in history):
-            return
-        if any(r.step == snap.step for r in history):
-            raise CheckpointExistsError(
-                f"{to!r} already holds a different checkpoint of step {snap.step}"
-            )
-        tip = history[-1] if history else None
-        if await refs.advance("main", tip, snap) is not None:
-            return
-    raise CheckpointExistsError(f"{to!r}: main kept moving while archiving step {snap.step}")
+    return sync(
+        archive_snapshot(
+            mgr.repo,
+            snap,
+            to,
+            terms=mgr.terms,
+            limit=mgr.concurrency,
+            verify_written=verify_written,
+        )
+    )

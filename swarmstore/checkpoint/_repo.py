@@ -170,6 +170,10 @@ class Repo:
                 if snapshot not in self._legacy:
                     raise
                 return await self.snapshot(snapshot)
+        if step is None:
+            tip = await self._tip_snapshot(branch)
+            if tip is not None:
+                return tip
         history = await self.history(branch)
         if step is None:
             return await self._newest(history, branch)
@@ -179,6 +183,19 @@ class Repo:
         raise CheckpointNotFoundError(
             f"no checkpoint of step {step} on {branch!r} in {self.store!r}"
         )
+
+    async def _tip_snapshot(self, branch: str) -> Snapshot | None:
+        """The snapshot of the branch's newest readable version, if it reads: the newest
+        of its history without listing ``snapshots/`` (one listing, the refs, not two;
+        a listing costs a store as much as a large read). None: ask the history."""
+        tip = await self.refs.tip(branch)
+        if tip is None:
+            return None
+        try:
+            return await self.snapshot(tip.snapshot)
+        except (ManifestError, CheckpointNotFoundError) as e:
+            logger.warning("The tip of %r does not read (%s): looking further back", branch, e)
+            return None
 
     async def _newest(self, history: list[Commit], branch: str) -> Snapshot:
         for commit in reversed(history):

@@ -39,13 +39,18 @@ CACHE_ENTRIES = 4_000_000
 
 
 class Loader:
-    """Loads pieces from ``store`` by reference: verified, cached (bounded LRU), shared."""
+    """Loads pieces from ``store`` by reference: verified, cached (bounded LRU), shared.
+
+    Concurrent loads of one piece on one event loop share one read (zarr reads ten
+    chunks at a time, and the chunks of one piece would otherwise each fetch it).
+    """
 
     def __init__(self, store: Store, max_entries: int = CACHE_ENTRIES) -> None:
         self.store, self.max_entries = store, max_entries
         self._cache: OrderedDict[str, Piece] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
+        self._loading: dict[tuple[int, str], asyncio.Future[Piece]] = {}
         #: Pieces built in memory and not stored yet (a schema-1 base): the commit writes them.
         self.unsaved: dict[str, tuple[Piece, bytes]] = {}
 
@@ -92,8 +97,30 @@ class Loader:
         piece = self.cached(ref.hash) or self._unsaved(ref)
         if piece is not None:
             return piece
-        buf = await get_doc(self.store, piece_key(ref.hash))
-        return self._decode(ref, buf)
+        loop = asyncio.get_running_loop()
+        key = (id(loop), ref.hash)
+        pending = self._loading.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+            return await self.load(ref)  # the read it waited on was cancelled: read again
+        future = self._loading[key] = loop.create_future()
+        try:
+            piece = self._decode(ref, await get_doc(self.store, piece_key(ref.hash)))
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: the waiters raise it themselves
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._loading[key]
+        future.set_result(piece)
+        return piece
 
     def load_sync(self, ref: PieceRef) -> Piece:
         piece = self.cached(ref.hash) or self._unsaved(ref)

@@ -33,6 +33,8 @@ from swarmstore.checkpoint._store import ManifestStore
 from swarmstore.errors import InvalidKeyError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from zarr.abc.store import Store
 
     from swarmstore.checkpoint._session import Session
@@ -226,7 +228,26 @@ def _write_dask(
     enc: Mapping[str, Any],
     fingerprints: Fingerprints | None,
 ) -> None:
+    """Write ``darr`` at ``path``: one task per block, on the worker holding it; the
+    session takes in what the tasks return (their changes, and the raw fingerprints)."""
     ms = session.store
+    arr, darr = _create_for(ms, path, darr, enc)
+    meta_key = _join(path, "zarr.json")
+    meta = ms.changes[meta_key]
+    assert isinstance(meta, str)
+    usable = _usable_fingerprints(session, path, meta, fingerprints)
+    tasks = _block_tasks(ms, arr, darr, path, meta, usable)
+    scheduler = "threads" if _process_local(ms.backing) else None
+    raws = _take_results(session, dask.compute(*tasks, scheduler=scheduler), meta_key)
+    if fingerprints is not None:
+        fingerprints.pending[path] = (meta, raws)
+
+
+def _create_for(
+    ms: ManifestStore, path: str, darr: da.Array, enc: Mapping[str, Any]
+) -> tuple[zarr.Array, da.Array]:
+    """The array at ``path`` in ``ms``, and ``darr`` rechunked to its write unit if its
+    blocks do not align with it (a block must hold whole chunks, or whole shards)."""
     chunks = enc.get("chunks") or tuple(max(c) if c else 1 for c in darr.chunks)
     arr = zarr.create_array(
         store=ms,
@@ -238,14 +259,30 @@ def _write_dask(
     unit = arr.shards or arr.chunks
     if not all(_aligned(c, u) for c, u in zip(darr.chunks, unit, strict=True)):
         darr = darr.rechunk(unit)
-    meta_key = _join(path, "zarr.json")
-    meta = ms.changes[meta_key]
-    assert isinstance(meta, str)
+    return arr, darr
+
+
+def _usable_fingerprints(
+    session: Session, path: str, meta: str, fingerprints: Fingerprints | None
+) -> dict[str, Any]:
+    """The previous save's raw fingerprints of ``path`` whose objects are still there."""
     base = session.base
     prev = fingerprints.get(path, base.id if base else None, meta) if fingerprints else {}
     present = _present(session, path) if prev else {}
     cut = len(path) + 1 if path else 0
-    usable = {k: v for k, v in prev.items() if present.get(k[cut:], True)}
+    return {k: v for k, v in prev.items() if present.get(k[cut:], True)}
+
+
+def _block_tasks(
+    ms: ManifestStore,
+    arr: zarr.Array,
+    darr: da.Array,
+    path: str,
+    meta: str,
+    usable: Mapping[str, Any],
+) -> list[Any]:
+    """One delayed ``_write_block`` per block, with the fingerprints of its chunks."""
+    unit = arr.shards or arr.chunks
     tag = uuid.uuid4().hex
     backing = dask.delayed(ms.backing, name=f"checkpoint-store-{tag}", traverse=False)
     known = dask.delayed(frozenset(ms.known), name=f"checkpoint-known-{tag}", traverse=False)
@@ -263,17 +300,23 @@ def _write_dask(
                 block, backing, path, meta, region, known, ms.verify, hints
             )
         )
-    scheduler = "threads" if _process_local(ms.backing) else None
+    return tasks
+
+
+def _take_results(
+    session: Session, results: Iterable[Mapping[str, Any]], meta_key: str
+) -> dict[str, str]:
+    """Merge the blocks' changes and counts into the session; their raw fingerprints."""
+    ms = session.store
     raws: dict[str, str] = {}
-    for result in dask.compute(*tasks, scheduler=scheduler):
+    for result in results:
         result["changes"].pop(meta_key, None)
         ms.changes.update(result["changes"])
         session.keep(result["kept"])
         raws.update(result["raws"])
         for name in ("written_objects", "written_bytes", "reused_objects", "hashed_bytes"):
             setattr(ms.writer, name, getattr(ms.writer, name) + result[name])
-    if fingerprints is not None:
-        fingerprints.pending[path] = (meta, raws)
+    return raws
 
 
 def _write_block(
