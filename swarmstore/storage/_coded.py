@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from swarmstore import _events
-from swarmstore.errors import ConfigError, FragmentsUnavailable
+from swarmstore.errors import FragmentsUnavailable
 from swarmstore.network import qos
 from swarmstore.storage._coded_maint import converge_coded
 from swarmstore.storage._coded_read import CodedRead
 from swarmstore.storage._coded_write import put_coded
+from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._verified import resolve_range
 from swarmstore.storage._write import delete
 
@@ -76,19 +77,6 @@ async def head_coded(store: Coordinator, key: str, coding: Coding) -> tuple[int,
     record = next(a.record for a in d.chosen.values() if a.record is not None)
     size = record.fragment.length if record.fragment is not None else record.size
     return size, record
-
-
-def refuse_fragment(key: str, got: Any) -> None:
-    """A replicated read that found a fragment: the key was written coded, and this
-    store's policy does not code it. Never return a fragment as the value."""
-    record = getattr(got, "record", None)
-    if record is not None and record.fragment is not None:
-        f = record.fragment
-        raise ConfigError(
-            f"{key!r} is stored erasure-coded (RS({f.k},{f.m})) but this store replicates it: "
-            f"open the store with coding={{{key.rpartition('/')[0] + '/'!r}: ({f.k}, {f.m})}} "
-            "or convert the prefix back (store.convert)"
-        )
 
 
 def repair_behind(store: Coordinator, key: str, bad: list[Node]) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmstore.errors import ChecksumMismatch
 from swarmstore.network import qos
+from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import State
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
@@ -126,6 +127,8 @@ async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -
     nodes = list(dict.fromkeys([*targets, *extra]))
     with qos("bulk"):
         looks = list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
+        for lk in looks:  # never copy a fragment about as if it were the value
+            refuse_fragment(key, lk)
         out = Outcome(decide(looks))
         win = out.winner
         if win is None:

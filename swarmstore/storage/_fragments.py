@@ -26,7 +26,15 @@ from swarmstore.storage._integrity import Fragment, Record
 if TYPE_CHECKING:
     from pyeclib.ec_iface import ECDriver
 
-__all__ = ["METADATA_NAMES", "Codec", "Coding", "CodingPolicy", "codec", "fragments_of"]
+__all__ = [
+    "METADATA_NAMES",
+    "Codec",
+    "Coding",
+    "CodingPolicy",
+    "codec",
+    "fragments_of",
+    "refuse_fragment",
+]
 
 #: keys whose last component is one of these stay replicated (zarr v3 and v2 metadata)
 METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
@@ -213,3 +221,17 @@ def fragments_of(
         frag = Fragment(i, k, m, len(data), digest, rs.name)
         out.append((f, replace(Record.of(f, min_block), fragment=frag)))
     return out
+
+
+def refuse_fragment(key: str, got: Any) -> None:
+    """A replicated read, repair, scrub or move that found a fragment: the key was written
+    coded, and this store's policy does not code it. Never return a fragment as the value,
+    nor copy one over the other fragments as if it were a replica."""
+    record = getattr(got, "record", None)
+    if record is not None and record.fragment is not None:
+        f = record.fragment
+        raise ConfigError(
+            f"{key!r} is stored erasure-coded (RS({f.k},{f.m})) but this store replicates it: "
+            f"open the store with coding={{{key.rpartition('/')[0] + '/'!r}: ({f.k}, {f.m})}} "
+            "or convert the prefix back (store.convert)"
+        )

@@ -26,6 +26,7 @@ from swarmstore.storage._coded_maint import (
     scrub_coded,
 )
 from swarmstore.storage._converge import Winner, _copy, converge, decide, examine
+from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._shadows import shadow_name
 
 if TYPE_CHECKING:
@@ -169,6 +170,8 @@ async def scrub(store: Coordinator, progress: Progress = None) -> ScrubReport:
             targets = store.targets(key)
             nodes = list(dict.fromkeys([*targets, *holders[key]]))
             looks = await asyncio.gather(*(examine(store, n, key) for n in nodes))
+            for lk in looks:
+                refuse_fragment(key, lk)
             _classify(report, key, looks, set(targets), decide(list(looks)))
 
         await _walk(sorted(holders), check, progress)
@@ -300,6 +303,8 @@ async def _move(store: Coordinator, key: str, held: set[Node], report: Rebalance
         return await move_coded(store, key, held, report)
     nodes = list(dict.fromkeys([*targets, *held]))
     looks: list[Look] = list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
+    for lk in looks:
+        refuse_fragment(key, lk)
     win = decide(looks)
     if win is None or win.deleted:
         if win is not None:

@@ -270,6 +270,21 @@ async def test_a_store_that_does_not_code_a_key_refuses_its_fragments(tmp_path):
         await _store(tmp_path, coding={}).get("a/k", PROTO)
 
 
+@pytest.mark.parametrize("task", ["repair", "scrub", "rebalance"])
+async def test_maintenance_without_the_coding_policy_refuses_and_moves_no_fragment(tmp_path, task):
+    """A store opened without its coding policy must not treat a fragment as the value:
+    repair would have copied one fragment over the others (each a replica of "the newest
+    version") and left fewer than k distinct fragments."""
+    coded, value = _store(tmp_path), os.urandom(4000)
+    await coded.set("a/k", _buf(value))
+    before = {t.name: (await t.read("a/k")).data for t in coded.targets("a/k")}
+    with pytest.raises(ConfigError, match="erasure-coded"):
+        await getattr(_store(tmp_path, coding={}), task)()
+    after = {t.name: (await t.read("a/k")).data for t in coded.targets("a/k")}
+    assert after == before
+    assert (await coded.get("a/k", PROTO)).to_bytes() == value
+
+
 async def test_export_writes_a_plain_store_that_plain_zarr_reads(tmp_path):
     store = _store(tmp_path)
     arr = zarr.create_array(store, name="a", shape=(40,), chunks=(8,), dtype="i4")
