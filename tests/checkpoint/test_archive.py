@@ -103,3 +103,35 @@ def test_a_target_holding_another_checkpoint_of_the_step_is_refused_before_any_c
     with pytest.raises(CheckpointExistsError, match="step 1"):
         mgr.archive(1, to=dst)
     assert sorted(p.name for p in (tmp_path / "dst").rglob("*") if p.is_file()) == before
+
+
+def test_an_archive_to_an_erasure_coded_node_set_restores_after_losing_m_nodes(tmp_path):
+    """archive(step, to=coded_store): the chunk objects RS(4,2) over six directories (1.5x
+    the bytes), the documents that move (refs) replicated R=3 with W=3 (so Rq=1, like the
+    code's k+m write quorum, survives any 2 losses); losing m = 2 nodes loses nothing."""
+    from swarmstore.storage._fragments import Coding
+
+    mgr = _source(tmp_path)
+    nodes = [f"file://{tmp_path}/ec{i}" for i in range(6)]
+
+    def coded() -> ReplicatedStore:
+        return ReplicatedStore(
+            nodes,
+            replicas=3,
+            write_quorum=3,
+            coding={"objects/": (4, 2)},
+            state_dir=str(tmp_path / "est"),
+        )
+
+    dst = coded()
+    report = mgr.archive(2, to=dst)
+    assert report.copied_objects == len(_objects(mgr, 2))
+    some = next(iter(_objects(mgr, 2)))
+    assert dst.coding_for(object_key(some)) == Coding(4, 2)
+    assert dst.coding_for("refs/main") is None  # moved by conditional puts: replicated
+    dst.flush_sync()
+    for i in (1, 4):
+        shutil.rmtree(tmp_path / f"ec{i}")
+    fresh = CheckpointManager(coded())
+    assert fresh.steps() == [2] and fresh.verify_report().ok
+    assert np.array_equal(fresh.restore(2)["x"][:], _state(2))
