@@ -8,6 +8,10 @@ shape with a task group's rule: the first failure cancels the rest and waits for
 then is raised as itself (not wrapped in an ``ExceptionGroup``), so callers keep their
 ``except`` clauses. Fan-outs whose members must all run to the end whatever happens
 (a write to every replica) catch per member and keep ``gather``; this is for the others.
+
+Members should be coroutines that start their own work when run: a wrapper that waits on
+a semaphore before awaiting a coroutine made earlier leaves that coroutine never awaited
+when it is cancelled in the wait (make the coroutine inside the wrapper instead).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from zarr.core.sync import sync
 
 import swarmstore.cache._coherence as _coherence
 from swarmstore import config
+from swarmstore._together import together
 from swarmstore.cache._disk import DiskTier
 from swarmstore.cache._flight import Flights
 from swarmstore.cache._identity import store_identity
@@ -340,9 +341,8 @@ class TieredStore(ReadPath, WritePath, Store):
         key_ranges: Iterable[tuple[str, ByteRequest | None]],
     ) -> list[Buffer | None]:
         # docstring inherited
-        import asyncio
 
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+        return list(await together(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     # -- everything else goes straight to the backing store ------------------------------
 

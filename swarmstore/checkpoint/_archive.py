@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from zarr.core.buffer import default_buffer_prototype
 
+from swarmstore._together import together
 from swarmstore.checkpoint._caps import control_store, forget_listings, get_whole
 from swarmstore.checkpoint._info import ArchiveReport
 from swarmstore.checkpoint._lease import Lease
@@ -104,7 +105,7 @@ async def archive_snapshot(
     try:
         tree = repo.tree(snap)
         hashes = sorted(await tree.hashes())
-        await asyncio.gather(*(objects.copy(object_key(h), h) for h in hashes))
+        await together(*(objects.copy(object_key(h), h) for h in hashes))
         await _copy_pieces(pieces, tree)
         body = snap.to_bytes()
         await docs.copy(snapshot_key(snap.id), content_hash(body), body)
@@ -123,7 +124,7 @@ async def _copy_pieces(copier: _Copier, tree: Tree) -> None:
         for ref in refs:
             held = tree.loader.unsaved.get(ref.hash)
             jobs.append(copier.copy(piece_key(ref.hash), ref.hash, held[1] if held else None))
-    await asyncio.gather(*jobs)
+    await together(*jobs)
 
 
 async def _main_history(refs: Refs, snap: Snapshot, to: Store) -> list[Ref] | None:

@@ -8,11 +8,11 @@ reads a few pieces, whatever the array's size.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from swarmstore._together import together
 from swarmstore.checkpoint._manifest import is_metadata_key
 from swarmstore.checkpoint._tree import _join
 
@@ -40,7 +40,7 @@ class TreeDiff:
 
 async def _side(tree: Tree, node: str, skip: set[str]) -> dict[str, Entry]:
     refs = [r for r in tree.nodes.get(node, ()) if r.hash not in skip]
-    pieces = await asyncio.gather(*map(tree.loader.load, refs))
+    pieces = await together(*map(tree.loader.load, refs))
     return {_join(node, k): (d.hex(), s) for p in pieces for k, d, s in p.items()}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from swarmstore._together import together
 from swarmstore.checkpoint._docs import LocalFiles, inline_io, small_inline
 from swarmstore.checkpoint._manifest import OBJECTS, content_hash, is_metadata_key, object_key
 
@@ -44,7 +45,7 @@ async def existing(store: Store, hashes: Collection[str], limit: int) -> set[str
         async with sem:
             return digest if await store.exists(object_key(digest)) else None
 
-    return {d for d in await asyncio.gather(*map(probe, wanted)) if d is not None}
+    return {d for d in await together(*map(probe, wanted)) if d is not None}
 
 
 def meta_text(key: str, value: Buffer) -> str | None:

@@ -20,6 +20,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from swarmstore import _clock
+from swarmstore._together import together
 from swarmstore.checkpoint._archive import archive_snapshot
 from swarmstore.checkpoint._caps import forget_listings, get_whole
 from swarmstore.checkpoint._diff import diff_trees
@@ -154,7 +155,7 @@ async def _check_objects(
             elif content_hash(buf.as_buffer_like()) != digest:
                 corrupt.append(digest)
 
-    await asyncio.gather(*map(check, hashes))
+    await together(*map(check, hashes))
     return sorted(missing), sorted(corrupt)
 
 
@@ -230,8 +231,8 @@ async def _copy_keys(src: Store, dst: Store, keys: list[str], limit: int) -> int
                 total += len(buf)
 
     ordered = sorted(keys, key=is_metadata_key)
-    await asyncio.gather(*(one(k) for k in ordered if not is_metadata_key(k)))
-    await asyncio.gather(*(one(k) for k in ordered if is_metadata_key(k)))
+    await together(*(one(k) for k in ordered if not is_metadata_key(k)))
+    await together(*(one(k) for k in ordered if is_metadata_key(k)))
     return total
 
 

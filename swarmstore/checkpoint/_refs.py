@@ -17,6 +17,7 @@ import re
 from typing import TYPE_CHECKING
 
 from swarmstore import _clock
+from swarmstore._together import together
 from swarmstore.checkpoint._commit import put_if_absent
 from swarmstore.checkpoint._docs import delete_doc, get_doc, list_keys
 from swarmstore.checkpoint._snapshot import (
@@ -81,7 +82,7 @@ class Refs:
                     logger.warning("Skipping a damaged ref: %s", e)
                     return None
 
-        return [r for r in await asyncio.gather(*map(one, versions)) if r is not None]
+        return [r for r in await together(*map(one, versions)) if r is not None]
 
     async def tip(self, branch: str) -> Ref | None:
         """The newest readable version of ``branch``, or None for a branch with none."""

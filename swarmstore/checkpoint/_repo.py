@@ -104,7 +104,7 @@ class Repo:
                     logger.warning("Skipping a damaged checkpoint: %s", e)
                     return None
 
-        found = [m for m in await asyncio.gather(*map(one, steps)) if m is not None]
+        found = [m for m in await together(*map(one, steps)) if m is not None]
         return [Commit(m.step, m.id, None, m.created, None) for m in found]
 
     # -- schema 2 --------------------------------------------------------------------------

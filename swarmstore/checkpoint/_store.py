@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Self
 
 from zarr.abc.store import Store, _store_supports_sync_io
 from zarr.core.buffer import default_buffer_prototype
 
+from swarmstore._together import together
 from swarmstore.checkpoint._listing import keys_under
 from swarmstore.checkpoint._manifest import Entry, check_key
 from swarmstore.checkpoint._objects import ObjectWriter, meta_text
@@ -225,7 +225,7 @@ class ManifestStore(Store):
         key_ranges: Iterable[tuple[str, ByteRequest | None]],
     ) -> list[Buffer | None]:
         # docstring inherited
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+        return list(await together(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def getsize(self, key: str) -> int:
         # docstring inherited

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from zarr.abc.store import _store_supports_sync_io
 from zarr.core.buffer import default_buffer_prototype
 
+from swarmstore._together import together
 from swarmstore.checkpoint._caps import whole_request
 from swarmstore.checkpoint._docs import get_doc
 from swarmstore.checkpoint._manifest import Entry, content_hash, is_metadata_key
@@ -239,7 +240,7 @@ class Tree:
 
     async def node_items(self, node: str) -> list[Item]:
         """Every ``(suffix, digest, size)`` of ``node``, in key order."""
-        pieces = await asyncio.gather(*map(self.loader.load, self.nodes.get(node, ())))
+        pieces = await together(*map(self.loader.load, self.nodes.get(node, ())))
         return [item for piece in pieces for item in piece.items()]
 
     async def keys(self, nodes: Iterable[str] | None = None) -> list[str]:
@@ -333,7 +334,7 @@ async def _merge_node(
             i = max(bisect.bisect_right(firsts, suffix) - 1, 0)
             touched.setdefault(i, {})[suffix] = e
     held = [i for i in touched if i < len(refs)]
-    pieces = await asyncio.gather(*(base.loader.load(refs[i]) for i in held))
+    pieces = await together(*(base.loader.load(refs[i]) for i in held))
     patched = list(refs)
     for i, piece in zip(held, pieces, strict=True):
         ref = _patch(base, piece, touched[i], new)
@@ -385,7 +386,7 @@ async def _rewrite(
     patch: dict[str, Entry | None],
     new: list[tuple[PieceRef, bytes]],
 ) -> list[PieceRef]:
-    pieces = await asyncio.gather(*map(base.loader.load, run))
+    pieces = await together(*map(base.loader.load, run))
     current = {k: (d, s) for p in pieces for k, d, s in p.items()}
     raw: dict[str, bytes] = {}  # equal digests (fill-like chunks) are converted once
     for suffix, e in patch.items():

@@ -28,6 +28,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import ManagedMemoryStore, MemoryStore, WrapperStore
 
+from swarmstore._together import together
 from swarmstore.checkpoint._manifest import Entry, check_key
 from swarmstore.checkpoint._store import ManifestStore
 from swarmstore.errors import InvalidKeyError
@@ -207,7 +208,7 @@ async def _copy_raw(src: Store, src_path: str, ms: ManifestStore, dst: str, limi
             if buf is not None:
                 await ms.set(_join(dst, key[len(prefix) :]), buf)
 
-    await asyncio.gather(*(one(k) for k in keys))
+    await together(*(one(k) for k in keys))
 
 
 def _aligned(chunks: tuple[int, ...], unit: int) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import threading
@@ -19,6 +18,7 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer
 
 from swarmstore import _events
+from swarmstore._together import together
 from swarmstore.errors import ConfigError, QuorumError
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
@@ -37,6 +37,7 @@ from swarmstore.storage._verified import Got
 from swarmstore.storage._write import delete, grace, put
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator, Iterable, Sequence
 
     from zarr.core.buffer import BufferPrototype
@@ -307,7 +308,7 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
         key_ranges: Iterable[tuple[str, ByteRequest | None]],
     ) -> list[Buffer | None]:
         # docstring inherited
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+        return list(await together(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def _head(self, key: str) -> tuple[int, Record | None] | None:
         """``(size, record)`` of the key's newest value by a quorum of versions; None if absent."""
