@@ -1,13 +1,19 @@
 """The state machine's nodes, and the backdoors its faults use to damage them at rest:
-memory nodes, generic nodes (any zarr store: records in sidecars) and obstore nodes."""
+memory nodes, local directories (records in xattrs), generic nodes (any zarr store: records
+in sidecars) and obstore nodes."""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
 from swarmstore.storage import StoreNode
 from swarmstore.storage._generic import _sidecar
+from swarmstore.storage._local import XATTR, LocalNode
 from swarmstore.storage._memory import MemoryNode
 from swarmstore.storage._s3 import S3_META
 
@@ -43,6 +49,43 @@ class MemoryNodes:
             raw.side.records.pop(key, None)
         else:
             raw.side.records[key] = (buf, text)
+
+
+class LocalNodes:
+    """The machine's nodes as local directories (the record in each file's xattr)."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix=f"sm-{tag}-")
+        self.roots = [Path(self.dir.name) / f"n{i}" for i in range(n)]
+        for root in self.roots:
+            root.mkdir()
+
+    def node(self, i: int) -> LocalNode:
+        return LocalNode(self.roots[i], name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return self.node(i).state_now(key, tomb=True)
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        path = self.roots[i] / key
+        try:
+            return path.read_bytes(), os.getxattr(path, XATTR).decode()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError:  # no record: not whole
+            return None
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        path = self.roots[i] / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".machine-put")
+        tmp.write_bytes(data)
+        if text is not None:
+            os.setxattr(tmp, XATTR, text.encode())
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        self.dir.cleanup()
 
 
 class GenericNodes:

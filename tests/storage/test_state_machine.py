@@ -1,10 +1,12 @@
 """ReplicatedStore against a model of acknowledged values, under the widened fault model.
 
 Several coordinators (separate stores with their own state dirs and writer ids) share four
-nodes; reads come from them and from foreign readers (a fresh store per read). Faults:
-outages, commit failures on every replica, replies lost after the work was done (a crash
-between two steps of a write or delete), half-done deletes, full disks, bit rot, swapped
-files, stripped records, flipped version fields, and clock skew.
+nodes (memory, local directories, generic stores or obstore); reads come from them and from
+foreign readers (a fresh store per read). Faults: outages, commit failures on every replica,
+replies lost after the work was done (a crash between two steps of a write, create or delete:
+after phase 1, a commit, a tombstone or a removal), half-done deletes, full disks, bit rot,
+swapped files, stripped records (with rotten bytes, or the bytes intact), flipped version
+fields, and clock skew.
 
 Model: ``allowed[key]`` is the set of values a read may return (None: absent). An
 acknowledged write or delete makes it one value; a failed one adds its value. A read
@@ -26,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
-from machine_nodes import GenericNodes, MemoryNodes, ObstoreNodes
+from machine_nodes import GenericNodes, LocalNodes, MemoryNodes, ObstoreNodes
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore import _clock
@@ -106,6 +108,8 @@ class ReplicatedMachine(RuleBasedStateMachine):
             self.run(c.flush())
         self.loop.close()
         self.dirs.cleanup()
+        if hasattr(self.kind, "close"):
+            self.kind.close()
         self.config.__exit__(None, None, None)
 
     # --- what is bad right now -------------------------------------------------------------
@@ -184,20 +188,43 @@ class ReplicatedMachine(RuleBasedStateMachine):
             for f in self.faults:
                 f.fail_commits = False
 
+    def _crashing(self, c: int, key: str, lost, failed, step: str, action) -> None:
+        """Run ``action`` while some of ``key``'s targets do ``step`` and lose the reply
+        (``lost``) and others fail it (``failed``); the coordinator is then replaced by a
+        fresh one (its hints and counters gone), as after a crash of its process."""
+        nodes = self.targets(key)
+        for j in lost:
+            self.faults[nodes[j]].crash_after.add(step)
+        for j in failed - lost:
+            self.faults[nodes[j]].fail_commits = True
+        try:
+            action()
+        finally:
+            for f in self.faults:
+                f.crash_after.clear()
+                f.fail_commits = False
+        self.coords[c] = self._store(f"c{c}-{next(self.fresh)}")
+
     @rule(c=COORD, key=KEY, value=VALUE, lost=SUBSET, failed=SUBSET)
     def write_with_lost_replies(self, c: int, key: str, value: bytes, lost, failed) -> None:
         """A crash between two steps: some commits land but their replies are lost, some
-        never land; the coordinator is then replaced by a fresh one (its hints gone)."""
-        nodes = self.targets(key)
-        for j in lost:
-            self.faults[nodes[j]].crash_after.add("commit")
-        for j in failed - lost:
-            self.faults[nodes[j]].fail_commits = True
-        self.write(c, key, value)
-        for f in self.faults:
-            f.crash_after.clear()
-            f.fail_commits = False
-        self.coords[c] = self._store(f"c{c}-{next(self.fresh)}")
+        never land."""
+        self._crashing(c, key, lost, failed, "commit", lambda: self.write(c, key, value))
+
+    @rule(c=COORD, key=KEY, value=VALUE, lost=SUBSET, failed=SUBSET)
+    def create_with_lost_replies(self, c: int, key: str, value: bytes, lost, failed) -> None:
+        """The same crashes under a conditional create (creations left behind)."""
+        self._crashing(c, key, lost, failed, "commit", lambda: self.create(c, key, value))
+
+    @rule(c=COORD, key=KEY, value=VALUE, lost=SUBSET)
+    def write_with_lost_prepares(self, c: int, key: str, value: bytes, lost) -> None:
+        """Phase 1 and staging done on some targets, the answers lost."""
+        self._crashing(c, key, lost, set(), "prepare", lambda: self.write(c, key, value))
+
+    @rule(c=COORD, key=KEY, lost=SUBSET, step=st.sampled_from(["bury", "remove"]))
+    def delete_with_lost_replies(self, c: int, key: str, lost, step: str) -> None:
+        """A delete whose tombstones (bury) or removals land with their replies lost."""
+        self._crashing(c, key, lost, set(), step, lambda: self.delete(c, key))
 
     @rule(c=COORD, key=KEY, v1=VALUE, v2=VALUE, j=st.integers(0, R - 1))
     def late_commit(self, c: int, key: str, v1: bytes, v2: bytes, j: int) -> None:
@@ -296,6 +323,16 @@ class ReplicatedMachine(RuleBasedStateMachine):
         self.damaged[key].add(node)
         self.read(0, key, True, node)
 
+    @rule(key=KEY, node=NODE)
+    def strip_record_only(self, key: str, node: int) -> None:
+        """The record is lost and the bytes kept (a copy tool that drops metadata)."""
+        got = self._at_rest(key, node)
+        if got is None:
+            return
+        self.kind.put(node, key, got[0], None)
+        self.damaged[key].add(node)
+        self.read(0, key, True, node)
+
     @rule(key=KEY, node=NODE, bit=st.integers(0, 62))
     def flip_version(self, key: str, node: int, bit: int) -> None:
         """A bit of the record's version counter flips (issue 11 item 5)."""
@@ -350,6 +387,19 @@ ReplicatedMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestReplicatedMachine = ReplicatedMachine.TestCase
+
+
+class LocalNodesMachine(ReplicatedMachine):
+    """The same machine over local directories (records in xattrs, flock'd swaps)."""
+
+    nodes_cls = LocalNodes
+
+
+LocalNodesMachine.TestCase.settings = settings(
+    max_examples=10, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+TestLocalNodesMachine = LocalNodesMachine.TestCase
 
 
 class GenericNodesMachine(ReplicatedMachine):
@@ -417,7 +467,9 @@ def test_a_second_delete_after_one_left_halfway_everywhere_stays_deleted():
             m.teardown()
 
 
-@pytest.mark.parametrize("machine", [ReplicatedMachine, GenericNodesMachine, ObstoreNodesMachine])
+@pytest.mark.parametrize(
+    "machine", [ReplicatedMachine, LocalNodesMachine, GenericNodesMachine, ObstoreNodesMachine]
+)
 def test_a_create_after_a_failed_write_fixes_the_value_later_reads_return(machine):
     """Found by the obstore-node machine (a defect of every node kind: the same steps fail
     over memory and generic nodes): a write failed below its quorum, its one copy on the
