@@ -14,9 +14,9 @@ read returns the winner's value (never absent).
   id) and backs off: a split vote resolves.
 - "Exists" is confirmed by reading every target's version: the newest value must be held
   by a write quorum (:func:`settlement`), so every read after the create returns the same
-  value. A newer value held by fewer beside an older one on a quorum (a write that failed
-  below its quorum) is converged first; a value held by fewer with nothing on a quorum (a
-  crashed racer's leftover) is waited for, then, past ``storage.create-patience``, adopted
+  value. Live values that disagree, the newest short of a quorum (a write that failed
+  below its quorum), are converged first; a lone value held by fewer (a crashed racer's
+  leftover) is waited for, then, past ``storage.create-patience``, adopted
   by re-stamping it (an ordinary put of the same bytes), so a crashed racer never blocks
   the key.
 """
@@ -154,12 +154,12 @@ def settlement(states: list[State], w: int) -> str:
     - "absent": nothing live (every value is older than a tombstone): create again;
     - "settled": the *newest* live version is held by ``w`` targets, so every later read
       returns it: answer "exists";
-    - "converge": an older version holds a write quorum and the newest fewer (a write
+    - "converge": the live versions disagree and the newest is short of a quorum (a write
       that failed below its quorum, or one still landing). Reads may return either until
       it is finished; answering "exists" now would let a later repair surface the newer
       value after reads returned the older (found by the state machine). Converging
       gives the newest to every target first, so what reads return from then on is fixed;
-    - "wait": no version is on a quorum yet (a racer's creation still landing).
+    - "wait": one version, short of a quorum (a racer's creation still landing).
     """
     floor = max((v for s in states if (v := s.tomb_version) is not None), default=None)
     live = [s.data_version for s in states if s.has_data and _newer(s.data_version, floor)]
@@ -168,7 +168,7 @@ def settlement(states: list[State], w: int) -> str:
     newest = max(v for v in live if v is not None)
     if live.count(newest) >= w:
         return "settled"
-    if any(live.count(v) >= w for v in set(live)):
+    if len(set(live)) > 1:
         return "converge"
     return "wait"
 
