@@ -1,6 +1,6 @@
 """The state machine's nodes, and the backdoors its faults use to damage them at rest:
 memory nodes, local directories (records in xattrs), generic nodes (any zarr store: records
-in sidecars) and obstore nodes."""
+in sidecars) and obstore nodes (obstore's memory store, or S3 on a moto server)."""
 
 from __future__ import annotations
 
@@ -147,3 +147,16 @@ class ObstoreNodes:
 
         attrs = {S3_META: text} if text is not None else None
         obstore.put(self.raw[i], key, data, attributes=attrs)
+
+
+class ObstoreS3Nodes(ObstoreNodes):
+    """Obstore nodes on S3 (a moto server: real HTTP, S3's own ``If-Match`` and
+    ``If-None-Match``), one prefix per node under a fresh prefix per machine. ``place`` is
+    ``(endpoint, bucket)``, set by the test module's fixture."""
+
+    place: tuple | None = None
+
+    def __init__(self, tag: str, n: int) -> None:
+        assert self.place is not None, "ObstoreS3Nodes needs the moto fixture"
+        endpoint, bucket = self.place
+        self.raw = [endpoint.object_store(bucket, f"sm-{tag}/n{i}").store for i in range(n)]

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
-from machine_nodes import GenericNodes, LocalNodes, MemoryNodes, ObstoreNodes
+from machine_nodes import GenericNodes, LocalNodes, MemoryNodes, ObstoreNodes, ObstoreS3Nodes
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore import _clock
@@ -444,6 +444,28 @@ ObstoreNodesMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )  # fmt: skip
 TestObstoreNodesMachine = ObstoreNodesMachine.TestCase
+
+
+class ObstoreS3NodesMachine(ReplicatedMachine):
+    """The same rules over obstore nodes on S3 (moto): the server's conditional puts."""
+
+    nodes_cls = ObstoreS3Nodes
+
+
+@pytest.fixture
+def s3_nodes_place(s3_endpoint, storage_bucket):
+    ObstoreS3Nodes.place = (s3_endpoint, storage_bucket)
+    yield
+    ObstoreS3Nodes.place = None
+
+
+ObstoreS3NodesMachine.TestCase.settings = settings(
+    max_examples=3, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+TestObstoreS3NodesMachine = pytest.mark.usefixtures("s3_nodes_place")(
+    ObstoreS3NodesMachine.TestCase
+)
 
 
 def test_a_delete_crashed_on_every_newest_replica_never_resurrects_an_older_value():
