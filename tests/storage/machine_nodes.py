@@ -1,6 +1,7 @@
 """The state machine's nodes, and the backdoors its faults use to damage them at rest:
 memory nodes, local directories (records in xattrs), generic nodes (any zarr store: records
-in sidecars) and obstore nodes (obstore's memory store, or S3 on a moto server)."""
+in sidecars), obstore nodes (obstore's memory store, or S3 on a moto server) and s3fs
+nodes (S3 on a moto server)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from swarmstore.storage import StoreNode
 from swarmstore.storage._generic import _sidecar
 from swarmstore.storage._local import XATTR, LocalNode
 from swarmstore.storage._memory import MemoryNode
-from swarmstore.storage._s3 import S3_META
+from swarmstore.storage._s3 import S3_META, S3Node
 
 PROTO = default_buffer_prototype()
 
@@ -160,3 +161,21 @@ class ObstoreS3Nodes(ObstoreNodes):
         assert self.place is not None, "ObstoreS3Nodes needs the moto fixture"
         endpoint, bucket = self.place
         self.raw = [endpoint.object_store(bucket, f"sm-{tag}/n{i}").store for i in range(n)]
+
+
+class S3Nodes(ObstoreS3Nodes):
+    """The machine's nodes as s3fs S3 nodes on a moto server; the backdoors go through
+    obstore (both clients keep the record under the same user-metadata name)."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        super().__init__(tag, n)
+        endpoint, bucket = self.place
+        self.fs = endpoint.filesystem(asynchronous=True)
+        self.paths = [f"{bucket}/sm-{tag}/n{i}" for i in range(n)]
+
+    def node(self, i: int) -> S3Node:
+        return S3Node(self.fs, self.paths[i], name=f"n{i}")
+
+    async def aclose(self) -> None:
+        """Close this loop's HTTP sessions (every S3 node of the machine shares them)."""
+        await self.node(0).aclose()

@@ -28,7 +28,14 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
-from machine_nodes import GenericNodes, LocalNodes, MemoryNodes, ObstoreNodes, ObstoreS3Nodes
+from machine_nodes import (
+    GenericNodes,
+    LocalNodes,
+    MemoryNodes,
+    ObstoreNodes,
+    ObstoreS3Nodes,
+    S3Nodes,
+)
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore import _clock
@@ -87,6 +94,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         self.allowed: dict[str, set[bytes | None]] = {k: {None} for k in KEYS}
         self.damaged: dict[str, set[int]] = {k: set() for k in KEYS}
         self.fresh = itertools.count()
+        self.retired: list[ReplicatedStore] = []  # coordinators replaced after a crash
 
     def _store(self, label: str) -> ReplicatedStore:
         nodes = [FaultyNode(self.kind.node(i), self.faults[i]) for i in range(N)]
@@ -105,8 +113,10 @@ class ReplicatedMachine(RuleBasedStateMachine):
         _clock._OFFSET_NS = 0
         for f in self.faults:
             f.__init__()
-        for c in self.coords:
+        for c in [*self.coords, *self.retired]:  # their background work ends with the test
             self.run(c.flush())
+        if hasattr(self.kind, "aclose"):
+            self.run(self.kind.aclose())
         self.loop.close()
         self.dirs.cleanup()
         if hasattr(self.kind, "close"):
@@ -204,6 +214,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
             for f in self.faults:
                 f.crash_after.clear()
                 f.fail_commits = False
+        self.retired.append(self.coords[c])
         self.coords[c] = self._store(f"c{c}-{next(self.fresh)}")
 
     @rule(c=COORD, key=KEY, value=VALUE, lost=SUBSET, failed=SUBSET)
@@ -466,6 +477,16 @@ ObstoreS3NodesMachine.TestCase.settings = settings(
 TestObstoreS3NodesMachine = pytest.mark.usefixtures("s3_nodes_place")(
     ObstoreS3NodesMachine.TestCase
 )
+
+
+class S3NodesMachine(ReplicatedMachine):
+    """The same rules over s3fs S3 nodes (moto): conditional puts and deletes."""
+
+    nodes_cls = S3Nodes
+
+
+S3NodesMachine.TestCase.settings = ObstoreS3NodesMachine.TestCase.settings
+TestS3NodesMachine = pytest.mark.usefixtures("s3_nodes_place")(S3NodesMachine.TestCase)
 
 
 def test_a_delete_crashed_on_every_newest_replica_never_resurrects_an_older_value():
