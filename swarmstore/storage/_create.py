@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from swarmstore import _clock, _events
 from swarmstore.errors import QuorumError
@@ -148,7 +148,10 @@ async def _restamp(store: Coordinator, key: str, data: bytes, base: Record) -> N
         pass  # the creation holds a majority; hints and repair finish the rest
 
 
-def settlement(states: list[State], w: int) -> str:
+Step = Literal["absent", "settled", "converge", "wait"]
+
+
+def settlement(states: list[State], w: int) -> Step:
     """What a create that found data does next, decided from its targets' states.
 
     - "absent": nothing live (every value is older than a tombstone): create again;
@@ -183,6 +186,8 @@ async def _settled(
         step = settlement(states, w)
         if step != "wait":
             if step == "converge":
+                if attempt:  # a copy failed last time (a full disk): do not spin
+                    await _backoff(attempt)
                 await converge(store, key)
                 continue
             return step == "settled"
