@@ -20,6 +20,7 @@ hold within what the write quorum tolerates).
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import tempfile
 import uuid
@@ -45,6 +46,7 @@ VALUE = st.binary(min_size=0, max_size=48)
 NODE = st.integers(0, N - 1)
 COORD = st.integers(0, COORDS - 1)
 SUBSET = st.sets(st.integers(0, R - 1), max_size=R)
+STEP_LIMIT = 120.0
 
 
 class PinnedRouter:
@@ -99,7 +101,21 @@ class ReplicatedMachine(RuleBasedStateMachine):
         )
 
     def run(self, coro):
-        return self.loop.run_until_complete(coro)
+        return self.loop.run_until_complete(self._bounded(coro))
+
+    async def _bounded(self, coro):
+        """``coro``, failing the step when it hangs (``STEP_LIMIT``: a saturated machine
+        takes seconds, a hang forever), with every task's stack to say where."""
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({task}, timeout=STEP_LIMIT)
+        if task in done:
+            return task.result()
+        stacks = io.StringIO()
+        for t in asyncio.all_tasks():
+            t.print_stack(file=stacks)
+        for f in self.faults:  # let held requests go, so the teardown can finish
+            f.gate = False
+        raise AssertionError(f"a step hung for {STEP_LIMIT} s; tasks:\n{stacks.getvalue()}")
 
     def teardown(self) -> None:
         _clock._OFFSET_NS = 0
