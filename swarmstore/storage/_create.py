@@ -12,17 +12,20 @@ read returns the winner's value (never absent).
   so a crashed loser's leftover creation can never outrank it.
 - A racer short of a majority withdraws only its own creations (same version and writer
   id) and backs off: a split vote resolves.
-- "Exists" is confirmed by reading every target's version: some value must be held by a
-  write quorum. A value held by fewer (a crashed racer's leftover) is waited for, then,
-  past ``storage.create-patience``, adopted by re-stamping it (an ordinary put of the same
-  bytes), so a crashed racer never blocks the key.
+- "Exists" is confirmed by reading every target's version: the newest value must be held
+  by a write quorum (:func:`settlement`), so every read after the create returns the same
+  value. Live values that disagree, the newest short of a quorum (a write that failed
+  below its quorum), are converged first; a lone value held by fewer (a crashed racer's
+  leftover) is waited for, then, past ``storage.create-patience``, adopted
+  by re-stamping it (an ordinary put of the same bytes), so a crashed racer never blocks
+  the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from swarmstore import _clock, _events
 from swarmstore.errors import QuorumError
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node, Pending, State
 
-__all__ = ["create"]
+__all__ = ["create", "settlement"]
 
 _ATTEMPTS = 16
 
@@ -145,22 +148,51 @@ async def _restamp(store: Coordinator, key: str, data: bytes, base: Record) -> N
         pass  # the creation holds a majority; hints and repair finish the rest
 
 
+Step = Literal["absent", "settled", "converge", "wait"]
+
+
+def settlement(states: list[State], w: int) -> Step:
+    """What a create that found data does next, decided from its targets' states.
+
+    - "absent": nothing live (every value is older than a tombstone): create again;
+    - "settled": the *newest* live version is held by ``w`` targets, so every later read
+      returns it: answer "exists";
+    - "converge": the live versions disagree and the newest is short of a quorum (a write
+      that failed below its quorum, or one still landing). Reads may return either until
+      it is finished; answering "exists" now would let a later repair surface the newer
+      value after reads returned the older (found by the state machine). Converging
+      gives the newest to every target first, so what reads return from then on is fixed;
+    - "wait": one version, short of a quorum (a racer's creation still landing).
+    """
+    floor = max((v for s in states if (v := s.tomb_version) is not None), default=None)
+    live = [s.data_version for s in states if s.has_data and _newer(s.data_version, floor)]
+    if not live:
+        return "absent"
+    newest = max(v for v in live if v is not None)
+    if live.count(newest) >= w:
+        return "settled"
+    if len(set(live)) > 1:
+        return "converge"
+    return "wait"
+
+
 async def _settled(
     store: Coordinator, key: str, targets: list[Node], w: int, patience: float
 ) -> bool:
-    """Wait until some value is held by ``w`` targets (True), or none is left (False)."""
+    """Wait until the newest value is held by ``w`` targets (True), or none is left
+    (False); see :func:`settlement`."""
     for attempt in range(_ATTEMPTS):
         states = await _states(store, key, targets)
-        floor = max((v for s in states if (v := s.tomb_version) is not None), default=None)
-        live = [s for s in states if s.has_data and _newer(s.data_version, floor)]
-        if not live:
-            return False
-        counts: dict[Version | None, int] = {}
-        for s in live:
-            counts[s.data_version] = counts.get(s.data_version, 0) + 1
-        if max(counts.values()) >= w:
-            return True
+        step = settlement(states, w)
+        if step != "wait":
+            if step == "converge":
+                if attempt:  # a copy failed last time (a full disk): do not spin
+                    await _backoff(attempt)
+                await converge(store, key)
+                continue
+            return step == "settled"
         if _clock.monotonic() > patience:
+            live = [s for s in states if s.has_data]
             await _adopt(store, key, targets, max(live, key=lambda s: s.data_version or (-2, 0)))
         else:
             await _backoff(attempt)

@@ -10,7 +10,8 @@ acknowledged one:
 - some replicas hold data and some do not (mixed answers): the ones without data are
   asked for their tombstones, and a tombstone newer than every value means "deleted";
 - fewer than ``Rq`` trustworthy answers (down, corrupt): :class:`ReplicaUnavailable`
-  naming each replica's state, never a possibly stale value;
+  naming each replica's state, never a possibly stale value (a probe past the grace
+  counts as down while other replicas can be asked; with none left it is waited for);
 - a value without a record (written by something else) is the lowest version, used only
   when no replica has a record.
 
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from swarmstore.storage._node import Node, State
 
 __all__ = ["Answer", "QuorumRead", "Verdict"]
+
+
+#: what a probe that has not answered within the grace stands as (until it answers)
+_GRACE = "no answer within the grace"
 
 
 def _name(node: Node) -> str:
@@ -116,6 +121,7 @@ class QuorumRead:
         self.rq = min(store.read_quorum, len(targets))
         self.answers: dict[Node, Answer] = {}
         self._probes: dict[Node, asyncio.Task[None]] | None = None
+        self._late: dict[Node, asyncio.Task[None]] = {}  # probes past the grace, running
         self._t0 = _clock.monotonic()
         self._rest_asked = False
         self.nbytes = _expected(byte_range)  # what the router can plan this request by
@@ -176,9 +182,15 @@ class QuorumRead:
                 node, lambda n: n.state(self.key, tomb=False), name=_name
             )
         except Exception as e:
-            self.answers.setdefault(node, from_error(e))
+            self._answered(node, from_error(e))
             return
-        self.answers.setdefault(node, from_state(st))
+        self._answered(node, from_state(st))
+
+    def _answered(self, node: Node, answer: Answer) -> None:
+        """Keep a probe's answer; one past the grace replaces the "down" it stood as."""
+        cur = self.answers.get(node)
+        if cur is None or (self._late.pop(node, None) is not None and cur.why == _GRACE):
+            self.answers[node] = answer
 
     async def _probe(self, nodes: list[Node]) -> None:
         ask = [n for n in nodes if n not in self.answers]
@@ -193,8 +205,9 @@ class QuorumRead:
         wait = self.store.grace(since - self._t0)
         _, pending = await asyncio.wait(tasks.values(), timeout=wait)
         for node, task in tasks.items():
-            if task in pending:
-                self.answers.setdefault(node, Answer("down", why="no answer within the grace"))
+            if task in pending and node not in self.answers:
+                self.answers[node] = Answer("down", why=_GRACE)
+                self._late[node] = task
                 self.store._hold(task)
 
     async def _settle(self, src: Node | None, got: Got | None, failures: dict[Node, Any]) -> None:
@@ -211,10 +224,14 @@ class QuorumRead:
         mine = {n: a for n, a in self.answers.items() if n in self.targets}
         if sum(a.trusted for a in mine.values()) < self.rq:
             unasked = [n for n in self.order if n not in self.answers]
-            if not unasked:
-                raise self._unavailable(f"fewer than {self.rq} trustworthy answers")
-            await self._probe(unasked)
-            return None
+            if unasked:
+                await self._probe(unasked)
+                return None
+            late = {t for t in self._late.values() if not t.done()}
+            if late:  # nobody left to ask: a slow replica beats ReplicaUnavailable
+                await asyncio.wait(late, return_when="FIRST_COMPLETED")
+                return None
+            raise self._unavailable(f"fewer than {self.rq} trustworthy answers")
         data = {n: a for n, a in self.answers.items() if a.kind == "data"}
         if not data and not self._rest_asked and self.rest:
             await self._ask_rest()

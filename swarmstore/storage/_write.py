@@ -126,10 +126,8 @@ async def put(store: Coordinator, key: str, data: bytes, record: Record | None) 
         await asyncio.gather(*(n.abort(p) for n, p in ready.items()), return_exceptions=True)
         raise store._quorum_error(key, "set", len(ready), w, failures)
     stamped = base.stamped(store.next_version(key, versions(trusted)))
-    acked, more, lagging = await commit(store, key, ready, stamped)
+    acked, more, lagging = await commit(store, key, ready, stamped, late)
     failures |= more
-    for n, t in late.items():  # phase 1 came late: commit when it lands (compare-and-swap)
-        lagging[n] = store._hold(asyncio.ensure_future(_late_commit(store, n, t, stamped)))
     missed = [n for n in targets if n not in acked and n not in lagging]
     await note_missed(store, key, missed, acked, stamped.version)
     if lagging:
@@ -170,9 +168,15 @@ async def commit(
     key: str,
     ready: dict[Node, Pending],
     record: Record,
+    late: dict[Node, asyncio.Task[Any]] | None = None,
 ) -> tuple[list[Node], dict[Node, BaseException], dict[Node, asyncio.Future[Any]]]:
     """Commit staged writes; returns (acknowledged, failed, still running) once ``W``
-    acknowledged plus a grace, or all answered."""
+    acknowledged plus a grace, or all answered.
+
+    ``late``: prepares still running; each commits when it lands (compare-and-swap) and
+    counts towards ``W`` like the others, so a commit that hangs never holds a write that
+    a late replica acknowledges (found by the state machine on a saturated machine).
+    """
     w = store.quorums(len(store.targets(key)))[1]
 
     def enough(results: dict[Node, Any]) -> bool:
@@ -182,6 +186,8 @@ async def commit(
         n: store.router.send(n, lambda n, p=p: n.commit(p, record), name=_name)
         for n, p in ready.items()
     }
+    for n, t in (late or {}).items():
+        jobs[n] = _late_commit(store, n, t, record)
     results, laggards = await settle(store, jobs, enough)
     acked = [n for n, r in results.items() if _ok(r)]
     failures = {n: r for n, r in results.items() if not _ok(r)}

@@ -1,15 +1,22 @@
 """The state machine's nodes, and the backdoors its faults use to damage them at rest:
-memory nodes, generic nodes (any zarr store: records in sidecars) and obstore nodes."""
+memory nodes, local directories (records in xattrs), generic nodes (any zarr store: records
+in sidecars), obstore nodes (obstore's memory store, or S3 on a moto server) and s3fs
+nodes (S3 on a moto server)."""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
 from swarmstore.storage import StoreNode
 from swarmstore.storage._generic import _sidecar
+from swarmstore.storage._local import XATTR, LocalNode
 from swarmstore.storage._memory import MemoryNode
-from swarmstore.storage._s3 import S3_META
+from swarmstore.storage._s3 import S3_META, S3Node
 
 PROTO = default_buffer_prototype()
 
@@ -43,6 +50,43 @@ class MemoryNodes:
             raw.side.records.pop(key, None)
         else:
             raw.side.records[key] = (buf, text)
+
+
+class LocalNodes:
+    """The machine's nodes as local directories (the record in each file's xattr)."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix=f"sm-{tag}-")
+        self.roots = [Path(self.dir.name) / f"n{i}" for i in range(n)]
+        for root in self.roots:
+            root.mkdir()
+
+    def node(self, i: int) -> LocalNode:
+        return LocalNode(self.roots[i], name=f"n{i}")
+
+    def state(self, i: int, key: str, run) -> object:
+        return self.node(i).state_now(key, tomb=True)
+
+    def at_rest(self, i: int, key: str) -> tuple[bytes, str] | None:
+        path = self.roots[i] / key
+        try:
+            return path.read_bytes(), os.getxattr(path, XATTR).decode()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError:  # no record: not whole
+            return None
+
+    def put(self, i: int, key: str, data: bytes, text: str | None) -> None:
+        path = self.roots[i] / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".machine-put")
+        tmp.write_bytes(data)
+        if text is not None:
+            os.setxattr(tmp, XATTR, text.encode())
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        self.dir.cleanup()
 
 
 class GenericNodes:
@@ -104,3 +148,34 @@ class ObstoreNodes:
 
         attrs = {S3_META: text} if text is not None else None
         obstore.put(self.raw[i], key, data, attributes=attrs)
+
+
+class ObstoreS3Nodes(ObstoreNodes):
+    """Obstore nodes on S3 (a moto server: real HTTP, S3's own ``If-Match`` and
+    ``If-None-Match``), one prefix per node under a fresh prefix per machine. ``place`` is
+    ``(endpoint, bucket)``, set by the test module's fixture."""
+
+    place: tuple | None = None
+
+    def __init__(self, tag: str, n: int) -> None:
+        assert self.place is not None, "ObstoreS3Nodes needs the moto fixture"
+        endpoint, bucket = self.place
+        self.raw = [endpoint.object_store(bucket, f"sm-{tag}/n{i}").store for i in range(n)]
+
+
+class S3Nodes(ObstoreS3Nodes):
+    """The machine's nodes as s3fs S3 nodes on a moto server; the backdoors go through
+    obstore (both clients keep the record under the same user-metadata name)."""
+
+    def __init__(self, tag: str, n: int) -> None:
+        super().__init__(tag, n)
+        endpoint, bucket = self.place
+        self.fs = endpoint.filesystem(asynchronous=True)
+        self.paths = [f"{bucket}/sm-{tag}/n{i}" for i in range(n)]
+
+    def node(self, i: int) -> S3Node:
+        return S3Node(self.fs, self.paths[i], name=f"n{i}")
+
+    async def aclose(self) -> None:
+        """Close this loop's HTTP sessions (every S3 node of the machine shares them)."""
+        await self.node(0).aclose()

@@ -24,11 +24,11 @@ def logged(tmp_path_factory):
         yield endpoint, RequestLog(path, endpoint.url), endpoint.make_bucket()
 
 
-def _store(logged, tmp_path, n: int, replicas: int) -> ReplicatedStore:
+def _store(logged, tmp_path, n: int, replicas: int, **kw) -> ReplicatedStore:
     endpoint, _, bucket = logged
     prefix = uuid.uuid4().hex[:8]
     nodes = [endpoint.object_store(bucket, f"{prefix}/n{i}") for i in range(n)]
-    store = ReplicatedStore(nodes, replicas=replicas, state_dir=tmp_path / "state")
+    store = ReplicatedStore(nodes, replicas=replicas, state_dir=tmp_path / "state", **kw)
     assert all(isinstance(node, ObstoreNode) for node in store.nodes)
     return store
 
@@ -51,6 +51,18 @@ async def test_a_quorum_read_is_one_get_plus_one_head_per_probe(logged, tmp_path
     got = await store.get("c/0", PROTO, byte_range=zarr.abc.store.RangeByteRequest(10, 90))
     assert got.to_bytes() == b"x" * 80
     assert log.counts() == {("GET", "data"): 1, ("HEAD", "data"): 1}
+
+
+async def test_the_write_all_profile_reads_one_get_over_three_replicas(logged, tmp_path):
+    """W = R = 3, so Rq = 1: every acknowledged write is on every target, and a verified
+    read of any one replica is current (issue 16's R=3 goal: no probe)."""
+    _, log, _ = logged
+    store = _store(logged, tmp_path, 3, 3, write_quorum=3)
+    await store.set("c/0", PROTO.buffer.from_bytes(b"w" * 65536))
+    log.clear()
+    for _ in range(4):
+        assert (await store.get("c/0", PROTO)).to_bytes() == b"w" * 65536
+    assert log.counts() == {("GET", "data"): 4}
 
 
 async def test_a_write_is_phase_one_then_one_conditional_put_per_replica(logged, tmp_path):

@@ -1,0 +1,70 @@
+"""Slow is not down: a write returns once W replicas acknowledged it, whichever step was
+slow, and a read with a replica down waits for a slow one rather than fail. Both found by
+the state machine on a saturated machine: its late_commit rule hung with one commit held
+and another replica's phase 1 late; over S3 a read with one node down raised
+ReplicaUnavailable because the other probe took longer than the grace."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import dask
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import LocalStore
+
+from swarmstore.storage import NodeSpec, ReplicatedStore
+from swarmstore.testing import Faults, FaultyStore
+
+PROTO = default_buffer_prototype()
+
+
+def make(tmp_path: pathlib.Path) -> tuple[ReplicatedStore, list[Faults]]:
+    faults = [Faults() for _ in range(3)]
+    nodes = [
+        FaultyStore(LocalStore(tmp_path / f"node{i}"), faults[i], name=f"node{i}") for i in range(3)
+    ]
+    return ReplicatedStore(nodes, replicas=3, state_dir=tmp_path / "state"), faults
+
+
+async def test_a_late_phase_one_counts_towards_the_quorum_while_a_commit_hangs(tmp_path):
+    with dask.config.set({"swarmstore.storage.write-grace": 0.01}):
+        store, faults = make(tmp_path)  # R=3, W=2
+        await store.set("k", PROTO.buffer.from_bytes(b"v1"))
+        faults[0].latency = 2.0  # its phase 1 lands long after the write went on without it
+        faults[1].hold_next["commit"], faults[1].gate = 1, True  # a commit that hangs
+        try:
+            write = asyncio.ensure_future(store.set("k", PROTO.buffer.from_bytes(b"v2")))
+            done, _ = await asyncio.wait({write}, timeout=60)
+            assert write in done, "the write waited on the hung commit, not the late replica"
+            write.result()
+        finally:
+            faults[1].gate = False
+            faults[0].latency = 0.0
+        await store.flush()
+        specs = [NodeSpec(f"file://{tmp_path}/node{i}", name=f"node{i}") for i in range(3)]
+        reader = ReplicatedStore(specs, replicas=3, state_dir=tmp_path / "reader")
+        assert (await reader.get("k", PROTO)).to_bytes() == b"v2"
+        await reader.aclose()
+        await store.aclose()
+
+
+async def test_a_read_with_a_replica_down_waits_for_a_slow_one_rather_than_fail(tmp_path):
+    with dask.config.set({"swarmstore.storage.write-grace": 0.01}):
+        store, faults = make(tmp_path)  # R=3, W=2, Rq=2
+        await store.set("k", PROTO.buffer.from_bytes(b"v1"))
+        for _ in range(20):  # the router tries node0 first (it measured it fastest)
+            for node in store.nodes:
+                store.router.observe(node.name, 0.0001 if node.name == "node0" else 0.5, 10)
+        # the probe sent with the read goes to the next target in order: make it the slow
+        # one (alive, slower than the grace), and the last one down
+        others = [int(n.name[-1]) for n in store.targets("k") if n.name != "node0"]
+        slow, down = faults[others[0]], faults[others[1]]
+        slow.latency, down.down = 1.0, True
+        try:
+            assert (await store.get("k", PROTO)).to_bytes() == b"v1"
+            assert slow.counts.get("head", 0) >= 1  # the slow replica's answer counted
+        finally:
+            slow.latency, down.down = 0.0, False
+        await store.flush()
+        await store.aclose()
