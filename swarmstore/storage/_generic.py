@@ -169,11 +169,7 @@ class StoreNode(Node):
         self.store = store
 
     def place(self) -> str:
-        options = getattr(getattr(self.store, "fs", None), "storage_options", None) or {}
-        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
-            "endpoint_url"
-        )
-        return f"{store_name(self.store)}@{endpoint or ''}"
+        return store_name(self.store)
 
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}

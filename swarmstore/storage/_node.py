@@ -260,8 +260,10 @@ class Node(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
     def place(self) -> str:
-        """Where the data lives, alike in every process that reaches it (caches key a
-        store by its nodes' places, never by their names, which users choose)."""
+        """Where the data lives, alike in every process and host that reaches it (caches
+        key a store by its nodes' places, never by their names, which users choose): a
+        path, a bucket and prefix; never an endpoint, which differs from host to host
+        (proxies, private endpoints) while the data is the same."""
         return self.name
 
     def __eq__(self, other: object) -> bool:

@@ -114,8 +114,7 @@ class ObstoreNode(Node):
         return _name_hash(self.name)
 
     def place(self) -> str:
-        cfg = getattr(self.raw, "config", None) or {}
-        return f"{location(self.raw)}@{cfg.get('endpoint') or cfg.get('aws_endpoint') or ''}"
+        return location(self.raw)
 
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}

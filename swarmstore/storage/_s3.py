@@ -101,7 +101,7 @@ class S3Node(Node):
         return _name_hash(self.name)
 
     def place(self) -> str:
-        return f"s3://{self.path}@{_endpoint(self.fs) or ''}"
+        return f"s3://{self.path}"
 
     def __reduce__(self) -> Any:
         attrs = {"name": self.name, "weight": self.weight, "zone": self.zone, "host": self.host}

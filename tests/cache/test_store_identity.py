@@ -48,3 +48,21 @@ def test_the_same_places_under_other_names_or_order_are_the_same_data(tmp_path):
         state_dir=str(tmp_path / "p" / "state2"),
     )
     assert store_identity(a) == store_identity(b)
+
+
+def test_hosts_that_reach_one_bucket_through_their_own_endpoints_share_an_identity(tmp_path):
+    """On the multi-host bed every host reaches S3 through its own proxy (its own port):
+    the data is the same, so the identity (and the invalidations keyed by it) must be."""
+
+    def over(port: int) -> ReplicatedStore:
+        opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"}
+        node = NodeSpec("s3://bucket/prefix", name="n0", storage_options=opts)
+        return ReplicatedStore([node], replicas=1, state_dir=str(tmp_path / f"s{port}"))
+
+    a, b = over(1), over(2)
+    try:
+        assert store_identity(a) == store_identity(b)
+        assert store_identity(a) != store_identity(_store(tmp_path / "local"))
+    finally:
+        a.close()
+        b.close()
