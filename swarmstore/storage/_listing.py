@@ -9,16 +9,19 @@ does not come back through a listing; a healthy store needs no such lookup.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from swarmstore._together import together
 from swarmstore.errors import QuorumError, ReplicaUnavailable
+from swarmstore.storage._node import check_key
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
 
-__all__ = ["delete_dir", "entries", "keys", "listed"]
+__all__ = ["Listed", "delete_dir", "entries", "keys", "listed"]
 
 _CONCURRENCY = 32
 
@@ -100,3 +103,39 @@ async def delete_dir(store: Coordinator, prefix: str) -> None:
     await asyncio.gather(*(n.prune(lead) for n in store.nodes), return_exceptions=True)
     if errors:
         raise errors[0]
+
+
+class Listed:
+    """ReplicatedStore's listing and prefix deletes (zarr's ``list*``, ``delete_dir``,
+    ``clear``), over the functions above."""
+
+    _check_writable: Any
+    _ensure_open: Any
+
+    async def delete_dir(self, prefix: str) -> None:
+        # docstring inherited
+        self._check_writable()
+        check_key(prefix, prefix=True)
+        await self._ensure_open()
+        await delete_dir(self, prefix.rstrip("/"))
+
+    async def clear(self) -> None:
+        # docstring inherited
+        self._check_writable()
+        await self._ensure_open()
+        await delete_dir(self, "")
+
+    async def list(self) -> AsyncIterator[str]:
+        # docstring inherited
+        for key in await keys(self, ""):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        # docstring inherited
+        for key in await keys(self, prefix):
+            yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        # docstring inherited
+        for key in await entries(self, prefix):
+            yield key

@@ -22,12 +22,13 @@ from swarmstore._together import together
 from swarmstore.errors import ConfigError, QuorumError
 from swarmstore.hashing import Member, Rendezvous
 from swarmstore.network import TransferRouter
-from swarmstore.storage import _coded, _listing, _repairs
+from swarmstore.storage import _coded, _repairs
 from swarmstore.storage._api import Maintained
 from swarmstore.storage._create import create
 from swarmstore.storage._fragments import CodingPolicy
 from swarmstore.storage._handoff import replay
 from swarmstore.storage._hints import HintLog
+from swarmstore.storage._listing import Listed
 from swarmstore.storage._node import check_key
 from swarmstore.storage._read import QuorumRead
 from swarmstore.storage._settings import allow_create, configure, default_state_dir
@@ -38,7 +39,7 @@ from swarmstore.storage._write import delete, grace, put
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import AsyncIterator, Iterable, Sequence
+    from collections.abc import Iterable, Sequence
 
     from zarr.core.buffer import BufferPrototype
 
@@ -57,7 +58,7 @@ def _measure(result: Any) -> int:
     return len(result.data) if isinstance(result, Got) else 0
 
 
-class ReplicatedStore(Maintained, SyncSurface, Store):
+class ReplicatedStore(Maintained, SyncSurface, Listed, Store):
     """Spread zarr keys over ``nodes``, ``replicas`` verified, versioned copies each.
 
     - Placement: weighted rendezvous hashing; replicas in distinct zones when possible.
@@ -394,35 +395,6 @@ class ReplicatedStore(Maintained, SyncSurface, Store):
             await _coded.delete_coded(self, key, coded)
             return
         await delete(self, key)
-
-    async def delete_dir(self, prefix: str) -> None:
-        # docstring inherited
-        self._check_writable()
-        check_key(prefix, prefix=True)
-        await self._ensure_open()
-        await _listing.delete_dir(self, prefix.rstrip("/"))
-
-    async def clear(self) -> None:
-        # docstring inherited
-        self._check_writable()
-        await self._ensure_open()
-        await _listing.delete_dir(self, "")
-
-    # --- listing ---------------------------------------------------------------------------------
-    async def list(self) -> AsyncIterator[str]:
-        # docstring inherited
-        for key in await _listing.keys(self, ""):
-            yield key
-
-    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        # docstring inherited
-        for key in await _listing.keys(self, prefix):
-            yield key
-
-    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        # docstring inherited
-        for key in await _listing.entries(self, prefix):
-            yield key
 
 
 def _rebuild(cls: type[ReplicatedStore], kwargs: dict[str, Any]) -> ReplicatedStore:

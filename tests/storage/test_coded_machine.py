@@ -21,8 +21,8 @@ import dask.config
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from machine_model import PinnedRouter
 from machine_nodes import MemoryNodes
-from test_state_machine import PinnedRouter
 from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore.errors import FragmentsUnavailable, QuorumError

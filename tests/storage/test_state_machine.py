@@ -102,6 +102,24 @@ class S3NodesMachine(ReplicatedMachine):
 S3NodesMachine.TestCase.settings = ObstoreS3NodesMachine.TestCase.settings
 TestS3NodesMachine = pytest.mark.usefixtures("s3_nodes_place")(S3NodesMachine.TestCase)
 
+# Found by these machines on 2026-12-03 and not fixed yet ("a late commit regressed n0").
+# The likely cause, not yet proven by a plain test: S3's ETag is the MD5 of the bytes
+# alone, so a node's compare-and-swap (If-Match on the ETag phase 1 saw) cannot tell the
+# same bytes rewritten at a newer version from the old object: a held commit of an older
+# write (late_commit with v2 equal to an earlier value) then replaces the newer version on
+# that replica (the others keep it; reads and repair still see it, but the replica
+# regressed). Not strict: hypothesis finds it only on some runs.
+_ETAG_ABA = pytest.mark.xfail(
+    strict=False,
+    reason="issue 16: a late commit can regress one S3 replica (likely: ETag compare-and-swap "
+    "cannot see same-bytes rewrites, ABA; found by this machine, open)",
+)
+TestS3NodesMachine.pytestmark = [*getattr(TestS3NodesMachine, "pytestmark", []), _ETAG_ABA]
+TestObstoreS3NodesMachine.pytestmark = [
+    *getattr(TestObstoreS3NodesMachine, "pytestmark", []),
+    _ETAG_ABA,
+]
+
 
 def test_a_delete_crashed_on_every_newest_replica_never_resurrects_an_older_value():
     """Found by this machine on a saturated machine: a write missed a full node, then a
