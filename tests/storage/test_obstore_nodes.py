@@ -291,3 +291,31 @@ async def test_a_dead_obstore_node_is_one_attempt_then_node_unavailable(
         proxy.revive()
         assert (await store.repair()).ok
         await store.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16, open: an S3 ETag is the MD5 of the bytes alone, so If-Match cannot "
+    "tell the same bytes rewritten at a newer version from the object phase 1 saw (ABA)",
+)
+@pytest.mark.parametrize("client", ["fsspec", "obstore"])
+async def test_a_late_older_commit_never_replaces_the_same_bytes_rewritten_newer(
+    client, s3_endpoint, storage_bucket
+):
+    """The state machines' open finding ("a late commit regressed n0") as a plain sequence:
+    phase 1 of an older write sees b"same" at version 1; a newer write puts b"same" again
+    at version 3 (same bytes, so the same ETag); the older write's commit then lands with
+    its If-Match still matching, and the replica goes back to version 2."""
+    url = f"s3://{storage_bucket}/{uuid.uuid4().hex[:8]}"
+    with dask.config.set({"swarmstore.storage.object-client": client}):
+        node = node_from(url, storage_options=s3_endpoint.storage_options())
+    try:
+        await node.write("k", b"same", Record.of(b"same", version=(1, 1)))
+        late = await node.prepare("k", b"older")
+        newer = await node.prepare("k", b"same")
+        assert await node.commit(newer, Record.of(b"same", version=(3, 1))) == "written"
+        outcome = await node.commit(late, Record.of(b"older", version=(2, 1)))
+        got = await node.state("k")
+        assert (outcome, got.version) == ("superseded", (3, 1))
+    finally:
+        await node.aclose()
