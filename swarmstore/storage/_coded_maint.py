@@ -184,14 +184,7 @@ async def _fix(
             raise pending.error
         await n.commit(pending, record, heal=True)
 
-    try:
-        await store.router.send(lk.node, write, name=_name, nbytes=len(data))
-    except Exception as e:
-        store._reraise_bugs([e])
-        out.failed.append((lk.node, f"{type(e).__name__}: {e}"))
-        return
-    out.written.append(lk.node)
-    out.current.add(lk.node)
+    await out.apply(store, lk.node, store.router.send(lk.node, write, name=_name, nbytes=len(data)))
 
 
 async def _bury_all(
@@ -208,17 +201,11 @@ async def _bury_all(
             out.current.add(lk.node)
             return
         seen = lk.state if lk.state is not None else State(tomb_known=False)
-        try:
-            if lk.node in targets:
-                await store.router.send(lk.node, lambda n: n.bury(key, tomb, seen), name=_name)
-            else:
-                await store.router.send(lk.node, lambda n: n.remove(key), name=_name)
-        except Exception as e:
-            store._reraise_bugs([e])
-            out.failed.append((lk.node, f"{type(e).__name__}: {e}"))
-            return
-        out.written.append(lk.node)
-        out.current.add(lk.node)
+        if lk.node in targets:
+            step = store.router.send(lk.node, lambda n: n.bury(key, tomb, seen), name=_name)
+        else:
+            step = store.router.send(lk.node, lambda n: n.remove(key), name=_name)
+        await out.apply(store, lk.node, step)
 
     await asyncio.gather(*(one(lk) for lk in looks))
     if not out.failed and all(lk.node in out.current for lk in looks):

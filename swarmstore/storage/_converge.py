@@ -22,6 +22,8 @@ from swarmstore.storage._node import State
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
 
@@ -70,6 +72,17 @@ class Outcome:
     failed: list[tuple[Node, str]] = field(default_factory=list)
     current: set[Node] = field(default_factory=set)
     collected: bool = False
+
+    async def apply(self, store: Coordinator, node: Node, step: Awaitable[Any]) -> None:
+        """Run one node's fix: then it is written and current, or failed, with why."""
+        try:
+            await step
+        except Exception as e:
+            store._reraise_bugs([e])
+            self.failed.append((node, f"{type(e).__name__}: {e}"))
+            return
+        self.written.append(node)
+        self.current.add(node)
 
 
 async def examine(store: Coordinator, node: Node, key: str) -> Look:
@@ -177,20 +190,14 @@ async def _fix(
         return
     if not target and not win.deleted:
         return  # a copy outside the targets: rebalance moves or drops it
-    try:
-        if win.deleted and target:
-            seen = lk.state if lk.state is not None else State(tomb_known=False)
-            await store.router.send(lk.node, lambda n: n.bury(key, win.record, seen), name=_name)
-        elif win.deleted:
-            await store.router.send(lk.node, lambda n: n.remove(key), name=_name)
-        else:
-            await _copy(store, lk.node, key, win)
-    except Exception as e:
-        store._reraise_bugs([e])
-        out.failed.append((lk.node, f"{type(e).__name__}: {e}"))
-        return
-    out.written.append(lk.node)
-    out.current.add(lk.node)
+    if win.deleted and target:
+        seen = lk.state if lk.state is not None else State(tomb_known=False)
+        step = store.router.send(lk.node, lambda n: n.bury(key, win.record, seen), name=_name)
+    elif win.deleted:
+        step = store.router.send(lk.node, lambda n: n.remove(key), name=_name)
+    else:
+        step = _copy(store, lk.node, key, win)
+    await out.apply(store, lk.node, step)
 
 
 async def _copy(store: Coordinator, node: Node, key: str, win: Winner) -> None:

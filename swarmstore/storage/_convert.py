@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -21,7 +21,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from swarmstore.network import qos
 from swarmstore.storage._coded_maint import move_coded
-from swarmstore.storage._maintenance import inventory
+from swarmstore.storage._maintenance import RebalanceReport, inventory
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
@@ -32,24 +32,16 @@ __all__ = ["ConvertReport", "convert", "export"]
 
 
 @dataclass
-class ConvertReport:
-    """What a conversion did; ``complete`` is False when stopped early (rerun resumes)."""
-
-    keys: int = 0
-    copied: int = 0
-    deleted: int = 0
-    skipped: int = 0
-    resumed_after: str | None = None
-    complete: bool = True
-    failed: list[tuple[str, str, str]] = field(default_factory=list)
-    unreachable: list[str] = field(default_factory=list)
+class ConvertReport(RebalanceReport):
+    """What a conversion did: a rebalance's counts (a converted key's copies move to its
+    new layout), plus ``ok``; ``complete`` is False when stopped early (rerun resumes)."""
 
     @property
     def ok(self) -> bool:
         return self.complete and not (self.failed or self.unreachable)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**super().as_dict(), "ok": self.ok}
 
 
 def _journal(store: Coordinator, prefix: str) -> Any:
