@@ -292,8 +292,14 @@ async def test_a_hung_source_overtaken_by_hedges_is_ejected(sources):
         circuit_reset=600,
         circuit_reset_max=600,
     )
+    # far apart, so the hung source stays first while its strikes raise its estimate: its
+    # median of 9 moves up 3 ranks (two sources of equal latency swapped places on a busy
+    # machine, and the hung one was never tried again)
+    sources[0].faults.latency = 0.001
+    sources[1].faults.latency = 0.02
     await warm_hedging(r, sources[:2])
     first = r.order(sources[:2], name)[0]
+    assert first is sources[0]
     first.faults.latency = 600  # hung: never fails, never answers
     for _ in range(3):
         src, _, failures = await r.fetch(sources[:2], reader("k"), name=name)
