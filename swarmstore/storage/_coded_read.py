@@ -7,6 +7,14 @@ answers so far, the newest version held by ``k`` fragments (or one whole replica
 copy); it is returned only when no answer shows a newer version, at least ``rq`` nodes
 answered (every write quorum meets them), and no tombstone outranks it.
 
+A key is *absent* only when every node says so (the rest of the nodes too: fragments
+placed before nodes joined, not yet moved), or every other node did and the silent ones
+stayed silent past the grace. The quorum alone would let the
+first ``rq`` absent answers decide, and with the default write-all quorum (``rq`` = 1) a
+single node that lost its fragment -- a wiped disk, a deleted object, within the ``m``
+losses the code is there to survive -- made a key that ``k`` other nodes hold read as
+absent: a zarr chunk silently read as its fill value, a listing that dropped the key.
+
 Versions never mix: fragments are grouped by version (and by the code their records name),
 and only ``k`` fragments of one group are decoded; the decoded value is checked against
 the logical length and xxh3 the records carry. A newer version seen on fewer than ``k``
@@ -151,13 +159,13 @@ class CodedRead:
         """The decision and, for a value read with ``want_data``, the decoded bytes."""
         if not await self._folded():
             self._launch(self.coding.k)
-        rest_asked = False
+        stalled = False  # the last wait ended at its grace with no answer
         for _ in range(4 * len(self.order) + 8):
             d = decide(self.answers, self.coding, self.targets)
-            if d.verdict == "absent" and not rest_asked and len(self.order) > len(self.targets):
-                rest_asked = True  # fragments placed before nodes joined, not yet moved
-                self._launch(len(self.order))
-                d = Decision("more")
+            if d.verdict == "absent" and (
+                self._launch(len(self.order)) or (self.running and not stalled)
+            ):
+                d = Decision("more")  # absent once every node said so (module docstring)
             if d.verdict == "tombs":
                 await self._tombs()
                 continue
@@ -165,7 +173,7 @@ class CodedRead:
                 d = await self._settle()
             if d.verdict != "more":
                 return self._done(d)
-            await self._wait()
+            stalled = not await self._wait()
         raise self.unavailable()
 
     async def _settle(self) -> Decision:
@@ -223,8 +231,9 @@ class CodedRead:
             self.running[node] = asyncio.ensure_future(self._ask(node))
         return len(fresh[:count])
 
-    async def _wait(self) -> None:
-        """Until an answer lands; a grace past the first answer, hedge with one more."""
+    async def _wait(self) -> bool:
+        """Until an answer lands (True); a grace past the first answer, hedge with one more
+        (False: a node that does not answer within it never holds an absent read back)."""
         timeout = None if not self.answers else self.store.grace(_clock.monotonic() - self.t0)
         done, _ = await asyncio.wait(
             self.running.values(), timeout=timeout, return_when="FIRST_COMPLETED"
@@ -235,6 +244,7 @@ class CodedRead:
                 self.answers[node] = task.result()
         if not done:
             self._launch(1)
+        return bool(done)
 
     async def _ask(self, node: Node) -> Answer:
         if not self.want_data:

@@ -13,7 +13,10 @@ acknowledged one:
   naming each replica's state, never a possibly stale value (a probe past the grace
   counts as down while other replicas can be asked; with none left it is waited for);
 - a value without a record (written by something else) is the lowest version, used only
-  when no replica has a record.
+  when no replica has a record;
+- no answer holds data: every replica is asked before the key counts as absent (a probe
+  past the grace counts as down). With a write-all quorum (``Rq`` = 1) one replica that
+  lost its copy would otherwise make the key read as absent.
 
 Replicas found older, missing, unrecorded or corrupt are repaired in the background.
 """
@@ -233,6 +236,10 @@ class QuorumRead:
                 return None
             raise self._unavailable(f"fewer than {self.rq} trustworthy answers")
         data = {n: a for n, a in self.answers.items() if a.kind == "data"}
+        unasked = [n for n in self.order if n not in self.answers]
+        if not data and unasked:  # a replica that lost its copy is damage, not absence
+            await self._probe(unasked)
+            return None
         if not data and not self._rest_asked and self.rest:
             await self._ask_rest()
             return None
