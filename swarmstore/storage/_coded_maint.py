@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from swarmstore.network import qos
-from swarmstore.storage._converge import Look, Outcome, Winner, examine
+from swarmstore.storage._converge import Look, Outcome, Winner, examine, gone
 from swarmstore.storage._fragments import codec, fragments_of
 from swarmstore.storage._node import State
 from swarmstore.storage._shadows import drop_shadows, read_shadows
@@ -119,7 +119,7 @@ async def converge_coded(
             parked = [Look(n, "ok", None, g.record, g.data, why="shadow") for n, g in found.items()]
             win = decide_coded(looks + parked)
         if win is None:
-            return Outcome()
+            return Outcome(gone=gone(looks))
         if win.tomb is not None:
             looks += await looks_of(store, key, [n for n in rest if n not in nodes])
             return await _bury_all(store, key, looks, win.tomb, set(targets))
@@ -222,7 +222,8 @@ def classify_coded(report: Any, key: str, looks: list[Look], targets: list[Node]
     target ``i`` is healthy when it holds fragment ``i`` of the newest decodable version."""
     win = decide_coded(looks)
     if win is None:
-        report.unrecoverable.append(key)
+        if not gone(looks):
+            report.unrecoverable.append(key)
         return
     if win.tomb is not None:
         report.tombstones.append(key)

@@ -72,6 +72,8 @@ class Outcome:
     failed: list[tuple[Node, str]] = field(default_factory=list)
     current: set[Node] = field(default_factory=set)
     collected: bool = False
+    #: no winner because nothing is left (see :func:`gone`): not a loss to report
+    gone: bool = False
 
     async def apply(self, store: Coordinator, node: Node, step: Awaitable[Any]) -> None:
         """Run one node's fix: then it is written and current, or failed, with why."""
@@ -83,6 +85,12 @@ class Outcome:
             return
         self.written.append(node)
         self.current.add(node)
+
+
+def gone(looks: list[Look]) -> bool:
+    """Every node answered and none holds data or a tombstone: the key is gone (deleted
+    and collected by another coordinator after the inventory listed it), not lost."""
+    return bool(looks) and all(lk.kind == "missing" and lk.tomb is None for lk in looks)
 
 
 async def examine(store: Coordinator, node: Node, key: str) -> Look:
@@ -145,6 +153,7 @@ async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -
         out = Outcome(decide(looks))
         win = out.winner
         if win is None:
+            out.gone = gone(looks)
             return out
         if win.deleted:
             others = [n for n in rest if n not in nodes]

@@ -25,7 +25,7 @@ from swarmstore.storage._coded_maint import (
     parked_shadows,
     scrub_coded,
 )
-from swarmstore.storage._converge import Winner, _copy, converge, decide, examine
+from swarmstore.storage._converge import Winner, _copy, converge, decide, examine, gone
 from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._shadows import shadow_name
 
@@ -184,7 +184,7 @@ async def scrub(store: Coordinator, progress: Progress = None) -> ScrubReport:
 def _classify(
     report: ScrubReport, key: str, looks: Any, targets: set[Node], win: Winner | None
 ) -> None:
-    if win is None:
+    if win is None and not gone(looks):
         report.unrecoverable.append(key)
     deleted = win is not None and win.deleted
     if deleted:
@@ -232,7 +232,8 @@ async def repair(store: Coordinator, progress: Progress = None) -> RepairReport:
             else:
                 out = await converge(store, key, extra)
             if out.winner is None:
-                report.unrecoverable.append(key)
+                if not out.gone:
+                    report.unrecoverable.append(key)
                 return
             report.copies_written += len(out.written)
             report.adopted += out.winner.adopted

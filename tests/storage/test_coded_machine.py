@@ -48,6 +48,11 @@ class CodedRouter(PinnedRouter):
     def order(self, sources, name, nbytes=None):
         return sorted(sources, key=lambda s: name(s) != self.first)
 
+    async def send(self, source, attempt, *, name, nbytes=0):
+        if name(source) != self.first:  # the pinned node answers first, as a near one would
+            await asyncio.sleep(0.002)
+        return await attempt(source)
+
 
 class CodedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
@@ -78,6 +83,11 @@ class CodedMachine(RuleBasedStateMachine):
             f.__init__()
         for c in self.coords:
             self.run(c.flush())
+        pending = asyncio.all_tasks(self.loop)  # lost hedges of replaced coordinators
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.wait(pending))
         self.loop.close()
         self.dirs.cleanup()
         self.config.__exit__(None, None, None)
@@ -146,6 +156,28 @@ class CodedMachine(RuleBasedStateMachine):
             return
         assert got in self.allowed[key], f"{key}: read {got!r}, allowed {self.allowed[key]}"
 
+    @rule(c=COORD, key=KEY, foreign=st.booleans(), first=NODE)
+    def exists(self, c: int, key: str, foreign: bool, first: int) -> None:
+        """``exists`` and a listing agree with the model, whichever node answers first: a
+        wiped fragment is damage, not absence (with ``w = k + m`` the first answer decided)."""
+        self.router.first = f"n{first}"
+        store = self._store(f"f{next(self.fresh)}") if foreign else self.coords[c]
+        tolerable = len(self.bad(key)) <= M
+
+        async def look() -> tuple[bool, bool]:
+            return await store.exists(key), key in [k async for k in store.list_prefix("")]
+
+        try:
+            there, listed = self.run(look())
+        except FragmentsUnavailable:
+            assert not tolerable, f"{key}: unavailable with {self.bad(key)} bad fragments"
+            return
+        finally:
+            self.run(store.flush())
+        possible = {v is not None for v in self.allowed[key]}
+        assert there in possible, f"{key}: exists {there}, allowed {self.allowed[key]}"
+        assert listed in possible, f"{key}: listed {listed}, allowed {self.allowed[key]}"
+
     # --- faults ------------------------------------------------------------------------------
     @rule(node=NODE)
     def take_down(self, node: int) -> None:
@@ -166,16 +198,18 @@ class CodedMachine(RuleBasedStateMachine):
         self.damaged[key].add(node)
         self.read(0, key, True, node)
 
-    @rule(key=KEY, node=NODE)
-    def wipe(self, key: str, node: int) -> None:
-        """A lost fragment (a replaced disk): the object and its record are gone."""
+    @rule(key=KEY, node=NODE, look=st.booleans())
+    def wipe(self, key: str, node: int, look: bool = True) -> None:
+        """A lost fragment (a replaced disk): the object and its record are gone; ``look``:
+        read it at once, from the wiped node first (a read repairs it in the background)."""
         raw = self.kind.raw[node]
         if key not in raw._data or self.faults[node].down or not self.tolerates(key, node):
             return
         raw._data.pop(key)
         raw.side.records.pop(key, None)
         self.damaged[key].add(node)
-        self.read(1, key, True, node)
+        if look:
+            self.read(1, key, True, node)
 
     # --- maintenance -------------------------------------------------------------------------
     @precondition(lambda self: not any(f.down for f in self.faults))
@@ -225,5 +259,18 @@ def test_a_delete_that_missed_a_down_node_is_not_an_undecodable_fragment():
         m.heal()
         m.read(c=0, first=0, foreign=False, key="a/c/0")
         m.repair(c=2)
+    finally:
+        m.teardown()
+
+
+def test_a_wiped_fragment_answering_first_is_damage_not_absence():
+    """Found by the exists rule: with ``w = k + m`` the read quorum is 1, and a node that
+    lost its fragment, answering first, made ``exists`` False and the listing drop the key."""
+    m = CodedMachine()
+    try:
+        m.write(0, "k0", b"abc")
+        m.wipe("k0", 0, look=False)
+        m.exists(0, "k0", foreign=True, first=0)
+        m.read(0, "k0", foreign=True, first=0)
     finally:
         m.teardown()
