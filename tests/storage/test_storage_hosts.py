@@ -54,7 +54,11 @@ def store_here(prefix: str, *, fresh: bool = False) -> ReplicatedStore:
         NodeSpec(f"s3://{h.bucket}/{prefix}", name=name, storage_options=h.storage_options(j))
         for j, name in enumerate(h.node_names)
     ]
-    store = ReplicatedStore(nodes, replicas=3, write_quorum=2, state_dir=h.state_dir)
+    if prefix.startswith("coded-"):  # chunks erasure-coded RS(2,1), zarr.json replicated
+        kw: dict[str, Any] = {"coding": {"c/": (2, 1)}}
+    else:
+        kw = {}
+    store = ReplicatedStore(nodes, replicas=3, write_quorum=2, state_dir=h.state_dir, **kw)
     if not fresh:
         _STORES[prefix] = store
     return store
@@ -128,6 +132,24 @@ def raw_record(prefix: str, node: int, key: str) -> str | None:
     except FileNotFoundError:
         return None
     return head["Metadata"].get("swarmstore-xxh3")
+
+
+def wipe_chunks(prefix: str, node: int) -> int:
+    """Delete every chunk object node ``node`` holds, past swarmstore (a replaced disk)."""
+    h = current_host()
+    fs = h.filesystem(node)
+    paths = fs.find(f"{h.bucket}/{prefix}/c/")
+    fs.rm(paths)
+    return len(paths)
+
+
+def chunk_keys(prefix: str) -> list[str]:
+    store = store_here(prefix, fresh=True)
+
+    async def keys() -> list[str]:
+        return [k async for k in store.list_prefix("c/")]
+
+    return on_io_loop(keys())
 
 
 def metadata_objects(prefix: str, node: int) -> list[str]:
@@ -205,3 +227,24 @@ def test_a_read_on_another_loop_than_the_writes(bed, prefix):
         return report.ok
 
     assert bed.host(0).run(scrub_here, prefix)  # the host runs it with asyncio.run
+
+
+def test_coded_chunks_hold_one_truth_on_every_host(bed):
+    """Issue 20's cross-host rule on the bed: chunks RS(2,1) over the three S3 nodes. Host 0
+    writes, host 2 (clock 5 minutes behind) overwrites, node 0 then loses every fragment it
+    held (objects deleted past swarmstore: one loss, within m). Fresh readers on the other
+    hosts see only the overwrite: no old chunk, no fill value where a chunk is held (a
+    reader whose first answer came from node 0 used to read it as absent), the listing
+    keeps every chunk, and a repair from a fourth host restores node 0."""
+    prefix = f"coded-{uuid.uuid4().hex[:8]}"
+    bed.host(0).run(write_array, prefix, 1, (32, 32), "first")
+    bed.host(2).run(write_array, prefix, 2, (32, 32), "second")
+    assert bed.host(1).run(wipe_chunks, prefix, 0) == 16
+    for reader in (1, 3):
+        seen = bed.host(reader).run(read_array, prefix)
+        assert seen["values"] == [2] and seen["title"] == "second", (reader, seen)
+    assert len(bed.host(1).run(chunk_keys, prefix)) == 16
+    report = bed.host(3).run(repair, prefix)  # (readers may have repaired some already)
+    assert report["ok"], report
+    keys = [f"c/{i}/{j}" for i in range(4) for j in range(4)]
+    assert all(bed.host(0).run(raw_record, prefix, 0, k) is not None for k in keys)
