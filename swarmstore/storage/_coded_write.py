@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 from swarmstore.storage._fragments import fragments_of
 from swarmstore.storage._handoff import note_missed
 from swarmstore.storage._shadows import drop_shadows, put_shadows
-from swarmstore.storage._write import _follow, _late_commit, abort_late, settle, versions
+from swarmstore.storage._write import (
+    _follow,
+    _late_commit,
+    abort_late,
+    commit_on,
+    decided,
+    settle,
+    stale,
+    versions,
+)
 
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
@@ -54,8 +63,11 @@ async def encode(coding: Coding, data: bytes, min_block: int) -> list[tuple[byte
     return fragments_of(coding.k, coding.m, data, min_block)
 
 
-async def put_coded(store: Coordinator, key: str, data: bytes, coding: Coding) -> list[Node]:
-    """Write ``data`` to ``key`` as fragments; returns the nodes that acknowledged."""
+async def put_coded(
+    store: Coordinator, key: str, data: bytes, coding: Coding, *, again: bool = True
+) -> list[Node]:
+    """Write ``data`` to ``key`` as fragments; returns the nodes that acknowledged (short
+    of ``w`` for stale commits only, it starts over once, as :func:`~._write.put`)."""
     targets = store.targets(key)
     pieces = dict(zip(targets, await encode(coding, data, store.min_block), strict=True))
     staged, failures, late = await _stage(store, key, pieces, coding)
@@ -81,6 +93,8 @@ async def put_coded(store: Coordinator, key: str, data: bytes, coding: Coding) -
     if lagging:
         store._spawn(_follow(store, key, version, acked, lagging))
     if len(acked) < coding.w:
+        if again and stale(failures):
+            return await put_coded(store, key, data, coding, again=False)
         raise store._quorum_error(key, "set", len(acked), coding.w, failures)
     store._spawn(drop_shadows(store, key, parked, version))
     return acked
@@ -109,11 +123,8 @@ async def _stage(
 async def _commit(
     store: Coordinator, ready: dict[Node, Pending], records: dict[Node, Record], w: int
 ) -> tuple[list[Node], dict[Node, BaseException], dict[Node, asyncio.Future[Any]]]:
-    jobs = {
-        n: store.router.send(n, lambda n, p=p: n.commit(p, records[n]), name=_name)
-        for n, p in ready.items()
-    }
-    results, laggards = await settle(store, jobs, lambda r: sum(map(_ok, r.values())) >= w)
+    jobs = {n: commit_on(store, n, p, records[n]) for n, p in ready.items()}
+    results, laggards = await settle(store, jobs, decided(len(jobs), w))
     acked = [n for n, r in results.items() if _ok(r)]
     failures = {n: r for n, r in results.items() if not _ok(r)}
     return acked, failures, dict(laggards)

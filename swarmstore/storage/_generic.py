@@ -49,6 +49,7 @@ from swarmstore.storage._node import (
     hidden,
     may_replace,
     occupied,
+    refusal,
     tomb_name,
 )
 
@@ -249,7 +250,7 @@ class StoreNode(Node):
             if create and occupied(cur):
                 return "exists"
             if not force and not may_replace(pending.seen, cur, record.version, heal):
-                return "superseded"
+                return refusal(cur)
             before = cur.record if cur.has_data else None
             await self._put(_sidecar(key), _body(key, record, before))
             await self._put(key, pending.data)

@@ -30,6 +30,7 @@ from swarmstore.storage._node import (
     hidden,
     may_replace,
     occupied,
+    refusal,
     tomb_name,
 )
 
@@ -215,7 +216,7 @@ class Dir:
             if create and occupied(cur):
                 return "exists"
             if not force and not may_replace(p.seen, cur, record.version, heal):
-                return "superseded"
+                return refusal(cur)
             os.rename(tmp, path)  # onto a directory: IsADirectoryError, a failed copy
         finally:
             tmp.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from swarmstore.storage._node import (
     hidden,
     may_replace,
     occupied,
+    refusal,
 )
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ class MemoryNode(Node):
         if create and occupied(cur):
             return "exists"
         if not force and not may_replace(pending.seen, cur, record.version, heal):
-            return "superseded"
+            return refusal(cur)
         buf = default_buffer_prototype().buffer.from_bytes(pending.data)
         self._data[key] = buf
         self.side.records[key] = (buf, record.encode(key))

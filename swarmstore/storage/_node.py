@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import xxhash
 
-from swarmstore.errors import InvalidKeyError
+from swarmstore.errors import InvalidKeyError, NodeRefused
 from swarmstore.storage._integrity import LOWEST
 
 if TYPE_CHECKING:
@@ -51,7 +51,34 @@ META = ".swarmstore"
 NAME_MAX = 255
 KEY_MAX = 1024
 
-Outcome = Literal["written", "superseded", "exists"]
+Outcome = Literal["written", "superseded", "exists", "gone"]
+
+
+class StaleCommit(NodeRefused):
+    """A commit refused because what its phase 1 saw is gone (see :func:`refusal`): it
+    counts towards no write quorum, and the write starts over with a fresh phase 1."""
+
+
+def refusal(cur: State) -> Outcome:
+    """Why a commit that :func:`may_replace` refused did nothing, from what the node holds.
+
+    "superseded": the node holds this version or a newer one; the write is overtaken and
+    still counts (a newer value stands where it would have). "gone": the node holds
+    nothing, though phase 1 saw something there (a delete collected meanwhile). The staged
+    write cannot tell a tombstone older than itself from a newer delete that came and went,
+    so it must not write -- and must not count either: that commit stored nothing and no
+    newer value stands in its place. (Counted, it made a write acknowledged by every node
+    while none held it: found by the coded machine, a read repair collecting a delete's
+    tombstones between the phases of the next write.)
+    """
+    return "superseded" if cur.version is not None else "gone"
+
+
+def acknowledged(outcome: Outcome, node: Node, key: str) -> Outcome:
+    """A commit's outcome as a write quorum counts it: "gone" raises :class:`StaleCommit`."""
+    if outcome == "gone":
+        raise StaleCommit(f"{node.name}: {key!r} changed under the write (a delete collected)")
+    return outcome
 
 
 def check_key(key: str, *, prefix: bool = False) -> str:
@@ -318,7 +345,8 @@ class Node(ABC):
         """Publish the staged bytes with ``record`` if :func:`may_replace` allows it.
 
         Returns "written", "superseded" (the node holds a version at least as new: the
-        staged write is dropped) or, with ``create=True``, "exists" (data already there).
+        staged write is dropped), "gone" (what phase 1 saw is gone: :func:`refusal`) or,
+        with ``create=True``, "exists" (data already there).
         ``heal=True`` also replaces the same version (a repair of bytes that failed their
         checksum); ``force=True`` publishes whatever the node holds (backdoors, tools).
         """

@@ -43,6 +43,7 @@ from swarmstore.storage._node import (
     hidden,
     may_replace,
     occupied,
+    refusal,
     tomb_name,
 )
 from swarmstore.storage._obstore_io import classify, is_past_end, location, same_place
@@ -219,7 +220,7 @@ class ObstoreNode(Node):
         if create and occupied(cur):
             return "exists"
         if not force and not may_replace(pending.seen, cur, record.version, heal):
-            return "superseded"  # phase 1 already saw this version or a newer one
+            return refusal(cur)  # phase 1 already saw this version or a newer one
         async with exclusive(self.name, key):  # a delete here removes without a condition
             for _ in range(4):
                 token = cur.token[0] if cur.size is not None else None
@@ -231,7 +232,7 @@ class ObstoreNode(Node):
                         return "exists"
                     cur = await self.state(key, tomb=True)
                     if not may_replace(pending.seen, cur, record.version, heal):
-                        return "superseded"
+                        return refusal(cur)
             else:
                 raise NodeRefused(f"{self.name}: {key!r} kept changing under the write")
             if cur.tomb is not None and cur.tomb.version < record.version:

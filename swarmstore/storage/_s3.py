@@ -31,6 +31,7 @@ from swarmstore.storage._node import (
     finishes_delete,
     hidden,
     may_replace,
+    refusal,
     tomb_name,
 )
 
@@ -220,7 +221,7 @@ class S3Node(Node):
                     return "exists"
                 cur = await self.state(pending.key, tomb=True)
                 if not may_replace(pending.seen, cur, record.version, heal):
-                    return "superseded"
+                    return refusal(cur)
         else:
             raise NodeRefused(f"{self.name}: {pending.key!r} kept changing under the write")
         if cur.tomb is not None and cur.tomb.version < record.version:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from swarmstore import _sync
 from swarmstore.storage._handoff import note_missed
 from swarmstore.storage._integrity import Record
-from swarmstore.storage._write import versions
+from swarmstore.storage._node import acknowledged
+from swarmstore.storage._write import stale, versions
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,7 +52,8 @@ def writable_now(store: Coordinator, nodes: Sequence[Node]) -> bool:
 
 def put_now(store: Coordinator, key: str, data: bytes) -> list[Node] | None:
     """Write ``data`` to ``key``'s replicas in this thread; the acknowledging nodes, or
-    None when the write must run on the loop path instead (nothing became visible)."""
+    None when the write must run on the loop path instead (nothing became visible, or its
+    commits went stale: the loop path writes afresh)."""
     targets = store.targets(key)
     if not writable_now(store, targets):
         return None
@@ -68,7 +70,7 @@ def put_now(store: Coordinator, key: str, data: bytes) -> list[Node] | None:
     failures: dict[Node, BaseException] = {}
     for node, pending in staged.items():
         try:
-            node.commit_now(pending, stamped)  # type: ignore[attr-defined]
+            acknowledged(node.commit_now(pending, stamped), node, key)  # type: ignore[attr-defined]
         except _FAILURES as e:
             failures[node] = e
             continue
@@ -77,6 +79,8 @@ def put_now(store: Coordinator, key: str, data: bytes) -> list[Node] | None:
         missed = [n for n in targets if n not in acked]
         _sync.run(note_missed(store, key, missed, acked, stamped.version))
     if len(acked) < w:
+        if stale(failures):
+            return None  # a delete collected between the phases: the loop path starts over
         raise store._quorum_error(key, "set", len(acked), w, failures)
     return acked
 

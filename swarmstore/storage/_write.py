@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from swarmstore import _clock, _events
 from swarmstore.storage._handoff import note_missed
 from swarmstore.storage._integrity import Record
-from swarmstore.storage._node import State
+from swarmstore.storage._node import StaleCommit, State, acknowledged
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
@@ -73,6 +73,17 @@ async def settle(
     return results, laggards
 
 
+def decided(jobs: int, w: int) -> Callable[[dict[Node, Any]], bool]:
+    """``settle``'s test for ``jobs`` commits: ``w`` acknowledged, or ``w`` out of reach
+    (then waiting on a hung one only delays the fresh start a stale write makes)."""
+
+    def test(results: dict[Node, Any]) -> bool:
+        ok = sum(_ok(r) for r in results.values())
+        return ok >= w or jobs - (len(results) - ok) < w
+
+    return test
+
+
 def versions(states: Iterable[State]) -> list[Version]:
     return [v for s in states if s.corrupt is None and (v := s.version) is not None]
 
@@ -113,8 +124,11 @@ def _abort_landed(store: Coordinator, node: Node, task: asyncio.Task[Any]) -> No
     store._spawn(node.abort(task.result()))
 
 
-async def put(store: Coordinator, key: str, data: bytes, record: Record | None) -> list[Node]:
-    """Write ``data`` to ``key``'s replicas; returns the nodes that acknowledged."""
+async def put(
+    store: Coordinator, key: str, data: bytes, record: Record | None, *, again: bool = True
+) -> list[Node]:
+    """Write ``data`` to ``key``'s replicas; returns the nodes that acknowledged. Short of
+    ``W`` because commits went stale (:func:`stale`), it starts over once (``again``)."""
     targets = store.targets(key)
     rq, w = store.quorums(len(targets))
     base = record or Record.of(data, store.min_block)
@@ -133,8 +147,16 @@ async def put(store: Coordinator, key: str, data: bytes, record: Record | None) 
     if lagging:
         store._spawn(_follow(store, key, stamped.version, acked, lagging))
     if len(acked) < w:
+        if again and stale(failures):
+            return await put(store, key, data, record, again=False)
         raise store._quorum_error(key, "set", len(acked), w, failures)
     return acked
+
+
+def stale(failures: dict[Node, BaseException]) -> bool:
+    """Whether some commits failed only because a delete was collected between the write's
+    phases: starting over, with a fresh phase 1, is a new write after that delete."""
+    return any(isinstance(e, StaleCommit) for e in failures.values())
 
 
 async def _late_commit(
@@ -143,7 +165,14 @@ async def _late_commit(
     pending = await prepared
     if pending.error is not None:
         raise pending.error
-    return await store.router.send(node, lambda n: n.commit(pending, record), name=_name)
+    return await commit_on(store, node, pending, record)
+
+
+async def commit_on(store: Coordinator, node: Node, pending: Pending, record: Record) -> Any:
+    """One replica's commit, as a write quorum counts it: a commit whose phase-1 view is
+    gone raises :class:`~swarmstore.storage._node.StaleCommit` (it stored nothing)."""
+    out = await store.router.send(node, lambda n: n.commit(pending, record), name=_name)
+    return acknowledged(out, node, pending.key)
 
 
 async def _follow(
@@ -178,17 +207,10 @@ async def commit(
     a late replica acknowledges (found by the state machine on a saturated machine).
     """
     w = store.quorums(len(store.targets(key)))[1]
-
-    def enough(results: dict[Node, Any]) -> bool:
-        return sum(_ok(r) for r in results.values()) >= w
-
-    jobs = {
-        n: store.router.send(n, lambda n, p=p: n.commit(p, record), name=_name)
-        for n, p in ready.items()
-    }
+    jobs = {n: commit_on(store, n, p, record) for n, p in ready.items()}
     for n, t in (late or {}).items():
         jobs[n] = _late_commit(store, n, t, record)
-    results, laggards = await settle(store, jobs, enough)
+    results, laggards = await settle(store, jobs, decided(len(jobs), w))
     acked = [n for n, r in results.items() if _ok(r)]
     failures = {n: r for n, r in results.items() if not _ok(r)}
     return acked, failures, dict(laggards)
