@@ -24,7 +24,7 @@ from swarmstore.network import qos
 from swarmstore.storage._converge import Look, Outcome, Winner, examine, gone
 from swarmstore.storage._fragments import codec, fragments_of
 from swarmstore.storage._node import State
-from swarmstore.storage._shadows import drop_shadows, read_shadows
+from swarmstore.storage._shadows import backed, drop_shadows, read_shadows
 
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
@@ -114,15 +114,20 @@ async def converge_coded(
         looks = await looks_of(store, key, nodes)
         win = decide_coded(looks)
         shadows = parked or _behind_top(looks, win)
+        stray: list[Version] = []  # shadows of a write that committed nothing: inert
         if shadows:  # the newest seen does not decode: a killed writer's shadows may
-            found = await read_shadows(store, key, list(targets))
+            committed = {lk.record.version for lk in looks if lk.kind == "ok" and lk.record}
+            raw = await read_shadows(store, key, list(targets))
+            found = backed(raw, committed)
+            stray = [g.record.version for n, g in raw.items() if n not in found]
             parked = [Look(n, "ok", None, g.record, g.data, why="shadow") for n, g in found.items()]
             win = decide_coded(looks + parked)
         if win is None:
             return Outcome(gone=gone(looks))
+        upto = max([win.version, *stray])  # the shadows repair drops once it is done
         if win.tomb is not None:
             looks += await looks_of(store, key, [n for n in rest if n not in nodes])
-            return await _bury_all(store, key, looks, win.tomb, set(targets))
+            return await _bury_all(store, key, looks, win.tomb, set(targets), upto)
         assert win.data is not None and win.record is not None
         wanted = _wanted(store, key, win, len(targets))
         out = Outcome(Winner(win.record.stamped(win.version), win.data))
@@ -131,7 +136,7 @@ async def converge_coded(
             *(_fix(store, key, by_node[t], wanted[i], out) for i, t in enumerate(targets))
         )
         if shadows and not out.failed:
-            await drop_shadows(store, key, list(targets), win.version)
+            await drop_shadows(store, key, list(targets), upto)
     return out
 
 
@@ -188,7 +193,12 @@ async def _fix(
 
 
 async def _bury_all(
-    store: Coordinator, key: str, looks: list[Look], tomb: Record, targets: set[Node]
+    store: Coordinator,
+    key: str,
+    looks: list[Look],
+    tomb: Record,
+    targets: set[Node],
+    upto: Version,
 ) -> Outcome:
     """The newest is a delete: tombstones on the targets, no data anywhere, then collect."""
     out = Outcome(Winner(tomb))
@@ -209,6 +219,9 @@ async def _bury_all(
 
     await asyncio.gather(*(one(lk) for lk in looks))
     if not out.failed and all(lk.node in out.current for lk in looks):
+        # shadows the delete outranks go before its tombstones: once those are collected,
+        # nothing would tell a read or a repair that the shadows' value was deleted
+        await drop_shadows(store, key, list(targets), upto)
         await asyncio.gather(
             *(store.router.send(n, lambda n: n.unbury(key, tomb), name=_name) for n in targets),
             return_exceptions=True,

@@ -37,7 +37,7 @@ from swarmstore import _clock, _events
 from swarmstore.errors import FragmentsUnavailable
 from swarmstore.storage._fragments import codec
 from swarmstore.storage._read import Answer, from_error, from_state
-from swarmstore.storage._shadows import read_shadows
+from swarmstore.storage._shadows import backed, read_shadows
 from swarmstore.storage._verified import Got, fetch, fetch_now
 
 if TYPE_CHECKING:
@@ -186,7 +186,9 @@ class CodedRead:
         if d.verdict == "more" and not self.shadows_read:
             self.shadows_read = True
             nodes = [n for n in self.order if n in self.targets]
-            for node, got in (await read_shadows(self.store, self.key, nodes)).items():
+            committed = {a.record.version for a in self.answers.values() if a.record}
+            found = backed(await read_shadows(self.store, self.key, nodes), committed)
+            for node, got in found.items():
                 self.answers[(node, "shadow")] = Answer("data", record=got.record, got=got)  # type: ignore[index]
             d = _final(self.answers, self.coding, self.targets)
         if d.verdict in ("more", "tombs"):

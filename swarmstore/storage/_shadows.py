@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node
 
-__all__ = ["drop_shadows", "parse_shadow", "put_shadows", "read_shadows", "shadow_name"]
+__all__ = ["backed", "drop_shadows", "parse_shadow", "put_shadows", "read_shadows", "shadow_name"]
 
 
 def _name(node: Node) -> str:
@@ -94,6 +94,18 @@ async def read_shadows(store: Coordinator, key: str, nodes: list[Node]) -> dict[
         if _ok(body) and (got := parse_shadow(key, body)) is not None:  # type: ignore[arg-type]
             out[node] = got
     return out
+
+
+def backed(found: dict[Node, Got], committed: set[Version]) -> dict[Node, Got]:
+    """The shadows of a version some node committed a fragment of (``committed``).
+
+    Shadows exist for a writer killed between its commits: then at least one fragment of
+    its version was committed. Shadows of a version no node holds are a write that never
+    committed anything (it failed, or its writer died before the first commit): the old
+    value stands, and decoding them could bring back a value that a later delete removed
+    (found by the coded machine: a failed write's shadows outlived a delete and came back
+    at repair)."""
+    return {n: g for n, g in found.items() if g.record.version in committed}
 
 
 async def drop_shadows(store: Coordinator, key: str, nodes: list[Node], upto: Version) -> None:
