@@ -38,7 +38,7 @@ from swarmstore.errors import FragmentsUnavailable
 from swarmstore.storage._fragments import codec
 from swarmstore.storage._read import Answer, from_error, from_state
 from swarmstore.storage._shadows import backed, read_shadows
-from swarmstore.storage._verified import Got, fetch, fetch_now
+from swarmstore.storage._verified import Got, Missing, fetch, fetch_now
 
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
@@ -202,25 +202,25 @@ class CodedRead:
 
     async def _folded(self) -> bool:
         """The first ``k`` fragments in one thread hop, when their nodes have a sync path
-        (local directories, memory), as replicated reads fold their probes."""
+        (local directories, memory), as replicated reads fold their probes; when none of
+        them holds the key, the other sync nodes in the same hop (absence needs every
+        node's word: see the module docstring)."""
         first = self.order[: self.coding.k]
         if not self.want_data or not all(n.supports_sync and n in self.targets for n in first):
             return False
+        rest = [n for n in self.order[self.coding.k :] if n.supports_sync]
         key, block = self.key, self.store.min_block
 
-        def work() -> list[Got | BaseException]:
-            out: list[Got | BaseException] = []
+        def work() -> list[tuple[Node, Got | BaseException]]:
+            out: list[tuple[Node, Got | BaseException]] = []
             for node in first:
-                try:
-                    out.append(fetch_now(node, key, None, block))
-                except Exception as e:
-                    out.append(e)
+                out.append((node, _fetched(node, key, block)))
+            if all(isinstance(got, Missing) for _, got in out):
+                out += [(node, _fetched(node, key, block)) for node in rest]
             return out
 
-        inline = all(getattr(n, "inline_sync", False) for n in first)
-        for node, got in zip(
-            first, work() if inline else await asyncio.to_thread(work), strict=True
-        ):
+        inline = all(getattr(n, "inline_sync", False) for n in (*first, *rest))
+        for node, got in work() if inline else await asyncio.to_thread(work):
             if isinstance(got, Got):
                 self.answers[node] = Answer("data", record=got.record, got=got)
             else:
@@ -323,6 +323,13 @@ class CodedRead:
             self.store._hold(task)
         _events.emit("replica-unavailable", {"key": self.key, "tried": tried, "why": why})
         return FragmentsUnavailable(self.key, tried, self.coding.k, self.coding.m)
+
+
+def _fetched(node: Node, key: str, block: int) -> Got | BaseException:
+    try:
+        return fetch_now(node, key, None, block)
+    except Exception as e:
+        return e
 
 
 def _describe(a: Answer | None) -> str:
