@@ -16,7 +16,14 @@ if TYPE_CHECKING:
     from swarmstore.compute._jobs import Job
     from swarmstore.compute.placement import WorkerInfo
 
-__all__ = ["better_entry", "choose_gang", "choose_gpu_worker", "choose_urgent_worker"]
+__all__ = [
+    "better_entry",
+    "choose_gang",
+    "choose_gpu_worker",
+    "choose_urgent_worker",
+    "mem_ok",
+    "overflow_worker",
+]
 
 
 def _load(cs: Iterable[Committed]) -> tuple[float, float]:
@@ -41,26 +48,26 @@ def choose_gpu_worker(
     work that this GPU could run is on its way (it would wait behind what is prefetched
     now; ``top_priority`` is that priority, or a function of the GPU's memory giving it:
     work only a bigger GPU fits holds no prefetch room back here). ``overflow``: an
-    urgent job may queue ahead of lower-ranked work on a full worker (:func:`_overflow`).
+    urgent job may queue ahead of lower-ranked work on a full worker (:func:`overflow_worker`).
     """
     smallest = min(w.memory_per_gpu for w in capable)
     best: tuple[Any, ...] | None = None
     choice = None
     for w in capable:
         used, mem = _load(committed(w.address))
-        free = used + job.gpu <= w.gpus + 1e-9 and _mem_ok(w, mem, job, 1.0)
+        free = used + job.gpu <= w.gpus + 1e-9 and mem_ok(w, mem, job, 1.0)
         bigger = w.memory_per_gpu > smallest * 1.001
         top = top_priority(w.memory_per_gpu) if callable(top_priority) else top_priority
         allowed = not (bigger or job.gpu > 1 or job.priority < top)
         room = 1.0 + prefetch if allowed else 1.0
-        fits = used + job.gpu <= w.gpus * room + 1e-9 and _mem_ok(w, mem, job, room)
+        fits = used + job.gpu <= w.gpus * room + 1e-9 and mem_ok(w, mem, job, room)
         if not (free or fits):
             continue
         score = (not free, w.memory_per_gpu, used / w.gpus)
         if best is None or score < best:
             best, choice = score, w.address
     if choice is None and overflow:
-        return _overflow(job, capable, committed, prefetch, now)
+        return overflow_worker(job, capable, committed, prefetch, now)
     return choice
 
 
@@ -97,7 +104,7 @@ def choose_gang(
     return out
 
 
-def _overflow(
+def overflow_worker(
     job: Job,
     capable: list[WorkerInfo],
     committed: Callable[[str], Iterable[Committed]],
@@ -134,7 +141,7 @@ def _frees_at(cs: Iterable[Committed], slots: int, now: float) -> float:
     return ends[0] if len(ends) >= slots else now
 
 
-def _mem_ok(w: WorkerInfo, used: float, job: Job, room: float) -> bool:
+def mem_ok(w: WorkerInfo, used: float, job: Job, room: float) -> bool:
     if not job.gpu_memory or not w.gpu_memory:
         return True
     return used + job.gpu_memory <= w.gpu_memory * room + 1e-6

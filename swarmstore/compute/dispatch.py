@@ -34,12 +34,8 @@ import heapq
 import time
 from typing import TYPE_CHECKING, Any
 
-from swarmstore.compute._choose import (
-    better_entry,
-    choose_gang,
-    choose_gpu_worker,
-    choose_urgent_worker,
-)
+from swarmstore.compute._choose import better_entry, choose_gang, choose_urgent_worker
+from swarmstore.compute._gpuindex import GpuIndex
 from swarmstore.compute._jobs import Committed, Job, is_gpu
 from swarmstore.compute._pipe import FeedPipe
 from swarmstore.compute._queues import ReadyQueues
@@ -116,6 +112,7 @@ class Dispatcher:
         self._parked: set[Hashable] = set()  # GPU jobs no worker can run now
         self._per_worker: dict[str, dict[Hashable, Committed]] = {}
         self._gpu_committed = 0
+        self.gpus = GpuIndex(workers)  # GPU workers by shape and load: choices in O(shapes)
 
     def __repr__(self) -> str:
         return (
@@ -141,7 +138,9 @@ class Dispatcher:
         c = self.committed.pop(key, None)
         if c is None:
             return None
-        self._gpu_committed -= bool(c.gpu or c.gpu_memory)
+        if c.gpu or c.gpu_memory:
+            self._gpu_committed -= 1
+            self.gpus.finish(c)
         self.pipe.left(c.consumer)
         self._per_worker.get(c.worker, {}).pop(key, None)
         return c.worker
@@ -152,6 +151,7 @@ class Dispatcher:
 
     def membership_changed(self) -> None:
         """Workers joined or left: parked GPU jobs may fit now; forget departed workers."""
+        self.gpus.stale()
         for key in list(self._parked):
             job = self.jobs.get(key)
             self._parked.discard(key)
@@ -161,11 +161,12 @@ class Dispatcher:
             for key in list(self._per_worker[addr]):
                 self.done(key)
             del self._per_worker[addr]
+            self.gpus.forget(addr)
 
     # ---- figures
     @property
     def gpu_slots(self) -> float:
-        return sum(w.gpus for w in self.workers.values())
+        return self.gpus.slots
 
     @property
     def pipe_limit(self) -> int:
@@ -325,25 +326,23 @@ class Dispatcher:
         return placed or []
 
     def _capable_gpu(self, job: Job) -> list[WorkerInfo]:
-        return [w for w in self.workers.values() if w.is_gpu and w.can_run(job.needs)]
+        return self.gpus.capable(job.needs)
 
     def _scarcity(self, job: Job) -> int:
-        return len(self._capable_gpu(job))
+        return self.gpus.count(job.needs)
 
     def _gpu_worker(self, job: Job, busy: Callable[[str], int | None]) -> str | None:
-        capable = [w for w in self._capable_gpu(job) if busy(w.address) is not None]
-        if not capable:
-            if not self._capable_gpu(job):
-                self._parked.add(job.key)
-            return None
-        return choose_gpu_worker(
+        addr = self.gpus.choose(
             job,
-            capable,
+            busy,
             lambda addr: self._per_worker.get(addr, {}).values(),
             prefetch=self.gpu_prefetch,
             top_priority=self.gpu_top_priority_for or self.gpu_top_priority,
             now=self.clock(),
         )
+        if addr is None and not self.gpus.count(job.needs):
+            self._parked.add(job.key)
+        return addr
 
     # ---- CPU side
     def _free_threads(
@@ -395,6 +394,8 @@ class Dispatcher:
         until = self.clock() + max(job.duration, 0.0)
         c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer, until)
         self.committed[job.key] = c
-        self._gpu_committed += bool(c.gpu or c.gpu_memory)
+        if c.gpu or c.gpu_memory:
+            self._gpu_committed += 1
+            self.gpus.commit(c)
         self._per_worker.setdefault(addr, {})[job.key] = c
         self.pipe.committed(job, gpu=is_gpu(job))
