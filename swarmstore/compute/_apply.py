@@ -140,7 +140,8 @@ def job_of(
     avg = ts.prefix.duration_average
     duration = avg if avg >= 0 else scheduler.UNKNOWN_TASK_DURATION
     gid, size = gang if gang is not None else (None, 1)
-    return Job(ts.key, tuple(ts.priority or ()), needs, consumer, home, duration, gid, size)
+    rank = tuple(ts.priority or ())
+    return Job(ts.key, rank, needs, consumer, home, duration, gid, size, known=avg >= 0)
 
 
 def dispatch(

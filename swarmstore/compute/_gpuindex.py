@@ -118,6 +118,19 @@ class GpuIndex:
         self._fresh()
         return self._slots
 
+    def free_units(self, busy: Callable[[str], int | None]) -> float:
+        """GPU units not committed on the workers taking work now (a scan: for rounds
+        that hold GPUs back, see :mod:`._reserve`)."""
+        self._fresh()
+        total = 0.0
+        for s in self._shapes:
+            for used, _, addr in s.by_load:
+                if used >= s.info.gpus:
+                    break
+                if busy(addr) is not None:
+                    total += s.info.gpus - used
+        return total
+
     def _shapes_for(self, needs: Mapping[str, float]) -> list[_Shape]:
         self._fresh()
         key = frozenset(needs.items())

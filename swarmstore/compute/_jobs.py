@@ -31,6 +31,8 @@ class Job:
     #: The gang it belongs to (GPU jobs dispatched all at once or not at all), and its size
     gang: Hashable | None = None
     gang_size: int = 1
+    #: whether ``duration`` was measured (its prefix ran before), not Dask's default guess
+    known: bool = True
 
     @property
     def gpu(self) -> float:
@@ -57,6 +59,8 @@ class Committed:
     consumer: Hashable | None
     #: When it is expected to finish (dispatch time + its prefix's average duration)
     until: float = 0.0
+    #: whether ``until`` rests on a measured duration
+    known: bool = True
 
 
 def is_gpu(job: Job) -> bool:

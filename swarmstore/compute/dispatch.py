@@ -20,7 +20,9 @@ The policy (``docs/compute.md`` justifies it):
   sit on one worker goes there when it has room.
 - **Urgent jobs.** A job of higher user priority than all the work committed to a worker may
   go there beyond its slots (one turn per thread or GPU) and runs next, on the worker
-  whose thread or GPU is expected to free first (task-prefix averages).
+  whose thread or GPU is expected to free first (task-prefix averages). While its feeders
+  run, a free GPU is kept for each of its GPU tasks, backfilled only by work expected to
+  finish before that task is ready (:mod:`._reserve`).
 - **Feeding GPUs without flooding memory** (dask/distributed#9164). A CPU job that feeds a
   GPU task is admitted only while fewer than :attr:`Dispatcher.pipe_limit` GPU tasks of at
   least its user priority are being fed or wait, unless its own GPU task is among them (so
@@ -39,6 +41,7 @@ from swarmstore.compute._gpuindex import GpuIndex
 from swarmstore.compute._jobs import Committed, Job, is_gpu
 from swarmstore.compute._pipe import FeedPipe
 from swarmstore.compute._queues import ReadyQueues
+from swarmstore.compute._reserve import Reservations
 from swarmstore.compute._threads import ThreadPolicy, free_cpu_slots, starved_feeder_threads
 
 if TYPE_CHECKING:
@@ -285,6 +288,9 @@ class Dispatcher:
         skipped: list[tuple[Any, int, Hashable]] = []
         gangs: set[Hashable] = set()  # tried this round; their members wait uncounted
         waiting: list[tuple[Any, int, Hashable]] = []
+        kept = Reservations.of(self.pipe.fed, self.committed, self.jobs, self.clock())
+        if kept is not None:
+            kept.free = self.gpus.free_units(busy)
         while self.q.gpu and len(skipped) < _SCAN:
             item = heapq.heappop(self.q.gpu)
             job = self.q.live(item)
@@ -299,12 +305,17 @@ class Dispatcher:
                 if job.key in self.jobs:  # the gang waits for all its members or GPUs
                     waiting.append(item)
                 continue
+            if kept is not None and not kept.admits(job):
+                skipped.append(item)
+                continue
             addr = self._gpu_worker(job, busy)
             if addr is None:
                 skipped.append(item)
                 continue
             self._commit(job, addr)
             picks.append((job.key, addr))
+            if kept is not None:
+                kept.took(job)
         for item in skipped + waiting:
             heapq.heappush(self.q.gpu, item)
         return picks
@@ -392,7 +403,9 @@ class Dispatcher:
     def _commit(self, job: Job, addr: str) -> None:
         self.withdraw(job.key)
         until = self.clock() + max(job.duration, 0.0)
-        c = Committed(addr, job.gpu, job.gpu_memory, job.priority, job.consumer, until)
+        c = Committed(
+            addr, job.gpu, job.gpu_memory, job.priority, job.consumer, until, known=job.known
+        )
         self.committed[job.key] = c
         if c.gpu or c.gpu_memory:
             self._gpu_committed += 1

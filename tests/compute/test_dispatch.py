@@ -426,3 +426,41 @@ def test_urgent_gpu_work_only_a_bigger_gpu_fits_holds_no_prefetch_room_back():
         # the small GPU takes one free slot; its prefetch room waits for the urgent work
         # only when that work could run there
         assert where(d.plan(idle, []))["small"] == expected
+
+
+# ---------------------------------------------------------------- GPU reservations
+def _urgent_on_its_way(clock: list[float]) -> Dispatcher:
+    """One GPU worker, one free GPU; an urgent GPU task's feeder runs (ready in 1 s)."""
+    ws = workers(gpu_worker("g"), WorkerInfo("c", 2))
+    d = Dispatcher(ws, gpu_prefetch=0.0, clock=lambda: clock[0])
+    d.ready(job("feed", prio=10, consumer="urgent-gpu", duration=1.0))
+    assert d.plan(idle, ["c"]) == [("feed", "c")]
+    return d
+
+
+def test_a_free_gpu_is_kept_for_an_urgent_gpu_task_on_its_way():
+    clock = [0.0]
+    d = _urgent_on_its_way(clock)
+    d.ready(job("bulk", GPU, duration=5.0))  # would hold the GPU past the urgent task's arrival
+    assert d.plan(idle, ["c"]) == []
+    clock[0] = 1.0
+    d.done("feed")
+    d.ready(job("urgent-gpu", GPU, prio=10, duration=2.0))
+    assert d.plan(idle, ["c"]) == [("urgent-gpu", "g")]  # the kept GPU: no wait behind bulk
+    d.done("urgent-gpu")
+    d.gpu_task_finished("urgent-gpu")
+    assert d.plan(idle, ["c"]) == [("bulk", "g")]  # nothing on its way: bulk runs
+
+
+def test_work_that_finishes_before_the_urgent_task_arrives_backfills_the_kept_gpu():
+    clock = [0.0]
+    d = _urgent_on_its_way(clock)
+    d.ready(job("short", GPU, duration=0.5))
+    assert d.plan(idle, ["c"]) == [("short", "g")]
+
+
+def test_work_of_equal_priority_is_not_held_back():
+    clock = [0.0]
+    d = _urgent_on_its_way(clock)
+    d.ready(job("peer", GPU, prio=10, duration=5.0))
+    assert d.plan(idle, ["c"]) == [("peer", "g")]
