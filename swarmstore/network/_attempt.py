@@ -151,6 +151,8 @@ class Runner:
         moved = job.measure(result)
         st.requests += 1
         st.fold(seconds, moved, setup=setup)
+        if not setup:
+            e.paced(seconds, moved)
         if before is not None:
             st.compare(before, seconds, self.alpha)
         self.typical = moved if self.typical is None else (self.typical * 7 + moved) // 8
@@ -163,16 +165,19 @@ class Runner:
         return result
 
     async def _write(self, job: Job, src: Any, e: Source) -> Any:
-        """A write attempt: counted and judged by its circuit, not folded into read figures."""
+        """A write attempt: counted and judged by its circuit, not folded into read figures
+        (it paces the yielding classes like a read: they share the link)."""
         st, circuit = e.stats, e.circuit
         if circuit.opened_at is not None:
             circuit.begin(self.clock())
+        t0 = time.perf_counter()
         try:
             result = await job.attempt(src)
         except BaseException as exc:
             self.failed(e, 0.0, exc, None, job.nbytes)
             raise
         st.requests += 1
+        e.paced(time.perf_counter() - t0, job.nbytes or 0, "write")
         if circuit.consecutive or circuit.opened_at is not None or circuit.trial:
             circuit.success(self.clock())
         return result

@@ -151,6 +151,8 @@ class Lanes:
         self._active_until = dict.fromkeys(self.classes, 0.0)  # monotonic time, per class
         # classes whose activity makes some lower class yield: only they are timestamped
         self._watched = {h for c in self.limits for h in self._higher[c]}
+        #: in-flight limits set from outside (:meth:`pace`): slots a class may hold at most
+        self.caps: dict[str, int] = {}
 
     @staticmethod
     def _reserves(
@@ -187,6 +189,11 @@ class Lanes:
             for h in self._higher[cls]
         )
 
+    def _capped(self, cls: str) -> bool:
+        """``cls`` holds as many slots as :meth:`pace` allows it."""
+        cap = self.caps.get(cls)
+        return cap is not None and self.in_use[cls] >= cap
+
     def _yields(self, cls: str) -> bool:
         """``cls`` is at its limit while a higher class is active: it must wait."""
         limit = self.limits.get(cls)
@@ -203,7 +210,7 @@ class Lanes:
     def _admits(self, cls: str) -> bool:
         if self.capacity is None:
             return True
-        if cls in self.limits and self._yields(cls):
+        if cls in self.limits and (self._yields(cls) or self._capped(cls)):
             return False
         free = self.capacity - self._busy
         if free - 1 >= self._above[cls]:
@@ -264,7 +271,7 @@ class Lanes:
             if cap is not None and cap - self._busy <= self._above[cls]:  # else: admitted
                 if not self._admits(cls):
                     return False
-            elif cls in self.limits and self._yields(cls):
+            elif cls in self.limits and (self._yields(cls) or self._capped(cls)):
                 return False
             in_use[cls] += 1
             self.granted[cls] += 1
@@ -335,9 +342,19 @@ class Lanes:
             return queued + 1
         if cap - self._busy <= self._above[self.check(cls)] and not self._admits(cls):
             return 1
-        if cls in self.limits and self._yields(cls):
+        if cls in self.limits and (self._yields(cls) or self._capped(cls)):
             return 1
         return 0
+
+    def pace(self, limit: int) -> None:
+        """Let each yielding class hold at most ``limit`` slots (>= 1), whatever is active
+        (:class:`~swarmstore.network._pace.Pacer` sets it from how much reads queue)."""
+        with self._lock:
+            grew = any(limit > self.caps.get(c, limit) for c in self.limits)
+            for c in self.limits:
+                self.caps[c] = max(1, limit)
+            if grew and self._queued:
+                self._dispatch()
 
     def reserve_above(self, cls: str) -> int:
         """Slots held for the classes above ``cls`` (free slots at most this many may be

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmstore.network._circuit import Circuit
 from swarmstore.network._model import SourceStats, size_class
+from swarmstore.network._pace import Pacer
 from swarmstore.network._qos import Lanes
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ UNKNOWN = 1e9
 class Source:
     """The per-source record, looked up once per attempt."""
 
-    __slots__ = ("circuit", "exploring", "lanes", "name", "stats")
+    __slots__ = ("circuit", "exploring", "lanes", "name", "pacer", "stats")
 
     def __init__(self, name: str, stats: SourceStats, circuit: Circuit, lanes: Lanes) -> None:
         self.name = name
@@ -36,6 +37,20 @@ class Source:
         self.circuit = circuit
         self.lanes = lanes
         self.exploring: set[int] = set()  #: size classes being measured for the first time
+        #: the yielding classes' in-flight limit, paced by how much reads here queue
+        self.pacer = Pacer(lanes.capacity) if lanes.capacity and lanes.limits else None
+        if self.pacer is not None:
+            lanes.pace(self.pacer.limit)
+
+    def paced(self, seconds: float, nbytes: int, kind: str = "read") -> None:
+        """Fold one request into the pacer; a new limit goes to the lanes."""
+        p, lanes = self.pacer, self.lanes
+        if p is None:
+            return
+        before = p.limit
+        waiting = any(lanes.queued(c) for c in lanes.limits)
+        if p.observe(seconds, nbytes, waiting=waiting, kind=kind) != before:
+            lanes.pace(p.limit)
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, {self.stats!r}, {self.circuit!r})"
@@ -89,6 +104,7 @@ class Source:
             "ejections": c.opened,
             "ejection_s": c.reset if c.opened_at is not None else 0.0,
             "in_flight": ln.busy(),
+            "paced_limit": None if self.pacer is None else self.pacer.limit,
             "queued": ln.queued(),
             "idle_s": None if st.last_tried is None else now - st.last_tried,
         }

@@ -226,3 +226,49 @@ async def test_yielded_waiters_go_once_the_higher_class_is_quiet():
     assert ln.figures()["bulk"]["in_flight"] == 4
     with pytest.raises(ConfigError, match="yields"):
         Lanes(8, CLASSES, None, {"bulk": 1.5})
+
+
+async def test_a_paced_class_holds_no_more_than_its_limit_whatever_is_active():
+    ln = Lanes(16, CLASSES, {"interactive": 0.25}, {"bulk": 0.125}, 0)
+    ln.pace(3)
+    assert sum(ln.try_acquire("bulk") for _ in range(10)) == 3  # nothing higher active
+    assert ln.would_queue("bulk") == 1 and ln.try_acquire("normal")  # others unpaced
+    ln.release("normal")  # (a higher class active makes bulk yield: not what this tests)
+    waiter = asyncio.ensure_future(ln.acquire("bulk"))
+    await async_poll_for(lambda: ln.queued("bulk") == 1, timeout=30, period=0.001)
+    ln.pace(4)  # a higher limit lets the waiter in at once
+    await asyncio.wait_for(waiter, 30)
+    assert ln.figures()["bulk"]["in_flight"] == 4
+    ln.pace(0)  # never below one
+    assert ln.caps == {"bulk": 1}
+
+
+async def test_bulk_reads_that_queue_at_a_source_are_paced_down():
+    """A source where every request in flight slows every other (a full link): the bulk
+    class's limit comes down from all 16 slots, so few bulk reads stay in flight there
+    (counted at the source)."""
+    from swarmstore.network import TransferRouter
+
+    state = {"now": 0, "most": 0}
+
+    async def attempt(src: str) -> bytes:
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        try:
+            await asyncio.sleep(0.01 * state["now"])  # each one in flight adds 10 ms
+        finally:
+            state["now"] -= 1
+        return b"x" * 1024
+
+    router = TransferRouter(hedge=False, probe_interval=None)
+    with qos("bulk"):
+        await asyncio.gather(*(router.fetch(["link"], attempt, name=str) for _ in range(8)))
+        source = router.registry.entry("link")
+        assert source.pacer is not None
+        source.pacer.limit = 16  # as if it had grown: the whole budget
+        source.lanes.pace(16)
+        await asyncio.gather(*(router.fetch(["link"], attempt, name=str) for _ in range(64)))
+        state["most"] = 0
+        await asyncio.gather(*(router.fetch(["link"], attempt, name=str) for _ in range(64)))
+    assert router.figures()["sources"]["link"]["paced_limit"] <= 4
+    assert state["most"] <= 4

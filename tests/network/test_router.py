@@ -519,7 +519,10 @@ async def test_a_source_with_no_slot_free_to_the_class_comes_later(sources):
     r.observe("n1", 0.0021)
     assert r.order(sources[:2], name)[0] is sources[0]
     lanes = r.source_lanes["n0"]
-    assert all(lanes.try_acquire("bulk") for _ in range(5))  # no slot left to bulk
+    taken = 0
+    while lanes.try_acquire("bulk"):  # until no slot is left to bulk (its share, or its pace)
+        taken += 1
+    assert 1 <= taken <= 5
     with qos("interactive"):
         assert r.order(sources[:2], name)[0] is sources[0]
     with qos("bulk"):
@@ -577,12 +580,18 @@ async def test_interactive_reads_pass_a_bulk_flood(sources):
     with qos("bulk"):
         flood = [asyncio.ensure_future(r.fetch(src, script, name=name)) for _ in range(20)]
     lanes = r.source_lanes["n0"]
-    await async_poll_for(lambda: lanes.figures()["bulk"]["queued"] == 15, timeout=30)
-    assert lanes.figures()["bulk"]["in_flight"] == 5
+
+    def bulk() -> dict:
+        return lanes.figures()["bulk"]
+
+    # bulk holds at most its share (5 of 8), fewer while paced (slow start: 2); the rest queue
+    await async_poll_for(lambda: bulk()["queued"] + bulk()["in_flight"] == 20, timeout=30)
+    held = bulk()["in_flight"]
+    assert 1 <= held <= 5 and bulk()["queued"] == 20 - held
     with qos("interactive"):
         got, _, _ = await r.fetch(src, reader("k"), name=name)  # not gated: answers at once
     assert got is src[0] and not any(t.done() for t in flood)
-    assert r.figures()["classes"]["bulk"]["in_flight"] == 5
+    assert r.figures()["classes"]["bulk"]["in_flight"] == held
     script.gates["n0"].set()
     await asyncio.gather(*flood)
 
