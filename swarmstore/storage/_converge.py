@@ -11,12 +11,13 @@ are dropped only when every node answered and none still holds the value.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from swarmstore.errors import ChecksumMismatch
 from swarmstore.network import qos
 from swarmstore.storage._fragments import refuse_fragment
+from swarmstore.storage._incomplete import never_completed
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import State
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from swarmstore.storage._coordinator import Coordinator
+    from swarmstore.storage._integrity import Version
     from swarmstore.storage._node import Node
 
 __all__ = ["Look", "Outcome", "converge", "decide", "examine"]
@@ -87,6 +89,10 @@ class Outcome:
         self.current.add(node)
 
 
+#: what a replica holding a write that never completed stands as (:mod:`._incomplete`)
+_INCOMPLETE = "holds a write that never completed"
+
+
 def gone(looks: list[Look]) -> bool:
     """Every node answered and none holds data or a tombstone: the key is gone (deleted
     and collected by another coordinator after the inventory listed it), not lost."""
@@ -121,6 +127,37 @@ async def examine(store: Coordinator, node: Node, key: str) -> Look:
     return Look(node, "ok", st, got.record, got.data)
 
 
+def _held(lk: Look) -> Version | None:
+    """The version a replica holds: its data's, else (holding no data) its tombstone's."""
+    if lk.kind == "ok" and lk.record is not None:
+        return lk.record.version
+    if lk.kind == "missing" and lk.tomb is not None:
+        return lk.tomb.version
+    return None
+
+
+def passed_over(looks: list[Look], targets: set[Node], w: int) -> tuple[list[Look], bool]:
+    """``looks`` without the newest version while it never completed (:mod:`._incomplete`;
+    its holders stand as missing), and whether any was passed over."""
+    passed = False
+    while True:
+        held = [_held(lk) for lk in looks if lk.node in targets]
+        top = max((v for v in held if v is not None), default=None)
+        if top is None or not never_completed(top, held, len(targets), w):
+            return looks, passed
+        passed = True
+        looks = [_stands_missing(lk, top) if _held(lk) == top else lk for lk in looks]
+
+
+def _stands_missing(lk: Look, top: Version) -> Look:
+    """A replica holding ``top`` (a write that never completed) as one holding nothing:
+    its state kept for compare-and-swap, less a tombstone at ``top``."""
+    st = lk.state
+    if st is not None and st.tomb is not None and st.tomb.version == top:
+        st = replace(st, tomb=None)
+    return Look(lk.node, "missing", st, why=_INCOMPLETE)
+
+
 def decide(looks: list[Look]) -> Winner | None:
     """The newest trustworthy version among ``looks``; None when nothing can be trusted."""
     ok = [lk for lk in looks if lk.kind == "ok" and lk.record is not None]
@@ -150,6 +187,8 @@ async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -
         looks = list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
         for lk in looks:  # never copy a fragment about as if it were the value
             refuse_fragment(key, lk)
+        seen = _seen(looks)
+        looks, passed = passed_over(looks, set(targets), store.write_quorum)
         out = Outcome(decide(looks))
         win = out.winner
         if win is None:
@@ -158,8 +197,9 @@ async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -
         if win.deleted:
             others = [n for n in rest if n not in nodes]
             looks += await asyncio.gather(*(examine(store, n, key) for n in others))
-        elif win.adopted or win.record.legacy:  # rewrite as a current, versioned record
-            win.record = win.record.stamped(store.next_version(key, _seen(looks)))
+        if passed or (not win.deleted and (win.adopted or win.record.legacy)):
+            # above every version seen (a passed-over one too): as a current, versioned record
+            win.record = win.record.stamped(store.next_version(key, seen))
         mine = set(targets)
         await asyncio.gather(*(_fix(store, key, lk, win, lk.node in mine, out) for lk in looks))
         if win.deleted and not out.failed and all(lk.node in out.current for lk in looks):

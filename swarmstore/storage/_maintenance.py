@@ -25,7 +25,15 @@ from swarmstore.storage._coded_maint import (
     parked_shadows,
     scrub_coded,
 )
-from swarmstore.storage._converge import Winner, _copy, converge, decide, examine, gone
+from swarmstore.storage._converge import (
+    Winner,
+    _copy,
+    converge,
+    decide,
+    examine,
+    gone,
+    passed_over,
+)
 from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._shadows import shadow_name
 
@@ -172,7 +180,8 @@ async def scrub(store: Coordinator, progress: Progress = None) -> ScrubReport:
             looks = await asyncio.gather(*(examine(store, n, key) for n in nodes))
             for lk in looks:
                 refuse_fragment(key, lk)
-            _classify(report, key, looks, set(targets), decide(list(looks)))
+            looks, _ = passed_over(list(looks), set(targets), store.write_quorum)
+            _classify(report, key, looks, set(targets), decide(looks))
 
         await _walk(sorted(holders), check, progress)
     for name in ("corrupt", "missing", "stale", "unrecorded", "misplaced", "tombstones"):
@@ -306,9 +315,10 @@ async def _move(store: Coordinator, key: str, held: set[Node], report: Rebalance
     looks: list[Look] = list(await asyncio.gather(*(examine(store, n, key) for n in nodes)))
     for lk in looks:
         refuse_fragment(key, lk)
+    looks, passed = passed_over(looks, set(targets), store.write_quorum)
     win = decide(looks)
-    if win is None or win.deleted:
-        if win is not None:
+    if win is None or win.deleted or passed:
+        if win is not None:  # converge buries, or rewrites above the passed-over version
             await converge(store, key, tuple(held))
         report.skipped += 1
         return

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmstore import _clock, _events
 from swarmstore.errors import ChecksumMismatch, ReplicaUnavailable, is_transport_error
+from swarmstore.storage._incomplete import never_completed, unproven
 from swarmstore.storage._verified import Got, Missing, Refused, Unrecorded, fetch, fetch_now
 
 if TYPE_CHECKING:
@@ -43,6 +44,17 @@ __all__ = ["Answer", "QuorumRead", "Verdict"]
 
 #: what a probe that has not answered within the grace stands as (until it answers)
 _GRACE = "no answer within the grace"
+#: what a replica holding a write that never completed stands as (:mod:`._incomplete`)
+_INCOMPLETE = "holds a write that never completed"
+
+
+def _held(a: Answer) -> Version | None:
+    """The version a replica's answer shows it holds: its data's, else its tombstone's."""
+    if a.kind == "data" and a.record is not None:
+        return a.record.version
+    if a.kind == "absent" and a.tomb is not None:
+        return a.tomb.version
+    return None
 
 
 def _name(node: Node) -> str:
@@ -246,12 +258,35 @@ class QuorumRead:
         if self._mixed() and not await self._tombs_known():
             return None
         tomb = max((a.tomb for a in self.answers.values() if a.tomb), key=_v, default=None)
+        if await self._passed_over(data, tomb):
+            return None
         if not data:
             return await self._without_records(tomb)
         best = max(a.record.version for a in data.values())  # type: ignore[union-attr]
         if tomb is not None and tomb.version > best:
             return Verdict(deleted_by=tomb)
         return await self._newest(best, data)
+
+    async def _passed_over(self, data: dict[Node, Answer], tomb: Record | None) -> bool:
+        """The newest version seen never completed (:mod:`._incomplete`): its holders'
+        answers stand as absent from here on (True: decide again). With too few answers to
+        tell, the other targets are asked first (True as well)."""
+        tops = [a.record.version for a in data.values()]  # type: ignore[union-attr]
+        top = max([*tops, *([tomb.version] if tomb is not None else [])], default=None)
+        if top is None:
+            return False
+        mine = [n for n in self.answers if n in self.targets]
+        held = [_held(self.answers[n]) for n in mine]
+        w = self.store.write_quorum
+        if never_completed(top, held, len(self.targets), w):
+            for n in [n for n in self.answers if _held(self.answers[n]) == top]:
+                self.answers[n] = Answer("absent", tomb_known=True, why=_INCOMPLETE)
+            return True
+        unasked = [n for n in self.order if n not in self.answers]
+        if unasked and unproven(top, held, w):
+            await self._probe(unasked)
+            return True
+        return False
 
     async def _newest(self, best: Version, data: dict[Node, Answer]) -> Verdict | None:
         holders = [n for n, a in data.items() if a.record.version == best]  # type: ignore[union-attr]

@@ -101,6 +101,8 @@ def _decide(answers: dict[Node, Answer], targets: Sequence[Node], rq: int) -> Ve
     data = [a for a in answers.values() if a.kind == "data"]
     if trusted < rq or not data or any(a.kind == "absent" for a in answers.values()):
         return None
+    if len({a.record.version for a in data}) > 1:  # type: ignore[union-attr]
+        return None  # replicas disagree: the loop path judges (a newest that never completed)
     best = max(a.record.version for a in data)  # type: ignore[union-attr]
     have = [a.got for a in data if a.got is not None and a.record.version == best]  # type: ignore[union-attr]
     return Verdict(got=have[0]) if have else None

@@ -182,3 +182,27 @@ def test_a_create_after_a_failed_write_fixes_the_value_later_reads_return(machin
         m.repair(c=1)  # asserts the repaired value is the one the create read back
     finally:
         m.teardown()
+
+
+@pytest.mark.parametrize("machine", [ReplicatedMachine, LocalNodesMachine, GenericNodesMachine])
+def test_a_write_that_failed_on_one_replica_never_outranks_a_later_acknowledged_one(machine):
+    """Found by this machine on a saturated machine: a write that only one replica
+    committed failed; a second write, whose phase 1 did not hear from that replica, was
+    acknowledged by the other two at a version that ties the failed one's counter and lost
+    the tie on writer ids in about half the runs; reads that met that replica returned the
+    failed value, and repair copied it everywhere. The newest version is now passed over
+    when ``R - W + 1`` targets hold an older one (it never reached ``W``), and repair
+    rewrites the winner above it. Eight fresh machines (fresh writer ids)."""
+    for _ in range(8):
+        m = machine()
+        try:
+            m.write_with_lost_replies(c=0, failed={0, 1}, key="k1", lost=set(), value=b"")
+            m.write_with_lost_prepares(c=0, key="k1", lost={2}, value=b"\x03")
+            assert m.allowed["k1"] == {b"\x03"}  # acknowledged
+            for c in range(COORDS):
+                m.read(c=c, key="k1", foreign=True, first=m.targets("k1")[2])
+            m.heal()
+            m.repair(c=1)  # asserts every key repairs to an allowed value
+            m.read(c=0, key="k1", foreign=True, first=0)
+        finally:
+            m.teardown()
