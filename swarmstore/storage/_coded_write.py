@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from swarmstore.storage._coded_maint import converge_coded
 from swarmstore.storage._fragments import fragments_of
 from swarmstore.storage._handoff import note_missed
 from swarmstore.storage._shadows import drop_shadows, put_shadows
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._fragments import Coding
     from swarmstore.storage._integrity import Record
-    from swarmstore.storage._node import Node, Pending
+    from swarmstore.storage._node import Node, Pending, State
 
 __all__ = ["encode", "put_coded"]
 
@@ -77,6 +78,12 @@ async def put_coded(
         abort_late(store, late)
         await asyncio.gather(*(n.abort(p) for n, p in ready.items()), return_exceptions=True)
         raise store._quorum_error(key, "set", len(ready), coding.w, failures)
+    if again and len(trusted) == len(targets) and unfinished(trusted, coding.k):
+        abort_late(store, late)  # an unfinished write: finish it first, from its shadows
+        await asyncio.gather(*(n.abort(p) for n, p in ready.items()), return_exceptions=True)
+        if not await _finished(store, key, coding.k):
+            raise store._quorum_error(key, "set", 0, coding.w, failures)
+        return await put_coded(store, key, data, coding, again=False)
     version = store.next_version(key, versions(trusted))
     records = {n: rec.stamped(version) for n, (_, rec) in pieces.items()}
     parked, lost = await put_shadows(store, key, {n: (pieces[n][0], records[n]) for n in ready})
@@ -98,6 +105,39 @@ async def put_coded(
         raise store._quorum_error(key, "set", len(acked), coding.w, failures)
     store._spawn(drop_shadows(store, key, parked, version))
     return acked
+
+
+def unfinished(seen: list[State], k: int) -> bool:
+    """Whether the newest version phase 1 saw is a coded write that committed fewer than
+    ``k`` fragments (and no newer tombstone): a write that failed or died between its
+    commits, decodable only from its shadows. A node holds one shadow per key, so this
+    write's shadows would replace that one's; were this write to commit nothing, neither
+    version would decode (found by the coded machine: two failed writes, then a repair
+    found the key unrecoverable). So the writer finishes it first (repair rolls it forward
+    from its shadows), as a Paxos proposer completes a value it finds accepted before
+    proposing its own."""
+    recs = [s.record for s in seen if s.record is not None]
+    top = max((r.version for r in recs), default=None)
+    tomb = max((s.tomb.version for s in seen if s.tomb is not None), default=None)
+    if top is None or (tomb is not None and tomb > top):
+        return False
+    newest = [r for r in recs if r.version == top]
+    if any(r.fragment is None for r in newest):
+        return False  # a whole copy
+    return len({r.fragment.index for r in newest if r.fragment is not None}) < k
+
+
+async def _finished(store: Coordinator, key: str, k: int) -> bool:
+    """Roll an unfinished write of ``key`` forward (repair); False only when it decodes
+    but could not be committed on ``k`` nodes (its shadows must stay: this write fails,
+    as its own would replace them). Nothing decodable (more than ``m`` lost): nothing to
+    keep, True."""
+    try:
+        out = await converge_coded(store, key)
+    except Exception as e:
+        store._reraise_bugs([e])
+        return False
+    return out.winner is None or len(out.current) >= k
 
 
 async def _stage(

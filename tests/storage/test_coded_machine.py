@@ -281,3 +281,19 @@ def test_a_wiped_fragment_answering_first_is_damage_not_absence():
         m.read(0, "k0", foreign=True, first=0)
     finally:
         m.teardown()
+
+
+def test_a_failed_write_never_replaces_the_shadows_an_unfinished_one_needs():
+    """Found by this machine: a write committed 2 of 5 fragments (k = 3) and failed, its
+    shadows on every node; a second write failed on every node. The second write's
+    shadows replaced the first's (one shadow per key per node), so neither version
+    decoded and repair found the key unrecoverable. A writer now finishes an unfinished
+    write before it stages its own (or fails, leaving those shadows in place)."""
+    m = CodedMachine()
+    try:
+        m.write_with_lost_replies(c=0, failed={0, 1, 2}, key="k0", lost=set(), value=b"")
+        m.write_with_lost_replies(c=0, failed={0, 1, 2, 3, 4}, key="k0", lost=set(), value=b"")
+        m.repair(c=0)
+        m.read(c=1, key="k0", foreign=True, first=0)
+    finally:
+        m.teardown()
