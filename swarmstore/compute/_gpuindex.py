@@ -159,13 +159,13 @@ class GpuIndex:
         now: float,
     ) -> str | None:
         """The worker ``job`` goes to now (see the module docstring), or None."""
-        shapes = [(s, live) for s in self._shapes_for(job.needs) if (live := _live(s, busy))]
+        shapes = [s for s in self._shapes_for(job.needs) if _live(s, busy)]
         if not shapes:
             return None
         found = self._best(job, shapes, busy, lambda s: 1.0)
         if found is not None:
             return found
-        smallest = shapes[0][0].per_gpu
+        smallest = shapes[0].per_gpu
 
         def room(s: _Shape) -> float:
             top = top_priority(s.per_gpu) if callable(top_priority) else top_priority
@@ -176,14 +176,14 @@ class GpuIndex:
         if found is not None or not self._priorities or job.priority <= min(self._priorities):
             return found
         live_workers = [
-            self.workers[a] for s, _ in shapes for _, _, a in s.by_load if busy(a) is not None
+            self.workers[a] for s in shapes for _, _, a in s.by_load if busy(a) is not None
         ]
         return overflow_worker(job, live_workers, committed, prefetch, now)
 
     def _best(
         self,
         job: Job,
-        shapes: list[tuple[_Shape, bool]],
+        shapes: list[_Shape],
         busy: Callable[[str], int | None],
         room: Callable[[_Shape], float],
     ) -> str | None:
@@ -191,7 +191,7 @@ class GpuIndex:
         job, smallest GPU first (score: memory per GPU, load per GPU, order added)."""
         best: tuple[float, float, int] | None = None
         choice = None
-        for s, _ in shapes:
+        for s in shapes:
             if best is not None and s.per_gpu > best[0]:
                 break
             r, w = room(s), s.info

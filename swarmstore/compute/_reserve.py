@@ -1,15 +1,17 @@
 """GPU slots kept for more urgent GPU tasks on their way: reservation with backfill.
 
 An urgent job (``priority=``) that arrives during a flood reaches its GPU stage after its
-CPU feeders run. Until then its GPU tasks are not ready, so without a reservation every GPU
+CPU feeders run. Until then its GPU tasks are not ready, so without a reservation a GPU
 that frees meanwhile starts lower-ranked work, and the urgent tasks wait a whole GPU task
-for it (scenario a of ``bench_compute.py``: the urgent job's GPU stage started two task
-lengths late on both GPUs). As in EASY backfilling, the dispatcher keeps one free GPU per
+for it. As in EASY backfilling, the dispatcher keeps one free GPU per
 more urgent GPU task whose feeders are dispatched (the pipe knows them, and when its last
 feeder is expected to finish, from task-prefix averages), and lets lower-ranked work take a
 kept GPU only when it is expected to finish before that task is ready. Prefetch room is
 already closed to lower-ranked work while more urgent GPU work is outstanding
-(:func:`~swarmstore.compute._choose.choose_gpu_worker`'s ``top_priority``).
+(:func:`~swarmstore.compute._choose.choose_gpu_worker`'s ``top_priority``). Work already
+prefetched onto a GPU worker before the urgent job came is not recalled: in scenario a of
+``bench_compute.py`` that is what the urgent GPU stage waits for, and its latency measured
+the same with and without the reservation.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Mapping
+    from collections.abc import Callable, Hashable, Mapping
 
     from swarmstore.compute._jobs import Committed, Job
 
@@ -52,12 +54,13 @@ class Reservations:
         committed: Mapping[Hashable, Committed],
         ready: Mapping[Hashable, Job],
         now: float,
+        free: Callable[[], float],
     ) -> Reservations | None:
         """The GPU tasks on their way (``fed``: in the pipe; not ``ready``, not
         ``committed``), each expected ready when its last committed feeder is expected to
         end (now, for feeders whose prefix never ran: Dask's default guess of 0.5 s would
         let long work backfill ahead of a feeder that takes milliseconds); None when there
-        are none. ``free`` is for the caller to fill in."""
+        are none. ``free()``, the GPU units free now, is asked only when some are."""
         coming = {k: p for k, p in fed.items() if k not in committed and k not in ready}
         if not coming:
             return None
@@ -65,7 +68,7 @@ class Reservations:
         for c in committed.values():  # a feeder of unmeasured length may end any moment
             if c.consumer in when and c.known:
                 when[c.consumer] = max(when[c.consumer], c.until)
-        return cls(0.0, [(coming[k], when[k]) for k in coming], now)
+        return cls(free(), [(coming[k], when[k]) for k in coming], now)
 
     def admits(self, job: Job) -> bool:
         """May ``job`` take a free GPU now without delaying more urgent work on its way?"""

@@ -288,9 +288,13 @@ class Dispatcher:
         skipped: list[tuple[Any, int, Hashable]] = []
         gangs: set[Hashable] = set()  # tried this round; their members wait uncounted
         waiting: list[tuple[Any, int, Hashable]] = []
-        kept = Reservations.of(self.pipe.fed, self.committed, self.jobs, self.clock())
-        if kept is not None:
-            kept.free = self.gpus.free_units(busy)
+        kept = Reservations.of(
+            self.pipe.fed,
+            self.committed,
+            self.jobs,
+            self.clock(),
+            lambda: self.gpus.free_units(busy),
+        )
         while self.q.gpu and len(skipped) < _SCAN:
             item = heapq.heappop(self.q.gpu)
             job = self.q.live(item)
