@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from swarmstore.errors import ChecksumMismatch
 from swarmstore.network import qos
 from swarmstore.storage._fragments import refuse_fragment
-from swarmstore.storage._incomplete import never_completed
+from swarmstore.storage._incomplete import INCOMPLETE, held, never_completed
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import State
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
@@ -89,10 +89,6 @@ class Outcome:
         self.current.add(node)
 
 
-#: what a replica holding a write that never completed stands as (:mod:`._incomplete`)
-_INCOMPLETE = "holds a write that never completed"
-
-
 def gone(looks: list[Look]) -> bool:
     """Every node answered and none holds data or a tombstone: the key is gone (deleted
     and collected by another coordinator after the inventory listed it), not lost."""
@@ -128,12 +124,7 @@ async def examine(store: Coordinator, node: Node, key: str) -> Look:
 
 
 def _held(lk: Look) -> Version | None:
-    """The version a replica holds: its data's, else (holding no data) its tombstone's."""
-    if lk.kind == "ok" and lk.record is not None:
-        return lk.record.version
-    if lk.kind == "missing" and lk.tomb is not None:
-        return lk.tomb.version
-    return None
+    return held(lk.record if lk.kind == "ok" else None, lk.tomb if lk.kind != "corrupt" else None)
 
 
 def passed_over(looks: list[Look], targets: set[Node], w: int) -> tuple[list[Look], bool]:
@@ -155,7 +146,9 @@ def _stands_missing(lk: Look, top: Version) -> Look:
     st = lk.state
     if st is not None and st.tomb is not None and st.tomb.version == top:
         st = replace(st, tomb=None)
-    return Look(lk.node, "missing", st, why=_INCOMPLETE)
+    if lk.kind == "ok" and lk.record is not None and lk.record.version < top:
+        return replace(lk, state=st)  # the tombstone was the newest: the older data stands
+    return Look(lk.node, "missing", st, why=INCOMPLETE)
 
 
 def decide(looks: list[Look]) -> Winner | None:

@@ -22,9 +22,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from swarmstore.storage._integrity import Version
+    from swarmstore.storage._integrity import Record, Version
 
-__all__ = ["never_completed", "unproven"]
+__all__ = ["INCOMPLETE", "held", "never_completed", "unproven"]
+
+#: why a replica holding a write that never completed stands as holding nothing
+INCOMPLETE = "holds a write that never completed"
+
+
+def held(data: Record | None, tomb: Record | None) -> Version | None:
+    """The newest version a replica shows it holds: its data's record (``data``) or its
+    tombstone (``tomb``), whichever is newer. Both at once is a delete that crashed between
+    its tombstone and the data's removal: the tombstone is what that replica last took."""
+    versions = [r.version for r in (data, tomb) if r is not None]
+    return max(versions, default=None)
 
 
 def never_completed(top: Version, held: Iterable[Version | None], targets: int, w: int) -> bool:

@@ -24,12 +24,12 @@ Replicas found older, missing, unrecorded or corrupt are repaired in the backgro
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from swarmstore import _clock, _events
 from swarmstore.errors import ChecksumMismatch, ReplicaUnavailable, is_transport_error
-from swarmstore.storage._incomplete import never_completed, unproven
+from swarmstore.storage._incomplete import INCOMPLETE, held, never_completed, unproven
 from swarmstore.storage._verified import Got, Missing, Refused, Unrecorded, fetch, fetch_now
 
 if TYPE_CHECKING:
@@ -44,17 +44,10 @@ __all__ = ["Answer", "QuorumRead", "Verdict"]
 
 #: what a probe that has not answered within the grace stands as (until it answers)
 _GRACE = "no answer within the grace"
-#: what a replica holding a write that never completed stands as (:mod:`._incomplete`)
-_INCOMPLETE = "holds a write that never completed"
 
 
 def _held(a: Answer) -> Version | None:
-    """The version a replica's answer shows it holds: its data's, else its tombstone's."""
-    if a.kind == "data" and a.record is not None:
-        return a.record.version
-    if a.kind == "absent" and a.tomb is not None:
-        return a.tomb.version
-    return None
+    return held(a.record if a.kind == "data" else None, a.tomb if a.kind != "corrupt" else None)
 
 
 def _name(node: Node) -> str:
@@ -280,7 +273,13 @@ class QuorumRead:
         w = self.store.write_quorum
         if never_completed(top, held, len(self.targets), w):
             for n in [n for n in self.answers if _held(self.answers[n]) == top]:
-                self.answers[n] = Answer("absent", tomb_known=True, why=_INCOMPLETE)
+                a = self.answers[n]
+                older = a.kind == "data" and a.record is not None and a.record.version < top
+                self.answers[n] = (  # a tombstone at the top over older data: the data stands
+                    replace(a, tomb=None)
+                    if older
+                    else Answer("absent", tomb_known=True, why=INCOMPLETE)
+                )
             return True
         unasked = [n for n in self.order if n not in self.answers]
         if unasked and unproven(top, held, w):

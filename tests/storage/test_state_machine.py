@@ -206,3 +206,20 @@ def test_a_write_that_failed_on_one_replica_never_outranks_a_later_acknowledged_
             m.read(c=0, key="k1", foreign=True, first=0)
         finally:
             m.teardown()
+
+
+def test_a_tombstone_over_older_data_counts_as_what_that_replica_holds():
+    """Found by the generic-node machine right after the rule above: deletes that crashed
+    between tombstone and data removal left tombstones over older data; the rule read those
+    replicas by their data's version, took another replica's older tombstone for a version
+    that never completed, and repair left that replica with its stale tombstone."""
+    for _ in range(4):
+        m = GenericNodesMachine()
+        try:
+            m.write(c=0, key="k1", value=b"")
+            m.delete_halfway(c=0, half={0, 1}, key="k1")
+            m.write_with_lost_replies(c=0, failed=set(), key="k0", lost=set(), value=b"")
+            m.delete_halfway(c=0, half={0, 1, 2}, key="k0")
+            m.repair(c=0)  # asserts every replica agrees afterwards
+        finally:
+            m.teardown()
