@@ -48,29 +48,40 @@ async def settle(
     jobs: dict[Node, Coroutine[Any, Any, Any]],
     enough: Callable[[dict[Node, Any]], bool],
 ) -> tuple[dict[Node, Any], dict[Node, asyncio.Task[Any]]]:
-    """Run ``jobs`` at once; return when all are done, or a grace after ``enough(results)``.
+    """Run ``jobs`` at once; return when all are done, or a grace after ``enough(results)``,
+    or ``storage.write-timeout`` after the start when ``enough`` waits on a job that never
+    answers (a frozen node: without the timeout the write waited for ever).
 
     Results are values or exceptions. Jobs still running (laggards) are returned and keep
-    running (held by the store, not waited for by ``flush``). Bugs are re-raised.
+    running (held by the store, not waited for by ``flush``); a caller short of its quorum
+    counts them as timed out (:func:`unanswered`). Bugs are re-raised.
     """
     tasks = {n: asyncio.ensure_future(c) for n, c in jobs.items()}
     results: dict[Node, Any] = {}
-    pending, t0, deadline = set(tasks.values()), _clock.monotonic(), None
+    pending, t0 = set(tasks.values()), _clock.monotonic()
+    end = t0 + store.write_timeout  # until enough answered; then the grace's end
+    graced = False
     while pending:
-        timeout = None if deadline is None else max(0.0, deadline - _clock.monotonic())
+        timeout = max(0.0, end - _clock.monotonic())
         done, pending = await asyncio.wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
         for n, t in tasks.items():
             if t in done:
                 results[n] = t.exception() or t.result()
-        if deadline is None and enough(results):
-            deadline = _clock.monotonic() + store.grace(_clock.monotonic() - t0)
-        if deadline is not None and _clock.monotonic() >= deadline:
+        if not graced and enough(results):
+            graced = True
+            end = min(end, _clock.monotonic() + store.grace(_clock.monotonic() - t0))
+        if _clock.monotonic() >= end:
             break
     store._reraise_bugs(results.values())
     laggards = {n: t for n, t in tasks.items() if not t.done()}
     for t in laggards.values():
         store._hold(t)
     return results, laggards
+
+
+def unanswered(late: Iterable[Node], within: str) -> dict[Node, BaseException]:
+    """Failures for nodes whose requests were still running when the write went on."""
+    return {n: TimeoutError(f"{n.name}: no answer within the {within}") for n in late}
 
 
 def decided(jobs: int, w: int) -> Callable[[dict[Node, Any]], bool]:
@@ -107,7 +118,7 @@ async def stage(
     results, late = await settle(store, jobs, enough)
     staged = {n: p for n, p in results.items() if _ok(p)}
     failures = {n: e for n, e in results.items() if not _ok(e)}
-    failures |= {n: TimeoutError(f"{n.name}: no answer within the write grace") for n in late}
+    failures |= unanswered(late, "write grace or timeout")
     failures |= {n: p.error for n, p in staged.items() if p.error is not None}
     return staged, failures, late
 
@@ -149,6 +160,7 @@ async def put(
     if len(acked) < w:
         if again and stale(failures):
             return await put(store, key, data, record, again=False)
+        failures |= unanswered(lagging, "write timeout")
         raise store._quorum_error(key, "set", len(acked), w, failures)
     return acked
 
@@ -246,6 +258,7 @@ async def delete(store: Coordinator, key: str) -> None:
         store._spawn(_follow(store, key, tomb.version, acked, dict(laggards)))
     cleaned = await _clean(store, key, rest)
     if len(acked) < w:
+        failures |= unanswered(laggards, "write timeout")
         raise store._quorum_error(key, "delete", len(acked), w, failures)
     if len(acked) == len(targets) and cleaned and not laggards:
         store._spawn(_collect(store, key, targets, tomb))

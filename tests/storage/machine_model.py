@@ -76,7 +76,10 @@ class ReplicatedMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = dask.config.set({"swarmstore.storage.write-grace": 0.01})
+        # a write whose quorum waits on a held commit gives up after 5 s (not 60)
+        self.config = dask.config.set(
+            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.write-timeout": 5}
+        )
         self.config.__enter__()
         self.loop = asyncio.new_event_loop()
         self.tag = uuid.uuid4().hex[:8]
@@ -251,7 +254,8 @@ class ReplicatedMachine(RuleBasedStateMachine):
         """A commit of v1 lands on one replica after v2 was acknowledged there: the
         replica's compare-and-swap must refuse it (no regression). Not in the write-all
         profile: there a held commit holds the write itself (until its request would time
-        out), and v2 would never start."""
+        out), and v2 would never start. Where another replica refuses v1's commit, v1's
+        quorum waits on the held one: the write fails at ``storage.write-timeout``."""
         if self.faulty() or self.write_quorum == R:
             return
         node, store = self.targets(key)[j], self.coords[c]

@@ -63,7 +63,10 @@ class CodedRouter(PinnedRouter):
 class CodedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.config = dask.config.set({"swarmstore.storage.write-grace": 0.01})
+        # a write whose quorum waits on a held commit gives up after 5 s (not 60)
+        self.config = dask.config.set(
+            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.write-timeout": 5}
+        )
         self.config.__enter__()
         self.loop = asyncio.new_event_loop()
         self.faults = [Faults() for _ in range(N)]

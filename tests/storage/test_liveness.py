@@ -10,9 +10,11 @@ import asyncio
 import pathlib
 
 import dask
+import pytest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
+from swarmstore.errors import QuorumError
 from swarmstore.storage import NodeSpec, ReplicatedStore
 from swarmstore.testing import Faults, FaultyStore
 
@@ -67,4 +69,38 @@ async def test_a_read_with_a_replica_down_waits_for_a_slow_one_rather_than_fail(
         finally:
             slow.latency, down.down = 0.0, False
         await store.flush()
+        await store.aclose()
+
+
+async def test_a_write_whose_quorum_waits_on_a_frozen_node_fails_within_the_write_timeout(
+    tmp_path,
+):
+    """R=3, W=2: one node frozen (a SIGSTOPped host: no answer, no reset), another
+    refusing commits. Only the frozen node could make the quorum, so the write used to
+    wait on it for ever (the state machine's late_commit rule hung the same way). It
+    fails with QuorumError once ``storage.write-timeout`` passed, and the node's request,
+    if it ever lands, is a late commit the version protocol refuses or keeps."""
+    config = {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.write-timeout": 0.5}
+    with dask.config.set(config):
+        store, faults = make(tmp_path)  # R=3, W=2
+        await store.set("k", PROTO.buffer.from_bytes(b"v1"))
+        faults[0].frozen, faults[1].fail_commits = True, True
+        try:
+            write = asyncio.ensure_future(store.set("k", PROTO.buffer.from_bytes(b"v2")))
+            done, _ = await asyncio.wait({write}, timeout=60)
+            assert write in done, "the write waited on the frozen node past its timeout"
+            with pytest.raises(QuorumError, match="node0"):
+                write.result()
+            faults[1].fail_writes = True  # its tombstone refused too
+            delete = asyncio.ensure_future(store.delete("k"))
+            done, _ = await asyncio.wait({delete}, timeout=60)
+            assert delete in done, "the delete waited on the frozen node past its timeout"
+            with pytest.raises(QuorumError):
+                delete.result()
+        finally:
+            faults[0].frozen, faults[1].fail_commits = False, False
+            faults[1].fail_writes = False
+        await store.flush()
+        got = await store.get("k", PROTO)  # either failed op may have taken effect
+        assert (got and got.to_bytes()) in (b"v1", b"v2", None)
         await store.aclose()
