@@ -1,5 +1,7 @@
 """What the checkpoint asks of a store, by capability, never by swarmstore type.
 
+- :func:`as_store`: a store for what a user named (a store, a path, a URL); anything
+  else is refused with ``TypeError`` at once, not deep inside the first save.
 - :func:`control_store`: where commits, refs, markers and listings go. A caching store
   announces itself with ``is_cache = True`` and names what it caches as ``backing``; the
   checkpoint looks through it so every process sees the same committed state.
@@ -19,18 +21,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from zarr.abc.store import OffsetByteRequest
+from zarr.abc.store import OffsetByteRequest, Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore, WrapperStore
 
 if TYPE_CHECKING:
-    from zarr.abc.store import ByteRequest, Store
+    from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
 __all__ = [
     "Guarantee",
+    "as_store",
     "atomic_create",
     "control_store",
     "forget_listings",
@@ -41,6 +45,30 @@ __all__ = [
 ]
 
 type Guarantee = Literal["atomic", "atomic-in-process", "store-defined"]
+
+
+def as_store(where: Any) -> Store:
+    """``where`` as a zarr store: a store as it is; a path or ``file://`` URL as a
+    ``LocalStore``; ``memory://`` as a fresh ``MemoryStore``; any other URL as an
+    ``FsspecStore`` (``s3://``, ``gs://``...: its fsspec filesystem must be installed)."""
+    if isinstance(where, Store):
+        return where
+    if not isinstance(where, str | os.PathLike):
+        raise TypeError(
+            "a checkpoint store is a zarr Store, a path or a URL; "
+            f"got {type(where).__name__}: {where!r}"
+        )
+    url = os.fspath(where)
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"a checkpoint store path or URL must be a non-empty string: {where!r}")
+    if url == "memory://":
+        return MemoryStore()
+    if "://" not in url or url.startswith("file://"):
+        return LocalStore(url.removeprefix("file://"))
+    try:
+        return FsspecStore.from_url(url)
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"cannot open the checkpoint store {url}: {e}") from None
 
 
 def _is_cache(store: Store) -> bool:

@@ -15,6 +15,7 @@ from zarr.core.sync import sync
 
 import swarmstore.checkpoint._json as _json
 import swarmstore.checkpoint._ops as ops
+from swarmstore.checkpoint._caps import as_store
 from swarmstore.checkpoint._gc import GCReport, collect_garbage
 from swarmstore.checkpoint._history import HistoryReads
 from swarmstore.checkpoint._manifest import check_step
@@ -25,6 +26,7 @@ from swarmstore.checkpoint._snapshot import check_name
 from swarmstore.checkpoint._write import Fingerprints, write_data
 
 if TYPE_CHECKING:
+    import os
     from types import TracebackType
 
     from zarr.abc.store import Store
@@ -58,7 +60,8 @@ class CheckpointManager(HistoryReads):
     ----------
     store : zarr.abc.store.Store
         Where checkpoints live: ``LocalStore``, ``FsspecStore`` on S3, ``MemoryStore``,
-        ``ReplicatedStore``, ``TieredStore``... The manager owns its namespace
+        ``ReplicatedStore``, ``TieredStore``..., or a path or URL (a path or ``file://``
+        is a ``LocalStore``, another URL an ``FsspecStore``). The manager owns its namespace
         (``snapshots/``, ``pieces/``, ``objects/``, ``refs/``, ``inflight/``, ``locks/``,
         and the schema-1 ``manifests/`` it still reads).
     branch : str
@@ -103,7 +106,7 @@ class CheckpointManager(HistoryReads):
 
     def __init__(
         self,
-        store: Store,
+        store: Store | str | os.PathLike[str],
         *,
         branch: str = "main",
         keep_last: int | None = None,
@@ -114,7 +117,7 @@ class CheckpointManager(HistoryReads):
         concurrency: int | None = None,
         heartbeat: float | str | None = None,
     ) -> None:
-        self.store = store
+        self.store = store = as_store(store)
         self.branch = check_name(branch)
         self.terms, self.verify, self.concurrency = settings(lease, heartbeat, verify, concurrency)
         self.policy = retention(keep_last, keep_every, keep_best)

@@ -70,19 +70,23 @@ class Refs:
         return sorted(v for k in keys if (v := version_of(k, branch)) is not None)
 
     async def history(self, branch: str) -> list[Ref]:
-        """Every readable version of ``branch``, oldest first (damaged ones are skipped)."""
-        versions = await self.versions(branch)
+        """Every readable version of ``branch``, oldest first (damaged ones are skipped).
+
+        Versions are immutable, so only those not read before are read: a session on a
+        branch of thousands of commits costs one listing, not a task per version.
+        """
+        keys = [ref_key(branch, v) for v in await self.versions(branch)]
         sem = asyncio.Semaphore(self.limit)
 
-        async def one(v: int) -> Ref | None:
+        async def one(key: str) -> None:
             async with sem:
                 try:
-                    return await self._read(ref_key(branch, v), "branch")
+                    await self._read(key, "branch")
                 except ManifestError as e:
                     logger.warning("Skipping a damaged ref: %s", e)
-                    return None
 
-        return [r for r in await together(*map(one, versions)) if r is not None]
+        await together(*(one(k) for k in keys if k not in self._cache))
+        return [r for k in keys if (r := self._cache.get(k)) is not None]
 
     async def tip(self, branch: str) -> Ref | None:
         """The newest readable version of ``branch``, or None for a branch with none."""

@@ -405,3 +405,18 @@ def test_incremental_saves_write_exactly_the_changed_chunks(edits):
     assert set(mgr.diff(0, 1).changed) == {f"x/c/{a}/{b}" for a, b in changed}
     np.testing.assert_array_equal(mgr.restore(1)["x"][:], y)
     np.testing.assert_array_equal(mgr.restore(0)["x"][:], x)
+
+
+def test_a_path_or_url_names_the_store_and_anything_else_is_refused_at_once(tmp_path):
+    """A path (the first thing a new user tries) used to be kept as a string and fail
+    deep inside the first save with ``'str' object has no attribute 'delete'``."""
+    mgr = CheckpointManager(str(tmp_path / "ck"))
+    mgr.save({"w": np.arange(4)})
+    again = CheckpointManager(f"file://{tmp_path / 'ck'}")
+    assert again.restore()["w"][:].tolist() == [0, 1, 2, 3]
+    assert CheckpointManager(tmp_path / "ck").steps() == [0]  # a pathlib.Path too
+    for bad in (None, 3, b"path", ["a", "b"]):
+        with pytest.raises(TypeError, match="a zarr Store, a path or a URL"):
+            CheckpointManager(bad)
+    with pytest.raises(ValueError, match="non-empty"):
+        CheckpointManager("  ")
