@@ -36,6 +36,7 @@ import xxhash
 from swarmstore import _clock, _events
 from swarmstore.errors import FragmentsUnavailable
 from swarmstore.storage._fragments import codec
+from swarmstore.storage._node import State
 from swarmstore.storage._read import Answer, from_error, from_state
 from swarmstore.storage._shadows import backed, read_shadows
 from swarmstore.storage._verified import Got, Missing, fetch, fetch_now
@@ -202,27 +203,38 @@ class CodedRead:
 
     async def _folded(self) -> bool:
         """The first ``k`` fragments in one thread hop, when their nodes have a sync path
-        (local directories, memory), as replicated reads fold their probes; when none of
-        them holds the key, the other sync nodes in the same hop (absence needs every
-        node's word: see the module docstring)."""
-        first = self.order[: self.coding.k]
+        (local directories, memory), as replicated reads fold their probes. Short of ``k``
+        fragments there (a node down, a fragment missing: a degraded read), the other sync
+        nodes in the same hop, in order, until ``k`` are in hand; when none of the first
+        holds the key, all of them (absence needs every node's word: see the module
+        docstring). With a fragment in hand, the nodes that answered absent are asked for
+        their tombstones in the same hop too (a decision needs them: :func:`decide`)."""
+        k = self.coding.k
+        first = self.order[:k]
         if not self.want_data or not all(n.supports_sync and n in self.targets for n in first):
             return False
-        rest = [n for n in self.order[self.coding.k :] if n.supports_sync]
+        rest = [n for n in self.order[k:] if n.supports_sync]
         key, block = self.key, self.store.min_block
 
         def work() -> list[tuple[Node, Got | BaseException]]:
-            out: list[tuple[Node, Got | BaseException]] = []
-            for node in first:
-                out.append((node, _fetched(node, key, block)))
-            if all(isinstance(got, Missing) for _, got in out):
-                out += [(node, _fetched(node, key, block)) for node in rest]
+            out = [(node, _fetched(node, key, block)) for node in first]
+            held = sum(isinstance(got, Got) for _, got in out)
+            for node in rest:
+                if held >= k:
+                    break
+                got = _fetched(node, key, block)
+                out.append((node, got))
+                held += isinstance(got, Got)
+            if held:
+                out = [(n, _tombs_of(n, key) if isinstance(g, Missing) else g) for n, g in out]
             return out
 
         inline = all(getattr(n, "inline_sync", False) for n in (*first, *rest))
         for node, got in work() if inline else await asyncio.to_thread(work):
             if isinstance(got, Got):
                 self.answers[node] = Answer("data", record=got.record, got=got)
+            elif isinstance(got, State):
+                self.answers[node] = _absent_with_tombs(got)
             else:
                 self.answers[node] = from_error(got)
         return True
@@ -283,10 +295,7 @@ class CodedRead:
                 self.store._reraise_bugs([e])
                 self.answers[node] = from_error(e)
                 return
-            a = from_state(st)  # data landed meanwhile: keep the earlier absence, with the tomb
-            self.answers[node] = (
-                a if a.kind != "data" else Answer("absent", tomb=a.tomb, tomb_known=True)
-            )
+            self.answers[node] = _absent_with_tombs(st)
 
         await asyncio.gather(*(look(n) for n in unknown))
 
@@ -323,6 +332,21 @@ class CodedRead:
             self.store._hold(task)
         _events.emit("replica-unavailable", {"key": self.key, "tried": tried, "why": why})
         return FragmentsUnavailable(self.key, tried, self.coding.k, self.coding.m)
+
+
+def _absent_with_tombs(st: State) -> Answer:
+    """The answer of a node that read absent, once its tombstones are known: data that
+    landed since keeps the earlier absence, with the tomb."""
+    a = from_state(st)
+    return a if a.kind != "data" else Answer("absent", tomb=a.tomb, tomb_known=True)
+
+
+def _tombs_of(node: Node, key: str) -> State | Missing | BaseException:
+    """A node that read absent, asked in the same hop for its tombstones."""
+    try:
+        return node.state_now(key, tomb=True)  # type: ignore[attr-defined]
+    except Exception as e:
+        return e
 
 
 def _fetched(node: Node, key: str, block: int) -> Got | BaseException:
