@@ -6,8 +6,9 @@ Reed-Solomon (``isa_l_rs_cauchy``, bundled in PyECLib's wheels; maximum distance
 for every ``k, m``), falling back to liberasurecode's own ``liberasurecode_rs_vand`` where
 ISA-L is missing. Measured here (``benchmarks/bench_erasure.py``, docs/erasure.md) it
 encodes at several GB/s, 5-10x zfec, once glibc keeps heap pages for its fresh buffers
-(:mod:`~swarmstore.storage._heap`; without that, at 1 MiB values, about 0.8 GB/s). The codec's name is stored in every fragment's
-record, so fragments are always decoded by the code that wrote them.
+(:mod:`~swarmstore.storage._heap`; without that, at 1 MiB values, about 0.8 GB/s). The
+codec's name is stored in every fragment's record, so fragments are always decoded by the
+code that wrote them.
 """
 
 from __future__ import annotations
