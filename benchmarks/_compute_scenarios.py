@@ -31,9 +31,33 @@ from swarmstore.compute import SwarmPlugin
 GiB = 2**30
 
 
+#: thread id -> (perf_counter at start, duration) of each ``work`` task running now (the
+#: workers are in this process): what a no-preemption bound needs at an urgent job's arrival
+_busy: dict[int, tuple[float, float]] = {}
+
+
 def work(duration: float, *deps: Any) -> int:
-    time.sleep(duration)
+    me = threading.get_ident()
+    _busy[me] = (time.perf_counter(), duration)
+    try:
+        time.sleep(duration)
+    finally:
+        _busy.pop(me, None)
     return 0
+
+
+def no_preemption_bound(threads: int, jobs: int, length: float) -> float:
+    """The least time, from now, in which ``jobs`` chains of ``length`` seconds finish on
+    ``threads`` threads that first finish the ``work`` tasks running on them now (Dask
+    never preempts a running task): each chain on the thread free earliest, which is
+    optimal for chains of equal length."""
+    now = time.perf_counter()
+    free = sorted(max(0.0, start + d - now) for start, d in list(_busy.values()))
+    free = [0.0] * max(0, threads - len(free)) + free[:threads]
+    for _ in range(jobs):
+        free[0] += length
+        free.sort()
+    return max(free[-1], length) if jobs else 0.0
 
 
 _failed_once: set[str] = set()
@@ -255,6 +279,7 @@ async def run_h(x: Ctx) -> None:
     c, t = x.c, x.t
     flood = c.map(work, [2 * t] * 60, key=keys("flood", 60))
     await asyncio.sleep(5 * t)
+    x.extra["urgent_bound"] = no_preemption_bound(6, 6, 2 * t)
     t0 = time.perf_counter()
     first = c.map(work, [t] * 6, key=keys("u1", 6), priority=10)
     second = c.map(work, [t] * 6, first, key=keys("u2", 6), priority=10)

@@ -39,3 +39,18 @@ def test_an_unbounded_disk_tier_misses_the_bound_line(tmp_path: pathlib.Path) ->
     assert unbounded.passed is False, unbounded.text()  # the mutation is caught
     assert unbounded.ours > 1.5 * bound  # it kept about all of the array
     assert shipped.ours < unbounded.ours
+
+
+def test_the_no_preemption_bound_counts_what_the_threads_run_now(monkeypatch) -> None:
+    """Scenario h's second urgent-job bound: chains wait for the running tasks, then take
+    the thread free first (a count of seconds, computed, not timed)."""
+    import _compute_scenarios as cs
+
+    now = 1000.0
+    monkeypatch.setattr(cs.time, "perf_counter", lambda: now)
+    monkeypatch.setattr(cs, "_busy", {})
+    assert cs.no_preemption_bound(6, 6, 0.2) == 0.2  # idle threads: the critical path
+    assert cs.no_preemption_bound(2, 4, 1.0) == 2.0  # two chains each, one after another
+    cs._busy.update({1: (now - 0.5, 1.0), 2: (now - 0.1, 1.0)})  # 0.5 s and 0.9 s left
+    assert abs(cs.no_preemption_bound(2, 2, 0.2) - 0.9) < 1e-9  # both on the earlier one
+    assert abs(cs.no_preemption_bound(2, 3, 0.2) - 1.1) < 1e-9  # then the later one too
