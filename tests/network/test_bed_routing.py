@@ -153,7 +153,7 @@ def test_under_a_bulk_flood_interactive_reads_keep_their_slots_and_the_pool(bed,
         seen = running.result()
     assert len(seen) >= 30  # one attempt per read, more if one failed over
     assert all(in_use <= limit for _, in_use, limit in seen), seen
-    assert {limit for *_, limit in seen} == {2}  # 12.5% of 16 slots
+    assert {limit for *_, limit in seen} == {1}  # 6.25% of 16 slots
     f = host.run(bedreads.figures)
     assert f["classes"]["bulk"]["granted"] >= 32  # the flood did run
     # Connections open at a node never exceed its lanes (source-concurrency, 16), the size
