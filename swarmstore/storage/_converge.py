@@ -181,6 +181,7 @@ async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -
         for lk in looks:  # never copy a fragment about as if it were the value
             refuse_fragment(key, lk)
         seen = _seen(looks)
+        examined = looks
         looks, passed = passed_over(looks, set(targets), store.write_quorum)
         out = Outcome(decide(looks))
         win = out.winner
@@ -198,12 +199,31 @@ async def converge(store: Coordinator, key: str, extra: tuple[Node, ...] = ()) -
         if win.deleted and not out.failed and all(lk.node in out.current for lk in looks):
             await asyncio.gather(
                 *(
-                    store.router.send(n, lambda n: n.unbury(key, win.record), name=_name)
-                    for n in targets
+                    store.router.send(n, lambda n, t=t: n.unbury(key, t), name=_name)
+                    for n, t in _buried(examined, win, set(targets))
                 ),
                 return_exceptions=True,
             )
             out.collected = True
+    return out
+
+
+def _buried(examined: list[Look], win: Winner, targets: set[Node]) -> list[tuple[Node, Record]]:
+    """The tombstones a collection drops: on every target, the winner's, and the one the
+    target held when examined, if older. A re-stamped winner (above a passed-over
+    version) is newer than the tombstones the targets already held; dropping only its own
+    version left those behind on every target but the ones it was laid on (found by the
+    state machine: a create whose reply was lost on one target, over a delete's tombstones
+    on the others). ``unbury`` drops a version only if it is still the one held, so a
+    newer delete's tombstone laid meanwhile stays."""
+    out = []
+    for lk in examined:
+        if lk.node not in targets:
+            continue
+        out.append((lk.node, win.record))
+        t = lk.tomb
+        if t is not None and t.version < win.record.version:
+            out.append((lk.node, t))
     return out
 
 

@@ -223,3 +223,21 @@ def test_a_tombstone_over_older_data_counts_as_what_that_replica_holds():
             m.repair(c=0)  # asserts every replica agrees afterwards
         finally:
             m.teardown()
+
+
+def test_a_collection_after_a_passed_over_create_drops_every_older_tombstone():
+    """Found by the generic-node machine (500 examples): a delete's tombstones on two
+    targets, then a create whose reply was lost on the third (its value landed there, at
+    a newer version that never completed). Repair passed it over, re-stamped the delete
+    above it and laid that tombstone on the third; the collection then dropped only the
+    re-stamped version, so the two older tombstones stayed and the replicas disagreed."""
+    for cls in (GenericNodesMachine, ReplicatedMachine):
+        m = cls()
+        try:
+            m.fill_disk(node=0)
+            m.delete_with_lost_replies(c=0, key="k0", lost=set(), step="bury")
+            m.heal()
+            m.create_with_lost_replies(c=0, failed={0, 1, 2}, key="k0", lost={0}, value=b"")
+            m.repair(c=0)  # asserts every replica agrees afterwards
+        finally:
+            m.teardown()
