@@ -19,15 +19,14 @@ from typing import TYPE_CHECKING
 
 from swarmstore.errors import ChecksumMismatch, ConfigError, NodeUnavailable
 from swarmstore.storage._integrity import Record
+from swarmstore.storage._keys import _TMP_MARK, hidden
 from swarmstore.storage._node import (
-    _TMP_MARK,
     META,
     Outcome,
     Pending,
     Read,
     State,
     finishes_delete,
-    hidden,
     may_replace,
     occupied,
     refusal,
