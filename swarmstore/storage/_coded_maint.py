@@ -24,6 +24,7 @@ from swarmstore.network import qos
 from swarmstore.storage._converge import Look, Outcome, Winner, examine, gone
 from swarmstore.storage._fragments import codec, fragments_of
 from swarmstore.storage._node import State
+from swarmstore.storage._patience import bounded
 from swarmstore.storage._shadows import backed, drop_shadows, read_shadows
 
 if TYPE_CHECKING:
@@ -143,7 +144,10 @@ async def converge_coded(
 async def parked_shadows(store: Coordinator) -> set[str]:
     """The shadow names any reachable node holds (one listing per node)."""
     results = await asyncio.gather(
-        *(store.router.send(n, lambda n: n.meta_list("s"), name=_name) for n in store.nodes),
+        *(
+            bounded(store, n, store.router.send(n, lambda n: n.meta_list("s"), name=_name))
+            for n in store.nodes
+        ),
         return_exceptions=True,
     )
     store._reraise_bugs(results)

@@ -20,6 +20,7 @@ from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._incomplete import INCOMPLETE, held, never_completed
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import State
+from swarmstore.storage._patience import bounded
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ def gone(looks: list[Look]) -> bool:
 async def examine(store: Coordinator, node: Node, key: str) -> Look:
     """Read and verify one replica, through the router (the ambient QoS lane)."""
     try:
-        st = await store.router.send(node, lambda n: n.state(key, tomb=True), name=_name)
+        st = await bounded(
+            store, node, store.router.send(node, lambda n: n.state(key, tomb=True), name=_name)
+        )
     except Exception as e:
         store._reraise_bugs([e])
         return Look(node, "down", why=f"{type(e).__name__}: {e}")
@@ -107,8 +110,10 @@ async def examine(store: Coordinator, node: Node, key: str) -> Look:
     if st.size is None:
         return Look(node, "missing", st)
     try:
-        got = await store.router.send(
-            node, lambda n: fetch(n, key, None, store.min_block), name=_name
+        got = await bounded(
+            store,
+            node,
+            store.router.send(node, lambda n: fetch(n, key, None, store.min_block), name=_name),
         )
     except Unrecorded as e:
         return Look(node, "unrecorded", st, data=e.data)
@@ -259,7 +264,7 @@ async def _fix(
         step = store.router.send(lk.node, lambda n: n.remove(key), name=_name)
     else:
         step = _copy(store, lk.node, key, win)
-    await out.apply(store, lk.node, step)
+    await out.apply(store, lk.node, bounded(store, lk.node, step))
 
 
 async def _copy(store: Coordinator, node: Node, key: str, win: Winner) -> None:

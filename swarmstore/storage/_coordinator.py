@@ -42,7 +42,7 @@ class Coordinator(Protocol):
     _replaying: set[str]
     _repairing: set[str]
     _grace_cap: float
-    write_timeout: float
+    node_timeout: float
 
     def targets(self, key: str) -> list[Node]: ...
 

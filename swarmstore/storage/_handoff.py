@@ -18,6 +18,7 @@ from swarmstore.network import qos
 from swarmstore.storage._coded_maint import converge_coded
 from swarmstore.storage._converge import converge
 from swarmstore.storage._hints import Hint, hint_body, hint_name, parse_hint
+from swarmstore.storage._patience import bounded
 
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
@@ -46,7 +47,13 @@ async def note_missed(
     for n in missed:
         store.hints.add(Hint(n.name, key, version, holders))
     puts = [
-        store.router.send(a, lambda a, m=m: a.meta_put(hint_name(m.name, key), body), name=_name)
+        bounded(
+            store,
+            a,
+            store.router.send(
+                a, lambda a, m=m: a.meta_put(hint_name(m.name, key), body), name=_name
+            ),
+        )
         for m in missed
         for a in acked
         if (body := hint_body(Hint(m.name, key, version)))
@@ -59,8 +66,10 @@ async def _found_on_nodes(store: Coordinator) -> tuple[list[Hint], list[str]]:
     """Every hint in the nodes' metadata areas (one listing per node), and unreachable nodes."""
 
     async def one(node: Node) -> list[Hint]:
-        names = await store.router.send(node, lambda n: n.meta_list("h"), name=_name)
-        bodies = await asyncio.gather(*(node.meta_get(nm) for nm in names))
+        names = await bounded(
+            store, node, store.router.send(node, lambda n: n.meta_list("h"), name=_name)
+        )
+        bodies = await asyncio.gather(*(bounded(store, node, node.meta_get(nm)) for nm in names))
         return [h for b in bodies if (h := parse_hint(b, node.name)) is not None]
 
     results = await asyncio.gather(*(one(n) for n in store.nodes), return_exceptions=True)

@@ -35,6 +35,7 @@ from swarmstore.storage._converge import (
     passed_over,
 )
 from swarmstore.storage._fragments import refuse_fragment
+from swarmstore.storage._patience import bounded
 from swarmstore.storage._shadows import shadow_name
 
 if TYPE_CHECKING:
@@ -135,7 +136,9 @@ async def inventory(store: Coordinator) -> tuple[dict[str, set[Node]], list[str]
     the unreachable ones."""
 
     async def one(node: Node) -> tuple[list[str], list[str]]:
-        return await node.list_keys(""), await node.tombstones()
+        return await bounded(store, node, node.list_keys("")), await bounded(
+            store, node, node.tombstones()
+        )
 
     results = await asyncio.gather(*(one(n) for n in store.nodes), return_exceptions=True)
     store._reraise_bugs(results)

@@ -46,7 +46,7 @@ def configure(
     store.read_repair = config.value("storage.read-repair", read_repair)
     store.min_block = config.value("storage.verify-block-size", min_block)
     store._grace_cap = config.value("storage.write-grace")
-    store.write_timeout = config.value("storage.write-timeout")
+    store.node_timeout = config.value("storage.node-timeout")
     store.create_patience = config.value("storage.create-patience")
 
 

@@ -49,7 +49,7 @@ async def settle(
     enough: Callable[[dict[Node, Any]], bool],
 ) -> tuple[dict[Node, Any], dict[Node, asyncio.Task[Any]]]:
     """Run ``jobs`` at once; return when all are done, or a grace after ``enough(results)``,
-    or ``storage.write-timeout`` after the start when ``enough`` waits on a job that never
+    or ``storage.node-timeout`` after the start when ``enough`` waits on a job that never
     answers (a frozen node: without the timeout the write waited for ever).
 
     Results are values or exceptions. Jobs still running (laggards) are returned and keep
@@ -59,7 +59,7 @@ async def settle(
     tasks = {n: asyncio.ensure_future(c) for n, c in jobs.items()}
     results: dict[Node, Any] = {}
     pending, t0 = set(tasks.values()), _clock.monotonic()
-    end = t0 + store.write_timeout  # until enough answered; then the grace's end
+    end = t0 + store.node_timeout  # until enough answered; then the grace's end
     graced = False
     while pending:
         timeout = max(0.0, end - _clock.monotonic())

@@ -78,7 +78,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         super().__init__()
         # a write whose quorum waits on a held commit gives up after 5 s (not 60)
         self.config = dask.config.set(
-            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.write-timeout": 5}
+            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.node-timeout": 5}
         )
         self.config.__enter__()
         self.loop = asyncio.new_event_loop()
@@ -255,7 +255,7 @@ class ReplicatedMachine(RuleBasedStateMachine):
         replica's compare-and-swap must refuse it (no regression). Not in the write-all
         profile: there a held commit holds the write itself (until its request would time
         out), and v2 would never start. Where another replica refuses v1's commit, v1's
-        quorum waits on the held one: the write fails at ``storage.write-timeout``."""
+        quorum waits on the held one: the write fails at ``storage.node-timeout``."""
         if self.faulty() or self.write_quorum == R:
             return
         node, store = self.targets(key)[j], self.coords[c]

@@ -65,7 +65,7 @@ class CodedMachine(RuleBasedStateMachine):
         super().__init__()
         # a write whose quorum waits on a held commit gives up after 5 s (not 60)
         self.config = dask.config.set(
-            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.write-timeout": 5}
+            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.node-timeout": 5}
         )
         self.config.__enter__()
         self.loop = asyncio.new_event_loop()

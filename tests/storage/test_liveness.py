@@ -72,15 +72,15 @@ async def test_a_read_with_a_replica_down_waits_for_a_slow_one_rather_than_fail(
         await store.aclose()
 
 
-async def test_a_write_whose_quorum_waits_on_a_frozen_node_fails_within_the_write_timeout(
+async def test_a_write_whose_quorum_waits_on_a_frozen_node_fails_within_the_node_timeout(
     tmp_path,
 ):
     """R=3, W=2: one node frozen (a SIGSTOPped host: no answer, no reset), another
     refusing commits. Only the frozen node could make the quorum, so the write used to
     wait on it for ever (the state machine's late_commit rule hung the same way). It
-    fails with QuorumError once ``storage.write-timeout`` passed, and the node's request,
+    fails with QuorumError once ``storage.node-timeout`` passed, and the node's request,
     if it ever lands, is a late commit the version protocol refuses or keeps."""
-    config = {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.write-timeout": 0.5}
+    config = {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.node-timeout": 0.5}
     with dask.config.set(config):
         store, faults = make(tmp_path)  # R=3, W=2
         await store.set("k", PROTO.buffer.from_bytes(b"v1"))
@@ -103,4 +103,36 @@ async def test_a_write_whose_quorum_waits_on_a_frozen_node_fails_within_the_writ
         await store.flush()
         got = await store.get("k", PROTO)  # either failed op may have taken effect
         assert (got and got.to_bytes()) in (b"v1", b"v2", None)
+        await store.aclose()
+
+
+async def test_repair_scrub_and_create_give_up_on_a_frozen_node_within_the_node_timeout(
+    tmp_path,
+):
+    """Maintenance and conditional creates waited on a frozen node for ever (listing,
+    examining, copying; a create walks its targets one by one). Each step on one node is
+    bounded by ``storage.node-timeout``: the node counts as down for that step."""
+    config = {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.node-timeout": 0.5}
+    with dask.config.set(config):
+        store, faults = make(tmp_path)  # R=3, W=2
+        await store.set("k", PROTO.buffer.from_bytes(b"v1"))
+        first = store.targets("new")[0]
+        frozen = faults[int(first.name[-1])]
+        frozen.frozen = True
+        try:
+            for op in (store.scrub(), store.repair()):
+                task = asyncio.ensure_future(op)
+                done, _ = await asyncio.wait({task}, timeout=60)
+                assert task in done, "maintenance waited on the frozen node"
+                assert first.name in str(task.result())  # reported, not silently skipped
+            create = asyncio.ensure_future(
+                store.set_if_not_exists("new", PROTO.buffer.from_bytes(b"c"))
+            )
+            done, _ = await asyncio.wait({create}, timeout=60)
+            assert create in done, "the create waited on its frozen first node"
+            create.result()  # the two others make its majority
+        finally:
+            frozen.frozen = False
+        await store.flush()
+        assert (await store.get("new", PROTO)).to_bytes() == b"c"
         await store.aclose()
