@@ -86,7 +86,7 @@ async def put_coded(
         return await put_coded(store, key, data, coding, again=False)
     version = store.next_version(key, versions(trusted))
     records = {n: rec.stamped(version) for n, (_, rec) in pieces.items()}
-    parked, lost = await put_shadows(store, key, {n: (pieces[n][0], records[n]) for n in ready})
+    parked, lost = await put_shadows(store, key, {n: (p, records[n]) for n, p in ready.items()})
     if len(parked) < coding.w:  # the old value is untouched: nothing was committed
         abort_late(store, late)
         await asyncio.gather(*(n.abort(p) for n, p in ready.items()), return_exceptions=True)

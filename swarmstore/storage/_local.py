@@ -150,6 +150,13 @@ class LocalNode(Node):
 
         await asyncio.to_thread(put)
 
+    async def park(self, pending: Pending, name: str, body: bytes) -> None:
+        def put() -> None:
+            self._dir.ensure_root()
+            self._dir.park(pending, name, body)
+
+        await asyncio.to_thread(put)
+
     async def meta_get(self, name: str) -> bytes | None:
         return await asyncio.to_thread(self._dir.meta_get, name)
 

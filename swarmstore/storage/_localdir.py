@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["XATTR", "Dir"]
 
 XATTR = "user.swarmstore.xxh3"
+#: a shadow that is a link of a staged fragment holds its header (key, record) here
+SHADOW_XATTR = "user.swarmstore.shadow"
 _NO_XATTR = (errno.ENODATA, errno.ENOTSUP)
 
 
@@ -270,8 +272,38 @@ class Dir:
             return
         raise NodeUnavailable(f"{self.name}: could not write {META}/{name}")
 
+    def park(self, p: Pending, name: str, body: bytes) -> None:
+        """A shadow as a second name of the staged file: one link, not the bytes written
+        again (a file create costs a local disk far more than a link). ``body``'s header
+        (what precedes ``p.data``) goes in an xattr; :meth:`meta_get` joins them again.
+        Without the staged file, or where the xattr does not fit: the body, written."""
+        cut = len(body) - len(p.data)
+        if p.token is None or cut <= 0 or memoryview(body)[cut:] != p.data:
+            return self._put_meta(name, body)
+        path = self.root / META / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        link = path.parent / f"{_TMP_MARK}{uuid.uuid4().hex}"
+        try:
+            os.link(p.token, link)
+        except FileNotFoundError:  # the staged file (or the area) went meanwhile
+            return self._put_meta(name, body)
+        try:
+            os.setxattr(link, SHADOW_XATTR, body[:cut])
+            os.rename(link, path)
+        except OSError as e:
+            if e.errno not in (errno.E2BIG, errno.ENOSPC, errno.ENOTSUP, errno.ERANGE):
+                raise
+            return self._put_meta(name, body)  # the inode's xattrs are full
+        finally:
+            link.unlink(missing_ok=True)
+        if self.fsync:
+            _fsync_dir(path.parent)
+        return None
+
     def _drop_meta(self, name: str) -> None:
         path = self.root / META / name
+        with contextlib.suppress(OSError):  # a linked shadow: its inode is a fragment's too
+            os.removexattr(path, SHADOW_XATTR)
         path.unlink(missing_ok=True)
         for d in (path.parent, self.root / META):  # the area exists only while it holds something
             try:
@@ -280,11 +312,16 @@ class Dir:
                 break
 
     def meta_get(self, name: str) -> bytes | None:
+        path = self.root / META / name
         try:
-            return (self.root / META / name).read_bytes()
+            body = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             self.missing_root()
             return None
+        if name.startswith("s/"):  # a shadow parked as a link: its header is an xattr
+            with contextlib.suppress(OSError):
+                return os.getxattr(path, SHADOW_XATTR) + body
+        return body
 
     def meta_list(self, area: str) -> list[str]:
         try:

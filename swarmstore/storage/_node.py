@@ -311,6 +311,13 @@ class Node(ABC):
     async def meta_put(self, name: str, body: bytes) -> None:
         """Write ``.swarmstore/<name>``."""
 
+    async def park(self, pending: Pending, name: str, body: bytes) -> None:
+        """Write ``body`` (a shadow: a header, ``\\0``, then ``pending.data``) as
+        ``.swarmstore/<name>``. A local directory links the staged file instead of
+        writing the bytes again (:meth:`~._localdir.Dir.park`); ``meta_get`` returns
+        ``body`` either way."""
+        await self.meta_put(name, body)
+
     @abstractmethod
     async def meta_get(self, name: str) -> bytes | None:
         """Read ``.swarmstore/<name>``; None when absent."""

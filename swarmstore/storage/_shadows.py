@@ -24,7 +24,7 @@ from swarmstore.storage._verified import Got
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._integrity import Version
-    from swarmstore.storage._node import Node
+    from swarmstore.storage._node import Node, Pending
 
 __all__ = ["backed", "drop_shadows", "parse_shadow", "put_shadows", "read_shadows", "shadow_name"]
 
@@ -64,15 +64,16 @@ def parse_shadow(key: str, body: bytes | None) -> Got | None:
 
 
 async def put_shadows(
-    store: Coordinator, key: str, pieces: dict[Node, tuple[bytes, Record]]
+    store: Coordinator, key: str, pieces: dict[Node, tuple[Pending, Record]]
 ) -> tuple[list[Node], dict[Node, BaseException]]:
-    """Park every fragment on its node; returns (acknowledged, failures). Waits for all:
-    the commits start only once ``w`` shadows are durable."""
+    """Park every staged fragment on its node (``Node.park``: a local directory links the
+    staged file); returns (acknowledged, failures). Waits for all: the commits start only
+    once ``w`` shadows are durable."""
     name = shadow_name(key)
-    bodies = {n: shadow_body(key, d, r) for n, (d, r) in pieces.items()}
+    bodies = {n: (p, shadow_body(key, p.data, r)) for n, (p, r) in pieces.items()}
     jobs = [
-        store.router.send(n, lambda n, b=b: n.meta_put(name, b), name=_name, nbytes=len(b))
-        for n, b in bodies.items()
+        store.router.send(n, lambda n, p=p, b=b: n.park(p, name, b), name=_name, nbytes=len(b))
+        for n, (p, b) in bodies.items()
     ]
     results = await asyncio.gather(*jobs, return_exceptions=True)
     store._reraise_bugs(results)

@@ -75,6 +75,9 @@ class NodeWrapper(Node):
     async def meta_put(self, name: str, body: bytes) -> None:
         await self.inner.meta_put(name, body)
 
+    async def park(self, pending: Pending, name: str, body: bytes) -> None:
+        await self.inner.park(pending, name, body)
+
     async def meta_get(self, name: str) -> bytes | None:
         return await self.inner.meta_get(name)
 

@@ -76,9 +76,10 @@ class ReplicatedMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        # a write whose quorum waits on a held commit gives up after 5 s (not 60)
+        # a write whose quorum waits on a held commit gives up after 30 s (not 60): a
+        # saturated machine takes seconds a step, which must not read as a frozen node
         self.config = dask.config.set(
-            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.node-timeout": 5}
+            {"swarmstore.storage.write-grace": 0.01, "swarmstore.storage.node-timeout": 30}
         )
         self.config.__enter__()
         self.loop = asyncio.new_event_loop()

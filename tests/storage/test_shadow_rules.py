@@ -32,9 +32,14 @@ async def _shadows_of(store: ReplicatedStore, value: bytes, version) -> None:
     """What a write that failed before its first commit leaves: shadows on every target."""
     targets = store.targets(KEY)
     pieces = fragments_of(3, 2, value, store.min_block)
+    staged = [await n.prepare(KEY, d) for n, (d, _) in zip(targets, pieces, strict=True)]
     await put_shadows(
-        store, KEY, {n: (d, r.stamped(version)) for n, (d, r) in zip(targets, pieces, strict=True)}
+        store,
+        KEY,
+        {n: (p, r.stamped(version)) for n, p, (_, r) in zip(targets, staged, pieces, strict=True)},
     )
+    for n, p in zip(targets, staged, strict=True):
+        await n.abort(p)  # the write failed: its staged files go, its shadows stay
 
 
 async def test_shadows_of_a_version_no_node_committed_are_never_read(tmp_path):
