@@ -7,7 +7,9 @@ with ``k`` fragments. With the shadows published first (at the write quorum ``w`
 new version always has ``k`` fragments somewhere: a read that finds no decodable version
 among the objects reads the shadows, decodes the new value, and repair rolls it forward.
 A writer that finishes drops its shadows. A shadow holds its key, its fragment's record
-(key-bound, checked) and the bytes, verified like any fragment.
+(key-bound, checked) and the bytes, verified like any fragment. On a local directory the
+shadow is a hard link of the staged fragment file, its header in an xattr (``Node.park``):
+read back, it is the same body.
 """
 
 from __future__ import annotations
