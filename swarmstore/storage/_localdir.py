@@ -281,11 +281,18 @@ class Dir:
         if p.token is None or cut <= 0 or memoryview(body)[cut:] != p.data:
             return self._put_meta(name, body)
         path = self.root / META / name
-        path.parent.mkdir(parents=True, exist_ok=True)
         link = path.parent / f"{_TMP_MARK}{uuid.uuid4().hex}"
-        try:
-            os.link(p.token, link)
-        except FileNotFoundError:  # the staged file (or the area) went meanwhile
+        for _ in range(5):  # a concurrent _drop_meta may remove the empty area in between
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.link(p.token, link)
+                break
+            except (FileNotFoundError, FileExistsError):
+                if not os.path.exists(p.token):  # the staged file went: write the body
+                    break
+        else:
+            return self._put_meta(name, body)
+        if not os.path.exists(link):
             return self._put_meta(name, body)
         try:
             os.setxattr(link, SHADOW_XATTR, body[:cut])

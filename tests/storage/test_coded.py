@@ -438,3 +438,31 @@ async def test_a_local_shadow_is_a_link_of_the_staged_fragment_and_reads_back_wh
     assert not shadow.exists()
     assert SHADOW_XATTR not in os.listxattr(root / key)  # the fragment keeps no header
     await store.aclose()
+
+
+async def test_parking_a_shadow_survives_the_area_going_away_meanwhile(tmp_path, monkeypatch):
+    """Found on a saturated run: another write's shadow drop removed the empty metadata
+    area between this one's mkdir and link (``FileExistsError`` from a racing mkdir), and
+    the write failed one of its 6 acknowledgements. Parking retries, as meta puts do."""
+    from swarmstore.storage._shadows import parse_shadow, put_shadows, shadow_name
+
+    store = _store(tmp_path)
+    await store.set("a/other", _buf(b"makes the roots"))
+    key, node = "a/k", store.targets("a/k")[0]
+    (data, record), *_ = fragments_of(4, 2, os.urandom(10_000), store.min_block)
+    pending = await node.prepare(key, data)
+    real, raced = pathlib.Path.mkdir, []
+
+    def mkdir(self, *a, **kw):
+        if self.name == "s" and not raced:
+            raced.append(self)
+            raise FileExistsError(17, "raced", str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    parked, lost = await put_shadows(store, key, {node: (pending, record.stamped((3, 1)))})
+    assert raced and parked == [node] and not lost
+    got = parse_shadow(key, await node.meta_get(shadow_name(key)))
+    assert got is not None and got.data == data
+    await node.abort(pending)
+    await store.aclose()
