@@ -24,7 +24,7 @@ from swarmstore.network import qos
 from swarmstore.storage._converge import Look, Outcome, Winner, examine, gone
 from swarmstore.storage._fragments import codec, fragments_of
 from swarmstore.storage._node import State
-from swarmstore.storage._patience import bounded
+from swarmstore.storage._patience import send
 from swarmstore.storage._shadows import backed, drop_shadows, read_shadows
 
 if TYPE_CHECKING:
@@ -144,10 +144,7 @@ async def converge_coded(
 async def parked_shadows(store: Coordinator) -> set[str]:
     """The shadow names any reachable node holds (one listing per node)."""
     results = await asyncio.gather(
-        *(
-            bounded(store, n, store.router.send(n, lambda n: n.meta_list("s"), name=_name))
-            for n in store.nodes
-        ),
+        *(send(store, n, lambda n: n.meta_list("s")) for n in store.nodes),
         return_exceptions=True,
     )
     store._reraise_bugs(results)

@@ -20,7 +20,7 @@ from swarmstore.storage._fragments import refuse_fragment
 from swarmstore.storage._incomplete import INCOMPLETE, held, never_completed
 from swarmstore.storage._integrity import Record
 from swarmstore.storage._node import State
-from swarmstore.storage._patience import bounded
+from swarmstore.storage._patience import bounded, send
 from swarmstore.storage._verified import Missing, Refused, Unrecorded, fetch
 
 if TYPE_CHECKING:
@@ -99,9 +99,7 @@ def gone(looks: list[Look]) -> bool:
 async def examine(store: Coordinator, node: Node, key: str) -> Look:
     """Read and verify one replica, through the router (the ambient QoS lane)."""
     try:
-        st = await bounded(
-            store, node, store.router.send(node, lambda n: n.state(key, tomb=True), name=_name)
-        )
+        st = await send(store, node, lambda n: n.state(key, tomb=True))
     except Exception as e:
         store._reraise_bugs([e])
         return Look(node, "down", why=f"{type(e).__name__}: {e}")
@@ -110,11 +108,7 @@ async def examine(store: Coordinator, node: Node, key: str) -> Look:
     if st.size is None:
         return Look(node, "missing", st)
     try:
-        got = await bounded(
-            store,
-            node,
-            store.router.send(node, lambda n: fetch(n, key, None, store.min_block), name=_name),
-        )
+        got = await send(store, node, lambda n: fetch(n, key, None, store.min_block))
     except Unrecorded as e:
         return Look(node, "unrecorded", st, data=e.data)
     except Missing:

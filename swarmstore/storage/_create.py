@@ -31,7 +31,7 @@ from swarmstore import _clock, _events
 from swarmstore.errors import QuorumError
 from swarmstore.storage._converge import converge
 from swarmstore.storage._integrity import Record
-from swarmstore.storage._patience import bounded
+from swarmstore.storage._patience import send
 from swarmstore.storage._verified import fetch
 from swarmstore.storage._write import abort_late, put, stage, versions
 
@@ -124,11 +124,7 @@ async def _walk(
 
 async def _create_on(store: Coordinator, node: Node, pending: Pending, record: Record) -> str:
     try:
-        return await bounded(
-            store,
-            node,
-            store.router.send(node, lambda n: n.commit(pending, record, create=True), name=_name),
-        )
+        return await send(store, node, lambda n: n.commit(pending, record, create=True))
     except Exception as e:
         store._reraise_bugs([e])
         store._spawn(node.abort(pending))  # in the background: the node may be frozen

@@ -18,7 +18,7 @@ from swarmstore.network import qos
 from swarmstore.storage._coded_maint import converge_coded
 from swarmstore.storage._converge import converge
 from swarmstore.storage._hints import Hint, hint_body, hint_name, parse_hint
-from swarmstore.storage._patience import bounded
+from swarmstore.storage._patience import bounded, send
 
 if TYPE_CHECKING:
     from swarmstore.storage._coordinator import Coordinator
@@ -47,13 +47,7 @@ async def note_missed(
     for n in missed:
         store.hints.add(Hint(n.name, key, version, holders))
     puts = [
-        bounded(
-            store,
-            a,
-            store.router.send(
-                a, lambda a, m=m: a.meta_put(hint_name(m.name, key), body), name=_name
-            ),
-        )
+        send(store, a, lambda a, m=m, body=body: a.meta_put(hint_name(m.name, key), body))
         for m in missed
         for a in acked
         if (body := hint_body(Hint(m.name, key, version)))
@@ -66,9 +60,7 @@ async def _found_on_nodes(store: Coordinator) -> tuple[list[Hint], list[str]]:
     """Every hint in the nodes' metadata areas (one listing per node), and unreachable nodes."""
 
     async def one(node: Node) -> list[Hint]:
-        names = await bounded(
-            store, node, store.router.send(node, lambda n: n.meta_list("h"), name=_name)
-        )
+        names = await send(store, node, lambda n: n.meta_list("h"))
         bodies = await asyncio.gather(*(bounded(store, node, node.meta_get(nm)) for nm in names))
         return [h for b in bodies if (h := parse_hint(b, node.name)) is not None]
 

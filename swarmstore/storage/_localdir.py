@@ -289,10 +289,8 @@ class Dir:
                 break
             except (FileNotFoundError, FileExistsError):
                 if not os.path.exists(p.token):  # the staged file went: write the body
-                    break
+                    return self._put_meta(name, body)
         else:
-            return self._put_meta(name, body)
-        if not os.path.exists(link):
             return self._put_meta(name, body)
         try:
             os.setxattr(link, SHADOW_XATTR, body[:cut])
@@ -309,8 +307,9 @@ class Dir:
 
     def _drop_meta(self, name: str) -> None:
         path = self.root / META / name
-        with contextlib.suppress(OSError):  # a linked shadow: its inode is a fragment's too
-            os.removexattr(path, SHADOW_XATTR)
+        if name.startswith("s/"):  # a linked shadow: its inode may be a fragment's too
+            with contextlib.suppress(OSError):
+                os.removexattr(path, SHADOW_XATTR)
         path.unlink(missing_ok=True)
         for d in (path.parent, self.root / META):  # the area exists only while it holds something
             try:

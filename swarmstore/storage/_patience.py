@@ -12,17 +12,17 @@ land, as a late commit the version protocol refuses or keeps.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from swarmstore.errors import NodeUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from swarmstore.storage._coordinator import Coordinator
     from swarmstore.storage._node import Node
 
-__all__ = ["bounded"]
+__all__ = ["bounded", "send"]
 
 
 async def bounded[T](store: Coordinator, node: Node, step: Awaitable[T]) -> T:
@@ -33,3 +33,14 @@ async def bounded[T](store: Coordinator, node: Node, step: Awaitable[T]) -> T:
         raise NodeUnavailable(
             f"{node.name}: no answer within storage.node-timeout ({store.node_timeout:g} s)"
         ) from None
+
+
+async def send[T](
+    store: Coordinator, node: Node, attempt: Callable[[Node], Awaitable[T]], **kwargs: Any
+) -> T:
+    """``store.router.send`` to ``node``, :func:`bounded`."""
+    return await bounded(store, node, store.router.send(node, attempt, name=_name, **kwargs))
+
+
+def _name(node: Node) -> str:
+    return node.name

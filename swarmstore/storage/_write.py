@@ -118,7 +118,7 @@ async def stage(
     results, late = await settle(store, jobs, enough)
     staged = {n: p for n, p in results.items() if _ok(p)}
     failures = {n: e for n, e in results.items() if not _ok(e)}
-    failures |= unanswered(late, "write grace or timeout")
+    failures |= unanswered(late, "write grace or storage.node-timeout")
     failures |= {n: p.error for n, p in staged.items() if p.error is not None}
     return staged, failures, late
 
@@ -160,7 +160,7 @@ async def put(
     if len(acked) < w:
         if again and stale(failures):
             return await put(store, key, data, record, again=False)
-        failures |= unanswered(lagging, "write timeout")
+        failures |= unanswered(lagging, "storage.node-timeout")
         raise store._quorum_error(key, "set", len(acked), w, failures)
     return acked
 
@@ -258,7 +258,7 @@ async def delete(store: Coordinator, key: str) -> None:
         store._spawn(_follow(store, key, tomb.version, acked, dict(laggards)))
     cleaned = await _clean(store, key, rest)
     if len(acked) < w:
-        failures |= unanswered(laggards, "write timeout")
+        failures |= unanswered(laggards, "storage.node-timeout")
         raise store._quorum_error(key, "delete", len(acked), w, failures)
     if len(acked) == len(targets) and cleaned and not laggards:
         store._spawn(_collect(store, key, targets, tomb))

@@ -296,3 +296,25 @@ async def test_three_way_split_of_conditional_creates_resolves(tmp_path):
     for r in racers:
         await r.flush()
     assert {(d / "manifest").read_bytes() for d in dirs} == {seen[0]}
+
+
+async def test_each_missed_node_gets_its_own_hint_on_the_nodes_that_acknowledged(tmp_path):
+    """R=3, W=1 with two nodes down: the one that acknowledged holds one hint per missed
+    node, each naming that node. The puts bound the hint body late, so every hint file
+    held the last missed node's body (the other node's hint pointed at the wrong node)."""
+    from swarmstore.storage._hints import hint_name, parse_hint
+
+    store, faults = make(tmp_path, replicas=3, write_quorum=1, read_quorum=1)
+    await store.set("k", buf(b"v1"))
+    up = store.targets("k")[0]
+    down = [n for n in store.targets("k") if n is not up]
+    for n in down:
+        faults[int(n.name[-1])].down = True
+    await store.set("k", buf(b"v2"))
+    for n in down:
+        hint = parse_hint(await up.meta_get(hint_name(n.name, "k")), up.name)
+        assert hint is not None and hint.node == n.name, (n.name, hint)
+    for n in down:
+        faults[int(n.name[-1])].down = False
+    await store.flush()
+    await store.aclose()
